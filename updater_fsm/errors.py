@@ -1,0 +1,59 @@
+"""Stable error codes (contract §5) and the exception that carries them.
+
+Every failure the updater reports starts with one of these codes, so device-api and the
+GUI can match on the prefix while a human reads the detail that follows it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """The application error codes of contract §5 (plus extensions, never removals)."""
+
+    DOWNLOAD_FAILED = "DOWNLOAD_FAILED"
+    INCOMPLETE_DOWNLOAD = "INCOMPLETE_DOWNLOAD"
+    PACKAGE_SIZE_MISMATCH = "PACKAGE_SIZE_MISMATCH"
+    MD5_MISMATCH = "MD5_MISMATCH"
+    SHA256_MISMATCH = "SHA256_MISMATCH"
+    SIGNATURE_INVALID = "SIGNATURE_INVALID"
+    SIGNATURE_REQUIRED = "SIGNATURE_REQUIRED"
+    DISK_FULL = "DISK_FULL"
+    PACKAGE_EXPIRED = "PACKAGE_EXPIRED"
+    INVALID_MANIFEST = "INVALID_MANIFEST"
+    VERSION_MISMATCH = "VERSION_MISMATCH"
+    DOWNGRADE_REFUSED = "DOWNGRADE_REFUSED"
+    SERVICE_STOP_FAILED = "SERVICE_STOP_FAILED"
+    SERVICE_STOP_TIMEOUT = "SERVICE_STOP_TIMEOUT"
+    SERVICE_START_FAILED = "SERVICE_START_FAILED"
+    POST_CMD_FAILED = "POST_CMD_FAILED"
+    HEALTH_CHECK_FAILED = "HEALTH_CHECK_FAILED"
+    DEPLOYMENT_FAILED = "DEPLOYMENT_FAILED"
+    ROLLBACK_LEVEL_1_SUCCESS = "ROLLBACK_LEVEL_1_SUCCESS"
+    ROLLBACK_LEVEL_2_SUCCESS = "ROLLBACK_LEVEL_2_SUCCESS"
+    ROLLBACK_FAILED = "ROLLBACK_FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class UpdaterError(Exception):
+    """A failure with a stable code and a human-readable detail.
+
+    ``str(err)`` is the contract's ``error`` field: ``"<CODE>: <detail>"``.
+
+    Args:
+        code: one of :class:`ErrorCode`.
+        detail: what went wrong, for a human (name the file, unit, URL or numbers involved).
+        retryable: whether trying the same operation again may succeed (transient cause).
+    """
+
+    def __init__(self, code: ErrorCode, detail: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{code.value}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.retryable = retryable
+
+    @property
+    def error(self) -> str:
+        """The contract ``error`` string, ``"<CODE>: <detail>"``."""
+        return f"{self.code.value}: {self.detail}"
