@@ -1,0 +1,106 @@
+"""The update package's manifest (contract §3) as plain attrs classes.
+
+This module only defines the shapes. Parsing and validating a ``manifest.json`` (strict,
+hostile-input-proof) is :mod:`updater_fsm.ops.package`'s job; the builder that writes one
+is :mod:`updater_fsm.ops.package_build`. The job journal stores the installed modules'
+:class:`ServiceUnit` list so a restarted updater knows which units a switch touches.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class HealthProbe:
+    """An optional per-module health probe (a tope-updater extension of contract §3).
+
+    In ``manifest.json``: ``"health": {"http": "http://127.0.0.1:9080/healthz"}`` or
+    ``"health": {"command": "/opt/tope/versions/current/bin/selftest"}``, with an optional
+    ``"timeout_s": 5``.
+
+    Attributes:
+        kind: ``"http"`` (GET must answer 2xx) or ``"command"`` (must exit 0).
+        target: the URL or the shell command line.
+        timeout_s: how long one probe attempt may take.
+    """
+
+    kind: str
+    target: str
+    timeout_s: float = 5.0
+
+
+@attrs.frozen
+class Module:
+    """One file the package installs, and the service it belongs to."""
+
+    name: str
+    src: str
+    dst: str
+    process_name: str | None = None
+    restart_order: int = 0
+    md5: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+    post_cmds: tuple[str, ...] = ()
+    health: HealthProbe | None = None
+
+
+@attrs.frozen
+class Manifest:
+    """A parsed, validated ``manifest.json``."""
+
+    version: str
+    modules: tuple[Module, ...]
+
+
+@attrs.frozen
+class ServiceUnit:
+    """A systemd unit affected by an install, with what is needed to restart and check it.
+
+    Attributes:
+        unit: full unit name, e.g. ``"device-api.service"``.
+        restart_order: start ascending, stop descending.
+        post_cmds: commands run (30 s timeout each) after the unit starts on the new version.
+        health: optional probe run during the health check.
+    """
+
+    unit: str
+    restart_order: int = 0
+    post_cmds: tuple[str, ...] = ()
+    health: HealthProbe | None = None
+
+
+def unit_name(process_name: str) -> str:
+    """Return the systemd unit name for a manifest ``process_name`` (``.service`` optional)."""
+    known = (".service", ".socket", ".target", ".timer", ".path", ".mount", ".scope")
+    return process_name if process_name.endswith(known) else f"{process_name}.service"
+
+
+def units_of(manifest: Manifest) -> tuple[ServiceUnit, ...]:
+    """The distinct units a manifest's modules name, in ascending ``restart_order``.
+
+    Several modules may share a unit; their ``post_cmds`` are concatenated in module order,
+    the lowest ``restart_order`` wins, and the first declared probe is kept.
+    """
+    merged: dict[str, ServiceUnit] = {}
+    for module in manifest.modules:
+        if not module.process_name:
+            continue
+        name = unit_name(module.process_name)
+        seen = merged.get(name)
+        if seen is None:
+            merged[name] = ServiceUnit(
+                unit=name,
+                restart_order=module.restart_order,
+                post_cmds=module.post_cmds,
+                health=module.health,
+            )
+        else:
+            merged[name] = ServiceUnit(
+                unit=name,
+                restart_order=min(seen.restart_order, module.restart_order),
+                post_cmds=seen.post_cmds + module.post_cmds,
+                health=seen.health or module.health,
+            )
+    return tuple(sorted(merged.values(), key=lambda u: (u.restart_order, u.unit)))
