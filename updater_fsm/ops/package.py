@@ -1,0 +1,725 @@
+"""Strict, hostile-input-proof reader for update packages (contract §3).
+
+A package is a ZIP with ``manifest.json`` at its root. :func:`read_package` checks the
+archive's structure (entry names, types, sizes, compression ratios), parses the manifest
+with a strict cattrs converter into :class:`~updater_fsm.manifest.Manifest` and validates
+every field; it only reads. :func:`extract_module` streams one module's file out of the ZIP
+into a destination, counting bytes and verifying size/md5/sha256 as it goes.
+
+Every rejection is ``UpdaterError(INVALID_MANIFEST, "<field path>: <reason>")`` (or
+``VERSION_MISMATCH``), never another exception type, so callers need one ``except``.
+
+Policy decisions (documented here because packages in the field rely on them):
+
+* Unknown keys at the top level, in a module or in ``health`` are *tolerated* and logged
+  (``manifest_unknown_keys``): newer builders may add fields, older agents must still
+  install their packages. Known keys are typed strictly: ``"10"`` is not an int, ``1`` is
+  not a string, ``true`` is not an int, ``null`` is only accepted for optional fields.
+* ``dest`` is an alias of ``dst``; giving both with different values is an error.
+* A UTF-8 byte-order mark at the start of ``manifest.json`` is skipped (Windows editors);
+  any other non-UTF-8 byte, duplicate JSON keys, ``NaN``/``Infinity`` are rejected.
+* Mode bits from the ZIP are kept for user/group/other read and execute, owner write and
+  group write; setuid, setgid, sticky and world-write are always dropped, and the owner can
+  always read. Entries without Unix mode bits get ``0644``.
+* Compression ratio is only checked for entries (and archives) larger than
+  ``PackageLimits.ratio_min_bytes``: small, highly compressible files (zero-padded tables)
+  are legitimate and cannot do harm; the total-size limit still bounds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import math
+import os
+import posixpath
+import re
+import stat
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, NoReturn
+
+import attrs
+import cattrs
+import structlog
+
+from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.manifest import HealthProbe, Manifest, Module
+
+log = structlog.get_logger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# systemd unit names: letters, digits and ":-_.\@"; must not start with "-" (would be an option).
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,254}$")
+_MODULE_KEYS = frozenset(
+    {"name", "src", "dst", "dest", "process_name", "restart_order", "md5", "sha256", "size"}
+    | {"post_cmds", "health"}
+)
+_TOP_KEYS = frozenset({"version", "modules"})
+_HEALTH_KEYS = frozenset({"http", "command", "timeout_s"})
+_KEEP_MODE_BITS = 0o775  # drop setuid/setgid/sticky (not in 0o777) and world-write
+_DEFAULT_MODE = 0o644
+# Smallest possible local file header (30 bytes); used to detect overlapping entries.
+_LOCAL_HEADER_MIN = 30
+
+
+@attrs.frozen
+class PackageLimits:
+    """Bounds that keep a hostile package from exhausting memory, disk or time.
+
+    Attributes:
+        max_manifest_bytes: largest accepted ``manifest.json``.
+        max_entries: most entries (files and directories) in the archive.
+        max_total_uncompressed: largest sum of declared uncompressed sizes.
+        max_ratio: largest uncompressed/compressed ratio, per entry and for the archive.
+        ratio_min_bytes: entries (and archives) smaller than this skip the ratio check.
+        max_name_length: longest accepted entry name / path string, in characters.
+        max_modules: most modules in a manifest.
+        chunk_size: read size while extracting.
+    """
+
+    max_manifest_bytes: int = 1 << 20
+    max_entries: int = 10_000
+    max_total_uncompressed: int = 2 << 30
+    max_ratio: float = 200.0
+    ratio_min_bytes: int = 1 << 20
+    max_name_length: int = 1024
+    max_modules: int = 10_000
+    chunk_size: int = 1 << 20
+
+
+def _invalid(detail: str) -> NoReturn:
+    raise UpdaterError(ErrorCode.INVALID_MANIFEST, detail)
+
+
+# --------------------------------------------------------------------------- cattrs
+
+
+class _FieldError(ValueError):
+    """A type/shape problem found by a structure hook; its message is shown verbatim."""
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
+
+
+def _s_str(value: object, _: object) -> str:
+    if not isinstance(value, str):
+        raise _FieldError(f"must be a string, got {_type_name(value)}")
+    return value
+
+
+def _s_int(value: object, _: object) -> int:
+    # bool is a subclass of int in Python; JSON true/false are not integers here.
+    if type(value) is not int:
+        raise _FieldError(f"must be an integer, got {_type_name(value)}")
+    return value
+
+
+def _s_str_tuple(value: object, _: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _FieldError(f"must be an array of strings, got {_type_name(value)}")
+    bad = [i for i, item in enumerate(value) if not isinstance(item, str)]
+    if bad:
+        raise _FieldError(f"item {bad[0]} must be a string, got {_type_name(value[bad[0]])}")
+    return tuple(value)
+
+
+def _s_health(value: object, _: object) -> HealthProbe:
+    if not isinstance(value, dict):
+        raise _FieldError(f"must be an object, got {_type_name(value)}")
+    kinds = [k for k in ("http", "command") if k in value]
+    if len(kinds) != 1:
+        raise _FieldError('must have exactly one of "http" or "command"')
+    kind = kinds[0]
+    target = value[kind]
+    if not isinstance(target, str) or not target.strip():
+        raise _FieldError(f"{kind} must be a non-empty string")
+    if kind == "http" and not target.startswith(("http://", "https://")):
+        raise _FieldError("http must be an http:// or https:// URL")
+    timeout = value.get("timeout_s", 5.0)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= 3600
+    ):
+        raise _FieldError("timeout_s must be a number in (0, 3600]")
+    return HealthProbe(kind=kind, target=target, timeout_s=float(timeout))
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
+    conv.register_structure_hook(str, _s_str)
+    conv.register_structure_hook(int, _s_int)
+    # Generic aliases are not classes, so they are matched with a predicate.
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _s_str_tuple)
+    conv.register_structure_hook(HealthProbe, _s_health)
+    module_hook = conv.gen_structure_attrs_fromdict(Module)
+
+    def s_module(value: object, cls: type[Module]) -> Module:
+        if not isinstance(value, dict):
+            raise _FieldError(f"must be an object, got {_type_name(value)}")
+        return module_hook(value, cls)
+
+    conv.register_structure_hook(Module, s_module)
+    return conv
+
+
+_converter = _make_converter()
+
+
+def _format_exc(exc: BaseException, _type: object) -> str:
+    if isinstance(exc, _FieldError):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    return "invalid value"
+
+
+def _structure_module(value: object, where: str) -> Module:
+    try:
+        return _converter.structure(value, Module)
+    except _FieldError as exc:  # raised by the top-level "must be an object" check
+        _invalid(f"{where}: {exc}")
+    except Exception as exc:  # cattrs wraps hook errors in (nested) exception groups
+        messages = cattrs.transform_error(exc, path=where, format_exception=_format_exc)
+        first = messages[0] if messages else "invalid value @ " + where
+        reason, _, path = first.rpartition(" @ ")
+        _invalid(f"{path}: {reason}")
+
+
+def _structure_manifest(version: str, modules: object) -> Manifest:
+    """Build the Manifest; the version was checked by the caller, modules are typed here."""
+    if not isinstance(modules, list):
+        _invalid(f"modules: must be an array of objects, got {_type_name(modules)}")
+    return Manifest(
+        version=version,
+        modules=tuple(_structure_module(m, f"modules[{i}]") for i, m in enumerate(modules)),
+    )
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _bad_chars(text: str) -> bool:
+    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
+
+
+def _entry_name_problem(name: str, limits: PackageLimits) -> str | None:
+    """Why a ZIP entry name (or ``src``) is unsafe, or None when it is fine."""
+    if not name:
+        return "empty name"
+    if len(name) > limits.max_name_length:
+        return "name too long"
+    if _bad_chars(name):
+        return "control character in name"
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    parts = re.split(r"[/\\]", name.rstrip("/"))
+    if any(part == ".." for part in parts):
+        return "contains '..'"
+    return None
+
+
+def dst_relative_to(dst: str, root: Path) -> PurePosixPath | None:
+    """Return ``dst`` relative to ``root`` when it lies strictly inside it, else None.
+
+    Both are compared lexically after normalisation (``dst`` is validated to contain no
+    ``..`` before this is used); ``root`` itself is not "inside".
+    """
+    norm = PurePosixPath(posixpath.normpath(dst))
+    base = PurePosixPath(posixpath.normpath(str(root)))
+    if norm == base or not norm.is_relative_to(base):
+        return None
+    return norm.relative_to(base)
+
+
+def is_internal(module: Module, root: Path) -> bool:
+    """Whether ``module.dst`` lands inside the snapshot (under ``root``) rather than outside."""
+    return dst_relative_to(module.dst, root) is not None
+
+
+def internal_modules(manifest: Manifest, root: Path) -> tuple[Module, ...]:
+    """Modules whose ``dst`` is under the install root (they go into the new snapshot)."""
+    return tuple(m for m in manifest.modules if is_internal(m, root))
+
+
+def external_modules(manifest: Manifest, root: Path) -> tuple[Module, ...]:
+    """Modules whose ``dst`` is outside the install root (replaced in place, with backup)."""
+    return tuple(m for m in manifest.modules if not is_internal(m, root))
+
+
+def check_dst(dst: str, root: Path, extra_roots: Sequence[Path]) -> str | None:
+    """Why ``dst`` is not an acceptable destination, or None when it is.
+
+    Acceptable: an absolute path without ``..`` strictly inside ``root`` but not inside
+    ``root/versions``, or strictly inside one of ``extra_roots``.
+    """
+    if not dst.startswith("/"):
+        return "must be an absolute path"
+    if "\x00" in dst or _bad_chars(dst):
+        return "control character in path"
+    if any(part == ".." for part in dst.split("/")):
+        return "must not contain '..'"
+    if dst.endswith("/") or posixpath.normpath(dst) == "/":
+        return "must name a file, not a directory"
+    rel = dst_relative_to(dst, root)
+    if rel is not None:
+        if rel.parts[0] == "versions":
+            return f"must not be under {root}/versions (the snapshot store)"
+        return None
+    if any(dst_relative_to(dst, extra) is not None for extra in extra_roots):
+        return None
+    allowed = ", ".join(str(p) for p in (root, *extra_roots))
+    return f"{dst} is outside the install root and the allowed extra roots ({allowed})"
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def _unix_mode(info: zipfile.ZipInfo) -> int:
+    """The full Unix ``st_mode`` stored in an entry (0 when the builder stored none)."""
+    return (info.external_attr >> 16) & 0xFFFF
+
+
+def entry_mode(info: zipfile.ZipInfo) -> int:
+    """The permission bits a file extracted from ``info`` gets (see module docstring)."""
+    mode = _unix_mode(info)
+    if not mode:
+        return _DEFAULT_MODE
+    return (mode & _KEEP_MODE_BITS) | stat.S_IRUSR
+
+
+def _check_entries(
+    zf: zipfile.ZipFile, limits: PackageLimits
+) -> tuple[dict[str, zipfile.ZipInfo], set[str]]:
+    """Validate every central-directory entry; return file entries by name and dir names."""
+    infos = zf.infolist()
+    if len(infos) > limits.max_entries:
+        _invalid(f"archive: {len(infos)} entries, limit is {limits.max_entries}")
+    seen: set[str] = set()
+    files: dict[str, zipfile.ZipInfo] = {}
+    dirs: set[str] = set()
+    total = 0
+    total_compressed = 0
+    for info in infos:
+        name = info.filename
+        where = f"archive entry {name!r}"
+        problem = _entry_name_problem(name, limits)
+        if problem:
+            _invalid(f"{where}: {problem}")
+        # "a//b", "a/./b" and "a/b/" would alias "a/b" for a naive extractor.
+        key = posixpath.normpath(name.replace("\\", "/"))
+        if key in seen:
+            _invalid(f"{where}: duplicate entry")
+        seen.add(key)
+        mode = _unix_mode(info)
+        fmt = stat.S_IFMT(mode)
+        if stat.S_ISLNK(mode):
+            _invalid(f"{where}: symbolic links are not allowed")
+        if fmt not in (0, stat.S_IFREG, stat.S_IFDIR):
+            _invalid(f"{where}: not a regular file or directory")
+        if info.flag_bits & 0x1:
+            _invalid(f"{where}: encrypted entries are not supported")
+        if info.file_size < 0 or info.compress_size < 0:
+            _invalid(f"{where}: negative size")
+        total += info.file_size
+        total_compressed += info.compress_size
+        if info.file_size >= limits.ratio_min_bytes:
+            ratio = info.file_size / max(info.compress_size, 1)
+            if ratio > limits.max_ratio:
+                _invalid(
+                    f"{where}: compression ratio {ratio:.0f} exceeds {limits.max_ratio:.0f}"
+                    " (zip bomb?)"
+                )
+        if info.is_dir() or fmt == stat.S_IFDIR:
+            dirs.add(name.rstrip("/"))
+        else:
+            files[name] = info
+            parts = name.split("/")
+            dirs.update("/".join(parts[:n]) for n in range(1, len(parts)))
+    if total > limits.max_total_uncompressed:
+        _invalid(
+            f"archive: {total} bytes uncompressed exceeds the limit of"
+            f" {limits.max_total_uncompressed} (zip bomb?)"
+        )
+    if total >= limits.ratio_min_bytes:
+        ratio = total / max(total_compressed, 1)
+        if ratio > limits.max_ratio:
+            _invalid(f"archive: compression ratio {ratio:.0f} exceeds {limits.max_ratio:.0f}")
+    _check_overlap(zf, infos)
+    return files, dirs
+
+
+def _check_overlap(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
+    """Reject entries whose data overlaps another's (the "overlapping files" zip bomb)."""
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    end_of_data: int = getattr(zf, "start_dir", 0) or 0
+    for cur, nxt in zip(ordered, [*ordered[1:], None], strict=True):
+        limit = nxt.header_offset if nxt is not None else end_of_data
+        if limit and cur.header_offset + _LOCAL_HEADER_MIN + cur.compress_size > limit:
+            _invalid(f"archive entry {cur.filename!r}: overlaps another entry")
+
+
+@contextlib.contextmanager
+def open_package(zip_path: Path) -> Iterator[zipfile.ZipFile]:
+    """Open a package ZIP, turning every archive-level failure into ``INVALID_MANIFEST``."""
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        _invalid(f"archive: not a valid ZIP file ({exc})")
+    except FileNotFoundError:
+        _invalid(f"archive: {zip_path} does not exist")
+    with zf:
+        try:
+            yield zf
+        except UpdaterError:
+            raise
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            zlib.error,
+            EOFError,
+            NotImplementedError,
+            RuntimeError,
+            ValueError,
+            UnicodeDecodeError,
+            KeyError,
+        ) as exc:
+            _invalid(f"archive: corrupt or unsupported ZIP ({type(exc).__name__}: {exc})")
+
+
+def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """Read one entry into memory, never more than ``limit`` bytes whatever headers say."""
+    with zf.open(info) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        _invalid(f"{MANIFEST_NAME}: larger than {limit} bytes")
+    return data
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_manifest_json(raw: bytes) -> dict[str, Any]:
+    """Decode ``manifest.json`` bytes into a dict (strict UTF-8 and strict JSON)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _invalid(f"{MANIFEST_NAME}: not valid UTF-8 (byte {exc.start})")
+    text = text.removeprefix("\ufeff")
+    try:
+        doc = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+        )
+    except (ValueError, RecursionError) as exc:
+        _invalid(f"{MANIFEST_NAME}: malformed JSON ({str(exc)[:200]})")
+    if not isinstance(doc, dict):
+        _invalid(f"manifest: must be a JSON object, got {_type_name(doc)}")
+    return doc
+
+
+def _normalise(doc: dict[str, Any]) -> dict[str, Any]:
+    """Apply the ``dest`` alias and log unknown keys (tolerated, see module docstring)."""
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        log.warning("manifest_unknown_keys", where="manifest", keys=unknown)
+    modules = doc.get("modules")
+    if not isinstance(modules, list):
+        return doc
+    out = []
+    for index, mod in enumerate(modules):
+        if not isinstance(mod, dict):
+            out.append(mod)
+            continue
+        mod = dict(mod)
+        if "dest" in mod:
+            dest = mod.pop("dest")
+            if "dst" in mod and mod["dst"] != dest:
+                _invalid(f"modules[{index}].dest: differs from dst (give one of them)")
+            mod.setdefault("dst", dest)
+        unknown = sorted(set(mod) - _MODULE_KEYS)
+        if unknown:
+            log.warning("manifest_unknown_keys", where=f"modules[{index}]", keys=unknown)
+        health = mod.get("health")
+        if isinstance(health, dict) and set(health) - _HEALTH_KEYS:
+            log.warning(
+                "manifest_unknown_keys",
+                where=f"modules[{index}].health",
+                keys=sorted(set(health) - _HEALTH_KEYS),
+            )
+        out.append(mod)
+    return {**doc, "modules": out}
+
+
+def _validate_module(
+    index: int,
+    module: Module,
+    files: dict[str, zipfile.ZipInfo],
+    dirs: set[str],
+    root: Path,
+    extra_roots: Sequence[Path],
+    limits: PackageLimits,
+) -> None:
+    at = f"modules[{index}]"
+    if not module.name.strip() or _bad_chars(module.name) or len(module.name) > 255:
+        _invalid(f"{at}.name: must be 1-255 printable characters")
+    problem = _entry_name_problem(module.src, limits)
+    if problem:
+        _invalid(f"{at}.src: {problem}")
+    if module.src not in files:
+        if module.src.rstrip("/") in dirs:
+            _invalid(f"{at}.src: {module.src!r} is a directory, not a file")
+        _invalid(f"{at}.src: {module.src!r} is not in the archive")
+    if len(module.dst) > limits.max_name_length:
+        _invalid(f"{at}.dst: path too long")
+    problem = check_dst(module.dst, root, extra_roots)
+    if problem:
+        _invalid(f"{at}.dst: {problem}")
+    if module.process_name is not None and not _UNIT_RE.match(module.process_name):
+        _invalid(f"{at}.process_name: not a valid systemd unit name")
+    if module.md5 is not None and not _MD5_RE.match(module.md5):
+        _invalid(f"{at}.md5: must be 32 hex characters")
+    if module.sha256 is not None and not _SHA256_RE.match(module.sha256):
+        _invalid(f"{at}.sha256: must be 64 hex characters")
+    info = files[module.src]
+    if module.size is not None:
+        if module.size < 0:
+            _invalid(f"{at}.size: must not be negative")
+        if module.size != info.file_size:
+            _invalid(
+                f"{at}.size: manifest says {module.size} bytes,"
+                f" archive entry holds {info.file_size}"
+            )
+    if not -1_000_000 <= module.restart_order <= 1_000_000:
+        _invalid(f"{at}.restart_order: out of range")
+    for i, cmd in enumerate(module.post_cmds):
+        if not cmd.strip() or "\x00" in cmd:
+            _invalid(f"{at}.post_cmds[{i}]: must be a non-empty command line")
+
+
+def read_package(
+    zip_path: Path,
+    *,
+    expected_version: str,
+    root: Path,
+    extra_roots: Sequence[Path] = (),
+    limits: PackageLimits = PackageLimits(),
+) -> Manifest:
+    """Validate a package ZIP and return its manifest. Reads only; writes nothing.
+
+    Args:
+        zip_path: the downloaded, digest-verified package.
+        expected_version: the version the install request names (``VERSION_MISMATCH``
+            when the manifest says otherwise).
+        root: the install root (``/opt/tope``); ``dst`` under it goes into the snapshot.
+        extra_roots: directories outside ``root`` where a ``dst`` may also point.
+        limits: archive and manifest bounds.
+
+    Raises:
+        UpdaterError: ``INVALID_MANIFEST`` naming the offending field or entry, or
+            ``VERSION_MISMATCH``.
+    """
+    with open_package(zip_path) as zf:
+        files, dirs = _check_entries(zf, limits)
+        info = files.get(MANIFEST_NAME)
+        if info is None:
+            _invalid(f"{MANIFEST_NAME}: missing at the archive root")
+        if info.file_size > limits.max_manifest_bytes:
+            _invalid(f"{MANIFEST_NAME}: larger than {limits.max_manifest_bytes} bytes")
+        doc = _normalise(parse_manifest_json(_read_bounded(zf, info, limits.max_manifest_bytes)))
+    version = doc.get("version")
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        _invalid(f"version: must be a string like 1.2.3, got {str(version)[:40]!r}")
+    if version != expected_version:
+        raise UpdaterError(
+            ErrorCode.VERSION_MISMATCH,
+            f"package is {version}, requested {expected_version}",
+        )
+    modules = doc.get("modules")
+    if isinstance(modules, list) and not modules:
+        _invalid("modules: at least one module is required")
+    if isinstance(modules, list) and len(modules) > limits.max_modules:
+        _invalid(f"modules: {len(modules)} modules, limit is {limits.max_modules}")
+    manifest = _structure_manifest(version, modules)
+    names: dict[str, int] = {}
+    dsts: dict[str, int] = {}
+    for index, module in enumerate(manifest.modules):
+        _validate_module(index, module, files, dirs, root, extra_roots, limits)
+        if module.name in names:
+            _invalid(f"modules[{index}].name: duplicate of modules[{names[module.name]}]")
+        names[module.name] = index
+        dst = posixpath.normpath(module.dst)
+        if dst in dsts:
+            _invalid(f"modules[{index}].dst: same destination as modules[{dsts[dst]}]")
+        dsts[dst] = index
+    _check_nested_dsts(dsts)
+    return manifest
+
+
+def _check_nested_dsts(dsts: dict[str, int]) -> None:
+    """A file cannot also be a parent directory of another module's file."""
+    for dst, index in dsts.items():
+        parent = posixpath.dirname(dst)
+        while parent not in ("/", ""):
+            if parent in dsts:
+                _invalid(
+                    f"modules[{index}].dst: its parent {parent} is the file of"
+                    f" modules[{dsts[parent]}]"
+                )
+            parent = posixpath.dirname(parent)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def module_label(manifest: Manifest | None, module: Module) -> str:
+    """``"modules[1] (web-server)"`` when the index is known, else ``"module web-server"``."""
+    if manifest is not None:
+        for index, candidate in enumerate(manifest.modules):
+            if candidate is module:
+                return f"modules[{index}] ({module.name})"
+    return f"module {module.name}"
+
+
+def extract_module(
+    zf: zipfile.ZipFile,
+    module: Module,
+    dest_file: Path,
+    *,
+    label: str | None = None,
+    limits: PackageLimits = PackageLimits(),
+) -> int:
+    """Stream ``module.src`` into ``dest_file``, verified, durable and atomic.
+
+    Writes a temporary sibling (``O_EXCL | O_NOFOLLOW``), counts bytes (never more than the
+    entry's declared size), checks size/md5/sha256 against the manifest when present, sets
+    the mode from the ZIP (:func:`entry_mode`), fsyncs and renames over ``dest_file``. A
+    symlink at ``dest_file`` is replaced, never followed. The directory is *not* fsynced
+    (callers batch that). On any failure the temporary file is removed.
+
+    Args:
+        zf: the open package (see :func:`open_package`).
+        module: a module of a manifest returned by :func:`read_package`.
+        dest_file: where the file goes; its parent directory must exist.
+        label: how errors name the module, e.g. ``"modules[1] (web-server)"``.
+        limits: ``chunk_size`` is used.
+
+    Returns:
+        The number of bytes written.
+
+    Raises:
+        UpdaterError: ``INVALID_MANIFEST`` on a size/digest mismatch or a corrupt entry;
+            ``DISK_FULL`` when the disk fills up.
+    """
+    what = label or f"module {module.name}"
+    try:
+        info = zf.getinfo(module.src)
+    except KeyError:
+        _invalid(f"{what}: {module.src!r} is not in the archive")
+    declared = info.file_size
+    mode = entry_mode(info)
+    tmp = dest_file.with_name(f".{dest_file.name}.extract-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha = hashlib.sha256()
+    written = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with zf.open(info) as src:
+                written = _copy_counted(src, fd, declared, md5, sha, what, limits.chunk_size)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _verify_digests(module, what, written, md5.hexdigest(), sha.hexdigest())
+        os.replace(tmp, dest_file)
+    except UpdaterError:
+        _remove_quietly(tmp)
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        _remove_quietly(tmp)
+        _invalid(f"{what}: corrupt archive entry {module.src!r} ({exc})")
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise os_error(exc, f"{what}: cannot write {dest_file}") from exc
+    return written
+
+
+def _copy_counted(
+    src: IO[bytes], fd: int, declared: int, md5: Any, sha: Any, what: str, chunk: int
+) -> int:
+    written = 0
+    while True:
+        # Ask for one byte more than the declared size can still hold, so an entry that
+        # inflates beyond its header is caught without writing the excess.
+        want = min(chunk, declared - written + 1)
+        data = src.read(want)
+        if not data:
+            break
+        written += len(data)
+        if written > declared:
+            _invalid(f"{what}: entry inflates beyond its declared {declared} bytes")
+        md5.update(data)
+        sha.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    if written != declared:
+        _invalid(f"{what}: entry holds {written} bytes, header declares {declared}")
+    return written
+
+
+def _verify_digests(module: Module, what: str, size: int, md5: str, sha: str) -> None:
+    if module.size is not None and module.size != size:
+        _invalid(f"{what}: size mismatch: manifest {module.size}, extracted {size}")
+    if module.md5 is not None and module.md5.lower() != md5:
+        _invalid(f"{what}: md5 mismatch: manifest {module.md5.lower()}, extracted {md5}")
+    if module.sha256 is not None and module.sha256.lower() != sha:
+        _invalid(f"{what}: sha256 mismatch: manifest {module.sha256.lower()}, extracted {sha}")
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def os_error(exc: OSError, detail: str) -> UpdaterError:
+    """Map an ``OSError`` to ``DISK_FULL`` (ENOSPC/EDQUOT) or ``DEPLOYMENT_FAILED``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UpdaterError(ErrorCode.DISK_FULL, f"{detail}: {exc.strerror}", retryable=True)
+    return UpdaterError(ErrorCode.DEPLOYMENT_FAILED, f"{detail}: {exc}")
