@@ -1,0 +1,189 @@
+"""Configuration: one attrs object from defaults < TOML file < environment < CLI flags.
+
+Every key can be set in a TOML file (``--config FILE``), as ``TOPE_UPDATER_<KEY>`` in the
+environment, or as a command-line flag; later sources win. Unknown keys and wrong types are
+errors (:class:`ConfigError`), reported as one line by the CLI, which then exits with 2.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ENV_PREFIX = "TOPE_UPDATER_"
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key and the problem."""
+
+
+@attrs.frozen
+class Config:
+    """Everything the updater can be told.
+
+    Attributes:
+        root: install root holding ``versions/`` (device default ``/opt/tope``).
+        state_dir: journal, downloads, logs and backups (default ``<root>/.updater``).
+        host, port: where the HTTP API listens.
+        device_api_url: base URL of device-api, which receives progress reports.
+        systemctl: command prefix used to run systemctl (tests use ``nsenter … systemctl``).
+        service_control: ``"systemd"`` to stop/start units, ``"none"`` for a sandbox root
+            without systemd (units are then only recorded, not touched).
+        extra_roots: directories outside ``root`` where a manifest ``dst`` may point.
+        api_token: when set, mutating endpoints require ``Authorization: Bearer <token>``.
+        trusted_key: Ed25519 public key (PEM file path or base64 raw key) for signatures.
+        stop_timeout_s, start_timeout_s, settle_s, post_cmd_timeout_s: install timings.
+        connect_timeout_s, read_timeout_s, download_attempts: download robustness.
+        max_package_bytes, max_zip_ratio: zip-bomb limits for packages.
+        log_level: ``debug``, ``info``, ``warning`` or ``error``.
+    """
+
+    root: Path = Path("/opt/tope")
+    state_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 12315
+    device_api_url: str = "http://127.0.0.1:9080"
+    systemctl: tuple[str, ...] = ("systemctl",)
+    service_control: str = "systemd"
+    extra_roots: tuple[Path, ...] = ()
+    api_token: str | None = None
+    trusted_key: str | None = None
+    stop_timeout_s: float = 10.0
+    start_timeout_s: float = 30.0
+    settle_s: float = 5.0
+    post_cmd_timeout_s: float = 30.0
+    connect_timeout_s: float = 15.0
+    read_timeout_s: float = 30.0
+    download_attempts: int = 8
+    max_package_bytes: int = 2 * 1024**3
+    max_zip_ratio: float = 200.0
+    log_level: str = "info"
+
+    @property
+    def state_path(self) -> Path:
+        """The state directory, resolved."""
+        return self.state_dir if self.state_dir is not None else self.root / ".updater"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.state_path / "downloads"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_path / "logs"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.state_path / "backups"
+
+
+_FIELDS = {f.name: f for f in attrs.fields(Config)}
+_CHOICES = {
+    "service_control": ("systemd", "none"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+def _convert(key: str, value: Any, *, from_text: bool) -> Any:
+    """Turn a TOML value (or an env/flag string when ``from_text``) into the field's type."""
+    field = _FIELDS[key]
+    kind = str(field.type)  # annotations are strings (postponed evaluation)
+    try:
+        if kind in ("Path", "Path | None"):
+            if not isinstance(value, str) or not value:
+                raise TypeError("must be a non-empty path")
+            return Path(value)
+        if kind == "int":
+            if from_text:
+                return int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError("must be an integer")
+            return value
+        if kind == "float":
+            if from_text:
+                return float(value)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError("must be a number")
+            return float(value)
+        if kind in ("str", "str | None"):
+            if not isinstance(value, str):
+                raise TypeError("must be a string")
+            if key in _CHOICES and value not in _CHOICES[key]:
+                raise ValueError(f"must be one of {', '.join(_CHOICES[key])}")
+            return value
+        if kind == "tuple[str, ...]":
+            if from_text and isinstance(value, str):
+                return tuple(shlex.split(value))
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError("must be a list of strings")
+            return tuple(value)
+        if kind == "tuple[Path, ...]":
+            if from_text and isinstance(value, str):
+                return tuple(Path(v) for v in value.split(os.pathsep) if v)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise TypeError("must be a list of paths")
+            return tuple(Path(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key {key!r}: {exc} (got {value!r})") from None
+    raise AssertionError(f"unhandled config type {kind} for {key}")
+
+
+def _validate(config: Config) -> Config:
+    if not 0 < config.port < 65536:
+        raise ConfigError(f"config key 'port': must be 1..65535 (got {config.port})")
+    if not config.device_api_url.startswith(("http://", "https://")):
+        raise ConfigError("config key 'device_api_url': must be an http(s) URL")
+    if not config.systemctl:
+        raise ConfigError("config key 'systemctl': must not be empty")
+    for key in ("stop_timeout_s", "start_timeout_s", "post_cmd_timeout_s", "read_timeout_s"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(f"config key {key!r}: must be > 0")
+    return config
+
+
+def load_config(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Build the configuration from (in rising precedence) ``base`` or the built-in defaults,
+    a TOML ``file``, ``TOPE_UPDATER_*`` variables in ``env`` and explicit ``overrides``.
+
+    ``overrides`` holds CLI flag values (strings or already-typed values; None = not given).
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"config file {file}: unknown key {key!r}")
+            values[key] = _convert(key, value, from_text=False)
+    for name, value in (env if env is not None else os.environ).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key in ("config", "crash_at", "crash_trace"):
+            continue  # not config keys: --config itself and the fault-injection hooks
+        if key not in _FIELDS:
+            raise ConfigError(f"environment variable {name}: unknown key {key!r}")
+        values[key] = _convert(key, value, from_text=True)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown option {key!r}")
+        values[key] = _convert(key, value, from_text=isinstance(value, str))
+    return _validate(attrs.evolve(base or Config(), **values))

@@ -1,0 +1,128 @@
+"""Effects: what the machine asks the outside world to do, as frozen attrs classes.
+
+The machine returns a list of these from every accepted event; the effect runner
+(:mod:`updater_fsm.runner`) executes them in order, after the new state is journaled, and
+feeds each result back as an event. An effect carries everything its executor needs, so
+executors never read the machine's state.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from updater_fsm.events import DownloadRequest
+from updater_fsm.manifest import ServiceUnit
+
+
+class Effect:
+    """Base of all effects."""
+
+
+@attrs.frozen
+class StartDownload(Effect):
+    """Download (or resume) the package into the downloads directory."""
+
+    job_id: int
+    request: DownloadRequest
+    resume_offset: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@attrs.frozen
+class StopJob(Effect):
+    """Cancel whatever task is still running for ``job_id`` (download, staging…)."""
+
+    job_id: int
+
+
+@attrs.frozen
+class DiscardPackage(Effect):
+    """Delete ``downloads/<name>`` and its ``.part`` (cancel, failure, expiry, success)."""
+
+    package_name: str
+
+
+@attrs.frozen
+class VerifyPackage(Effect):
+    """Check size, MD5, SHA-256 and signature; ``md5``/``sha256`` None = hash the file again."""
+
+    job_id: int
+    request: DownloadRequest
+    md5: str | None = None
+    sha256: str | None = None
+
+
+@attrs.frozen
+class StageSnapshot(Effect):
+    """Build ``versions/v<version>/`` from the current snapshot plus the package."""
+
+    job_id: int
+    version: str
+    package_name: str
+
+
+@attrs.frozen
+class DiscardStaging(Effect):
+    """Remove a half-built ``versions/v<version>.staging`` (and an unused ``v<version>``)."""
+
+    version: str
+
+
+@attrs.frozen
+class SwitchVersion(Effect):
+    """Stop units, point ``previous``→old and ``current``→new, start units, run post_cmds.
+
+    Idempotent, so a restart in ``switching`` simply runs it again.
+    """
+
+    job_id: int
+    version: str
+    from_version: str | None
+    units: tuple[ServiceUnit, ...]
+
+
+@attrs.frozen
+class CheckHealth(Effect):
+    """Units active and stable for the settle period; probes pass."""
+
+    job_id: int
+    units: tuple[ServiceUnit, ...]
+
+
+@attrs.frozen
+class RollBack(Effect):
+    """Stop units, point ``current`` at ``target_version``, restore external files, start
+    units and check their health. Idempotent.
+
+    Attributes:
+        level: 1 (previous) or 2 (factory).
+        failed_version: the version being abandoned (None for a manual rollback).
+        previous_after: what ``previous`` names once the rollback is done.
+    """
+
+    job_id: int
+    level: int
+    target_version: str
+    failed_version: str | None
+    units: tuple[ServiceUnit, ...]
+    previous_after: str | None = None
+
+
+@attrs.frozen
+class RemoveSnapshot(Effect):
+    """Delete a failed snapshot (never one a link names)."""
+
+    version: str
+
+
+@attrs.frozen
+class CollectGarbage(Effect):
+    """Delete snapshots beyond current, previous and factory; drop external-file backups."""
+
+
+@attrs.frozen
+class Report(Effect):
+    """Push the current progress snapshot to device-api now (``terminal`` = never drop)."""
+
+    terminal: bool = False

@@ -1,0 +1,241 @@
+"""The engine: the one place that changes state.
+
+Every event — an API call, an effect's result, a restart — goes through one asyncio queue
+to one task that asks the machine for a decision, journals the new record (fsynced) and only
+then hands the effects to the runner. Nothing else writes state, so no locks are needed and
+a late result can never race an API call. Live download figures bypass the machine (they
+are not transitions) and are folded into the published :class:`~updater_fsm.progress.Snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
+
+import attrs
+import structlog
+
+from updater_fsm.effects import Effect
+from updater_fsm.events import DiskFacts, Event, LinkVersions, Resume
+from updater_fsm.journal import Journal
+from updater_fsm.machine import Decision, Reply, UpdaterMachine
+from updater_fsm.progress import Snapshot, Transfer, build_snapshot
+from updater_fsm.record import Record
+from updater_fsm.table import STAGE_OF, Stage
+
+_log = structlog.get_logger(__name__)
+
+
+class EffectRunner(Protocol):
+    """Executes effects; reports results by calling :meth:`Engine.post`."""
+
+    def execute(self, effects: Sequence[Effect]) -> None:
+        """Start executing ``effects`` in order, in the background; must not block."""
+
+    async def aclose(self) -> None:
+        """Cancel running work (keeping everything resumable) and wait for it."""
+
+
+class Subscription:
+    """A bounded stream of snapshots for one listener (SSE client, reporter).
+
+    Holds at most ``maxsize`` snapshots; when a slow listener falls behind, the oldest are
+    dropped so memory stays bounded and the newest state always arrives.
+    """
+
+    def __init__(self, engine: Engine, maxsize: int) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue[Snapshot] = asyncio.Queue(maxsize)
+
+    def push(self, snapshot: Snapshot) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(snapshot)
+
+    async def get(self) -> Snapshot:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self._engine._subscribers.discard(self)
+
+    async def __aiter__(self) -> AsyncIterator[Snapshot]:
+        try:
+            while True:
+                yield await self.get()
+        finally:
+            self.close()
+
+
+@attrs.define
+class _Item:
+    event: Event
+    reply: asyncio.Future[Decision] | None
+
+
+class Engine:
+    """Run the machine: queue → decide → journal → effects → snapshot.
+
+    Args:
+        machine: the decision core, restored from the journal.
+        journal: where every accepted record is saved before its effects run.
+        read_links: returns the versions the symlinks name (cheap; called after decisions).
+        clock: UNIX time source (tests pass a fake one to exercise expiry).
+    """
+
+    def __init__(
+        self,
+        machine: UpdaterMachine,
+        journal: Journal,
+        *,
+        read_links: Callable[[], LinkVersions] = LinkVersions,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._machine = machine
+        self._journal = journal
+        self._read_links = read_links
+        self._clock = clock
+        self._runner: EffectRunner | None = None
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._subscribers: set[Subscription] = set()
+        self._transfer: Transfer | None = None
+        self._links = read_links()
+        self._snapshot = build_snapshot(machine.record, None, self._links)
+        self._floor_key: tuple[int, Stage] = (0, STAGE_OF[machine.record.state])
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def attach(self, runner: EffectRunner) -> None:
+        """Give the engine its effect runner (before :meth:`start`)."""
+        self._runner = runner
+
+    async def start(self, facts: DiskFacts) -> Decision:
+        """Start processing events and resume whatever the journal says was running."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="updater-engine")
+        return await self.submit(Resume(facts))
+
+    async def stop(self) -> None:
+        """Finish the event in progress, stop the loop and the runner (work stays resumable)."""
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._runner is not None:
+            await self._runner.aclose()
+
+    # ---- inputs ----------------------------------------------------------------------
+    async def submit(self, event: Event) -> Decision:
+        """Queue ``event`` and wait for its decision (journaled, effects started)."""
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(event, future))
+        return await future
+
+    def post(self, event: Event) -> None:
+        """Queue ``event`` without waiting (effect results)."""
+        self._queue.put_nowait(_Item(event, None))
+
+    def update_transfer(self, transfer: Transfer) -> None:
+        """Fold live download figures into the snapshot (no journal write)."""
+        self._transfer = transfer
+        self._publish()
+
+    def refresh_links(self) -> None:
+        """Re-read the symlinks (executors call this right after they move one)."""
+        self._links = self._read_links()
+        self._publish()
+
+    # ---- outputs ---------------------------------------------------------------------
+    @property
+    def record(self) -> Record:
+        return self._machine.record
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot; a plain attribute read, safe to serve at any rate."""
+        return self._snapshot
+
+    @property
+    def links(self) -> LinkVersions:
+        return self._links
+
+    def subscribe(self, maxsize: int = 256) -> Subscription:
+        """A new listener that receives every snapshot published from now on."""
+        sub = Subscription(self, maxsize)
+        self._subscribers.add(sub)
+        return sub
+
+    # ---- the loop --------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            try:
+                decision = await self._process(item.event)
+            except Exception as exc:  # never let one event kill the only writer
+                _log.exception("event processing failed", trigger=str(item.event.trigger))
+                decision = Decision(
+                    False,
+                    self._machine.state,
+                    self._machine.record,
+                    (),
+                    Reply(500, f"INTERNAL_ERROR: {exc}"),
+                )
+            if item.reply is not None and not item.reply.done():
+                item.reply.set_result(decision)
+
+    async def _process(self, event: Event) -> Decision:
+        before = self._machine.record
+        decision = self._machine.handle(event, self._clock())
+        if not decision.accepted:
+            if _is_result(event):
+                _log.info("ignored stale event", event=repr(event), state=str(before.state))
+            return decision
+        try:
+            await asyncio.to_thread(self._journal.save, decision.record)
+        except OSError as exc:
+            # Not durable means not decided: restore the old record, run nothing.
+            _log.error("journal write failed; event rejected", error=str(exc))
+            self._machine = UpdaterMachine(before)
+            return attrs.evolve(
+                decision,
+                accepted=False,
+                record=before,
+                effects=(),
+                reply=Reply(500, f"JOURNAL_WRITE_FAILED: {exc.strerror or exc}"),
+            )
+        if decision.state_changed:
+            _log.info(
+                "transition",
+                event=str(event.trigger),
+                src=str(decision.before),
+                dst=str(decision.record.state),
+                seq=decision.record.seq,
+                effects=[type(e).__name__ for e in decision.effects],
+            )
+        self._links = self._read_links()
+        self._publish()
+        if decision.effects and self._runner is not None:
+            self._runner.execute(decision.effects)
+        return decision
+
+    def _publish(self) -> None:
+        record = self._machine.record
+        key = (record.job.job_id if record.job else 0, STAGE_OF[record.state])
+        floor = self._snapshot.progress if key == self._floor_key else 0
+        snap = build_snapshot(record, self._transfer, self._links, floor=floor)
+        self._floor_key = key
+        if snap == self._snapshot:
+            return
+        self._snapshot = snap
+        for sub in tuple(self._subscribers):
+            sub.push(snap)
+
+
+def _is_result(event: Event) -> bool:
+    """Effect results carry a ``job_id``; API events do not."""
+    return hasattr(event, "job_id")

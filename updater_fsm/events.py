@@ -1,0 +1,212 @@
+"""Events: everything that can happen to the updater, as frozen attrs classes.
+
+API calls, effect results and restarts all become one of these and enter the machine
+through :meth:`updater_fsm.machine.UpdaterMachine.handle`. Results of effects carry the
+``job_id`` they belong to, so a late result of a cancelled or replaced job is ignored
+instead of steering the current one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+
+from updater_fsm.manifest import ServiceUnit
+from updater_fsm.table import Trigger
+
+
+@attrs.frozen
+class DownloadRequest:
+    """The validated body of ``POST /download`` (contract §1)."""
+
+    version: str
+    package_url: str
+    package_name: str
+    package_size: int
+    package_md5: str
+    package_sha256: str | None = None
+    package_signature: str | None = None
+
+    def same_package(self, other: DownloadRequest) -> bool:
+        """True when ``other`` asks for the very same bytes (an idempotent re-request)."""
+        return (
+            self.version == other.version
+            and self.package_url == other.package_url
+            and self.package_name == other.package_name
+            and self.package_size == other.package_size
+            and self.package_md5 == other.package_md5
+            and (other.package_sha256 is None or self.package_sha256 == other.package_sha256)
+        )
+
+
+@attrs.frozen
+class LinkVersions:
+    """Which versions the ``current``/``previous``/``factory`` links name (None = missing)."""
+
+    current: str | None = None
+    previous: str | None = None
+    factory: str | None = None
+
+
+@attrs.frozen
+class DiskFacts:
+    """What a restarted updater finds on disk; input of the recovery rules.
+
+    Attributes:
+        part_size: size of ``downloads/<package>.part``, None when absent.
+        package_present: the completed ``downloads/<package>`` exists.
+        links: the versions the symlinks name right now.
+    """
+
+    part_size: int | None = None
+    package_present: bool = False
+    links: LinkVersions = LinkVersions()
+
+
+class Event:
+    """Base of all events. ``trigger`` names the table's trigger this event fires."""
+
+    trigger: ClassVar[Trigger]
+
+
+@attrs.frozen
+class DownloadRequested(Event):
+    trigger = Trigger.DOWNLOAD_REQUESTED
+    request: DownloadRequest
+
+
+@attrs.frozen
+class DownloadCheckpoint(Event):
+    """The first ``offset`` bytes of the ``.part`` file are fsynced."""
+
+    trigger = Trigger.DOWNLOAD_CHECKPOINT
+    job_id: int
+    offset: int
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@attrs.frozen
+class DownloadDone(Event):
+    trigger = Trigger.DOWNLOAD_DONE
+    job_id: int
+    size: int
+    md5: str
+    sha256: str
+
+
+@attrs.frozen
+class DownloadFailed(Event):
+    trigger = Trigger.DOWNLOAD_FAILED
+    job_id: int
+    error: str
+
+
+@attrs.frozen
+class Verified(Event):
+    trigger = Trigger.VERIFIED
+    job_id: int
+
+
+@attrs.frozen
+class VerifyFailed(Event):
+    trigger = Trigger.VERIFY_FAILED
+    job_id: int
+    error: str
+
+
+@attrs.frozen
+class UpdateRequested(Event):
+    trigger = Trigger.UPDATE_REQUESTED
+    version: str
+
+
+@attrs.frozen
+class Staged(Event):
+    """The new snapshot is complete on disk; ``links`` as they were before the switch."""
+
+    trigger = Trigger.STAGED
+    job_id: int
+    units: tuple[ServiceUnit, ...]
+    links: LinkVersions
+
+
+@attrs.frozen
+class StageFailed(Event):
+    trigger = Trigger.STAGE_FAILED
+    job_id: int
+    error: str
+
+
+@attrs.frozen
+class Switched(Event):
+    trigger = Trigger.SWITCHED
+    job_id: int
+
+
+@attrs.frozen
+class SwitchFailed(Event):
+    trigger = Trigger.SWITCH_FAILED
+    job_id: int
+    error: str
+
+
+@attrs.frozen
+class Healthy(Event):
+    trigger = Trigger.HEALTHY
+    job_id: int
+
+
+@attrs.frozen
+class Unhealthy(Event):
+    trigger = Trigger.UNHEALTHY
+    job_id: int
+    error: str
+
+
+@attrs.frozen
+class RollbackRequested(Event):
+    """Operator asks to go back by hand (``POST /rollback``).
+
+    Attributes:
+        target: ``"previous"`` or ``"factory"``.
+        links: the versions the symlinks name right now.
+        units: the units to restart (those of the last install, or configured ones).
+    """
+
+    trigger = Trigger.ROLLBACK_REQUESTED
+    target: str
+    links: LinkVersions
+    units: tuple[ServiceUnit, ...] = ()
+
+
+@attrs.frozen
+class RollbackOk(Event):
+    trigger = Trigger.ROLLBACK_OK
+    job_id: int
+
+
+@attrs.frozen
+class RollbackFailed(Event):
+    trigger = Trigger.ROLLBACK_FAILED
+    job_id: int
+    error: str
+
+
+@attrs.frozen
+class Cancel(Event):
+    trigger = Trigger.CANCEL
+
+
+@attrs.frozen
+class Resume(Event):
+    """First event after a (re)start: continue whatever the journal says was running."""
+
+    trigger = Trigger.RESUME
+    facts: DiskFacts
+
+
+@attrs.frozen
+class Reset(Event):
+    trigger = Trigger.RESET

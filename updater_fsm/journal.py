@@ -1,0 +1,161 @@
+"""The durable journal of the machine's record.
+
+One JSON document per save: ``{"schema", "seq", "record", "checksum"}``, where the checksum
+is the SHA-256 of the canonical JSON of ``record``. Saving writes ``journal.json.tmp``,
+fsyncs it, moves the old ``journal.json`` to ``journal.prev.json``, renames the temp file
+into place and fsyncs the directory. Loading considers all three files and takes the valid
+one with the highest ``seq``, so a torn write or a crash between the two renames never loses
+more than the last, not yet acted upon, transition. Files that fail validation are moved
+aside (``*.corrupt-<time>``) for a human to inspect; if nothing valid remains the caller
+rebuilds the state from the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+
+from updater_fsm import faults
+from updater_fsm.durable import fsync_dir
+from updater_fsm.record import Record
+from updater_fsm.strict_cattrs import make_strict_converter
+
+SCHEMA_VERSION = 1
+_log = structlog.get_logger(__name__)
+_converter = make_strict_converter()
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """The record as plain JSON-able data."""
+    data = _converter.unstructure(record)
+    assert isinstance(data, dict)
+    return data
+
+
+def record_from_dict(data: Any) -> Record:
+    """Parse a record, strictly; raises ``ValueError`` on any mismatch."""
+    try:
+        return _converter.structure(data, Record)
+    except Exception as exc:  # cattrs raises ExceptionGroups of many kinds
+        raise ValueError(f"record does not match the schema: {exc!r}") from exc
+
+
+def _canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode(record: Record) -> bytes:
+    """The journal document for ``record``."""
+    body = record_to_dict(record)
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "seq": record.seq,
+        "checksum": hashlib.sha256(_canonical(body)).hexdigest(),
+        "record": body,
+    }
+    return json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def decode(raw: bytes) -> Record:
+    """Validate and parse a journal document; raises ``ValueError`` when it is unusable."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if doc.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"unknown schema {doc.get('schema')!r}")
+    body = doc.get("record")
+    if hashlib.sha256(_canonical(body)).hexdigest() != doc.get("checksum"):
+        raise ValueError("checksum mismatch")
+    record = record_from_dict(body)
+    if record.seq != doc.get("seq"):
+        raise ValueError("sequence number mismatch")
+    return record
+
+
+@attrs.frozen
+class Loaded:
+    """What :meth:`Journal.load` found.
+
+    Attributes:
+        record: the newest valid record, or None when there is none (fresh or all corrupt).
+        set_aside: files that were invalid and moved aside.
+    """
+
+    record: Record | None
+    set_aside: tuple[Path, ...] = ()
+
+
+class Journal:
+    """Load and save the record under ``<state_dir>/journal.json``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.path = state_dir / "journal.json"
+        self.tmp = state_dir / "journal.json.tmp"
+        self.prev = state_dir / "journal.prev.json"
+
+    def save(self, record: Record) -> None:
+        """Write ``record`` durably. Blocking (fsync): call it from a worker thread."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = encode(record)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        faults.crash_point("journal:tmp_written")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, self.prev)
+        faults.crash_point("journal:prev_moved")
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.dir)
+
+    def load(self) -> Loaded:
+        """The newest valid record among the journal, its temp file and its previous copy."""
+        best: Record | None = None
+        bad: list[Path] = []
+        for path in (self.path, self.tmp, self.prev):
+            try:
+                raw = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                _log.warning("journal unreadable", path=str(path), error=str(exc))
+                bad.append(path)
+                continue
+            try:
+                record = decode(raw)
+            except ValueError as exc:
+                # A torn temp file is expected after a crash mid-save; anything else is not.
+                if path != self.tmp:
+                    _log.error("journal corrupt, setting it aside", path=str(path), error=str(exc))
+                    bad.append(path)
+                continue
+            if best is None or record.seq > best.seq:
+                best = record
+        moved = tuple(self._set_aside(path) for path in bad)
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+        return Loaded(best, tuple(p for p in moved if p is not None))
+
+    def _set_aside(self, path: Path) -> Path | None:
+        target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            os.replace(path, target)
+            fsync_dir(self.dir)
+        except OSError as exc:
+            _log.error("cannot set corrupt journal aside", path=str(path), error=str(exc))
+            return None
+        return target

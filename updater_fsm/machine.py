@@ -1,0 +1,506 @@
+"""The pure decision core: ``UpdaterMachine.handle(event, now) -> Decision``.
+
+Built from :data:`updater_fsm.table.TRANSITIONS` with a synchronous ``transitions.Machine``
+(``queued=True``, ``auto_transitions=False``, ``send_event=True``). Guards and actions are
+plain methods of :class:`_Model` that read the event and the record and append effects; no
+method here touches the clock, the disk or the network, so every decision is reproducible
+from ``(record, event, now)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from transitions import EventData, Machine, MachineError
+
+from updater_fsm import effects as fx
+from updater_fsm import events as ev
+from updater_fsm.errors import ErrorCode
+from updater_fsm.record import Job, Record
+from updater_fsm.table import (
+    BUSY_STATES,
+    INSTALL_STATES,
+    TERMINAL_STATES,
+    TRANSITIONS,
+    State,
+)
+
+
+@attrs.frozen
+class Reply:
+    """How the machine answers the caller: 200, or a rejection the API maps to its code."""
+
+    code: int = 200
+    msg: str = "success"
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 200
+
+
+@attrs.frozen
+class Decision:
+    """The outcome of one event.
+
+    Attributes:
+        accepted: a transition fired (the record changed and must be journaled).
+        before: the state before the event.
+        record: the record after the event (unchanged when rejected).
+        effects: what to execute, in order, after the record is journaled.
+        reply: the answer for the caller (200, or 404/409/410 with a message).
+    """
+
+    accepted: bool
+    before: State
+    record: Record
+    effects: tuple[fx.Effect, ...]
+    reply: Reply
+
+    @property
+    def state_changed(self) -> bool:
+        return self.accepted and self.before != self.record.state
+
+
+class _Model:
+    """The object ``transitions`` drives. Guards return bools; actions append effects."""
+
+    state: str
+    trigger: Callable[..., bool]  # added by transitions.Machine
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        self.now = 0.0
+        self.effects: list[fx.Effect] = []
+        self.reply = Reply()
+        self.fired = False
+
+    # ---- helpers -------------------------------------------------------------------
+    @property
+    def job(self) -> Job:
+        assert self.record.job is not None, "transition needs a job"
+        return self.record.job
+
+    def _set_job(self, **changes: Any) -> None:
+        self.record = attrs.evolve(
+            self.record, job=attrs.evolve(self.job, updated_at=self.now, **changes)
+        )
+
+    @staticmethod
+    def _event(data: EventData) -> ev.Event:
+        event = data.kwargs["event"]
+        assert isinstance(event, ev.Event)
+        return event
+
+    def _request(self) -> ev.DownloadRequest:
+        request = self.job.request
+        assert request is not None, "job has no download request"
+        return request
+
+    # ---- machine-wide callbacks ----------------------------------------------------
+    def on_accept(self, data: EventData) -> None:
+        self.fired = True
+        self.record = attrs.evolve(self.record, seq=self.record.seq + 1)
+
+    def on_state_change(self, data: EventData) -> None:
+        if data.transition is None or data.transition.dest is None:
+            return  # internal transition: nothing new to report
+        if not any(isinstance(e, fx.Report) for e in self.effects):
+            self.effects.append(fx.Report(terminal=State(self.state) in TERMINAL_STATES))
+
+    # ---- guards --------------------------------------------------------------------
+    def same_package(self, data: EventData) -> bool:
+        event = self._event(data)
+        assert isinstance(event, ev.DownloadRequested)
+        job = self.record.job
+        return bool(job and job.request and job.request.same_package(event.request))
+
+    def package_fresh(self, data: EventData) -> bool:
+        return self.record.job is not None and not self.record.job.is_expired(self.now)
+
+    def current_job(self, data: EventData) -> bool:
+        job_id = getattr(self._event(data), "job_id", None)
+        return self.record.job is not None and job_id == self.record.job.job_id
+
+    def requested_version(self, data: EventData) -> bool:
+        event = self._event(data)
+        assert isinstance(event, ev.UpdateRequested)
+        return self.record.job is not None and self.record.job.version == event.version
+
+    def automatic(self, data: EventData) -> bool:
+        return self.record.job is not None and self.record.job.kind == "update"
+
+    def has_factory(self, data: EventData) -> bool:
+        return self.record.job is not None and self.record.job.factory_version is not None
+
+    def can_roll_back(self, data: EventData) -> bool:
+        job = self.record.job
+        return job is not None and bool(job.from_version or job.factory_version)
+
+    def to_previous(self, data: EventData) -> bool:
+        event = self._event(data)
+        assert isinstance(event, ev.RollbackRequested)
+        return event.target == "previous" and event.links.previous is not None
+
+    def to_factory(self, data: EventData) -> bool:
+        event = self._event(data)
+        assert isinstance(event, ev.RollbackRequested)
+        return event.target == "factory" and event.links.factory is not None
+
+    def package_on_disk(self, data: EventData) -> bool:
+        event = self._event(data)
+        assert isinstance(event, ev.Resume)
+        return event.facts.package_present
+
+    # ---- actions: download ---------------------------------------------------------
+    def begin_download(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.DownloadRequested)
+        old = self.record.job
+        job_id = self.record.last_job_id + 1
+        job = Job(job_id=job_id, request=event.request, created_at=self.now, updated_at=self.now)
+        if old is not None and old.request is not None:
+            if _resumable(old) and old.request.same_package(event.request):
+                # The same package failed mid-download before: keep its durable prefix.
+                job = attrs.evolve(
+                    job,
+                    bytes_durable=old.bytes_durable,
+                    etag=old.etag,
+                    last_modified=old.last_modified,
+                )
+            else:
+                self.effects.append(fx.DiscardPackage(old.request.package_name))
+        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
+        self.effects.append(
+            fx.StartDownload(job_id, event.request, job.bytes_durable, job.etag, job.last_modified)
+        )
+
+    def checkpoint(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.DownloadCheckpoint)
+        self._set_job(
+            bytes_durable=event.offset, etag=event.etag, last_modified=event.last_modified
+        )
+
+    def begin_verify(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.DownloadDone)
+        self._set_job(bytes_durable=event.size, md5=event.md5, sha256=event.sha256)
+        self.effects.append(
+            fx.VerifyPackage(self.job.job_id, self._request(), event.md5, event.sha256)
+        )
+
+    def fail_download(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.DownloadFailed | ev.VerifyFailed)
+        self._set_job(error=event.error)
+        if isinstance(event, ev.VerifyFailed):
+            self.effects.append(fx.DiscardPackage(self._request().package_name))
+
+    def mark_verified(self, data: EventData) -> None:
+        self._set_job(verified_at=self.now)
+
+    def expire(self, data: EventData) -> None:
+        request = self._request()
+        self._set_job(
+            error=f"{ErrorCode.PACKAGE_EXPIRED}: v{request.version} was verified more than"
+            " 24 h ago (or the clock moved back); download it again"
+        )
+        self.reply = Reply(410, self.job.error or "")
+        self.effects.append(fx.DiscardPackage(request.package_name))
+
+    # ---- actions: install ----------------------------------------------------------
+    def begin_deploy(self, data: EventData) -> None:
+        request = self._request()
+        self.effects.append(
+            fx.StageSnapshot(self.job.job_id, request.version, request.package_name)
+        )
+
+    def begin_switch(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.Staged)
+        self._set_job(
+            units=event.units,
+            from_version=event.links.current,
+            factory_version=event.links.factory,
+            previous_before=event.links.previous,
+        )
+        self.effects.append(self._switch_effect())
+
+    def _switch_effect(self) -> fx.SwitchVersion:
+        job = self.job
+        return fx.SwitchVersion(job.job_id, self._request().version, job.from_version, job.units)
+
+    def fail_stage(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.StageFailed)
+        request = self._request()
+        self._set_job(error=event.error)
+        self.effects += [
+            fx.DiscardStaging(request.version),
+            fx.DiscardPackage(request.package_name),
+        ]
+
+    def begin_health(self, data: EventData) -> None:
+        self.effects.append(fx.CheckHealth(self.job.job_id, self.job.units))
+
+    def finish_success(self, data: EventData) -> None:
+        self.record = attrs.evolve(self.record, last_units=self.job.units)
+        self.effects += [
+            fx.DiscardPackage(self._request().package_name),
+            fx.CollectGarbage(),
+            fx.Report(terminal=True),
+        ]
+
+    # ---- actions: rollback ---------------------------------------------------------
+    def begin_rollback(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.SwitchFailed | ev.Unhealthy)
+        job = self.job
+        # No version ran before this one (first install on a bare layout): factory at once.
+        level = 1 if job.from_version else 2
+        self._set_job(cause=event.error)
+        self._start_rollback(level, job.from_version if level == 1 else job.factory_version)
+
+    def begin_manual_rollback(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.RollbackRequested)
+        job_id = self.record.last_job_id + 1
+        job = Job(
+            job_id=job_id,
+            kind="manual_rollback",
+            from_version=event.links.current,
+            factory_version=event.links.factory,
+            units=event.units or self.record.last_units,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
+        if event.target == "previous":
+            self._start_rollback(1, event.links.previous)
+        else:
+            self._start_rollback(2, event.links.factory)
+
+    def escalate_rollback(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.RollbackFailed)
+        cause = self.job.cause or "manual rollback"
+        self._set_job(cause=f"{cause}; level 1: {event.error}")
+        self._start_rollback(2, self.job.factory_version)
+
+    def _start_rollback(self, level: int, target: str | None) -> None:
+        assert target is not None, "guards ensure a rollback target exists"
+        self._set_job(rollback_level=level, rollback_target=target)
+        self.effects.append(self._rollback_effect())
+
+    def _rollback_effect(self) -> fx.RollBack:
+        job = self.job
+        target = job.rollback_target
+        assert target is not None
+        if job.kind == "update":
+            failed: str | None = self._request().version
+            # `previous` goes back to what it named before the switch, unless that is gone.
+            previous_after = job.previous_before or target
+            if previous_after == failed:
+                previous_after = target
+        else:
+            failed = None
+            previous_after = job.from_version or target  # the version we just left
+        return fx.RollBack(
+            job.job_id, job.rollback_level, target, failed, job.units, previous_after
+        )
+
+    def finish_rollback(self, data: EventData) -> None:
+        job = self.job
+        if job.kind == "update":
+            code = (
+                ErrorCode.ROLLBACK_LEVEL_2_SUCCESS
+                if job.rollback_level == 2
+                else ErrorCode.ROLLBACK_LEVEL_1_SUCCESS
+            )
+            self._set_job(error=f"{code}: v{job.rollback_target} (cause: {job.cause})")
+            request = self._request()
+            self.effects += [
+                fx.RemoveSnapshot(request.version),
+                fx.DiscardPackage(request.package_name),
+            ]
+        self.effects.append(fx.Report(terminal=True))
+
+    def give_up(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.RollbackFailed | ev.SwitchFailed | ev.Unhealthy)
+        if isinstance(event, ev.RollbackFailed):
+            detail = f"cause: {self.job.cause}; last rollback: {event.error}"
+        else:
+            detail = f"cause: {event.error}; no version to roll back to"
+        self._set_job(error=f"{ErrorCode.ROLLBACK_FAILED}: manual intervention required ({detail})")
+        self.effects.append(fx.Report(terminal=True))
+
+    # ---- actions: operator -----------------------------------------------------------
+    def cancel_job(self, data: EventData) -> None:
+        job = self.job
+        self._set_job(error=f"{ErrorCode.CANCELLED}: cancelled by request")
+        self.effects.append(fx.StopJob(job.job_id))
+        if job.request is not None:
+            self.effects.append(fx.DiscardPackage(job.request.package_name))
+            if data.transition is not None and data.transition.source == State.DEPLOYING:
+                self.effects.append(fx.DiscardStaging(job.request.version))
+
+    def clear(self, data: EventData) -> None:
+        job = self.record.job
+        if job is not None and job.request is not None:
+            self.effects.append(fx.DiscardPackage(job.request.package_name))
+        self.record = attrs.evolve(self.record, job=None)
+
+    # ---- actions: restart recovery (contract §6) -------------------------------------
+    def resume_idle(self, data: EventData) -> None:
+        """Nothing was running."""
+
+    def resume_download(self, data: EventData) -> None:
+        """Continue from the last durable byte the ``.part`` file still has."""
+        event = self._event(data)
+        assert isinstance(event, ev.Resume)
+        job = self.job
+        on_disk = event.facts.part_size or 0
+        offset = min(job.bytes_durable, on_disk)
+        keep_validators = offset > 0
+        self._set_job(
+            bytes_durable=offset,
+            etag=job.etag if keep_validators else None,
+            last_modified=job.last_modified if keep_validators else None,
+            md5=None,
+            sha256=None,
+        )
+        job = self.job
+        self.effects.append(
+            fx.StartDownload(job.job_id, self._request(), offset, job.etag, job.last_modified)
+        )
+
+    def resume_verify(self, data: EventData) -> None:
+        """Digests computed before the restart are not trusted: hash the file again."""
+        self.effects.append(fx.VerifyPackage(self.job.job_id, self._request()))
+
+    def resume_ready(self, data: EventData) -> None:
+        """A verified package survives restarts until it expires."""
+
+    def resume_deploy(self, data: EventData) -> None:
+        """A half-staged snapshot is discarded and staged again."""
+        request = self._request()
+        self.effects += [
+            fx.DiscardStaging(request.version),
+            fx.StageSnapshot(self.job.job_id, request.version, request.package_name),
+        ]
+
+    def resume_switch(self, data: EventData) -> None:
+        """The switch is idempotent: running it again completes what the links show."""
+        self.effects.append(self._switch_effect())
+
+    def resume_health(self, data: EventData) -> None:
+        self.effects.append(fx.CheckHealth(self.job.job_id, self.job.units))
+
+    def resume_rollback(self, data: EventData) -> None:
+        """Pointing ``current`` and restarting units is idempotent: run the level again."""
+        self.effects.append(self._rollback_effect())
+
+    def resume_terminal(self, data: EventData) -> None:
+        """A finished outcome is reported again: device-api may never have received it."""
+        self.effects.append(fx.Report(terminal=True))
+
+
+def _resumable(job: Job) -> bool:
+    """A failed download whose ``.part`` is worth continuing when the same package is asked."""
+    return (
+        job.verified_at is None
+        and job.bytes_durable > 0
+        and bool(job.error)
+        and str(job.error).startswith((ErrorCode.DOWNLOAD_FAILED, ErrorCode.DISK_FULL))
+    )
+
+
+_BUSY_MSG = "OPERATION_IN_PROGRESS"
+
+
+class UpdaterMachine:
+    """The updater's decision core.
+
+    Args:
+        record: the journaled record to resume from (None = a fresh device). Restoring sets
+            the state directly and runs no ``on_enter`` callback; the engine sends
+            :class:`~updater_fsm.events.Resume` to continue explicitly.
+    """
+
+    def __init__(self, record: Record | None = None) -> None:
+        self._model = _Model(record or Record())
+        self._machine = Machine(
+            model=self._model,
+            states=[s.value for s in State],
+            transitions=[t.as_transitions_kwargs() for t in TRANSITIONS],
+            initial=self._model.record.state.value,
+            auto_transitions=False,
+            queued=True,
+            send_event=True,
+            before_state_change="on_accept",
+            after_state_change="on_state_change",
+        )
+
+    @property
+    def record(self) -> Record:
+        return self._model.record
+
+    @property
+    def state(self) -> State:
+        return State(self._model.state)
+
+    def handle(self, event: ev.Event, now: float) -> Decision:
+        """Decide what ``event`` does at time ``now`` (UNIX seconds).
+
+        Never raises for an event the current state does not accept: the decision is then
+        ``accepted=False`` with the record untouched and a rejection in ``reply``.
+        """
+        model = self._model
+        before_record = model.record
+        before = self.state
+        model.now = now
+        model.effects = []
+        model.reply = Reply()
+        model.fired = False
+        try:
+            model.trigger(event.trigger.value, event=event)
+        except MachineError:
+            model.fired = False
+        if not model.fired:
+            model.record = before_record
+            return Decision(
+                False, before, before_record, (), rejection(before, event, before_record)
+            )
+        model.record = attrs.evolve(model.record, state=self.state)
+        return Decision(True, before, model.record, tuple(model.effects), model.reply)
+
+
+def rejection(state: State, event: ev.Event, record: Record) -> Reply:
+    """Why ``event`` is not accepted in ``state``: the 404/409 answer for the API."""
+    job = record.job
+    running = f"v{job.version}" if job and job.version else "a job"
+    if isinstance(event, ev.DownloadRequested):
+        return Reply(409, f"{_BUSY_MSG}: {state} {running} is in progress; cancel it first")
+    if isinstance(event, ev.UpdateRequested):
+        same = job is not None and job.version == event.version
+        if state in INSTALL_STATES:
+            return Reply(409, f"{_BUSY_MSG}: installing {running}")
+        if same and state in (State.DOWNLOADING, State.VERIFYING):
+            return Reply(409, f"{_BUSY_MSG}: v{event.version} is still {state}")
+        return Reply(404, f"PACKAGE_NOT_FOUND: {event.version}")
+    if isinstance(event, ev.RollbackRequested):
+        if state in BUSY_STATES:
+            return Reply(409, f"{_BUSY_MSG}: {state} {running} is in progress")
+        if state == State.READY:
+            return Reply(409, f"{_BUSY_MSG}: a verified package is waiting; cancel it first")
+        return Reply(404, f"VERSION_NOT_FOUND: no {event.target} version to roll back to")
+    if isinstance(event, ev.Cancel):
+        if state in INSTALL_STATES:
+            return Reply(409, f"{_BUSY_MSG}: cannot cancel while {state}; the switch must finish")
+        return Reply(409, f"NOTHING_TO_CANCEL: the updater is {state}")
+    if isinstance(event, ev.Reset):
+        return Reply(409, f"{_BUSY_MSG}: cannot reset while {state}")
+    return Reply(409, f"IGNORED: {event.trigger} is not valid in state {state}")

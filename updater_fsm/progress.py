@@ -1,0 +1,163 @@
+"""The progress snapshot: what ``/progress``, ``/events`` and device-api reports show.
+
+Built from the journaled record, the live transfer figures and the link versions by one
+pure function, :func:`build_snapshot`, so every consumer tells the same story. The legacy
+``stage`` comes from :data:`updater_fsm.table.STAGE_OF` and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from updater_fsm.events import LinkVersions
+from updater_fsm.record import Record
+from updater_fsm.table import STAGE_OF, Stage, State
+
+#: Fixed progress of the install states, increasing so ``installing`` never goes backwards.
+_INSTALL_PROGRESS = {
+    State.DEPLOYING: 10,
+    State.SWITCHING: 40,
+    State.HEALTH_CHECK: 70,
+    State.ROLLBACK_PREVIOUS: 80,
+    State.ROLLBACK_FACTORY: 90,
+}
+
+
+@attrs.frozen
+class Transfer:
+    """Live download figures, updated by the download executor (not journaled)."""
+
+    job_id: int
+    bytes_done: int
+    total: int
+    speed_bps: float = 0.0
+    eta_s: float | None = None
+
+
+@attrs.frozen
+class Snapshot:
+    """One consistent view of the updater. ``data()`` is the contract's ``/progress`` body."""
+
+    stage: Stage
+    progress: int
+    message: str
+    error: str | None
+    state: State
+    version: str | None
+    bytes_downloaded: int
+    total_bytes: int
+    speed_bps: float
+    eta_s: float | None
+    current_version: str | None
+    previous_version: str | None
+    factory_version: str | None
+    rollback_level: int
+    seq: int
+
+    def data(self) -> dict[str, Any]:
+        """The ``data`` object of ``GET /progress`` (contract fields first, then extras)."""
+        return {
+            "stage": self.stage.value,
+            "progress": self.progress,
+            "message": self.message,
+            "error": self.error,
+            "state": self.state.value,
+            "version": self.version,
+            "bytes_downloaded": self.bytes_downloaded,
+            "total_bytes": self.total_bytes,
+            "speed_bps": round(self.speed_bps, 1),
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "current_version": self.current_version,
+            "previous_version": self.previous_version,
+            "factory_version": self.factory_version,
+            "rollback_level": self.rollback_level,
+        }
+
+    def report(self) -> dict[str, Any]:
+        """The device-api report body (contract §2): ``version`` spelled ``v1.2.3``."""
+        return {
+            "stage": self.stage.value,
+            "progress": self.progress,
+            "message": self.message,
+            "error": self.error,
+            "version": f"v{self.version}" if self.version else None,
+        }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB"
+
+
+def build_snapshot(
+    record: Record, transfer: Transfer | None, links: LinkVersions, *, floor: int = 0
+) -> Snapshot:
+    """Compose the snapshot.
+
+    Args:
+        record: the machine's record.
+        transfer: live download figures (ignored unless they belong to the current job).
+        links: the versions the symlinks name now.
+        floor: the last progress shown in this stage; the result never goes below it, so a
+            download that resumes from its last durable byte does not make the bar jump back.
+    """
+    state = record.state
+    stage = STAGE_OF[state]
+    job = record.job
+    version = job.version if job else None
+    if job is not None and job.kind == "manual_rollback":
+        version = job.rollback_target
+    total = job.request.package_size if job and job.request else 0
+    done = job.bytes_durable if job else 0
+    speed, eta = 0.0, None
+    if transfer is not None and job is not None and transfer.job_id == job.job_id:
+        done, speed, eta = max(done, transfer.bytes_done), transfer.speed_bps, transfer.eta_s
+    if state in (State.VERIFYING, State.READY) or state in _INSTALL_PROGRESS:
+        done = total
+    error = job.error if job is not None and state in (State.FAILED, State.IDLE) else None
+
+    if state is State.DOWNLOADING:
+        progress = min(99, done * 100 // total) if total else 0
+        message = f"Downloading package... {_mb(done)} / {_mb(total)}"
+    elif state is State.VERIFYING:
+        progress, message = 50, f"Verifying package v{version}..."
+    elif state is State.READY:
+        progress, message = 100, f"Package v{version} verified, ready to install"
+    elif state is State.DEPLOYING:
+        progress, message = _INSTALL_PROGRESS[state], f"Staging v{version}..."
+    elif state is State.SWITCHING:
+        progress, message = _INSTALL_PROGRESS[state], f"Switching services to v{version}..."
+    elif state is State.HEALTH_CHECK:
+        progress, message = _INSTALL_PROGRESS[state], f"Checking health of v{version}..."
+    elif state in (State.ROLLBACK_PREVIOUS, State.ROLLBACK_FACTORY):
+        target = job.rollback_target if job else None
+        which = "factory version" if state is State.ROLLBACK_FACTORY else "previous version"
+        progress, message = _INSTALL_PROGRESS[state], f"Rolling back to {which} v{target}..."
+    elif state is State.SUCCESS:
+        progress, message = 100, f"Update to v{version} complete"
+    elif state is State.FAILED:
+        progress, message = 0, f"Update failed: {error}"
+    elif job is not None and job.kind == "manual_rollback" and job.rollback_target:
+        progress, message = 0, f"Rolled back to v{job.rollback_target}"
+    elif error:
+        progress, message = 0, f"Idle ({error})"
+    else:
+        progress, message = 0, "Idle, waiting for an update"
+    return Snapshot(
+        stage=stage,
+        progress=max(progress, floor),
+        message=message,
+        error=error,
+        state=state,
+        version=version,
+        bytes_downloaded=done,
+        total_bytes=total,
+        speed_bps=speed,
+        eta_s=eta,
+        current_version=links.current,
+        previous_version=links.previous,
+        factory_version=links.factory,
+        rollback_level=job.rollback_level if job else 0,
+        seq=record.seq,
+    )

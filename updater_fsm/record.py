@@ -1,0 +1,92 @@
+"""The journaled record: the state plus everything needed to resume after a restart.
+
+This is exactly what :mod:`updater_fsm.journal` writes to disk after every accepted
+transition, and what the machine is rebuilt from on start.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from updater_fsm.events import DownloadRequest
+from updater_fsm.manifest import ServiceUnit
+from updater_fsm.table import INITIAL, State
+
+#: A verified package may be installed for this long (contract §1: 410 after 24 h).
+PACKAGE_TTL_S = 24 * 3600.0
+#: A verified_at this far in the future means the clock jumped back: trust nothing.
+CLOCK_SKEW_TOLERANCE_S = 300.0
+
+
+@attrs.frozen
+class Job:
+    """One download-and-install job (or one manual rollback).
+
+    Attributes:
+        job_id: unique, increasing; results of other jobs are ignored.
+        kind: ``"update"`` or ``"manual_rollback"``.
+        request: the download request (None for a manual rollback).
+        bytes_durable: length of the fsynced prefix of the ``.part`` file.
+        etag, last_modified: the server's validators for resuming with If-Range.
+        md5, sha256: digests computed while streaming (None until the download is done).
+        verified_at: UNIX time the package passed verification.
+        from_version: the version running when the install began (level-1 target).
+        factory_version: the version ``factory`` names (level-2 target).
+        previous_before: what ``previous`` named before the switch (restored on rollback).
+        units: the systemd units this job stops, starts and checks.
+        rollback_level: 0, then 1 (previous) or 2 (factory).
+        rollback_target: the version the current rollback level points ``current`` at.
+        cause: the failure that started the rollback ladder.
+        error: the contract ``error`` string once the job failed.
+    """
+
+    job_id: int
+    kind: str = "update"
+    request: DownloadRequest | None = None
+    bytes_durable: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+    md5: str | None = None
+    sha256: str | None = None
+    verified_at: float | None = None
+    from_version: str | None = None
+    factory_version: str | None = None
+    previous_before: str | None = None
+    units: tuple[ServiceUnit, ...] = ()
+    rollback_level: int = 0
+    rollback_target: str | None = None
+    cause: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def version(self) -> str | None:
+        """The version this job installs (None for a manual rollback)."""
+        return self.request.version if self.request else None
+
+    def is_expired(self, now: float) -> bool:
+        """True when the verified package is too old to install, or the clock is untrustworthy."""
+        if self.verified_at is None:
+            return False
+        age = now - self.verified_at
+        return age > PACKAGE_TTL_S or age < -CLOCK_SKEW_TOLERANCE_S
+
+
+@attrs.frozen
+class Record:
+    """The machine's whole persistent state.
+
+    Attributes:
+        state: the FSM state.
+        job: the current (or last finished) job; None before the first one.
+        last_job_id: highest job id ever issued (so ids never repeat across restarts).
+        last_units: units of the last successful install (what a manual rollback restarts).
+        seq: incremented on every accepted event; the journal's sequence number.
+    """
+
+    state: State = INITIAL
+    job: Job | None = None
+    last_job_id: int = 0
+    last_units: tuple[ServiceUnit, ...] = ()
+    seq: int = 0
