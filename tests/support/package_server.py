@@ -120,7 +120,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     try:
         if not first:
             length = int(last)
-            return (max(0, size - length), size - 1) if 0 < length and size else None
+            return (max(0, size - length), size - 1) if length > 0 and size else None
         start = int(first)
         end = int(last) if last else size - 1
     except ValueError:
@@ -264,9 +264,9 @@ class PackageServer:
         self, request: web.Request, f: _File, b: Behaviour, rec: _Recorder
     ) -> web.StreamResponse:
         if b.status is not None:
-            headers = {"Retry-After": b.retry_after} if b.retry_after else {}
+            extra = {"Retry-After": b.retry_after} if b.retry_after else {}
             rec.status = b.status
-            return web.Response(status=b.status, text=f"status {b.status}", headers=headers)
+            return web.Response(status=b.status, text=f"status {b.status}", headers=extra)
         size = len(f.data)
         start, end, status = 0, size - 1, 200
         headers: dict[str, str] = {"Accept-Ranges": "bytes" if b.support_range else "none"}

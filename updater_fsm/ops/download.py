@@ -498,6 +498,12 @@ class _Download:
         if status == 416:
             if offset == 0:
                 raise UpdaterError(ErrorCode.DOWNLOAD_FAILED, f"HTTP 416 for {url} without Range")
+            total = resp.headers.get("Content-Range", "").rpartition("/")[2].strip()
+            if total.isdigit() and int(total) != self.spec.size:
+                raise UpdaterError(
+                    ErrorCode.PACKAGE_SIZE_MISMATCH,
+                    f"server announces {total} bytes, expected {self.spec.size}",
+                )
             await self.restart_from_zero("server answered 416 to the resume range")
             exc = _Transient(f"HTTP 416 for {url}")
             exc.immediate = True
