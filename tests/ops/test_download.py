@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import subprocess
 import time
@@ -161,11 +162,17 @@ async def test_cancel_is_prompt_keeps_part_and_resumes(
     data = blob()
     spec = spec_for(package_server.add("pkg.zip", data, Behaviour(rate_bps=2_000_000)), data)
     journal = Journal()
+    far_enough = asyncio.Event()
+
+    async def on_checkpoint(point: ResumePoint) -> None:
+        await journal(point)
+        if point.offset >= 200_000:
+            far_enough.set()
+
     task = asyncio.create_task(
-        download_package(spec, tmp_path, resume=None, settings=FAST, on_checkpoint=journal)
+        download_package(spec, tmp_path, resume=None, settings=FAST, on_checkpoint=on_checkpoint)
     )
-    while not journal.points or journal.last.offset < 200_000:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(far_enough.wait(), 5)
     t0 = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -450,7 +457,7 @@ async def test_progress_is_monotonic_and_rate_limited(
     assert done == sorted(done) and done[-1] == SIZE and seen[-1][1].eta_s == 0
     assert all(p.total == SIZE for _, p in seen)
     # Rate limit: between the first and the final sample, never closer than the interval.
-    gaps = [b[0] - a[0] for a, b in zip(seen[:-2], seen[1:-1], strict=True)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(seen[:-1])]
     assert gaps and min(gaps) >= 0.099
     assert 3 <= len(seen) <= 0.45 / 0.1 + 4  # ~0.42 s of transfer
     speeds = [p.speed_bps for _, p in seen[2:]]
@@ -481,7 +488,7 @@ async def test_fresh_download_discards_stale_files(
     assert package_server.requests("pkg.zip")[0].range is None
 
 
-async def test_discard_download_removes_both(tmp_path: Path) -> None:
+def test_discard_download_removes_both(tmp_path: Path) -> None:
     part_path(tmp_path, "p").write_bytes(b"1")
     package_path(tmp_path, "p").write_bytes(b"2")
     discard_download(tmp_path, "p")
