@@ -71,6 +71,13 @@ def _zinfo(entry: Entry) -> zipfile.ZipInfo:
     return info
 
 
+def _write_entry(zf: zipfile.ZipFile, entry: Entry) -> None:
+    info = _zinfo(entry)
+    zf.writestr(info, entry.data)
+    # writestr() substitutes 0o600 for a zero external_attr; restore "no mode stored".
+    zf.filelist[-1].external_attr = info.external_attr if entry.mode is not None else 0
+
+
 def write_zip(
     path: Path,
     entries: Iterable[Entry],
@@ -102,7 +109,7 @@ def write_zip(
         warnings.simplefilter("ignore")  # "Duplicate name" is what some cases want
         with zipfile.ZipFile(path, "w") as zf:
             for entry in all_entries:
-                zf.writestr(_zinfo(entry), entry.data)
+                _write_entry(zf, entry)
             if tamper is not None:
                 tamper(zf)
     return path
@@ -490,5 +497,5 @@ def zip_bytes(entries: Iterable[Entry], manifest: Mapping[str, Any] | bytes | No
                 raw = json.dumps(manifest).encode() if isinstance(manifest, Mapping) else manifest
                 zf.writestr(_zinfo(Entry("manifest.json", raw)), raw)
             for entry in entries:
-                zf.writestr(_zinfo(entry), entry.data)
+                _write_entry(zf, entry)
     return buf.getvalue()
