@@ -109,10 +109,10 @@ class ServiceController:
         Raises:
             UpdaterError: ``SERVICE_START_FAILED`` if systemctl cannot be run or fails.
         """
-        args = ["show", unit]
+        args = ["show"]
         if props:
             args += ["-p", ",".join(props)]
-        result = await self._query(*args, "--")
+        result = await self._query(*args, "--", unit)
         values: dict[str, str] = {}
         for line in result.stdout.splitlines():
             key, sep, value = line.partition("=")
@@ -125,7 +125,7 @@ class ServiceController:
 
         ``"unknown"`` if systemctl printed nothing.
         """
-        result = await self._query("is-active", unit, accept_rc=True)
+        result = await self._query("is-active", "--", unit, accept_rc=True)
         return result.stdout.strip() or "unknown"
 
     async def _query(self, *args: str, accept_rc: bool = False) -> CommandResult:
@@ -171,7 +171,7 @@ class ServiceController:
             return
         log.info("service.stop", unit=unit, state=state)
         try:
-            result = await self._run("stop", "--no-block", unit)
+            result = await self._run("stop", "--no-block", "--", unit)
         except (OSError, CommandTimeout) as exc:
             raise UpdaterError(ErrorCode.SERVICE_STOP_FAILED, f"{unit}: {exc}") from exc
         if result.returncode != 0:
@@ -188,7 +188,7 @@ class ServiceController:
             return
         log.warning("service.stop.sigkill", unit=unit, state=state, stop_timeout=self.stop_timeout)
         try:
-            result = await self._run("kill", "--signal=SIGKILL", unit)
+            result = await self._run("kill", "--signal=SIGKILL", "--", unit)
         except (OSError, CommandTimeout) as exc:
             raise UpdaterError(ErrorCode.SERVICE_STOP_FAILED, f"{unit}: kill: {exc}") from exc
         if result.returncode != 0 and not _is_not_loaded(result):
@@ -237,12 +237,12 @@ class ServiceController:
         log.info("service.start", unit=unit)
         # Failing here is harmless (e.g. unit never failed / not loaded yet).
         try:
-            await self._run("reset-failed", unit)
+            await self._run("reset-failed", "--", unit)
         except (OSError, CommandTimeout) as exc:
             raise UpdaterError(ErrorCode.SERVICE_START_FAILED, f"{unit}: {exc}") from exc
         started = time.monotonic()
         try:
-            result = await self._run("start", unit, limit_s=self.start_timeout)
+            result = await self._run("start", "--", unit, limit_s=self.start_timeout)
         except CommandTimeout:
             state = await self.is_active(unit)
             await self._fail_start(
@@ -303,7 +303,16 @@ class ServiceController:
         """
         try:
             journal = await run_command(
-                [*self.journalctl, "--no-pager", "-q", "-o", "cat", "-n", str(lines), "-u", unit],
+                [
+                    *self.journalctl,
+                    "--no-pager",
+                    "-q",
+                    "-o",
+                    "cat",
+                    "-n",
+                    str(lines),
+                    f"--unit={unit}",
+                ],
                 timeout_s=self.call_timeout,
                 env=_plain_env(),
             )
@@ -315,7 +324,7 @@ class ServiceController:
         except (OSError, CommandTimeout):
             pass
         try:
-            status = await self._run("status", "-n", str(lines), "--lines", str(lines), unit)
+            status = await self._run("status", "--lines", str(lines), "--", unit)
         except (OSError, CommandTimeout):
             return ""
         # Keep the informative part: state, main PID/exit code, process lines, log lines.
