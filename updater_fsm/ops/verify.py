@@ -15,15 +15,18 @@ import binascii
 import hashlib
 import hmac
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import structlog
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from updater_fsm import durable
 from updater_fsm.errors import ErrorCode, UpdaterError
+
+if TYPE_CHECKING:
+    # Imported lazily at run time: `cryptography` costs ~8 MB of RSS, and the download
+    # process (which imports this module for hash_file) needs it only when signing is on.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 _log = structlog.get_logger(__name__)
 
@@ -69,6 +72,9 @@ def load_public_key(pem_or_raw_b64: str | bytes) -> Ed25519PublicKey:
     Raises:
         ValueError: the text is neither, or the key is not Ed25519.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data = pem_or_raw_b64.encode() if isinstance(pem_or_raw_b64, str) else pem_or_raw_b64
     data = data.strip()
     if data.startswith(b"-----BEGIN"):
@@ -149,6 +155,8 @@ def verify_digests(
         signature = base64.b64decode(signature_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _reject(path, ErrorCode.SIGNATURE_INVALID, f"signature is not base64: {exc}") from exc
+    from cryptography.exceptions import InvalidSignature
+
     try:
         trusted_key.verify(signature, bytes.fromhex(digests.sha256))
     except InvalidSignature:
