@@ -258,10 +258,10 @@ class _Model:
         event = self._event(data)
         assert isinstance(event, ev.SwitchFailed | ev.Unhealthy)
         job = self.job
-        # No version ran before this one (first install on a bare layout): factory at once.
-        level = 1 if job.from_version else 2
         self._set_job(cause=event.error)
-        self._start_rollback(level, job.from_version if level == 1 else job.factory_version)
+        # Level 1 returns to the version that ran before; on a layout that had no `current`
+        # link the factory version is the only one that ever ran.
+        self._start_rollback(1, job.from_version or job.factory_version)
 
     def begin_manual_rollback(self, data: EventData) -> None:
         event = self._event(data)

@@ -8,14 +8,18 @@ accepts a ``str`` only from a ``str``, an ``int`` only from an ``int`` that is n
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import cattrs
 
 
-def _strict_str(value: Any, _type: type) -> str:
+def _strict_str(value: Any, type_: type) -> str:
     if not isinstance(value, str):
         raise TypeError(f"must be a string, not {type(value).__name__}")
+    if issubclass(type_, enum.Enum):
+        # A StrEnum is a str subclass, so singledispatch routes it here.
+        return type_(value)  # type: ignore[return-value]
     return value
 
 

@@ -1,0 +1,46 @@
+"""Builders that drive the pure machine to a given state (no I/O)."""
+
+from __future__ import annotations
+
+from updater_fsm import events as ev
+from updater_fsm.machine import Decision, UpdaterMachine
+from updater_fsm.manifest import ServiceUnit
+
+T0 = 1_800_000_000.0
+MD5 = "0" * 32
+SHA = "1" * 64
+UNITS = (ServiceUnit("device-api.service", 1), ServiceUnit("web-server.service", 2))
+LINKS = ev.LinkVersions(current="1.0.0", previous="0.9.0", factory="0.9.0")
+
+
+def request(version: str = "1.2.3", name: str = "update.zip", size: int = 1000) -> ev.DownloadRequest:
+    return ev.DownloadRequest(version, f"http://127.0.0.1:1/{name}", name, size, MD5)
+
+
+def drive(machine: UpdaterMachine, *events: ev.Event, now: float = T0) -> Decision:
+    """Feed events, asserting each is accepted; return the last decision."""
+    decision = None
+    for event in events:
+        decision = machine.handle(event, now)
+        assert decision.accepted, (event, decision.reply, machine.state)
+    assert decision is not None
+    return decision
+
+
+def at_ready(req: ev.DownloadRequest | None = None, now: float = T0) -> UpdaterMachine:
+    m = UpdaterMachine()
+    req = req or request()
+    drive(
+        m,
+        ev.DownloadRequested(req),
+        ev.DownloadDone(1, req.package_size, MD5, SHA),
+        ev.Verified(1),
+        now=now,
+    )
+    return m
+
+
+def at_health_check(links: ev.LinkVersions = LINKS) -> UpdaterMachine:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, UNITS, links), ev.Switched(1))
+    return m

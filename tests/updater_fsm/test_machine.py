@@ -1,0 +1,259 @@
+"""The pure decision core: every path of the table, with its effects and answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from updater_fsm import effects as fx
+from updater_fsm import events as ev
+from updater_fsm.machine import UpdaterMachine
+from updater_fsm.record import PACKAGE_TTL_S
+from updater_fsm.table import TRANSITIONS, State, Trigger
+
+from .helpers import LINKS, MD5, SHA, T0, UNITS, at_health_check, at_ready, drive, request
+
+
+def kinds(decision: object) -> list[str]:
+    return [type(e).__name__ for e in decision.effects]  # type: ignore[attr-defined]
+
+
+def test_table_guards_and_actions_exist_on_the_model() -> None:
+    from updater_fsm.machine import _Model
+
+    for row in TRANSITIONS:
+        for guard in row.conditions:
+            assert callable(getattr(_Model, guard)), guard
+        if row.action:
+            assert callable(getattr(_Model, row.action)), row.action
+
+
+def test_every_state_is_reachable_and_every_trigger_used() -> None:
+    reached = {State.IDLE}
+    changed = True
+    while changed:
+        changed = False
+        for row in TRANSITIONS:
+            if row.dest and row.dest not in reached and set(row.sources) & reached:
+                reached.add(row.dest)
+                changed = True
+    assert reached == set(State)
+    assert {row.trigger for row in TRANSITIONS} == set(Trigger)
+
+
+def test_happy_path_effects_in_order() -> None:
+    m = UpdaterMachine()
+    req = request()
+    d = drive(m, ev.DownloadRequested(req))
+    assert kinds(d) == ["StartDownload", "Report"]
+    assert d.effects[0] == fx.StartDownload(1, req, 0, None, None)
+    drive(m, ev.DownloadCheckpoint(1, 400, etag='"e1"'))
+    assert m.record.job is not None and m.record.job.bytes_durable == 400
+    d = drive(m, ev.DownloadDone(1, 1000, MD5, SHA))
+    assert d.effects[0] == fx.VerifyPackage(1, req, MD5, SHA)
+    d = drive(m, ev.Verified(1))
+    assert m.state is State.READY and m.record.job.verified_at == T0  # type: ignore[union-attr]
+    d = drive(m, ev.UpdateRequested("1.2.3"))
+    assert d.effects[0] == fx.StageSnapshot(1, "1.2.3", "update.zip")
+    d = drive(m, ev.Staged(1, UNITS, LINKS))
+    assert d.effects[0] == fx.SwitchVersion(1, "1.2.3", "1.0.0", UNITS)
+    d = drive(m, ev.Switched(1))
+    assert d.effects[0] == fx.CheckHealth(1, UNITS)
+    d = drive(m, ev.Healthy(1))
+    assert m.state is State.SUCCESS
+    assert kinds(d) == ["DiscardPackage", "CollectGarbage", "Report"]
+    assert d.effects[-1] == fx.Report(terminal=True)
+    assert m.record.last_units == UNITS
+
+
+def test_same_download_is_idempotent_other_is_409() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()))
+    again = m.handle(ev.DownloadRequested(request()), T0)
+    assert again.accepted and again.effects == () and m.record.job.job_id == 1  # type: ignore[union-attr]
+    other = m.handle(ev.DownloadRequested(request("1.2.4")), T0)
+    assert not other.accepted and other.reply.code == 409
+    assert other.reply.msg.startswith("OPERATION_IN_PROGRESS")
+
+
+def test_verified_same_package_is_idempotent_new_package_replaces() -> None:
+    m = at_ready()
+    again = m.handle(ev.DownloadRequested(request()), T0)
+    assert again.accepted and again.effects == () and m.state is State.READY
+    d = drive(m, ev.DownloadRequested(request("1.3.0", name="new.zip")))
+    assert m.state is State.DOWNLOADING
+    assert kinds(d)[:2] == ["DiscardPackage", "StartDownload"]
+    assert d.effects[0] == fx.DiscardPackage("update.zip")
+
+
+@pytest.mark.parametrize(
+    ("setup", "version", "code"),
+    [
+        ("idle", "1.2.3", 404),
+        ("ready", "9.9.9", 404),
+        ("downloading", "1.2.3", 409),
+        ("installing", "1.2.3", 409),
+        ("success", "1.2.3", 404),
+    ],
+)
+def test_update_rejections(setup: str, version: str, code: int) -> None:
+    m = UpdaterMachine()
+    if setup == "ready":
+        m = at_ready()
+    elif setup == "downloading":
+        drive(m, ev.DownloadRequested(request()))
+    elif setup == "installing":
+        m = at_health_check()
+    elif setup == "success":
+        m = at_health_check()
+        drive(m, ev.Healthy(1))
+    before = m.record
+    d = m.handle(ev.UpdateRequested(version), T0)
+    assert not d.accepted and d.reply.code == code and m.record == before
+    if code == 404:
+        assert d.reply.msg == f"PACKAGE_NOT_FOUND: {version}"
+
+
+def test_expired_package_answers_410_and_is_deleted() -> None:
+    m = at_ready()
+    d = m.handle(ev.UpdateRequested("1.2.3"), T0 + PACKAGE_TTL_S + 1)
+    assert d.accepted and d.reply.code == 410 and m.state is State.IDLE
+    assert d.reply.msg.startswith("PACKAGE_EXPIRED: ")
+    assert fx.DiscardPackage("update.zip") in d.effects
+
+
+def test_clock_jumping_back_expires_the_package() -> None:
+    m = at_ready()
+    d = m.handle(ev.UpdateRequested("1.2.3"), T0 - 3600)
+    assert d.reply.code == 410
+
+
+def test_stale_results_of_an_old_job_are_ignored() -> None:
+    m = at_ready()
+    drive(m, ev.DownloadRequested(request("2.0.0", name="b.zip")))
+    before = m.record
+    d = m.handle(ev.DownloadDone(1, 1000, MD5, SHA), T0)
+    assert not d.accepted and m.record == before and m.state is State.DOWNLOADING
+
+
+def test_download_failure_keeps_part_and_same_request_resumes() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 600, etag='"x"'))
+    drive(m, ev.DownloadFailed(1, "DOWNLOAD_FAILED: connection reset after 8 attempts"))
+    assert m.state is State.FAILED
+    d = drive(m, ev.DownloadRequested(request()))
+    assert d.effects[0] == fx.StartDownload(2, request(), 600, '"x"', None)
+
+
+def test_verify_failure_discards_the_package() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadDone(1, 1000, MD5, SHA))
+    d = drive(m, ev.VerifyFailed(1, "MD5_MISMATCH: expected 00…, got ff…"))
+    assert m.state is State.FAILED and fx.DiscardPackage("update.zip") in d.effects
+    assert m.record.job.error.startswith("MD5_MISMATCH")  # type: ignore[union-attr]
+
+
+def test_stage_failure_discards_staging_and_fails() -> None:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"))
+    d = drive(m, ev.StageFailed(1, "INVALID_MANIFEST: modules[0].dst: must be absolute"))
+    assert m.state is State.FAILED
+    assert kinds(d)[:2] == ["DiscardStaging", "DiscardPackage"]
+
+
+def test_level1_rollback_restores_previous_link_and_reports() -> None:
+    m = at_health_check()
+    d = drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: device-api.service: exited"))
+    assert m.state is State.ROLLBACK_PREVIOUS
+    assert d.effects[0] == fx.RollBack(1, 1, "1.0.0", "1.2.3", UNITS, previous_after="0.9.0")
+    d = drive(m, ev.RollbackOk(1))
+    assert m.state is State.FAILED
+    assert m.record.job.error.startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.0.0")  # type: ignore[union-attr]
+    assert fx.RemoveSnapshot("1.2.3") in d.effects and d.effects[-1] == fx.Report(terminal=True)
+
+
+def test_level2_rollback_after_level1_fails() -> None:
+    m = at_health_check()
+    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: x"))
+    d = drive(m, ev.RollbackFailed(1, "HEALTH_CHECK_FAILED: device-api.service: exited"))
+    assert m.state is State.ROLLBACK_FACTORY
+    assert d.effects[0] == fx.RollBack(1, 2, "0.9.0", "1.2.3", UNITS, previous_after="0.9.0")
+    drive(m, ev.RollbackOk(1))
+    assert m.record.job.error.startswith("ROLLBACK_LEVEL_2_SUCCESS: v0.9.0")  # type: ignore[union-attr]
+
+
+def test_both_rollbacks_fail_needs_manual_intervention() -> None:
+    m = at_health_check()
+    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: device-api.service: exited"))
+    drive(m, ev.RollbackFailed(1, "a"), ev.RollbackFailed(1, "b"))
+    assert m.state is State.FAILED
+    assert m.record.job.error.startswith(  # type: ignore[union-attr]
+        "ROLLBACK_FAILED: manual intervention required"
+    )
+
+
+def test_switch_failure_enters_the_ladder_too() -> None:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, UNITS, LINKS))
+    drive(m, ev.SwitchFailed(1, "SERVICE_STOP_TIMEOUT: device-api.service"))
+    assert m.state is State.ROLLBACK_PREVIOUS
+
+
+def test_manual_rollback_to_previous_and_factory() -> None:
+    m = at_health_check()
+    drive(m, ev.Healthy(1))
+    links = ev.LinkVersions("1.2.3", "1.0.0", "0.9.0")
+    d = drive(m, ev.RollbackRequested("previous", links))
+    assert m.state is State.ROLLBACK_PREVIOUS
+    assert d.effects[0] == fx.RollBack(2, 1, "1.0.0", None, UNITS, previous_after="1.2.3")
+    drive(m, ev.RollbackOk(2))
+    assert m.state is State.IDLE and m.record.job.error is None  # type: ignore[union-attr]
+    d = drive(m, ev.RollbackRequested("factory", ev.LinkVersions("1.0.0", "1.2.3", "0.9.0")))
+    assert m.state is State.ROLLBACK_FACTORY and d.effects[0].target_version == "0.9.0"  # type: ignore[attr-defined]
+
+
+def test_manual_rollback_without_previous_is_404_and_busy_is_409() -> None:
+    m = UpdaterMachine()
+    d = m.handle(ev.RollbackRequested("previous", ev.LinkVersions("1.0.0", None, "1.0.0")), T0)
+    assert d.reply.code == 404
+    drive(m, ev.DownloadRequested(request()))
+    d = m.handle(ev.RollbackRequested("factory", LINKS), T0)
+    assert d.reply.code == 409
+
+
+def test_cancel_download_and_staging() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()))
+    d = drive(m, ev.Cancel())
+    assert m.state is State.IDLE
+    assert d.effects[:2] == (fx.StopJob(1), fx.DiscardPackage("update.zip"))
+    assert m.record.job.error.startswith("CANCELLED")  # type: ignore[union-attr]
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"))
+    d = drive(m, ev.Cancel())
+    assert fx.DiscardStaging("1.2.3") in d.effects
+
+
+def test_cancel_is_refused_once_the_switch_began() -> None:
+    m = at_health_check()
+    d = m.handle(ev.Cancel(), T0)
+    assert not d.accepted and d.reply.code == 409
+
+
+def test_reset_clears_a_finished_job() -> None:
+    m = at_health_check()
+    drive(m, ev.Unhealthy(1, "x"), ev.RollbackOk(1), ev.Reset())
+    assert m.state is State.IDLE and m.record.job is None
+
+
+def test_rejection_leaves_the_record_identical() -> None:
+    m = at_ready()
+    before = m.record
+    for event in (ev.Switched(1), ev.Healthy(1), ev.RollbackOk(1), ev.Reset()):
+        d = m.handle(event, T0)
+        assert not d.accepted and d.effects == () and m.record == before
+
+
+def test_restore_runs_nothing_until_resume() -> None:
+    m = at_health_check()
+    restored = UpdaterMachine(m.record)
+    assert restored.state is State.HEALTH_CHECK and restored.record == m.record

@@ -1,0 +1,125 @@
+"""Restart recovery (contract §6): one rule per state, each tested on its own.
+
+After a restart the engine rebuilds the machine from the journal (no ``on_enter`` runs) and
+sends ``Resume(facts)`` with what the disk shows; these are the decisions it must get.
+"""
+
+from __future__ import annotations
+
+from updater_fsm import effects as fx
+from updater_fsm import events as ev
+from updater_fsm.machine import UpdaterMachine
+from updater_fsm.record import PACKAGE_TTL_S
+from updater_fsm.table import State
+
+from .helpers import LINKS, MD5, SHA, T0, UNITS, at_health_check, at_ready, drive, request
+
+
+def restart(m: UpdaterMachine, facts: ev.DiskFacts, now: float = T0) -> tuple[UpdaterMachine, object]:
+    restored = UpdaterMachine(m.record)
+    decision = restored.handle(ev.Resume(facts), now)
+    assert decision.accepted
+    return restored, decision
+
+
+def test_idle_does_nothing() -> None:
+    m, d = restart(UpdaterMachine(), ev.DiskFacts())
+    assert m.state is State.IDLE and d.effects == ()  # type: ignore[attr-defined]
+
+
+def test_downloading_resumes_from_the_durable_byte() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 700, etag='"v1"'))
+    m, d = restart(m, ev.DiskFacts(part_size=900))
+    assert m.state is State.DOWNLOADING
+    assert d.effects == (fx.StartDownload(1, request(), 700, '"v1"', None),)  # type: ignore[attr-defined]
+
+
+def test_downloading_with_a_shorter_part_file_resumes_from_what_is_on_disk() -> None:
+    # Power loss can revert the .part past the journal's checkpoint: trust the smaller.
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 700, etag='"v1"'))
+    m, d = restart(m, ev.DiskFacts(part_size=300))
+    assert d.effects[0].resume_offset == 300  # type: ignore[attr-defined]
+
+
+def test_downloading_without_part_file_restarts_from_zero_without_validators() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 700, etag='"v1"'))
+    m, d = restart(m, ev.DiskFacts(part_size=None))
+    assert d.effects == (fx.StartDownload(1, request(), 0, None, None),)  # type: ignore[attr-defined]
+
+
+def test_verifying_rehashes_the_package() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadDone(1, 1000, MD5, SHA))
+    m, d = restart(m, ev.DiskFacts(package_present=True))
+    assert m.state is State.VERIFYING
+    assert d.effects == (fx.VerifyPackage(1, request()),)  # type: ignore[attr-defined]
+
+
+def test_verifying_with_the_package_gone_downloads_again() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadDone(1, 1000, MD5, SHA))
+    m, d = restart(m, ev.DiskFacts(package_present=False, part_size=None))
+    assert m.state is State.DOWNLOADING
+    assert isinstance(d.effects[0], fx.StartDownload)  # type: ignore[attr-defined]
+
+
+def test_ready_survives_a_restart() -> None:
+    m, d = restart(at_ready(), ev.DiskFacts(package_present=True))
+    assert m.state is State.READY and d.effects == ()  # type: ignore[attr-defined]
+
+
+def test_ready_with_package_missing_or_expired_goes_idle() -> None:
+    m, _ = restart(at_ready(), ev.DiskFacts(package_present=False))
+    assert m.state is State.IDLE
+    m, d = restart(at_ready(), ev.DiskFacts(package_present=True), now=T0 + PACKAGE_TTL_S + 5)
+    assert m.state is State.IDLE and fx.DiscardPackage("update.zip") in d.effects  # type: ignore[attr-defined]
+
+
+def test_deploying_discards_the_half_staged_snapshot_and_restages() -> None:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"))
+    m, d = restart(m, ev.DiskFacts(package_present=True))
+    assert m.state is State.DEPLOYING
+    assert d.effects == (  # type: ignore[attr-defined]
+        fx.DiscardStaging("1.2.3"),
+        fx.StageSnapshot(1, "1.2.3", "update.zip"),
+    )
+
+
+def test_switching_runs_the_idempotent_switch_again() -> None:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, UNITS, LINKS))
+    m, d = restart(m, ev.DiskFacts(links=ev.LinkVersions("1.2.3", "1.0.0", "0.9.0")))
+    assert m.state is State.SWITCHING
+    assert d.effects == (fx.SwitchVersion(1, "1.2.3", "1.0.0", UNITS),)  # type: ignore[attr-defined]
+
+
+def test_health_check_runs_again() -> None:
+    m, d = restart(at_health_check(), ev.DiskFacts())
+    assert m.state is State.HEALTH_CHECK and d.effects == (fx.CheckHealth(1, UNITS),)  # type: ignore[attr-defined]
+
+
+def test_rollback_levels_resume_with_the_same_target() -> None:
+    m = at_health_check()
+    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: x"))
+    m1, d = restart(m, ev.DiskFacts())
+    assert m1.state is State.ROLLBACK_PREVIOUS
+    assert d.effects == (fx.RollBack(1, 1, "1.0.0", "1.2.3", UNITS, "0.9.0"),)  # type: ignore[attr-defined]
+    drive(m, ev.RollbackFailed(1, "HEALTH_CHECK_FAILED: y"))
+    m2, d = restart(m, ev.DiskFacts())
+    assert m2.state is State.ROLLBACK_FACTORY
+    assert d.effects == (fx.RollBack(1, 2, "0.9.0", "1.2.3", UNITS, "0.9.0"),)  # type: ignore[attr-defined]
+
+
+def test_finished_outcomes_are_reported_again() -> None:
+    m = at_health_check()
+    drive(m, ev.Healthy(1))
+    m, d = restart(m, ev.DiskFacts())
+    assert m.state is State.SUCCESS and d.effects == (fx.Report(terminal=True),)  # type: ignore[attr-defined]
+    m = at_health_check()
+    drive(m, ev.Unhealthy(1, "x"), ev.RollbackOk(1))
+    m, d = restart(m, ev.DiskFacts())
+    assert m.state is State.FAILED and d.effects == (fx.Report(terminal=True),)  # type: ignore[attr-defined]

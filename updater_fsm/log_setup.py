@@ -1,0 +1,89 @@
+"""Logging: JSON lines to a rotating file, readable lines on the console (contract §6).
+
+structlog renders every event twice through the standard library's handlers: as one JSON
+object per line (ISO 8601 UTC timestamps) into ``<state_dir>/logs/updater.log``, rotated at
+10 MB keeping 3 old files, and with colours on a TTY console. Library loggers (aiohttp)
+flow through the same handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+import structlog
+
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 3
+
+_SHARED: list[structlog.types.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    structlog.processors.StackInfoRenderer(),
+]
+
+
+def configure_logging(logs_dir: Path | None, *, level: str = "info", console: bool = True) -> None:
+    """Route structlog and stdlib logging to the rotating JSON file and/or the console.
+
+    Args:
+        logs_dir: directory of ``updater.log``; None = no file (e.g. short CLI commands).
+        level: minimum level name.
+        console: also log to stderr (coloured key=value on a TTY, JSON otherwise).
+    """
+    handlers: list[logging.Handler] = []
+    if logs_dir is not None:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.handlers.RotatingFileHandler(
+            logs_dir / "updater.log",
+            maxBytes=LOG_FILE_BYTES,
+            backupCount=LOG_FILE_BACKUPS,
+            encoding="utf-8",
+        )
+        file_handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=_SHARED,
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(sort_keys=False),
+                ],
+            )
+        )
+        handlers.append(file_handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        renderer: structlog.types.Processor = (
+            structlog.dev.ConsoleRenderer(colors=True)
+            if sys.stderr.isatty()
+            else structlog.processors.JSONRenderer()
+        )
+        stream.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=_SHARED,
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info,
+                    renderer,
+                ],
+            )
+        )
+        handlers.append(stream)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
