@@ -56,8 +56,13 @@ def _state(props: dict[str, str]) -> str:
     return text
 
 
-def _compare(unit: str, before: dict[str, str], now: dict[str, str]) -> None:
-    """Raise if ``unit`` restarted, was replaced or went down between two snapshots."""
+def _compare(unit: str, before: dict[str, str], now: dict[str, str], *, final: bool) -> None:
+    """Raise if ``unit`` restarted, was replaced or went down between two snapshots.
+
+    A unit waiting for its automatic restart (``auto-restart``) is left to the next poll,
+    which then sees ``NRestarts`` grow and names the restart loop; only the ``final`` check
+    fails on it directly.
+    """
     if now.get("NRestarts") != before.get("NRestarts"):
         raise _fail(
             unit,
@@ -67,6 +72,10 @@ def _compare(unit: str, before: dict[str, str], now: dict[str, str]) -> None:
     if _is_done_oneshot(before):
         if not _is_done_oneshot(now):
             raise _fail(unit, f"oneshot unit changed state to {_state(now)}")
+        return
+    if now.get("SubState") == "auto-restart":
+        if final:
+            raise _fail(unit, f"crashed, systemd is about to restart it ({_state(now)})")
         return
     if now.get("ActiveState") != "active":
         raise _fail(unit, f"no longer active ({_state(now)})")
@@ -151,14 +160,16 @@ async def _watch(
         if now >= deadline:
             break
         await asyncio.sleep(min(poll_s, deadline - now))
-        await _check_all(controller, baselines)
+        await _check_all(controller, baselines, final=False)
 
 
-async def _check_all(controller: ServiceController, baselines: dict[str, dict[str, str]]) -> None:
+async def _check_all(
+    controller: ServiceController, baselines: dict[str, dict[str, str]], *, final: bool
+) -> None:
     names = list(baselines)
     snaps = await asyncio.gather(*(_snapshot(controller, u) for u in names))
     for unit, snap in zip(names, snaps, strict=True):
-        _compare(unit, baselines[unit], snap)
+        _compare(unit, baselines[unit], snap, final=final)
 
 
 async def check_health(
@@ -208,5 +219,5 @@ async def check_health(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    await _check_all(controller, baselines)
+    await _check_all(controller, baselines, final=True)
     log.info("health.ok", units=[u.unit for u in units])
