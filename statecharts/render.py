@@ -60,7 +60,7 @@ def dot() -> str:
         f"  __start -> {INITIAL.value};",
     ]
     for state in State:
-        shape = ', peripheries=2' if state in (State.SUCCESS, State.FAILED) else ""
+        shape = ", peripheries=2" if state in (State.SUCCESS, State.FAILED) else ""
         out.append(f'  {state.value} [label="{state.value}"{shape}];')
     for row in TRANSITIONS:
         guards = f" [{', '.join(row.conditions)}]" if row.conditions else ""
@@ -90,7 +90,7 @@ def readme(chart: str) -> str:
 
 
 def render_all(out_dir: Path = HERE) -> list[Path]:
-    """Write ``updater.mmd``, ``updater.dot``, ``README.md`` and, if ``dot`` exists, ``updater.svg``."""
+    """Write the Mermaid, DOT and README files, and ``updater.svg`` when ``dot`` exists."""
     chart = mermaid()
     files = {
         out_dir / "updater.mmd": chart,

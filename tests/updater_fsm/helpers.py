@@ -13,7 +13,9 @@ UNITS = (ServiceUnit("device-api.service", 1), ServiceUnit("web-server.service",
 LINKS = ev.LinkVersions(current="1.0.0", previous="0.9.0", factory="0.9.0")
 
 
-def request(version: str = "1.2.3", name: str = "update.zip", size: int = 1000) -> ev.DownloadRequest:
+def request(
+    version: str = "1.2.3", name: str = "update.zip", size: int = 1000
+) -> ev.DownloadRequest:
     return ev.DownloadRequest(version, f"http://127.0.0.1:1/{name}", name, size, MD5)
 
 

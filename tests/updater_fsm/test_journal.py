@@ -41,7 +41,9 @@ def test_newest_valid_copy_wins_and_previous_is_kept(tmp_path: Path) -> None:
     "garbage",
     [b"", b"{", b"\xff\xfe", b"[]", b'{"schema": 99}', b"null"],
 )
-def test_corrupt_journal_is_set_aside_and_previous_copy_used(tmp_path: Path, garbage: bytes) -> None:
+def test_corrupt_journal_is_set_aside_and_previous_copy_used(
+    tmp_path: Path, garbage: bytes
+) -> None:
     m = UpdaterMachine()
     journal = Journal(tmp_path)
     journal.save(m.record)
@@ -50,7 +52,9 @@ def test_corrupt_journal_is_set_aside_and_previous_copy_used(tmp_path: Path, gar
     journal.path.write_bytes(garbage)
     loaded = journal.load()
     assert loaded.record is not None and loaded.record.seq == 0  # fell back to the previous copy
-    assert len(loaded.set_aside) == 1 and loaded.set_aside[0].name.startswith("journal.json.corrupt-")
+    assert len(loaded.set_aside) == 1 and loaded.set_aside[0].name.startswith(
+        "journal.json.corrupt-"
+    )
     assert not journal.path.exists()
 
 

@@ -15,7 +15,9 @@ from updater_fsm.table import State
 from .helpers import LINKS, MD5, SHA, T0, UNITS, at_health_check, at_ready, drive, request
 
 
-def restart(m: UpdaterMachine, facts: ev.DiskFacts, now: float = T0) -> tuple[UpdaterMachine, object]:
+def restart(
+    m: UpdaterMachine, facts: ev.DiskFacts, now: float = T0
+) -> tuple[UpdaterMachine, object]:
     restored = UpdaterMachine(m.record)
     decision = restored.handle(ev.Resume(facts), now)
     assert decision.accepted

@@ -1,0 +1,176 @@
+"""Property-based fuzzing of the machine with restarts and corrupt journals.
+
+Random event sequences (valid, invalid and stale) are fed to the machine while every
+accepted record is journaled. At random points the updater "restarts": the machine is
+rebuilt from the journal and resumed with random disk facts; sometimes the journal is
+corrupted first. The invariants below must hold after every step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from updater_fsm import events as ev
+from updater_fsm.journal import Journal, decode
+from updater_fsm.machine import UpdaterMachine
+from updater_fsm.record import PACKAGE_TTL_S, Record
+from updater_fsm.table import State
+
+from .helpers import MD5, SHA, T0, UNITS, request
+
+VERSIONS = ("1.0.0", "1.2.3", "2.0.0")
+REQUESTS = [request(v, name=f"p{v}.zip") for v in VERSIONS] + [request("1.2.3", name="alt.zip")]
+LINKS = st.builds(
+    ev.LinkVersions,
+    st.sampled_from([None, *VERSIONS]),
+    st.sampled_from([None, *VERSIONS]),
+    st.sampled_from([None, "0.9.0"]),
+)
+ERRORS = st.sampled_from(["DOWNLOAD_FAILED: x", "HEALTH_CHECK_FAILED: a.service: dead", "E: y"])
+FACTS = st.builds(
+    ev.DiskFacts,
+    st.one_of(st.none(), st.integers(0, 2000)),
+    st.booleans(),
+    LINKS,
+)
+
+
+def events(job_id: int) -> st.SearchStrategy[ev.Event]:
+    jid = st.sampled_from([job_id, job_id, job_id, job_id - 1, job_id + 1])
+    return st.one_of(
+        st.builds(ev.DownloadRequested, st.sampled_from(REQUESTS)),
+        st.builds(ev.DownloadCheckpoint, jid, st.integers(0, 1000), st.sampled_from([None, '"e"'])),
+        st.builds(ev.DownloadDone, jid, st.just(1000), st.just(MD5), st.just(SHA)),
+        st.builds(ev.DownloadFailed, jid, ERRORS),
+        st.builds(ev.Verified, jid),
+        st.builds(ev.VerifyFailed, jid, ERRORS),
+        st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS)),
+        st.builds(ev.Staged, jid, st.just(UNITS), LINKS),
+        st.builds(ev.StageFailed, jid, ERRORS),
+        st.builds(ev.Switched, jid),
+        st.builds(ev.SwitchFailed, jid, ERRORS),
+        st.builds(ev.Healthy, jid),
+        st.builds(ev.Unhealthy, jid, ERRORS),
+        st.builds(ev.RollbackRequested, st.sampled_from(["previous", "factory"]), LINKS),
+        st.builds(ev.RollbackOk, jid),
+        st.builds(ev.RollbackFailed, jid, ERRORS),
+        st.just(ev.Cancel()),
+        st.just(ev.Reset()),
+    )
+
+
+def expected_after_resume(record: Record, facts: ev.DiskFacts, now: float) -> State:
+    """The recovery rules of contract §6, stated independently of the table."""
+    state = record.state
+    if state is State.VERIFYING and not facts.package_present:
+        return State.DOWNLOADING
+    if state is State.READY:
+        assert record.job is not None
+        if not facts.package_present or record.job.is_expired(now):
+            return State.IDLE
+    return state
+
+
+def _scratch_dir() -> Path:
+    # tmpfs makes the thousands of fsyncs cheap; the journal code path is unchanged.
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix="tope-fuzz-", dir=shm if shm.is_dir() else None))
+
+
+class UpdaterFuzz(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = _scratch_dir()
+        self.journal = Journal(self.dir)
+        self.machine = UpdaterMachine()
+        self.journal.save(self.machine.record)
+        self.now = T0
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _job_id(self) -> int:
+        return self.machine.record.last_job_id
+
+    @rule(data=st.data())
+    def send_event(self, data: st.DataObject) -> None:
+        event = data.draw(events(max(self._job_id(), 1)))
+        before = self.machine.record
+        decision = self.machine.handle(event, self.now)
+        if not decision.accepted:
+            assert self.machine.record == before == decision.record
+            assert decision.effects == ()
+            assert decision.reply.code in (404, 409, 410)
+            return
+        self.journal.save(decision.record)
+        entered = decision.record.state if decision.state_changed else None
+        if entered is State.SUCCESS:
+            assert decision.before is State.HEALTH_CHECK
+        if entered is State.ROLLBACK_FACTORY:
+            manual = isinstance(event, ev.RollbackRequested) and event.target == "factory"
+            escalated = decision.before is State.ROLLBACK_PREVIOUS and isinstance(
+                event, ev.RollbackFailed
+            )
+            assert manual or escalated
+        if entered is State.ROLLBACK_PREVIOUS:
+            assert decision.before in (State.SWITCHING, State.HEALTH_CHECK) or isinstance(
+                event, ev.RollbackRequested
+            )
+        if decision.reply.code == 410:
+            assert isinstance(event, ev.UpdateRequested) and decision.record.state is State.IDLE
+
+    @rule(seconds=st.sampled_from([1.0, 3600.0, PACKAGE_TTL_S + 1, -7200.0]))
+    def clock_moves(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule(facts=FACTS)
+    def restart(self, facts: ev.DiskFacts) -> None:
+        loaded = self.journal.load()
+        assert loaded.record == self.machine.record and loaded.set_aside == ()
+        self._resume(loaded.record, facts)
+
+    @precondition(lambda self: self.machine.record.seq > 0)
+    @rule(garbage=st.binary(max_size=64), facts=FACTS)
+    def corrupt_journal_then_restart(self, garbage: bytes, facts: ev.DiskFacts) -> None:
+        self.journal.path.write_bytes(garbage)
+        loaded = self.journal.load()
+        assert len(loaded.set_aside) == 1  # the bad file is kept for a human, not deleted
+        if loaded.record is not None:
+            assert loaded.record.seq < self.machine.record.seq
+        self._resume(loaded.record, facts)
+
+    def _resume(self, record: Record | None, facts: ev.DiskFacts) -> None:
+        # With nothing valid left the engine rebuilds an idle record from the disk.
+        record = record or Record(last_job_id=self._job_id())
+        machine = UpdaterMachine(record)
+        assert machine.state is record.state  # restoring runs no on_enter
+        decision = machine.handle(ev.Resume(facts), self.now)
+        assert decision.accepted
+        assert machine.state is expected_after_resume(record, facts, self.now)
+        self.machine = machine
+        self.journal.save(machine.record)
+
+    @invariant()
+    def state_is_known_and_consistent(self) -> None:
+        assert self.machine.state in set(State)
+        assert self.machine.record.state is self.machine.state
+
+    @invariant()
+    def journal_equals_memory(self) -> None:
+        assert decode(self.journal.path.read_bytes()) == self.machine.record
+
+    @invariant()
+    def busy_states_have_a_job(self) -> None:
+        if self.machine.state is not State.IDLE:
+            assert self.machine.record.job is not None
+
+
+TestUpdaterFuzz = UpdaterFuzz.TestCase
+# ≥ 500 sequences in CI (profile "ci"), each up to 25 steps.
+TestUpdaterFuzz.settings = settings(settings.default, stateful_step_count=25)
