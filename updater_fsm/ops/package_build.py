@@ -1,0 +1,329 @@
+"""Build update packages (the ZIPs :mod:`updater_fsm.ops.package` reads).
+
+``SRC_DIR`` mirrors the install root: ``SRC/bin/device-api`` becomes a module with
+``dst = <root>/bin/device-api``, stored in the ZIP as ``files/bin/device-api`` with its
+mode bits. One module per regular file (empty directories are not carried; symlinks and
+special files are refused - a package cannot hold them). Each module's ``name`` is its
+path relative to ``SRC_DIR``; the manifest lists its size, md5 and sha256.
+
+Service metadata comes from a TOML file (``--modules-config`` or ``SRC/tope-package.toml``,
+which is never packaged)::
+
+    [modules."services/device-api/*"]      # fnmatch glob on the relative path; * spans /
+    process_name = "device-api"
+    restart_order = 1
+    post_cmds = ["/opt/tope/versions/current/bin/migrate"]
+    health = { http = "http://127.0.0.1:9080/healthz", timeout_s = 5 }
+
+    [modules."bin/printerd"]
+    process_name = "printerd"
+
+The first table whose pattern matches a file wins; a pattern that matches no file is an
+error (it is almost always a typo). Output is deterministic: sorted entries, fixed
+timestamps, ``manifest.json`` first. The finished ZIP is re-read with the device's own
+reader, so a package the device would reject is never produced.
+
+Signing: Ed25519 over the *raw* 32-byte SHA-256 digest of the finished ZIP, base64 encoded
+(what ``POST /download``'s ``package_signature`` carries).
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+import os
+import stat
+import tomllib
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from updater_fsm import durable
+from updater_fsm.errors import UpdaterError
+from updater_fsm.manifest import Manifest
+from updater_fsm.ops.package import MANIFEST_NAME, VERSION_RE, read_package
+
+CONFIG_NAME = "tope-package.toml"
+PAYLOAD_PREFIX = "files/"
+_FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+_META_KEYS = frozenset({"process_name", "restart_order", "post_cmds", "health"})
+_CHUNK = 1 << 20
+
+
+class BuildError(Exception):
+    """The source tree, config, version or key cannot make a valid package."""
+
+
+@attrs.frozen
+class BuildResult:
+    """What :func:`build_package` produced.
+
+    Attributes:
+        path: the ZIP.
+        size: its size in bytes (``package_size``).
+        md5: hex md5 of the ZIP (``package_md5``).
+        sha256: hex sha256 of the ZIP (``package_sha256``).
+        signature: base64 Ed25519 signature of the raw sha256 digest, or None if unsigned.
+        manifest: the manifest written into the ZIP.
+    """
+
+    path: Path
+    size: int
+    md5: str
+    sha256: str
+    signature: str | None
+    manifest: Manifest
+
+
+@attrs.frozen
+class _File:
+    rel: str
+    path: Path
+    mode: int
+    size: int
+    md5: str
+    sha256: str
+
+
+def _load_config(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BuildError(f"{path}: cannot read modules config ({exc})") from exc
+    unknown = set(doc) - {"modules"}
+    if unknown:
+        raise BuildError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    modules = doc.get("modules", {})
+    if not isinstance(modules, dict):
+        raise BuildError(f"{path}: [modules] must be a table of patterns")
+    for pattern, meta in modules.items():
+        _check_meta(f"{path}: modules.{pattern!r}", meta)
+    return modules
+
+
+def _check_meta(where: str, meta: object) -> None:
+    if not isinstance(meta, dict):
+        raise BuildError(f"{where}: must be a table")
+    unknown = set(meta) - _META_KEYS
+    if unknown:
+        raise BuildError(f"{where}: unknown keys {sorted(unknown)}")
+    if "process_name" in meta and not isinstance(meta["process_name"], str):
+        raise BuildError(f"{where}.process_name: must be a string")
+    if "restart_order" in meta and type(meta["restart_order"]) is not int:
+        raise BuildError(f"{where}.restart_order: must be an integer")
+    cmds = meta.get("post_cmds", [])
+    if not isinstance(cmds, list) or not all(isinstance(c, str) for c in cmds):
+        raise BuildError(f"{where}.post_cmds: must be a list of strings")
+    if "health" in meta and not isinstance(meta["health"], dict):
+        raise BuildError(f"{where}.health: must be a table like {{ http = 'http://...' }}")
+
+
+def _hash_file(path: Path) -> tuple[int, str, str]:
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            size += len(chunk)
+            md5.update(chunk)
+            sha.update(chunk)
+    return size, md5.hexdigest(), sha.hexdigest()
+
+
+def _scan(src_dir: Path, skip: Path | None) -> list[_File]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(src_dir):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]):
+            full = Path(dirpath, name)
+            if skip is not None and full == skip:
+                continue
+            rel = full.relative_to(src_dir).as_posix()
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                raise BuildError(f"{rel}: symlinks cannot be packaged (package the file)")
+            if not stat.S_ISREG(st.st_mode):
+                raise BuildError(f"{rel}: not a regular file")
+            if rel.split("/")[0] == "versions":
+                raise BuildError(f"{rel}: versions/ is the device's snapshot store")
+            size, md5, sha = _hash_file(full)
+            files.append(_File(rel, full, stat.S_IMODE(st.st_mode) & 0o775, size, md5, sha))
+    return sorted(files, key=lambda f: f.rel)
+
+
+def _module(file: _File, root: Path, config: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    mod: dict[str, Any] = {
+        "name": file.rel,
+        "src": PAYLOAD_PREFIX + file.rel,
+        "dst": f"{root.as_posix().rstrip('/')}/{file.rel}",
+    }
+    for pattern, meta in config.items():
+        if fnmatch.fnmatchcase(file.rel, pattern):
+            mod.update(meta)
+            break
+    mod.update(size=file.size, md5=file.md5, sha256=file.sha256)
+    return mod
+
+
+def _zinfo(name: str, mode: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.create_system = 3  # Unix, so readers honour the mode bits
+    info.external_attr = (stat.S_IFREG | mode) << 16
+    return info
+
+
+def _write_zip(tmp: Path, manifest: dict[str, Any], files: list[_File]) -> None:
+    raw = json.dumps(manifest, indent=2).encode() + b"\n"
+    with open(tmp, "wb") as fh:
+        with zipfile.ZipFile(fh, "w") as zf:
+            zf.writestr(_zinfo(MANIFEST_NAME, 0o644), raw)
+            for file in files:
+                info = _zinfo(PAYLOAD_PREFIX + file.rel, file.mode)
+                info.file_size = file.size
+                with (
+                    open(file.path, "rb") as src,
+                    zf.open(info, "w", force_zip64=file.size >= zipfile.ZIP64_LIMIT) as out,
+                ):
+                    while chunk := src.read(_CHUNK):
+                        out.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def build_package(
+    src_dir: Path,
+    *,
+    version: str,
+    output: Path,
+    root: Path = Path("/opt/tope"),
+    modules_config: Path | None = None,
+    sign_key: Path | None = None,
+) -> BuildResult:
+    """Build, self-check and optionally sign a package from a tree mirroring the root.
+
+    Args:
+        src_dir: the tree (``SRC/bin/x`` -> ``<root>/bin/x``).
+        version: ``X.Y.Z``.
+        output: the ZIP to write (replaced atomically).
+        root: the device's install root the ``dst`` paths are built on.
+        modules_config: TOML with service metadata (default ``SRC/tope-package.toml``
+            when it exists; that file is never packaged).
+        sign_key: PEM Ed25519 private key (see :func:`generate_keypair`).
+
+    Raises:
+        BuildError: bad source tree, config, version, key, or a package the device would
+            reject (the reader's message is included).
+    """
+    if not VERSION_RE.match(version):
+        raise BuildError(f"version must look like 1.2.3, got {version!r}")
+    if not src_dir.is_dir():
+        raise BuildError(f"{src_dir} is not a directory")
+    default_config = src_dir / CONFIG_NAME
+    if modules_config is None and default_config.is_file():
+        modules_config = default_config
+    config = _load_config(modules_config)
+    key = load_private_key(sign_key) if sign_key is not None else None  # fail before building
+    files = _scan(src_dir, default_config)
+    if not files:
+        raise BuildError(f"{src_dir} holds no files to package")
+    for pattern in config:
+        if not any(fnmatch.fnmatchcase(f.rel, pattern) for f in files):
+            raise BuildError(f"modules config pattern {pattern!r} matches no file")
+    manifest = {"version": version, "modules": [_module(f, root, config) for f in files]}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        _write_zip(tmp, manifest, files)
+        parsed = read_package(tmp, expected_version=version, root=root)
+    except UpdaterError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BuildError(f"the device would reject this package: {exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, output)
+    durable.fsync_dir(output.parent)
+    size, md5, sha = _hash_file(output)
+    signature = base64.b64encode(key.sign(_sha256_raw(output))).decode("ascii") if key else None
+    return BuildResult(output, size, md5, sha, signature, parsed)
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Load a PEM (PKCS#8, unencrypted) Ed25519 private key."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BuildError(f"{path}: cannot load private key ({exc})") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BuildError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Load a PEM (SubjectPublicKeyInfo) Ed25519 public key."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{path}: cannot load public key ({exc})") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise BuildError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def _sha256_raw(path: Path) -> bytes:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            sha.update(chunk)
+    return sha.digest()
+
+
+def sign_file(path: Path, key_path: Path) -> str:
+    """Base64 Ed25519 signature over the raw SHA-256 digest of ``path``."""
+    key = load_private_key(key_path)
+    return base64.b64encode(key.sign(_sha256_raw(path))).decode("ascii")
+
+
+def verify_file_signature(path: Path, signature_b64: str, public_key: Path) -> bool:
+    """Whether ``signature_b64`` is a valid :func:`sign_file` signature of ``path``."""
+    key = load_public_key(public_key)
+    try:
+        key.verify(base64.b64decode(signature_b64, validate=True), _sha256_raw(path))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def generate_keypair(private_out: Path, public_out: Path) -> None:
+    """Write a new Ed25519 key pair as PEM (private 0600, public 0644); never overwrites."""
+    for path in (private_out, public_out):
+        if path.exists():
+            raise BuildError(f"{path} already exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    durable.atomic_write_bytes(private_out, private, mode=0o600)
+    durable.atomic_write_bytes(public_out, public, mode=0o644)
