@@ -235,7 +235,7 @@ class ServiceController:
             UpdaterError: ``SERVICE_START_FAILED`` with ``"<unit>: <reason>; last log: …"``.
         """
         log.info("service.start", unit=unit)
-        # Failing here is harmless (e.g. unit never failed / not loaded yet).
+        # A non-zero exit here is harmless (the unit never failed, or is not loaded yet).
         try:
             await self._run("reset-failed", "--", unit)
         except (OSError, CommandTimeout) as exc:
