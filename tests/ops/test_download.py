@@ -95,7 +95,7 @@ async def test_happy_path_returns_digests_and_checkpoints(
     assert journal.points[0].last_modified is not None
     offsets = [p.offset for p in journal.points]
     assert offsets == sorted(offsets) and offsets[-1] == SIZE
-    assert len(journal.points) > 3  # checkpointed along the way, not only at the end
+    assert any(0 < o < SIZE for o in offsets)  # checkpointed along the way, not only at the end
     assert len(package_server.requests("pkg.zip")) == 1
 
 
