@@ -19,8 +19,9 @@ Rules this module keeps:
   directory fsync); ``previous`` first, then ``current``, so the two links always tell how
   far a switch got.
 * ``previous`` means "the version that was running before the last forward switch". A
-  rollback (:func:`point_current`) leaves it alone, so after a level-1 rollback
-  ``previous == current`` and the failed snapshot is unreferenced (garbage).
+  rollback moves ``current`` with :func:`point_current` and then sets ``previous`` with
+  :func:`point_previous` to what the machine decided (the ``previous`` of before the failed
+  update, so it stays meaningful); either way the failed snapshot ends up unreferenced.
 * Re-installing the running version is refused (``DEPLOYMENT_FAILED: v1.2.3 is already the
   running version``), so is installing over the factory version (the factory snapshot is
   never modified). Re-installing a version that exists but is neither (e.g. ``previous``)
@@ -50,6 +51,7 @@ import structlog
 
 from updater_fsm import durable
 from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.events import LinkVersions
 from updater_fsm.faults import crash_point
 from updater_fsm.manifest import Manifest
 from updater_fsm.ops.package import (
@@ -121,13 +123,8 @@ class Layout:
         return self.versions / f"v{_check_version(version)}{TRASH_SUFFIX}"
 
 
-@attrs.frozen
-class LinkState:
-    """Versions the three links point at; None when a link is missing, dangling or odd."""
-
-    current: str | None
-    previous: str | None
-    factory: str | None
+#: Versions the three links point at; None when a link is missing, dangling or odd.
+LinkState = LinkVersions
 
 
 def _link_version(layout: Layout, link: Path) -> str | None:
@@ -578,6 +575,19 @@ def point_current(layout: Layout, version: str) -> None:
         current=version,
         switch_ms=round((time.perf_counter() - started) * 1000, 3),
     )
+
+
+def point_previous(layout: Layout, version: str) -> None:
+    """Point ``previous`` at ``version`` (after a rollback). Idempotent.
+
+    Raises:
+        UpdaterError: ``ROLLBACK_FAILED`` when ``v<version>`` does not exist.
+    """
+    target = layout.snapshot_dir(version)
+    if not stat.S_ISDIR(_lstat_mode(target)):
+        raise UpdaterError(ErrorCode.ROLLBACK_FAILED, f"snapshot {target.name} does not exist")
+    if _link_version(layout, layout.previous) != version:
+        durable.atomic_symlink(layout.previous, target.name, point="rollback:previous")
 
 
 def _lstat_mode(path: Path) -> int:

@@ -1,0 +1,398 @@
+"""The effect runner: executes the machine's effects with the ops executors.
+
+Each decision's effects run in order in one background task; a result becomes an event
+posted back to the engine (:meth:`Engine.post`). Blocking file work runs in worker threads,
+subprocesses and HTTP are awaited, so the event loop — and with it ``/progress`` — is never
+held. The runner keeps no state of its own beyond the tasks it runs: everything needed to
+redo an effect is in the effect, and every effect is safe to run again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+
+from updater_fsm import effects as fx
+from updater_fsm import events as ev
+from updater_fsm.config import Config
+from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.faults import crash_point
+from updater_fsm.manifest import Manifest, ServiceUnit, units_of
+from updater_fsm.ops import download, external_files, package, snapshots, verify
+from updater_fsm.ops.commands import run_post_cmds
+from updater_fsm.ops.health import check_health, probe_once
+from updater_fsm.ops.services import ServiceController
+from updater_fsm.progress import Transfer
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from updater_fsm.engine import Engine
+
+_log = structlog.get_logger(__name__)
+
+
+class ReportSink(Protocol):
+    """Where ``Report`` effects go (the device-api reporter)."""
+
+    def kick(self, terminal: bool) -> None:
+        """Send the current snapshot soon; ``terminal`` ones must never be dropped."""
+
+
+def package_limits(config: Config) -> package.PackageLimits:
+    return package.PackageLimits(
+        max_total_uncompressed=config.max_package_bytes, max_ratio=config.max_zip_ratio
+    )
+
+
+class OpsRunner:
+    """Runs effects against the real world described by ``config``.
+
+    Args:
+        engine: receives result events, transfer figures and link refreshes.
+        config: paths, timeouts and the service-control mode.
+        reporter: receives ``Report`` effects (None = no device-api reporting).
+        controller: the systemctl client; None with ``service_control = "none"``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        *,
+        reporter: ReportSink | None = None,
+        controller: ServiceController | None = None,
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        self._reporter = reporter
+        self._layout = snapshots.Layout(config.root)
+        self._limits = package_limits(config)
+        if controller is None and config.service_control == "systemd":
+            controller = ServiceController(
+                config.systemctl,
+                stop_timeout=config.stop_timeout_s,
+                start_timeout=config.start_timeout_s,
+            )
+        self._controller = controller
+        self._trusted_key: Ed25519PublicKey | None = None
+        if config.trusted_key:
+            self._trusted_key = verify.load_public_key(_read_key(config.trusted_key))
+        self._tasks: dict[asyncio.Task[None], int | None] = {}
+        self._handlers: dict[type[fx.Effect], Callable[[fx.Effect], Awaitable[None]]] = {
+            fx.StartDownload: self._start_download,  # type: ignore[dict-item]
+            fx.StopJob: self._stop_job,  # type: ignore[dict-item]
+            fx.DiscardPackage: self._discard_package,  # type: ignore[dict-item]
+            fx.VerifyPackage: self._verify,  # type: ignore[dict-item]
+            fx.StageSnapshot: self._stage,  # type: ignore[dict-item]
+            fx.DiscardStaging: self._discard_staging,  # type: ignore[dict-item]
+            fx.SwitchVersion: self._switch,  # type: ignore[dict-item]
+            fx.CheckHealth: self._check_health,  # type: ignore[dict-item]
+            fx.RollBack: self._roll_back,  # type: ignore[dict-item]
+            fx.RemoveSnapshot: self._remove_snapshot,  # type: ignore[dict-item]
+            fx.CollectGarbage: self._collect_garbage,  # type: ignore[dict-item]
+            fx.Report: self._report,  # type: ignore[dict-item]
+        }
+
+    # ---- EffectRunner protocol -------------------------------------------------------
+    def execute(self, effects: Sequence[fx.Effect]) -> None:
+        job_id = next((getattr(e, "job_id", None) for e in effects if hasattr(e, "job_id")), None)
+        task = asyncio.create_task(self._run_batch(tuple(effects)), name=f"effects-{job_id}")
+        self._tasks[task] = job_id
+        task.add_done_callback(self._tasks.pop)
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def idle(self) -> None:
+        """Wait until no effect is running (tests and the demo use it)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- plumbing ------------------------------------------------------------------
+    async def _run_batch(self, effects: tuple[fx.Effect, ...]) -> None:
+        for effect in effects:
+            try:
+                await self._handlers[type(effect)](effect)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # an executor bug must not kill the batch silently
+                _log.exception("effect failed unexpectedly", effect=type(effect).__name__)
+                self._post_failure(effect, "unexpected internal error (see log)")
+
+    def _post_failure(self, effect: fx.Effect, detail: str) -> None:
+        """Turn an unexpected exception into the effect's failure event, so no state hangs."""
+        job_id = getattr(effect, "job_id", None)
+        if job_id is None:
+            return
+        failures: dict[type[fx.Effect], Callable[[str], ev.Event]] = {
+            fx.StartDownload: lambda e: ev.DownloadFailed(job_id, f"DOWNLOAD_FAILED: {e}"),
+            fx.VerifyPackage: lambda e: ev.VerifyFailed(job_id, f"DOWNLOAD_FAILED: {e}"),
+            fx.StageSnapshot: lambda e: ev.StageFailed(job_id, f"DEPLOYMENT_FAILED: {e}"),
+            fx.SwitchVersion: lambda e: ev.SwitchFailed(job_id, f"DEPLOYMENT_FAILED: {e}"),
+            fx.CheckHealth: lambda e: ev.Unhealthy(job_id, f"HEALTH_CHECK_FAILED: {e}"),
+            fx.RollBack: lambda e: ev.RollbackFailed(job_id, f"ROLLBACK_FAILED: {e}"),
+        }
+        make = failures.get(type(effect))
+        if make is not None:
+            self._engine.post(make(detail))
+
+    def _package_path(self, name: str) -> Path:
+        return download.package_path(self._config.downloads_dir, name)
+
+    def _backup_dir(self, version: str) -> Path:
+        return self._config.backups_dir / f"v{version}"
+
+    # ---- download & verify ---------------------------------------------------------
+    async def _start_download(self, effect: fx.StartDownload) -> None:
+        request = effect.request
+        spec = download.DownloadSpec(
+            request.package_url,
+            request.package_name,
+            request.package_size,
+            request.package_md5,
+            request.package_sha256,
+        )
+        resume = None
+        if effect.resume_offset > 0:
+            resume = download.ResumePoint(effect.resume_offset, effect.etag, effect.last_modified)
+        settings = download.DownloadSettings(
+            connect_timeout_s=self._config.connect_timeout_s,
+            read_timeout_s=self._config.read_timeout_s,
+            max_attempts=self._config.download_attempts,
+        )
+
+        def on_progress(p: download.DownloadProgress) -> None:
+            self._engine.update_transfer(
+                Transfer(effect.job_id, p.bytes_done, p.total, p.speed_bps, p.eta_s)
+            )
+
+        async def on_checkpoint(point: download.ResumePoint) -> None:
+            await self._engine.submit(
+                ev.DownloadCheckpoint(effect.job_id, point.offset, point.etag, point.last_modified)
+            )
+
+        try:
+            result = await download.download_package(
+                spec,
+                self._config.downloads_dir,
+                resume=resume,
+                settings=settings,
+                on_progress=on_progress,
+                on_checkpoint=on_checkpoint,
+            )
+        except UpdaterError as err:
+            self._engine.post(ev.DownloadFailed(effect.job_id, err.error))
+            return
+        self._engine.post(ev.DownloadDone(effect.job_id, result.size, result.md5, result.sha256))
+
+    async def _verify(self, effect: fx.VerifyPackage) -> None:
+        request = effect.request
+        path = self._package_path(request.package_name)
+        try:
+            if effect.md5 is None or effect.sha256 is None:
+                digests = await verify.hash_file(path)
+            else:
+                digests = verify.Digests(effect.md5, effect.sha256, path.stat().st_size)
+            await asyncio.to_thread(
+                verify.verify_digests,
+                path,
+                digests,
+                size=request.package_size,
+                md5=request.package_md5,
+                sha256=request.package_sha256,
+                signature_b64=request.package_signature,
+                trusted_key=self._trusted_key,
+            )
+        except UpdaterError as err:
+            self._engine.post(ev.VerifyFailed(effect.job_id, err.error))
+            return
+        except FileNotFoundError:
+            self._engine.post(
+                ev.VerifyFailed(effect.job_id, f"{ErrorCode.INCOMPLETE_DOWNLOAD}: {path} vanished")
+            )
+            return
+        self._engine.post(ev.Verified(effect.job_id))
+
+    async def _discard_package(self, effect: fx.DiscardPackage) -> None:
+        await asyncio.to_thread(
+            download.discard_download, self._config.downloads_dir, effect.package_name
+        )
+
+    async def _stop_job(self, effect: fx.StopJob) -> None:
+        current = asyncio.current_task()
+        victims = [t for t, job in self._tasks.items() if job == effect.job_id and t is not current]
+        for task in victims:
+            task.cancel()
+        for task in victims:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ---- install -------------------------------------------------------------------
+    def _read_manifest(self, version: str, package_name: str) -> Manifest:
+        return package.read_package(
+            self._package_path(package_name),
+            expected_version=version,
+            root=self._config.root,
+            extra_roots=self._config.extra_roots,
+            limits=self._limits,
+        )
+
+    async def _stage(self, effect: fx.StageSnapshot) -> None:
+        def stage() -> tuple[ServiceUnit, ...]:
+            manifest = self._read_manifest(effect.version, effect.package_name)
+            snapshots.stage_snapshot(
+                self._layout,
+                manifest,
+                self._package_path(effect.package_name),
+                extra_roots=self._config.extra_roots,
+                limits=self._limits,
+            )
+            return units_of(manifest)
+
+        try:
+            units = await asyncio.to_thread(stage)
+        except UpdaterError as err:
+            self._engine.post(ev.StageFailed(effect.job_id, err.error))
+            return
+        except OSError as err:
+            code = ErrorCode.DISK_FULL if err.errno == 28 else ErrorCode.DEPLOYMENT_FAILED
+            self._engine.post(ev.StageFailed(effect.job_id, f"{code}: {err}"))
+            return
+        self._engine.post(ev.Staged(effect.job_id, units, snapshots.read_links(self._layout)))
+
+    async def _discard_staging(self, effect: fx.DiscardStaging) -> None:
+        await asyncio.to_thread(snapshots.discard_staging, self._layout, effect.version)
+
+    async def _switch(self, effect: fx.SwitchVersion) -> None:
+        started = time.perf_counter()
+        try:
+            await self._stop_units(effect.units)
+            crash_point("switch:units_stopped")
+            await asyncio.to_thread(self._apply_external, effect.version)
+            await asyncio.to_thread(snapshots.switch_links, self._layout, effect.version)
+            self._engine.refresh_links()
+            crash_point("switch:links_switched")
+            await self._start_units(effect.units)
+            for unit in effect.units:
+                await run_post_cmds(unit.post_cmds, timeout_s=self._config.post_cmd_timeout_s)
+        except UpdaterError as err:
+            self._engine.post(ev.SwitchFailed(effect.job_id, err.error))
+            return
+        _log.info(
+            "switched",
+            version=effect.version,
+            units=[u.unit for u in effect.units],
+            stop_switch_start_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        self._engine.post(ev.Switched(effect.job_id))
+
+    def _apply_external(self, version: str) -> None:
+        job = self._engine.record.job
+        if job is None or job.request is None or not self._config.extra_roots:
+            return
+        manifest = self._read_manifest(version, job.request.package_name)
+        outside = package.external_modules(manifest, self._config.root)
+        if outside:
+            external_files.apply_external(
+                outside,
+                self._package_path(job.request.package_name),
+                self._backup_dir(version),
+                self._limits,
+                extra_roots=self._config.extra_roots,
+            )
+
+    async def _check_health(self, effect: fx.CheckHealth) -> None:
+        try:
+            await self._health(effect.units)
+        except UpdaterError as err:
+            self._engine.post(ev.Unhealthy(effect.job_id, err.error))
+            return
+        self._engine.post(ev.Healthy(effect.job_id))
+
+    async def _roll_back(self, effect: fx.RollBack) -> None:
+        try:
+            try:
+                await self._stop_units(effect.units)
+            except UpdaterError as err:
+                # A unit that will not stop must not block going back: systemd restarts it
+                # on the old version once `current` moves and it is started again.
+                _log.warning("rollback: stop failed, continuing", error=err.error)
+            if effect.failed_version:
+                await asyncio.to_thread(
+                    external_files.restore_external, self._backup_dir(effect.failed_version)
+                )
+            await asyncio.to_thread(snapshots.point_current, self._layout, effect.target_version)
+            if effect.previous_after:
+                await asyncio.to_thread(
+                    snapshots.point_previous, self._layout, effect.previous_after
+                )
+            self._engine.refresh_links()
+            crash_point("rollback:links_switched")
+            await self._start_units(effect.units)
+            await self._health(effect.units)
+        except UpdaterError as err:
+            self._engine.post(ev.RollbackFailed(effect.job_id, err.error))
+            return
+        self._engine.post(ev.RollbackOk(effect.job_id))
+
+    async def _remove_snapshot(self, effect: fx.RemoveSnapshot) -> None:
+        try:
+            await asyncio.to_thread(snapshots.remove_snapshot, self._layout, effect.version)
+        except UpdaterError as err:
+            _log.info("snapshot kept", version=effect.version, reason=err.detail)
+
+    async def _collect_garbage(self, effect: fx.CollectGarbage) -> None:
+        await asyncio.to_thread(snapshots.collect_garbage, self._layout)
+        if self._config.backups_dir.is_dir():
+            for backup in self._config.backups_dir.iterdir():
+                await asyncio.to_thread(external_files.drop_backups, backup)
+
+    async def _report(self, effect: fx.Report) -> None:
+        if self._reporter is not None:
+            self._reporter.kick(effect.terminal)
+
+    # ---- services ------------------------------------------------------------------
+    async def _stop_units(self, units: Sequence[ServiceUnit]) -> None:
+        if self._controller is not None:
+            await self._controller.stop_units(units)
+
+    async def _start_units(self, units: Sequence[ServiceUnit]) -> None:
+        if self._controller is not None:
+            await self._controller.start_units(units)
+
+    async def _health(self, units: Sequence[ServiceUnit]) -> None:
+        if self._controller is not None:
+            await check_health(self._controller, units, settle_s=self._config.settle_s)
+            return
+        # Without service control only the manifest's probes can judge the new version.
+        for unit in units:
+            if unit.health is None:
+                continue
+            reason = await probe_once(unit.health)
+            if reason is not None:
+                raise UpdaterError(ErrorCode.HEALTH_CHECK_FAILED, f"{unit.unit}: {reason}")
+
+
+def _read_key(value: str) -> str | bytes:
+    """``trusted_key`` is a path to a PEM file or the key itself (base64)."""
+    path = Path(value)
+    if value.startswith("/") or value.endswith(".pem"):
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise UpdaterError(
+                ErrorCode.SIGNATURE_INVALID, f"cannot read trusted key {value}: {exc.strerror}"
+            ) from None
+    return value
