@@ -119,6 +119,7 @@ def aiohttp_server(path: Path) -> Iterator[str]:
 
 
 def run_curl(url: str, out: Path, md5: str) -> float:
+    os.sync()  # start every run with no dirty pages from the previous one
     t0 = time.perf_counter()
     res = subprocess.run(
         ["bash", "-o", "pipefail", "-c", f"curl -s '{url}' | tee '{out}' | md5sum"],
@@ -133,6 +134,7 @@ def run_curl(url: str, out: Path, md5: str) -> float:
 
 
 def run_updater(url: str, out_dir: Path, size: int, md5: str, variant: str) -> dict[str, float]:
+    os.sync()
     res = subprocess.run(
         [sys.executable, __file__, "_child", url, str(out_dir), str(size), md5, variant],
         capture_output=True,
@@ -159,20 +161,23 @@ async def aiofiles_variant(url: str, out: Path) -> str:
     import aiohttp
 
     md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    async with aiohttp.ClientSession(auto_decompress=False) as s, s.get(url) as resp:
-        async with aiofiles.open(out, "wb") as fh:
-            since = 0
-            async for data in resp.content.iter_chunked(256 * 1024):
-                md5.update(data)
-                sha.update(data)
-                await fh.write(data)
-                since += len(data)
-                if since >= 4 * MiB:
-                    await fh.flush()
-                    await asyncio.to_thread(os.fsync, fh.fileno())
-                    since = 0
-            await fh.flush()
-            await asyncio.to_thread(os.fsync, fh.fileno())
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as s,
+        s.get(url) as resp,
+        aiofiles.open(out, "wb") as fh,
+    ):
+        since = 0
+        async for data in resp.content.iter_chunked(256 * 1024):
+            md5.update(data)
+            sha.update(data)
+            await fh.write(data)
+            since += len(data)
+            if since >= 4 * MiB:
+                await fh.flush()
+                await asyncio.to_thread(os.fsync, fh.fileno())
+                since = 0
+        await fh.flush()
+        await asyncio.to_thread(os.fsync, fh.fileno())
     return md5.hexdigest()
 
 
@@ -182,7 +187,7 @@ def child(url: str, out_dir: str, size: str, md5: str, variant: str) -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from updater_fsm.ops.download import DownloadSpec, download_package
+    from updater_fsm.ops.download import DownloadSettings, DownloadSpec, download_package
 
     base = vm_kb("VmRSS")
     dl = Path(out_dir) / "dl"
@@ -192,7 +197,11 @@ def child(url: str, out_dir: str, size: str, md5: str, variant: str) -> None:
     if variant == "aiofiles":
         got = asyncio.run(aiofiles_variant(url, dl / "pkg.bin"))
     else:
-        got = asyncio.run(download_package(spec, dl, resume=None)).md5
+        settings = DownloadSettings()
+        if "@" in variant:  # thread@64K: chunk and socket buffer size
+            n = parse_size(variant.split("@", 1)[1])
+            settings = DownloadSettings(chunk_size=n, read_bufsize=n)
+        got = asyncio.run(download_package(spec, dl, resume=None, settings=settings)).md5
     elapsed = time.perf_counter() - t0
     assert got == md5, f"md5 mismatch {got} != {md5}"
     print(json.dumps({"elapsed": elapsed, "hwm_kb": vm_kb("VmHWM"), "base_kb": base}))
@@ -222,6 +231,7 @@ def main() -> None:
     p.add_argument("--install-nginx", action="store_true")
     p.add_argument("--dir", type=Path, default=Path("/var/tmp"))
     p.add_argument("--variants", action="store_true", help="also time the aiofiles design")
+    p.add_argument("--chunk-sizes", default="", help="also time these chunk sizes, e.g. 64K,1M")
     args = p.parse_args()
 
     if args.install_nginx and shutil.which("nginx") is None and os.geteuid() == 0:
@@ -246,6 +256,7 @@ def main() -> None:
         subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)  # warm cache
         server = nginx_server(root, work) if kind == "nginx" else aiohttp_server(src)
         variants = ["thread", "aiofiles"] if args.variants else ["thread"]
+        variants += [f"thread@{c}" for c in args.chunk_sizes.split(",") if c]
         rows: dict[str, list[float]] = {"curl": [], **{v: [] for v in variants}}
         hwm: dict[str, list[int]] = {v: [] for v in variants}
         base: list[int] = []
@@ -270,10 +281,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     names = {
         "curl": "curl -s URL \\| tee FILE \\| md5sum",
-        "thread": "download_package (MD5+SHA-256, fsync every 4 MiB)",
+        "thread": "download_package, defaults (MD5+SHA-256, fsync every 4 MiB)",
         "aiofiles": "variant: aiofiles + hashing on the loop",
     }
     for k, xs in rows.items():
+        if "@" in k:
+            names[k] = f"download_package, chunk_size {k.split('@')[1]}"
         med = statistics.median(xs)
         rss = f"{max(hwm[k]) / 1024:.1f} MB" if k in hwm else "-"
         print(f"| {names[k]} | {med:.2f} | {size_mb / med:.0f} | {curl_med / med:.2f}x | {rss} |")
