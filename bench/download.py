@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -181,6 +182,24 @@ async def aiofiles_variant(url: str, out: Path) -> str:
     return md5.hexdigest()
 
 
+async def with_lag_probe(coro: Any) -> tuple[Any, list[float]]:
+    """Run ``coro`` while measuring how late a 5 ms timer fires (event-loop lag, seconds)."""
+    lags: list[float] = []
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.005)
+            lags.append(loop.time() - t - 0.005)
+
+    task = asyncio.create_task(probe())
+    try:
+        return await coro, lags
+    finally:
+        task.cancel()
+
+
 def child(url: str, out_dir: str, size: str, md5: str, variant: str) -> None:
     import logging
 
@@ -195,16 +214,31 @@ def child(url: str, out_dir: str, size: str, md5: str, variant: str) -> None:
     spec = DownloadSpec(url=url, package_name="pkg.bin", size=int(size), md5=md5)
     t0 = time.perf_counter()
     if variant == "aiofiles":
-        got = asyncio.run(aiofiles_variant(url, dl / "pkg.bin"))
+        got, lags = asyncio.run(with_lag_probe(aiofiles_variant(url, dl / "pkg.bin")))
     else:
         settings = DownloadSettings()
         if "@" in variant:  # thread@64K: chunk and socket buffer size
             n = parse_size(variant.split("@", 1)[1])
             settings = DownloadSettings(chunk_size=n, read_bufsize=n)
-        got = asyncio.run(download_package(spec, dl, resume=None, settings=settings)).md5
+        res, lags = asyncio.run(
+            with_lag_probe(download_package(spec, dl, resume=None, settings=settings))
+        )
+        got = res.md5
     elapsed = time.perf_counter() - t0
     assert got == md5, f"md5 mismatch {got} != {md5}"
-    print(json.dumps({"elapsed": elapsed, "hwm_kb": vm_kb("VmHWM"), "base_kb": base}))
+    lags.sort()
+    p99 = lags[int(len(lags) * 0.99)] if lags else 0.0
+    print(
+        json.dumps(
+            {
+                "elapsed": elapsed,
+                "hwm_kb": vm_kb("VmHWM"),
+                "base_kb": base,
+                "lag_p99_ms": p99 * 1000,
+                "lag_max_ms": (lags[-1] if lags else 0.0) * 1000,
+            }
+        )
+    )
 
 
 def machine() -> str:
@@ -259,6 +293,7 @@ def main() -> None:
         variants += [f"thread@{c}" for c in args.chunk_sizes.split(",") if c]
         rows: dict[str, list[float]] = {"curl": [], **{v: [] for v in variants}}
         hwm: dict[str, list[int]] = {v: [] for v in variants}
+        lag: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
         base: list[int] = []
         with server as base_url:
             url = f"{base_url}/pkg.bin"
@@ -268,6 +303,7 @@ def main() -> None:
                     r = run_updater(url, work, args.size, md5, v)
                     rows[v].append(r["elapsed"])
                     hwm[v].append(int(r["hwm_kb"]))
+                    lag[v].append((r["lag_p99_ms"], r["lag_max_ms"]))
                     base.append(int(r["base_kb"]))
                 print(f"run {run + 1}: " + ", ".join(f"{k} {x[-1]:.2f}s" for k, x in rows.items()))
 
@@ -277,8 +313,8 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"server: {kind}; file: {args.size / MiB:.0f} MiB; runs: {args.runs} (median shown)")
     print()
-    print("| client | median s | MB/s | vs curl | peak RSS (VmHWM) |")
-    print("|---|---|---|---|---|")
+    print("| client | median s | MB/s | vs curl | peak RSS (VmHWM) | loop lag p99 / max |")
+    print("|---|---|---|---|---|---|")
     names = {
         "curl": "curl -s URL \\| tee FILE \\| md5sum",
         "thread": "download_package, defaults (MD5+SHA-256, fsync every 4 MiB)",
@@ -289,7 +325,13 @@ def main() -> None:
             names[k] = f"download_package, chunk_size {k.split('@')[1]}"
         med = statistics.median(xs)
         rss = f"{max(hwm[k]) / 1024:.1f} MB" if k in hwm else "-"
-        print(f"| {names[k]} | {med:.2f} | {size_mb / med:.0f} | {curl_med / med:.2f}x | {rss} |")
+        lg = "-"
+        if k in lag:
+            lg = f"{max(p for p, _ in lag[k]):.1f} / {max(m for _, m in lag[k]):.1f} ms"
+        print(
+            f"| {names[k]} | {med:.2f} | {size_mb / med:.0f} | {curl_med / med:.2f}x | {rss} "
+            f"| {lg} |"
+        )
     print(
         f"\n(child RSS after imports, before the download: {statistics.median(base) / 1024:.1f} MB)"
     )
