@@ -1,0 +1,133 @@
+"""A small client of the updater's HTTP API, used by the CLI commands and the demo.
+
+Every call returns the parsed envelope ``{"code", "msg", "data"}``; :func:`watch_progress`
+follows ``GET /events`` (Server-Sent Events) and draws a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
+
+import aiohttp
+
+API_PREFIX = "/api/v1.0"
+TERMINAL_STAGES = ("success", "failed")
+
+
+class ApiClient:
+    """Talk to one updater.
+
+    Args:
+        base_url: ``http://host:port`` of the updater.
+        token: bearer token for mutating calls, when the updater requires one.
+    """
+
+    def __init__(self, base_url: str, *, token: str | None = None) -> None:
+        self.base = base_url.rstrip("/") + API_PREFIX
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60),
+            headers=self._headers,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "use `async with ApiClient(...)`"
+        return self._session
+
+    async def get(self, path: str) -> dict[str, Any]:
+        async with self.session.get(self.base + path) as resp:
+            return await _envelope(resp)
+
+    async def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        async with self.session.post(self.base + path, json=body or {}) as resp:
+            return await _envelope(resp)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Progress snapshots from ``GET /events`` as they happen."""
+        async with self.session.get(self.base + "/events") as resp:
+            data_lines: list[str] = []
+            async for raw in resp.content:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if line.startswith("data:"):
+                    data_lines.append(line[5:].lstrip())
+                elif not line and data_lines:
+                    yield json.loads("\n".join(data_lines))
+                    data_lines = []
+
+
+async def _envelope(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        body = await resp.json(content_type=None)
+    except (json.JSONDecodeError, aiohttp.ContentTypeError):
+        body = None
+    if not isinstance(body, dict) or "code" not in body:
+        return {"code": resp.status, "msg": f"HTTP {resp.status} {resp.reason}", "data": None}
+    return body
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1_000_000:.1f} MB"
+
+
+def render_line(data: dict[str, Any], width: int | None = None) -> str:
+    """One status line: a bar, percent, stage, bytes, speed and ETA."""
+    width = width or shutil.get_terminal_size((100, 20)).columns
+    pct = int(data.get("progress") or 0)
+    bar_len = 24
+    filled = bar_len * pct // 100
+    bar = "#" * filled + "-" * (bar_len - filled)
+    parts = [f"[{bar}] {pct:3d}%", f"{data.get('stage')}/{data.get('state')}"]
+    if data.get("state") == "downloading":
+        parts.append(
+            f"{_mb(data.get('bytes_downloaded') or 0)} / {_mb(data.get('total_bytes') or 0)}"
+        )
+        if data.get("speed_bps"):
+            parts.append(f"{_mb(data['speed_bps'])}/s")
+        if data.get("eta_s") is not None:
+            parts.append(f"ETA {data['eta_s']:.0f} s")
+    else:
+        parts.append(str(data.get("message") or ""))
+    return "  ".join(parts)[: max(20, width - 1)]
+
+
+async def watch_progress(
+    client: ApiClient, *, out: TextIO = sys.stdout, until_terminal: bool = True
+) -> dict[str, Any]:
+    """Draw the progress bar from the event stream; return the last snapshot.
+
+    With ``until_terminal`` it returns once the stage is ``success`` or ``failed`` (or
+    ``idle`` after work was seen, e.g. a cancel or a manual rollback).
+    """
+    tty = out.isatty()
+    last: dict[str, Any] = {}
+    busy_seen = first = False
+    async for data in client.events():
+        first = not last
+        last = data
+        line = render_line(data)
+        if tty:
+            out.write("\r\033[K" + line)
+        else:
+            out.write(line + "\n")
+        out.flush()
+        stage = data.get("stage")
+        busy_seen = busy_seen or stage not in ("idle", "toInstall", *TERMINAL_STAGES)
+        settled = stage in TERMINAL_STAGES or stage in ("idle", "toInstall")
+        if until_terminal and settled and (busy_seen or first):
+            break
+    if tty:
+        out.write("\n")
+    return last

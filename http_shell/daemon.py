@@ -1,0 +1,145 @@
+"""``tope-updater serve``: assemble the updater and run it until SIGTERM.
+
+Order of start: take the single-instance lock, open the journal and recover the record,
+build machine → engine → runner → reporter → HTTP app, sweep stale downloads, resume what
+the journal says was running, then listen. On SIGTERM/SIGINT the listener closes first,
+the engine finishes the event in hand (its record is journaled), running effects are
+cancelled — downloads keep their durable ``.part`` — and the reporter gets a moment to
+deliver what is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+import structlog
+from aiohttp import web
+
+from updater_fsm.config import Config
+from updater_fsm.engine import Engine
+from updater_fsm.journal import Journal
+from updater_fsm.machine import UpdaterMachine
+from updater_fsm.ops import snapshots
+from updater_fsm.ops.services import ServiceController
+from updater_fsm.recovery import disk_facts, load_record, sweep_downloads
+from updater_fsm.runner import OpsRunner
+
+if TYPE_CHECKING:
+    from http_shell.reporter import Reporter
+
+_log = structlog.get_logger(__name__)
+
+
+class AlreadyRunning(RuntimeError):
+    """Another updater holds the lock of this state directory."""
+
+
+@contextlib.contextmanager
+def instance_lock(state_dir: Path):  # type: ignore[no-untyped-def]
+    """Hold ``<state_dir>/updater.lock`` (flock) for the life of the process.
+
+    The kernel drops the lock when the process dies, even by SIGKILL, so a crash never
+    leaves a stale lock behind.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "updater.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise AlreadyRunning(
+                f"another tope-updater (pid {holder}) is already using {state_dir}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@attrs.define
+class Updater:
+    """A running updater: the parts tests and the CLI need to reach."""
+
+    config: Config
+    engine: Engine
+    runner: OpsRunner
+    reporter: Reporter | None
+
+
+@contextlib.asynccontextmanager
+async def running_updater(
+    config: Config,
+    *,
+    controller: ServiceController | None = None,
+    report: bool = True,
+    clock: Callable[[], float] | None = None,
+) -> AsyncIterator[Updater]:
+    """Build, recover and start the updater (without an HTTP listener); stop it on exit."""
+    layout = snapshots.Layout(config.root)
+    journal = Journal(config.state_path)
+    recovered = load_record(journal)
+    config.downloads_dir.mkdir(parents=True, exist_ok=True)
+    sweep_downloads(recovered.record, config.downloads_dir)
+    machine = UpdaterMachine(recovered.record)
+    kwargs = {"clock": clock} if clock is not None else {}
+    engine = Engine(machine, journal, read_links=lambda: snapshots.read_links(layout), **kwargs)
+    reporter = None
+    if report:
+        from http_shell.reporter import Reporter
+
+        reporter = Reporter(config.device_api_url)
+    runner = OpsRunner(engine, config, reporter=reporter, controller=controller)
+    engine.attach(runner)
+    if reporter is not None:
+        reporter.start(engine)
+    facts = disk_facts(recovered.record, config.downloads_dir, engine.links)
+    decision = await engine.start(facts)
+    _log.info(
+        "updater started",
+        state=str(decision.record.state),
+        root=str(config.root),
+        journal_rebuilt=recovered.rebuilt,
+        links=attrs.asdict(engine.links),
+    )
+    try:
+        yield Updater(config, engine, runner, reporter)
+    finally:
+        await engine.stop()
+        if reporter is not None:
+            await reporter.stop()
+
+
+async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> None:
+    """Run the updater and its HTTP API until SIGTERM or SIGINT."""
+    with instance_lock(config.state_path):
+        async with running_updater(config) as updater:
+            from http_shell.web_app import create_app
+
+            app = create_app(config, updater.engine, reporter=updater.reporter)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, config.host, config.port)
+            await site.start()
+            _log.info("listening", url=f"http://{config.host}:{config.port}/api/v1.0")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            if ready is not None:
+                ready()
+            try:
+                await stop.wait()
+                _log.info("stopping")
+            finally:
+                await runner.cleanup()
