@@ -193,7 +193,7 @@ class Engine:
         decision = self._machine.handle(event, self._clock())
         if not decision.accepted:
             if _is_result(event):
-                _log.info("ignored stale event", event=repr(event), state=str(before.state))
+                _log.info("ignored stale event", ignored=repr(event), state=str(before.state))
             return decision
         try:
             await asyncio.to_thread(self._journal.save, decision.record)
@@ -211,7 +211,7 @@ class Engine:
         if decision.state_changed:
             _log.info(
                 "transition",
-                event=str(event.trigger),
+                trigger=str(event.trigger),
                 src=str(decision.before),
                 dst=str(decision.record.state),
                 seq=decision.record.seq,

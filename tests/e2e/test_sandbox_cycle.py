@@ -1,0 +1,104 @@
+"""A full OTA cycle on a sandbox root without systemd (``service_control = "none"``).
+
+Real package ZIPs served by a real HTTP server, real files and symlinks; health is judged
+by the manifest's command probes, which is what the quick start and the demo rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from http_shell.daemon import running_updater
+from tests.support.package_server import PackageServer
+from tests.support.packages import make_package
+from updater_fsm import events as ev
+from updater_fsm.config import Config
+from updater_fsm.engine import Engine
+from updater_fsm.ops import snapshots
+from updater_fsm.ops.verify import hash_file
+from updater_fsm.table import State
+
+
+async def wait_for(engine: Engine, *states: State, timeout: float = 20.0) -> None:
+    async def poll() -> None:
+        while engine.snapshot.state not in states:
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def sandbox(tmp_path: Path) -> Config:
+    root = tmp_path / "root"
+    snapshots.init_layout(root, "1.0.0")
+    return Config(root=root, state_dir=tmp_path / "state", service_control="none", settle_s=0.1)
+
+
+async def request_for(server: PackageServer, path: Path, version: str) -> ev.DownloadRequest:
+    data = path.read_bytes()
+    url = server.add(path.name, data)
+    digests = await hash_file(path)
+    return ev.DownloadRequest(version, url, path.name, len(data), digests.md5, digests.sha256)
+
+
+async def test_update_then_broken_update_rolls_back(
+    tmp_path: Path, package_server: PackageServer
+) -> None:
+    config = sandbox(tmp_path)
+    root = config.root
+    good = make_package(
+        tmp_path / "good.zip",
+        "1.1.0",
+        {"bin/hello": (b"#!/bin/sh\necho hello 1.1.0\n", 0o755)},
+        root=root,
+        process_name="hello",
+        health={"command": f"{root}/versions/current/bin/hello"},
+    )
+    bad = make_package(
+        tmp_path / "bad.zip",
+        "1.2.0",
+        {"bin/hello": (b"#!/bin/sh\nexit 1\n", 0o755)},
+        root=root,
+        process_name="hello",
+        health={"command": f"{root}/versions/current/bin/hello"},
+    )
+    async with running_updater(config, report=False) as u:
+        engine = u.engine
+        d = await engine.submit(
+            ev.DownloadRequested(await request_for(package_server, good, "1.1.0"))
+        )
+        assert d.accepted
+        await wait_for(engine, State.READY, State.FAILED)
+        assert engine.snapshot.data()["stage"] == "toInstall", engine.snapshot
+        d = await engine.submit(ev.UpdateRequested("1.1.0"))
+        assert d.accepted
+        await wait_for(engine, State.SUCCESS, State.FAILED)
+        snap = engine.snapshot.data()
+        assert snap["stage"] == "success", snap
+        assert os.readlink(root / "versions/current") == "v1.1.0"
+        assert os.readlink(root / "versions/previous") == "v1.0.0"
+        assert (root / "versions/current/bin/hello").stat().st_mode & 0o111
+        assert not any(config.downloads_dir.iterdir())
+
+        await engine.submit(ev.DownloadRequested(await request_for(package_server, bad, "1.2.0")))
+        await wait_for(engine, State.READY, State.FAILED)
+        await engine.submit(ev.UpdateRequested("1.2.0"))
+        await wait_for(engine, State.FAILED)
+        await u.runner.idle()
+        snap = engine.snapshot.data()
+        assert snap["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.1.0"), snap
+        assert snap["current_version"] == "1.1.0" and snap["previous_version"] == "1.0.0"
+        assert not (root / "versions/v1.2.0").exists()
+        assert sorted(p.name for p in (root / "versions").iterdir()) == [
+            "current",
+            "factory",
+            "previous",
+            "v1.0.0",
+            "v1.1.0",
+        ]
+
+    # A restart reports the finished outcome again and keeps it.
+    async with running_updater(config, report=False) as u:
+        assert u.engine.snapshot.state is State.FAILED
+        assert u.engine.snapshot.data()["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS")
