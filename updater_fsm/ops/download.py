@@ -642,8 +642,11 @@ class _Download:
         since_ckpt = 0
         content = resp.content
         while True:
-            data = await content.readany()
+            # readchunk hands over each received buffer as is; readany would join them (a copy).
+            data, end_of_http_chunk = await content.readchunk()
             if not data:
+                if end_of_http_chunk:
+                    continue
                 break
             n = len(data)
             if sink.queued + batch_len + n > size:
