@@ -297,7 +297,7 @@ def _simple(method: str, path: str, body: Callable[[argparse.Namespace], Any] | 
 def cmd_demo(args: argparse.Namespace) -> int:
     from http_shell.demo import run_demo
 
-    return asyncio.run(run_demo(args.dir, keep=args.keep))
+    return run_demo(args.dir, keep=args.keep)
 
 
 # ---- parser ---------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# tope-updater developer entry point. Needs only python3 (>= 3.11) with venv and pip.
+#
+#   ./dev.sh run    set up .venv if needed, then run the updater on a local sandbox root
+#                   (./var: factory v1.0.0 seeded on first run; API on 127.0.0.1:12315;
+#                   no root privileges, no systemd)
+#   ./dev.sh test   set up .venv with the test tools, then lint, type-check and run the
+#                   whole test suite (the exact command CI runs)
+#   ./dev.sh demo   set up, then run a complete visible OTA cycle (download, install,
+#                   broken update, automatic rollback) on a throwaway sandbox
+#
+# Extra arguments are passed on: `./dev.sh run --port 8080`, `./dev.sh test -k journal`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+    local extras=$1 stamp="$VENV/.installed-$1"
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PY" -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
+        "$PY" -m venv "$VENV"
+    fi
+    # Reinstall only when the dependency list changed.
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        if [ "$extras" = test ]; then
+            "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+        else
+            "$VENV/bin/python" -m pip install --quiet -e .
+        fi
+        touch "$stamp"
+    fi
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    run)
+        setup runtime
+        exec "$VENV/bin/tope-updater" serve --sandbox var "$@"
+        ;;
+    demo)
+        setup runtime
+        exec "$VENV/bin/tope-updater" demo "$@"
+        ;;
+    test)
+        setup test
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/ruff" format --check .
+        "$VENV/bin/mypy"
+        exec "$VENV/bin/pytest" "$@"
+        ;;
+    *)
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        exit 2
+        ;;
+esac

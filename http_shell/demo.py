@@ -1,0 +1,212 @@
+"""``tope-updater demo``: a complete, visible OTA cycle on a sandbox, no root, no systemd.
+
+It seeds a sandbox root with factory v1.0.0, builds two packages with the real package
+builder (v1.1.0, healthy; v1.2.0, whose health probe fails), serves them from a local,
+throttled HTTP server, starts the real updater with its HTTP API on a free loopback port,
+and drives it through the API exactly as device-api would: download with a progress bar,
+install, show the switch, then install the broken package and show the automatic rollback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from http_shell.cli_client import ApiClient, watch_progress
+from http_shell.daemon import instance_lock, running_updater
+from http_shell.web_app import create_app
+from updater_fsm.config import Config
+from updater_fsm.ops import package_build, snapshots
+
+MARKER = ".tope-demo"
+PAYLOAD_BYTES = 24 * 1024 * 1024
+SERVE_RATE_BPS = 12 * 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _hello(version: str, *, broken: bool = False) -> str:
+    body = "exit 1" if broken else f'echo "hello from v{version}"'
+    return f"#!/bin/sh\n# demo service binary v{version}\n{body}\n"
+
+
+def _write_tree(src: Path, version: str, root: Path, *, broken: bool) -> None:
+    (src / "bin").mkdir(parents=True)
+    hello = src / "bin" / "hello"
+    hello.write_text(_hello(version, broken=broken))
+    hello.chmod(0o755)
+    (src / "share").mkdir()
+    # A sizeable payload so the progress bar has something to show.
+    (src / "share" / "firmware.bin").write_bytes(os.urandom(PAYLOAD_BYTES))
+    (src / "tope-package.toml").write_text(
+        '[modules."bin/hello"]\n'
+        'process_name = "hello"\n'
+        "restart_order = 1\n"
+        f'health = {{ command = "{root}/versions/current/bin/hello", timeout_s = 5 }}\n'
+    )
+
+
+async def _serve_files(files: dict[str, Path]) -> tuple[web.AppRunner, str]:
+    """A throttled static server (so the download is watchable)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        data = path.read_bytes()
+        resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await resp.prepare(request)
+        step = SERVE_RATE_BPS // 20
+        for offset in range(0, len(data), step):
+            await resp.write(data[offset : offset + step])
+            await asyncio.sleep(0.05)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/files/{name}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}/files"
+
+
+def _say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m" if os.isatty(1) else f"\n==> {text}", flush=True)
+
+
+def _links(root: Path) -> str:
+    parts = []
+    for name in ("current", "previous", "factory"):
+        link = root / "versions" / name
+        parts.append(f"{name} -> {os.readlink(link) if link.is_symlink() else '(none)'}")
+    return ", ".join(parts)
+
+
+def _run_hello(root: Path) -> str:
+    out = subprocess.run(
+        [str(root / "versions/current/bin/hello")], capture_output=True, text=True, check=False
+    )
+    return out.stdout.strip() or f"(exit {out.returncode})"
+
+
+async def _install(
+    client: ApiClient, url: str, result: package_build.BuildResult
+) -> dict[str, Any]:
+    version = result.manifest.version
+    _say(f"POST /download v{version} ({result.size / 1e6:.1f} MB)")
+    body = {
+        "version": version,
+        "package_url": f"{url}/{result.path.name}",
+        "package_name": result.path.name,
+        "package_size": result.size,
+        "package_md5": result.md5,
+        "package_sha256": result.sha256,
+    }
+    env = await client.post("/download", body)
+    print(f"    answer: {env}")
+    await watch_progress(client)
+    _say(f"POST /update v{version}")
+    env = await client.post("/update", {"version": version})
+    print(f"    answer: {env}")
+    return await watch_progress(client)
+
+
+def run_demo(directory: Path, *, keep: bool = False) -> int:
+    """Run the demo in ``directory`` (recreated); return the process exit code."""
+    directory = directory.resolve()
+    if directory.exists():
+        if not (directory / MARKER).exists():
+            print(f"refusing to reuse {directory}: it was not made by the demo")
+            return 2
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    (directory / MARKER).touch()
+    try:
+        config, built = _prepare(directory)
+        ok = asyncio.run(_drive(config, built))
+    finally:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)
+    _say("Demo complete" if ok else "Demo FAILED: unexpected outcome")
+    return 0 if ok else 1
+
+
+def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
+    root = directory / "root"
+    config = Config(
+        root=root,
+        state_dir=directory / "state",
+        service_control="none",
+        port=_free_port(),
+        settle_s=0.5,
+    )
+    _say(f"Seeding a sandbox device at {root} with factory version v1.0.0")
+    factory_src = directory / "factory"
+    (factory_src / "bin").mkdir(parents=True)
+    (factory_src / "bin" / "hello").write_text(_hello("1.0.0"))
+    (factory_src / "bin" / "hello").chmod(0o755)
+    snapshots.init_layout(root, "1.0.0", factory_src)
+    print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
+
+    _say("Building packages with `tope-updater package build`")
+    built = []
+    for version, broken in (("1.1.0", False), ("1.2.0", True)):
+        src = directory / f"src-{version}"
+        _write_tree(src, version, root, broken=broken)
+        result = package_build.build_package(
+            src, version=version, output=directory / f"update-{version}.zip", root=root
+        )
+        built.append(result)
+        label = "health probe will FAIL" if broken else "healthy"
+        print(f"    {result.path.name}: {result.size} bytes, md5 {result.md5} ({label})")
+    return config, built
+
+
+async def _drive(config: Config, built: list[package_build.BuildResult]) -> bool:
+    root = config.root
+    file_server, url = await _serve_files({r.path.name: r.path for r in built})
+    ok = True
+    try:
+        with instance_lock(config.state_path):
+            async with running_updater(config, report=False) as updater:
+                api = web.AppRunner(create_app(config, updater.engine), access_log=None)
+                await api.setup()
+                await web.TCPSite(api, config.host, config.port).start()
+                print(f"\n    updater API on http://{config.host}:{config.port}/api/v1.0")
+                try:
+                    async with ApiClient(f"http://{config.host}:{config.port}") as client:
+                        last = await _install(client, url, built[0])
+                        ok &= last.get("stage") == "success"
+                        _say("Switched")
+                        print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
+
+                        last = await _install(client, url, built[1])
+                        ok &= str(last.get("error", "")).startswith("ROLLBACK_LEVEL_1_SUCCESS")
+                        _say("The broken v1.2.0 failed its health check and was rolled back")
+                        print(f"    error: {last.get('error')}")
+                        print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
+
+                        env = await client.get("/versions")
+                        _say("GET /versions")
+                        print(f"    {env.get('data')}")
+                finally:
+                    await api.cleanup()
+    finally:
+        await file_server.cleanup()
+    return ok
+
+
+__all__ = ["run_demo"]
