@@ -1,0 +1,128 @@
+"""End-to-end installs and rollbacks against a real systemd (contract §3–§4).
+
+Every test drives the whole updater in-process (journal, engine, runner, ops) with real
+package ZIPs from a real HTTP server, a real snapshot store with real symlinks, and a real
+systemd (booted in private namespaces) running ``device-api.service`` from
+``<root>/versions/current``. Which version runs is proven by what the live main process
+reports (see :mod:`tests.e2e.units`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from http_shell.daemon import Updater, running_updater
+from tests.e2e.units import (
+    UNIT,
+    Rig,
+    Timeline,
+    broken_script,
+    tree_digest,
+    wait_for,
+)
+from tests.support.package_server import PackageServer
+from tests.support.packages import HOSTILE_CASES
+from tests.support.systemd_sandbox import SystemdSandbox
+from updater_fsm import events as ev
+from updater_fsm.table import State
+
+pytestmark = pytest.mark.systemd
+
+TERMINAL = (State.SUCCESS, State.FAILED)
+
+
+@pytest.fixture
+async def rig(
+    tmp_path: Path, systemd_sandbox: SystemdSandbox, package_server: PackageServer
+) -> AsyncIterator[Rig]:
+    r = Rig(tmp_path, systemd_sandbox, package_server)
+    r.setup()
+    yield r
+
+
+def start(rig: Rig) -> Any:
+    return running_updater(rig.config, controller=rig.controller(), report=False)
+
+
+async def download(u: Updater, rig: Rig, version: str, pkg: Path) -> None:
+    decision = await u.engine.submit(ev.DownloadRequested(await rig.request(version, pkg)))
+    assert decision.accepted, decision.reply
+    data = await wait_for(u.engine, State.READY, State.FAILED)
+    assert data["stage"] == "toInstall", data
+
+
+async def install(u: Updater, rig: Rig, version: str, pkg: Path) -> dict[str, Any]:
+    """Download, verify and install ``pkg``; return the final snapshot data."""
+    await download(u, rig, version, pkg)
+    decision = await u.engine.submit(ev.UpdateRequested(version))
+    assert decision.accepted, decision.reply
+    data = await wait_for(u.engine, *TERMINAL, timeout=30)
+    await u.runner.idle()  # trailing effects: package removal, snapshot removal, GC
+    return data
+
+
+def assert_versions(
+    data: dict[str, Any], current: str, previous: str | None, factory: str = "1.0.0"
+) -> None:
+    got = (data["current_version"], data["previous_version"], data["factory_version"])
+    assert got == (current, previous, factory), data
+
+
+# ---------------------------------------------------------------- 1. happy path
+
+
+async def test_happy_path_switches_and_runs_the_new_version(rig: Rig) -> None:
+    factory_before = tree_digest(rig.versions / "v1.0.0")
+    assert rig.links() == {"current": "v1.0.0", "previous": None, "factory": "v1.0.0"}
+    assert rig.running_version() == "1.0.0"
+    async with start(rig) as u:
+        timeline = Timeline(u.engine)
+        data = await install(u, rig, "1.1.0", rig.package("1.1.0"))
+        await timeline.close()
+        assert data["stage"] == "success" and data["state"] == "success", data
+        assert data["error"] is None and data["progress"] == 100, data
+        assert_versions(data, "1.1.0", "1.0.0")
+        assert timeline.states() == [
+            "idle", "downloading", "verifying", "ready",
+            "deploying", "switching", "health_check", "success",
+        ]  # fmt: skip
+        assert not any(rig.config.downloads_dir.iterdir()), "package not removed"
+    assert rig.links() == {"current": "v1.1.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert rig.running_version() == "1.1.0"
+    assert tree_digest(rig.versions / "v1.0.0") == factory_before
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0", "v1.1.0"]
+    assert rig.leftovers() == []
+
+
+# ---------------------------------------------------------------- 2. level-1 rollback
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.8], ids=["exits_at_once", "crashes_after_start"])
+async def test_broken_new_version_rolls_back_to_the_running_one(
+    tmp_path: Path, systemd_sandbox: SystemdSandbox, package_server: PackageServer, delay_s: float
+) -> None:
+    rig = Rig(tmp_path, systemd_sandbox, package_server)
+    rig.setup(restart=delay_s > 0)  # the late crash is also restarted by systemd
+    async with start(rig) as u:
+        await install(u, rig, "1.1.0", rig.package("1.1.0"))
+        assert rig.running_version() == "1.1.0"
+        links_before = rig.links()
+        data = await install(u, rig, "1.2.0", rig.package("1.2.0", broken_script("1.2.0", delay_s)))
+    assert data["stage"] == "failed" and data["state"] == "failed", data
+    assert data["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.1.0"), data
+    cause = "SERVICE_START_FAILED" if delay_s == 0 else "HEALTH_CHECK_FAILED"
+    assert f"(cause: {cause}: device-api.service" in data["error"], data
+    assert data["rollback_level"] == 1, data
+    assert_versions(data, "1.1.0", "1.0.0")
+    assert links_before == rig.links() == {
+        "current": "v1.1.0", "previous": "v1.0.0", "factory": "v1.0.0",
+    }  # fmt: skip
+    assert rig.running_version() == "1.1.0"
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0", "v1.1.0"]
+    assert rig.leftovers() == []
+    assert not any(rig.config.downloads_dir.iterdir())
