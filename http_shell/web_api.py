@@ -1,0 +1,188 @@
+"""Route handlers of ``/api/v1.0`` (contract §1 and the extensions).
+
+Handlers only translate: a validated body becomes an event for the engine, the engine's
+decision becomes the response envelope. No handler touches the disk except ``/versions``
+(which measures snapshots in a worker thread); ``/progress`` reads the in-memory snapshot
+and nothing else, so it stays fast while a download saturates the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from http_shell import web_bodies as b
+from http_shell.reporter import Reporter
+from http_shell.web_events import stream_events
+from updater_fsm import events as ev
+from updater_fsm.config import Config
+from updater_fsm.engine import Engine
+from updater_fsm.machine import Decision
+from updater_fsm.ops import snapshots
+from updater_fsm.table import Stage, State
+
+ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
+REPORTER: web.AppKey[Reporter | None] = web.AppKey("reporter")
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+HEARTBEAT_S: web.AppKey[float] = web.AppKey("sse_heartbeat_s", float)
+
+
+def _answer(decision: Decision, data: dict[str, Any]) -> web.Response:
+    """The envelope for an engine decision: ``data`` when it succeeded, else its rejection."""
+    reply = decision.reply
+    if reply.ok:
+        return b.envelope(200, "success", data)
+    return b.envelope(reply.code, reply.msg)
+
+
+async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
+    """The request body as JSON (None for an empty body when ``optional``)."""
+    raw = await request.read()
+    if optional and not raw.strip():
+        return None
+    return b.parse_json(raw)
+
+
+# ---- contract endpoints ------------------------------------------------------------------
+async def post_download(request: web.Request) -> web.Response:
+    """``POST /download``: validate, then ask the engine to start (or keep) the download."""
+    download = b.validate_download(await _json_body(request))
+    engine = request.app[ENGINE]
+    decision = await engine.submit(ev.DownloadRequested(download))
+    return _answer(decision, {"status": "downloading", "state": decision.record.state.value})
+
+
+async def post_update(request: web.Request) -> web.Response:
+    """``POST /update``: install the verified package of exactly this version."""
+    version = b.validate_update(await _json_body(request))
+    decision = await request.app[ENGINE].submit(ev.UpdateRequested(version))
+    return _answer(decision, {"status": "installing"})
+
+
+async def get_progress(request: web.Request) -> web.Response:
+    """``GET /progress``: the in-memory snapshot; code 500 when the update failed."""
+    snap = request.app[ENGINE].snapshot
+    if snap.stage is Stage.FAILED:
+        return b.envelope(500, f"Update failed: {snap.error}", snap.data())
+    return b.envelope(200, "success", snap.data())
+
+
+# ---- extensions --------------------------------------------------------------------------
+async def post_cancel(request: web.Request) -> web.Response:
+    """``POST /cancel``: stop the download/verification/staging, drop the package."""
+    decision = await request.app[ENGINE].submit(ev.Cancel())
+    return _answer(decision, {"status": "cancelled"})
+
+
+async def post_rollback(request: web.Request) -> web.Response:
+    """``POST /rollback`` ``{"target": "previous"|"factory"}`` (empty body: previous)."""
+    target = b.validate_rollback(await _json_body(request, optional=True))
+    engine = request.app[ENGINE]
+    event = ev.RollbackRequested(target, engine.links, units=engine.record.last_units)
+    decision = await engine.submit(event)
+    return _answer(decision, {"status": "rolling_back", "target": target})
+
+
+async def post_reset(request: web.Request) -> web.Response:
+    """``POST /reset``: forget a finished job and go back to idle."""
+    decision = await request.app[ENGINE].submit(ev.Reset())
+    return _answer(decision, {"status": "idle"})
+
+
+def _installed(root: Path, links: ev.LinkVersions) -> list[dict[str, Any]]:
+    """Snapshot dirs with their sizes (blocking: walks whole trees)."""
+    layout = snapshots.Layout(root)
+    named = {"current": links.current, "previous": links.previous, "factory": links.factory}
+    out = []
+    for version in snapshots.list_snapshots(layout):
+        try:
+            size = snapshots.snapshot_size(layout.snapshot_dir(version))
+        except OSError:
+            size = 0  # removed while we looked (garbage collection): report what we can
+        out.append(
+            {
+                "version": version,
+                "size_bytes": size,
+                "links": [name for name, v in named.items() if v == version],
+            }
+        )
+    return out
+
+
+async def get_versions(request: web.Request) -> web.Response:
+    """``GET /versions``: what the links name and every installed snapshot with its size."""
+    links = request.app[ENGINE].links
+    root = request.app[CONFIG].root
+    installed = await asyncio.to_thread(_installed, root, links)
+    data = {
+        "current": links.current,
+        "previous": links.previous,
+        "factory": links.factory,
+        "installed": installed,
+    }
+    return b.envelope(200, "success", data)
+
+
+async def get_events(request: web.Request) -> web.StreamResponse:
+    """``GET /events``: Server-Sent Events, see :mod:`http_shell.web_events`."""
+    return await stream_events(request, request.app[ENGINE], heartbeat_s=request.app[HEARTBEAT_S])
+
+
+@functools.lru_cache(maxsize=len(State))
+def _chart(state: State) -> str:
+    # Imported here: statecharts is a tooling package; the API must start without it.
+    from statecharts.render import mermaid
+
+    return mermaid(state)
+
+
+async def get_statechart(request: web.Request) -> web.Response:
+    """``GET /statechart``: Mermaid source with the current state highlighted."""
+    state = request.app[ENGINE].snapshot.state
+    text = await asyncio.to_thread(_chart, state)
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    """``GET /openapi.json``."""
+    return web.json_response(request.app[OPENAPI])
+
+
+async def get_healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: liveness; the engine state and the reporter's counters."""
+    snap = request.app[ENGINE].snapshot
+    reporter = request.app[REPORTER]
+    stats = None
+    if reporter is not None:
+        s = reporter.stats
+        stats = {
+            "sent": s.sent,
+            "failed_attempts": s.failed_attempts,
+            "pending": s.pending,
+            "coalesced": s.coalesced,
+            "last_error": s.last_error,
+        }
+    data = {"state": snap.state.value, "stage": snap.stage.value, "reporter": stats}
+    return b.envelope(200, "ok", data)
+
+
+def routes(prefix: str) -> list[web.RouteDef]:
+    """Every route of the API under ``prefix``."""
+    return [
+        web.post(f"{prefix}/download", post_download),
+        web.post(f"{prefix}/update", post_update),
+        web.get(f"{prefix}/progress", get_progress),
+        web.get(f"{prefix}/versions", get_versions),
+        web.post(f"{prefix}/cancel", post_cancel),
+        web.post(f"{prefix}/rollback", post_rollback),
+        web.post(f"{prefix}/reset", post_reset),
+        web.get(f"{prefix}/events", get_events, allow_head=False),
+        web.get(f"{prefix}/statechart", get_statechart),
+        web.get(f"{prefix}/openapi.json", get_openapi),
+        web.get(f"{prefix}/healthz", get_healthz),
+    ]

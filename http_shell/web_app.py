@@ -1,0 +1,128 @@
+"""The aiohttp application: routes, error envelope, optional auth, startup and shutdown.
+
+``create_app`` wires the handlers of :mod:`http_shell.web_api` to an engine that the
+caller built, started and will stop. Two middlewares make the contract's promise that
+nothing is ever answered with an HTML error page or a traceback:
+
+* :func:`envelope_errors` turns a bad body into code 400 (``VALIDATION_ERROR: …``, also for
+  bodies over :data:`~http_shell.web_bodies.MAX_BODY_BYTES`), unknown paths and methods into
+  a JSON body with the real HTTP 404/405, and any unexpected exception into code 500.
+* :func:`bearer_auth` (only when ``config.api_token`` is set) answers mutating requests
+  that lack ``Authorization: Bearer <token>`` with HTTP 401 and the envelope code 401;
+  reads (GET) stay open so dashboards and device-api polling keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from http_shell import web_api
+from http_shell.reporter import Reporter
+from http_shell.web_bodies import MAX_BODY_BYTES, BodyError, envelope
+from http_shell.web_events import SHUTDOWN, close_streams
+from http_shell.web_openapi import PREFIX, openapi_document
+from updater_fsm.config import Config
+from updater_fsm.engine import Engine
+
+_log = structlog.get_logger(__name__)
+
+#: Methods that never change anything; everything else needs the token when one is set.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Headers of aiohttp's HTTP errors worth keeping on the JSON replacement.
+_KEEP_HEADERS = ("Allow", "WWW-Authenticate")
+
+
+@web.middleware
+async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure with the JSON envelope (see the module docstring)."""
+    try:
+        return await handler(request)
+    except BodyError as exc:
+        return envelope(400, str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return envelope(400, f"VALIDATION_ERROR: body is larger than {MAX_BODY_BYTES} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: exc.headers[k] for k in _KEEP_HEADERS if k in exc.headers}
+        return web.json_response(
+            {"code": exc.status, "msg": exc.reason, "data": None},
+            status=exc.status,
+            headers=headers,
+        )
+    except (asyncio.CancelledError, ConnectionError):
+        raise  # the client is gone or the server is stopping: nobody to answer
+    except Exception as exc:
+        _log.exception("request failed", method=request.method, path=request.path)
+        return envelope(500, f"INTERNAL_ERROR: {type(exc).__name__}: {exc}")
+
+
+def bearer_auth(token: str) -> Middleware:
+    """A middleware requiring ``Authorization: Bearer <token>`` on mutating requests."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method not in _SAFE_METHODS:
+            given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {
+                        "code": 401,
+                        "msg": "UNAUTHORIZED: this endpoint needs Authorization: Bearer <token>",
+                        "data": None,
+                    },
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="tope-updater"'},
+                )
+        return await handler(request)
+
+    return check
+
+
+def create_app(
+    config: Config,
+    engine: Engine,
+    *,
+    reporter: Reporter | None = None,
+    sse_heartbeat_s: float = 15.0,
+) -> web.Application:
+    """The HTTP API application (contract §1) for an already built engine.
+
+    Args:
+        config: listening details do not matter here; ``root`` (for ``/versions``) and
+            ``api_token`` do.
+        engine: the engine requests are submitted to. Starting and stopping it is the
+            caller's job.
+        reporter: the device-api reporter; its counters appear in ``/healthz`` and the app's
+            cleanup stops it (stopping twice is harmless).
+        sse_heartbeat_s: quiet time after which ``/events`` sends a ``: ping`` comment.
+    """
+    middlewares: list[Middleware] = [envelope_errors]
+    if config.api_token:
+        middlewares.append(bearer_auth(config.api_token))
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
+    app[web_api.ENGINE] = engine
+    app[web_api.CONFIG] = config
+    app[web_api.REPORTER] = reporter
+    app[web_api.HEARTBEAT_S] = sse_heartbeat_s
+    app[web_api.OPENAPI] = openapi_document(auth=bool(config.api_token))
+    app[SHUTDOWN] = asyncio.Event()
+    app.add_routes(web_api.routes(PREFIX))
+    app.on_shutdown.append(close_streams)
+    if reporter is not None:
+        app.on_cleanup.append(_stop_reporter(reporter))
+    return app
+
+
+def _stop_reporter(reporter: Reporter) -> Callable[[web.Application], Awaitable[None]]:
+    async def stop(app: web.Application) -> None:
+        await reporter.stop()
+
+    return stop

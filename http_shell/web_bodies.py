@@ -1,0 +1,274 @@
+"""Request bodies and the response envelope of the HTTP API (contract §1).
+
+Bodies are parsed in two steps: the strict cattrs converter checks the shape (required and
+unknown fields, exact JSON types — ``"10"`` is not an int, ``true`` is not an int), then
+:func:`validate_download` / :func:`validate_update` / :func:`validate_rollback` check the
+values. Every failure is a :class:`BodyError` naming the field, which the API answers as
+code 400 ``VALIDATION_ERROR: <field> …``. The same rules are written out as JSON Schema in
+:mod:`http_shell.web_openapi`; keep both in step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from aiohttp import web
+from yarl import URL
+
+from updater_fsm.events import DownloadRequest
+from updater_fsm.strict_cattrs import make_strict_converter
+
+#: Largest request body accepted (bigger ones are answered code 400 without being read).
+MAX_BODY_BYTES = 64 * 1024
+
+# The patterns below are shared with the OpenAPI document, so they use only syntax that
+# Python's `re` and ECMA-262 (JSON Schema) read the same way; `[0-9]` instead of `\d`
+# because Python's `\d` also matches non-ASCII digits.
+VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
+VERSION_MAX_LENGTH = 64
+MD5_PATTERN = r"^[0-9a-fA-F]{32}$"
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+#: 64 bytes of standard base64 are exactly 86 alphabet characters and ``==``.
+SIGNATURE_PATTERN = r"^[A-Za-z0-9+/]{86}==$"
+#: No `/`, no control characters (NUL included), no leading dot, never two dots in a row.
+NAME_PATTERN = r"^[^./\x00-\x1f\x7f](\.?[^./\x00-\x1f\x7f])*\.?$"
+NAME_MAX_BYTES = 255
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://"
+URL_MAX_LENGTH = 4096
+MAX_PACKAGE_SIZE = 2**63 - 1
+ROLLBACK_TARGETS = ("previous", "factory")
+
+_VERSION_RE = re.compile(VERSION_PATTERN)
+_MD5_RE = re.compile(MD5_PATTERN)
+_SHA256_RE = re.compile(SHA256_PATTERN)
+_SIGNATURE_RE = re.compile(SIGNATURE_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
+
+_converter = make_strict_converter()
+_T = TypeVar("_T")
+
+
+class BodyError(ValueError):
+    """A request body is unacceptable; ``str()`` is the envelope's ``msg``.
+
+    Args:
+        field: the offending field (``body`` for the body as a whole).
+        problem: what is wrong with it, for a human.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"VALIDATION_ERROR: {field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def envelope(code: int = 200, msg: str = "success", data: Any = None) -> web.Response:
+    """The contract's response: HTTP 200 with ``{"code", "msg", "data"}``."""
+    return web.json_response({"code": code, "msg": msg, "data": data})
+
+
+# ---- shapes ------------------------------------------------------------------------------
+@attrs.frozen
+class DownloadBody:
+    """``POST /download`` as it arrives (types checked, values not yet)."""
+
+    version: str
+    package_url: str
+    package_name: str
+    package_size: int
+    package_md5: str
+    package_sha256: str | None = None
+    package_signature: str | None = None
+
+
+@attrs.frozen
+class UpdateBody:
+    """``POST /update``."""
+
+    version: str
+
+
+@attrs.frozen
+class RollbackBody:
+    """``POST /rollback`` (an empty body means ``previous``)."""
+
+    target: str = "previous"
+
+
+def parse_json(raw: bytes) -> Any:
+    """Decode a request body as JSON; raises :class:`BodyError` for anything else."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("body", "is not UTF-8") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise BodyError("body", "is not valid JSON") from None
+
+
+def structure(data: Any, cls: type[_T]) -> _T:
+    """Shape-check ``data`` against the attrs class ``cls`` with the strict converter.
+
+    Raises:
+        BodyError: naming the first unknown field, else the first missing or mistyped
+            field in declaration order.
+    """
+    if not isinstance(data, dict):
+        raise BodyError("body", f"must be a JSON object, not {_json_type(data)}")
+    try:
+        return _converter.structure(data, cls)
+    except cattrs.ClassValidationError as exc:
+        raise _first_problem(exc, cls, data) from None
+
+
+def _first_problem(exc: cattrs.ClassValidationError, cls: type, data: dict[str, Any]) -> BodyError:
+    with_notes, without_notes = exc.group_exceptions()
+    for plain in without_notes:
+        if isinstance(plain, cattrs.ForbiddenExtraKeysError):
+            extra = sorted(plain.extra_fields)
+            return BodyError(extra[0], "is not an allowed field")
+    by_name: dict[str, BaseException] = {note.name: sub for sub, note in with_notes}
+    for field in attrs.fields(cls):
+        problem = by_name.get(field.name)
+        if problem is None:
+            continue
+        if isinstance(problem, KeyError):
+            return BodyError(field.name, "is required")
+        return BodyError(field.name, f"{problem} (got {_json_type(data.get(field.name))})")
+    return BodyError("body", "does not match the schema")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+# ---- values ------------------------------------------------------------------------------
+def _utf8(field: str, value: str) -> str:
+    """Reject lone surrogates (``"\\ud800"`` is valid JSON but no valid file name or URL)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BodyError(field, "must be valid Unicode text") from None
+    return value
+
+
+def check_version(value: str, field: str = "version") -> str:
+    """``1.2.3``: three dot-separated decimal numbers (ASCII digits, at most 64 chars)."""
+    if len(value) > VERSION_MAX_LENGTH or not _VERSION_RE.fullmatch(value):
+        raise BodyError(field, f"must look like 1.2.3 (pattern {VERSION_PATTERN})")
+    return value
+
+
+def check_url(value: str) -> str:
+    """An absolute ``http``/``https`` URL with a host."""
+    _utf8("package_url", value)
+    if len(value) > URL_MAX_LENGTH:
+        raise BodyError("package_url", f"must be at most {URL_MAX_LENGTH} characters")
+    if not re.match(URL_PATTERN, value):
+        raise BodyError("package_url", "must be an http:// or https:// URL")
+    try:
+        url = URL(value)
+        host = url.host
+    except (ValueError, TypeError, UnicodeError):
+        raise BodyError("package_url", "is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not host:
+        raise BodyError("package_url", "must be an http:// or https:// URL with a host")
+    return value
+
+
+def check_name(value: str) -> str:
+    """A plain file name: no ``/``, no ``..``, no NUL or control characters, ≤ 255 bytes."""
+    _utf8("package_name", value)
+    if not value or value in (".", ".."):
+        raise BodyError("package_name", "must be a plain file name")
+    if "/" in value or "\x00" in value or ".." in value:
+        raise BodyError("package_name", "must be a plain file name (no '/', '..' or NUL)")
+    if not _NAME_RE.fullmatch(value):
+        raise BodyError(
+            "package_name", "must be a plain file name (no control characters or leading '.')"
+        )
+    if len(value.encode("utf-8")) > NAME_MAX_BYTES:
+        raise BodyError("package_name", f"must be at most {NAME_MAX_BYTES} bytes")
+    return value
+
+
+def check_size(value: int) -> int:
+    """A positive integer (JSON booleans and strings were already refused by the converter)."""
+    if value <= 0 or value > MAX_PACKAGE_SIZE:
+        raise BodyError("package_size", "must be an integer > 0")
+    return value
+
+
+def _hex(field: str, value: str, pattern: re.Pattern[str], length: int) -> str:
+    if not pattern.fullmatch(value):
+        raise BodyError(field, f"must be {length} hexadecimal characters")
+    return value.lower()
+
+
+def check_signature(value: str) -> str:
+    """Standard base64 of exactly 64 bytes (an Ed25519 signature)."""
+    if not _SIGNATURE_RE.fullmatch(value):
+        raise BodyError("package_signature", "must be the base64 of a 64-byte Ed25519 signature")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BodyError("package_signature", "is not valid base64") from None
+    if len(raw) != 64:
+        raise BodyError("package_signature", "must decode to 64 bytes")
+    return value
+
+
+def validate_download(data: Any) -> DownloadRequest:
+    """The :class:`DownloadRequest` of a ``POST /download`` body (digests lower-cased).
+
+    Raises:
+        BodyError: the first problem, naming its field.
+    """
+    body = structure(data, DownloadBody)
+    return DownloadRequest(
+        version=check_version(body.version),
+        package_url=check_url(body.package_url),
+        package_name=check_name(body.package_name),
+        package_size=check_size(body.package_size),
+        package_md5=_hex("package_md5", body.package_md5, _MD5_RE, 32),
+        package_sha256=(
+            None
+            if body.package_sha256 is None
+            else _hex("package_sha256", body.package_sha256, _SHA256_RE, 64)
+        ),
+        package_signature=(
+            None if body.package_signature is None else check_signature(body.package_signature)
+        ),
+    )
+
+
+def validate_update(data: Any) -> str:
+    """The version of a ``POST /update`` body."""
+    return check_version(structure(data, UpdateBody).version)
+
+
+def validate_rollback(data: Any) -> str:
+    """The target of a ``POST /rollback`` body (``None`` = no body = ``previous``)."""
+    if data is None:
+        return "previous"
+    target = structure(data, RollbackBody).target
+    if target not in ROLLBACK_TARGETS:
+        raise BodyError("target", "must be 'previous' or 'factory'")
+    return target
