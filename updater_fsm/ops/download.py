@@ -121,9 +121,9 @@ class DownloadSettings:
     checkpoint_interval_s: float = 1.0
     progress_interval_s: float = 0.1
     speed_window_s: float = 5.0
-    chunk_size: int = 256 * KiB
+    chunk_size: int = 512 * KiB
     pipeline_depth: int = 4
-    read_bufsize: int = 256 * KiB
+    read_bufsize: int = 512 * KiB
     disk_space_factor: float = 2.0
     disk_headroom_bytes: int = 16 * MiB
 
