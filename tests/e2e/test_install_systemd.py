@@ -126,3 +126,82 @@ async def test_broken_new_version_rolls_back_to_the_running_one(
     assert rig.listing() == ["current", "factory", "previous", "v1.0.0", "v1.1.0"]
     assert rig.leftovers() == []
     assert not any(rig.config.downloads_dir.iterdir())
+
+
+# ---------------------------------------------------------------- 3./4. level 2 and beyond
+
+
+@pytest.mark.parametrize("factory_broken", [False, True], ids=["to_factory", "factory_broken"])
+async def test_broken_new_and_previous_escalate(rig: Rig, factory_broken: bool) -> None:
+    async with start(rig) as u:
+        await install(u, rig, "1.1.0", rig.package("1.1.0"))
+        assert rig.running_version() == "1.1.0"
+        # 1.1.0 keeps running, but it will refuse to start again: level 1 must fail.
+        rig.flag("broken-1.1.0")
+        if factory_broken:
+            rig.flag("broken-1.0.0")
+        timeline = Timeline(u.engine)
+        data = await install(u, rig, "1.2.0", rig.package("1.2.0", broken_script("1.2.0")))
+        await timeline.close()
+    assert data["stage"] == "failed" and data["state"] == "failed", data
+    assert data["rollback_level"] == 2, data
+    states = timeline.states()
+    assert states[-4:] == ["switching", "rollback_previous", "rollback_factory", "failed"]
+    assert "SERVICE_START_FAILED: device-api.service" in data["error"], data
+    # (The sandbox has no journald, so the details quote `systemctl status`, not stderr.)
+    assert "; level 1: SERVICE_START_FAILED: device-api.service" in data["error"], data
+    if factory_broken:
+        assert data["error"].startswith("ROLLBACK_FAILED: manual intervention required"), data
+        assert "; last rollback: SERVICE_START_FAILED: device-api.service" in data["error"], data
+        assert rig.unit_props()["ActiveState"] == "failed"
+        # The failed version is kept (nothing runs); current names the factory it tried last.
+        assert rig.links()["current"] == "v1.0.0"
+        assert "v1.2.0" in rig.listing()
+    else:
+        assert data["error"].startswith("ROLLBACK_LEVEL_2_SUCCESS: v1.0.0"), data
+        assert rig.running_version() == "1.0.0"
+        assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+        assert_versions(data, "1.0.0", "1.0.0")
+        assert "v1.2.0" not in rig.listing()
+    assert rig.leftovers() == []
+
+
+# ---------------------------------------------------------------- 5. SIGTERM ignored
+
+
+async def test_service_ignoring_sigterm_is_killed_after_the_stop_timeout(
+    tmp_path: Path, systemd_sandbox: SystemdSandbox, package_server: PackageServer
+) -> None:
+    rig = Rig(tmp_path, systemd_sandbox, package_server, stop_timeout_s=1.5)
+    rig.flags.mkdir()
+    rig.flag("ignore-term")  # every version traps TERM, from the first start on
+    rig.setup()
+    async with start(rig) as u:
+        timeline = Timeline(u.engine)
+        data = await install(u, rig, "1.1.0", rig.package("1.1.0"))
+        await timeline.close()
+    assert data["stage"] == "success", data
+    assert rig.running_version() == "1.1.0"
+    switching = timeline.first(State.HEALTH_CHECK) - timeline.first(State.SWITCHING)
+    # Graceful stop is waited out (1.5 s), then SIGKILL; the start adds ~0.3 s of confirming.
+    assert 1.5 <= switching < 5.0, (switching, timeline.events)
+    assert rig.links() == {"current": "v1.1.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+
+
+# ---------------------------------------------------------------- 6. post_cmds
+
+
+async def test_failing_post_cmd_rolls_back(rig: Rig) -> None:
+    marker = rig.tmp / "post-cmd-ran"
+    post = [f"touch {marker}", "echo 'migration failed' >&2; exit 3"]
+    async with start(rig) as u:
+        data = await install(u, rig, "1.1.0", rig.package("1.1.0", post_cmds=post))
+    assert marker.exists()
+    assert data["stage"] == "failed", data
+    assert data["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.0.0"), data
+    assert "POST_CMD_FAILED" in data["error"] and "migration failed" in data["error"], data
+    assert rig.running_version() == "1.0.0"
+    assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert_versions(data, "1.0.0", "1.0.0")
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0"]
+    assert rig.leftovers() == []

@@ -115,7 +115,7 @@ class Rig:
         (factory / SCRIPT).chmod(0o755)
         (factory / "lib" / "data.txt").write_text("factory data\n")
         snapshots.init_layout(self.root, "1.0.0", from_dir=factory)
-        self.flags.mkdir()
+        self.flags.mkdir(exist_ok=True)  # a test may set flags before the first start
         self.status.parent.mkdir()
         service = (
             f"Environment=STATUS={self.status} FLAGS={self.flags}\n"
