@@ -125,10 +125,10 @@ def structure(data: Any, cls: type[_T]) -> _T:
     try:
         return _converter.structure(data, cls)
     except cattrs.ClassValidationError as exc:
-        raise _first_problem(exc, cls, data) from None
+        raise _first_problem(exc, cls) from None
 
 
-def _first_problem(exc: cattrs.ClassValidationError, cls: type, data: dict[str, Any]) -> BodyError:
+def _first_problem(exc: cattrs.ClassValidationError, cls: type) -> BodyError:
     with_notes, without_notes = exc.group_exceptions()
     for plain in without_notes:
         if isinstance(plain, cattrs.ForbiddenExtraKeysError):
@@ -141,7 +141,7 @@ def _first_problem(exc: cattrs.ClassValidationError, cls: type, data: dict[str, 
             continue
         if isinstance(problem, KeyError):
             return BodyError(field.name, "is required")
-        return BodyError(field.name, f"{problem} (got {_json_type(data.get(field.name))})")
+        return BodyError(field.name, str(problem))  # the strict hooks name both types
     return BodyError("body", "does not match the schema")
 
 
