@@ -121,25 +121,47 @@ async def running_updater(
 
 
 async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> None:
-    """Run the updater and its HTTP API until SIGTERM or SIGINT."""
-    with instance_lock(config.state_path):
-        async with running_updater(config) as updater:
-            from http_shell.web_app import create_app
+    """Run the updater and its HTTP API until SIGTERM or SIGINT.
 
-            app = create_app(config, updater.engine, reporter=updater.reporter)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            site = web.TCPSite(runner, config.host, config.port)
-            await site.start()
-            _log.info("listening", url=f"http://{config.host}:{config.port}/api/v1.0")
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            if ready is not None:
-                ready()
-            try:
-                await stop.wait()
-                _log.info("stopping")
-            finally:
-                await runner.cleanup()
+    Under systemd (``Type=notify``) it sends ``READY=1`` once the API listens,
+    ``STOPPING=1`` when it begins to stop, and pings the watchdog from the event loop at
+    half of ``WatchdogSec`` (see :mod:`http_shell.sd_notify`); elsewhere these are no-ops.
+    """
+    from http_shell import sd_notify
+
+    with instance_lock(config.state_path):
+        # Pinging starts before recovery: systemd runs the watchdog from the unit's start.
+        watchdog = asyncio.create_task(sd_notify.watchdog_loop(), name="sd-watchdog")
+        try:
+            await _serve_locked(config, ready)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+
+
+async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> None:
+    from http_shell import sd_notify
+
+    async with running_updater(config) as updater:
+        from http_shell.web_app import create_app
+
+        app = create_app(config, updater.engine, reporter=updater.reporter)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        _log.info("listening", url=f"http://{config.host}:{config.port}/api/v1.0")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sd_notify.notify(f"READY=1\nSTATUS=listening on {config.host}:{config.port}")
+        if ready is not None:
+            ready()
+        try:
+            await stop.wait()
+            _log.info("stopping")
+        finally:
+            sd_notify.notify("STOPPING=1")
+            await runner.cleanup()
