@@ -124,6 +124,8 @@ class Reporter:
         # Ordinary reports: one slot, always the newest. Must-deliver reports: FIFO.
         self._latest: Report | None = None
         self._must: collections.deque[Report] = collections.deque()
+        self._inflight: Report | None = None  # the ordinary report being sent right now
+        self._inflight_must = False  # ...which kick(terminal=True) asked to never drop
         self._last_enqueued: Report | None = None
         self._last_sent: Report | None = None
         self._last_snapshot: Snapshot | None = None
@@ -208,17 +210,19 @@ class Reporter:
         if must_deliver:
             if report in self._must:
                 return
-            if report == self._latest:
-                self._latest = None  # promoted: it now waits with the must-deliver ones
-            elif self._latest is not None:
-                # An older ordinary report is obsolete once an outcome is known.
+            if report == self._inflight:
+                # Being sent right now; should that attempt fail it must not be coalesced.
+                self._inflight_must = True
+                return
+            if self._latest is not None:
+                if report != self._latest:
+                    self._coalesced += 1  # an older ordinary report is obsolete now
                 self._latest = None
-                self._coalesced += 1
             elif not self.pending and report == self._last_sent:
                 return
             self._must.append(report)
         else:
-            if report == self._last_enqueued or report in self._must:
+            if report in (self._last_enqueued, self._inflight) or report in self._must:
                 return
             if not self.pending and report == self._last_sent:
                 return
@@ -233,7 +237,7 @@ class Reporter:
     @property
     def pending(self) -> int:
         """How many reports wait to be delivered."""
-        return len(self._must) + (self._latest is not None)
+        return len(self._must) + (self._latest is not None) + (self._inflight is not None)
 
     @property
     def stats(self) -> ReporterStats:
@@ -251,36 +255,55 @@ class Reporter:
         async for snap in subscription:
             self.consider(snap)
 
-    def _next(self) -> Report | None:
-        if self._must:
-            return self._must[0]
-        return self._latest
+    def _take(self) -> tuple[Report, bool] | None:
+        """The next report to send and whether it is a must-deliver one.
 
-    def _done(self, report: Report) -> None:
-        """``report`` was delivered: remove it unless a newer one already replaced it."""
-        if self._must and self._must[0] is report:
-            self._must.popleft()
-        elif self._latest is report:
-            self._latest = None
-        self._last_sent = report
+        A must-deliver report stays at the head of its FIFO until delivered; an ordinary one
+        leaves the slot while in flight, so a newer one can take the slot meanwhile.
+        """
+        if self._must:
+            return self._must[0], True
+        if self._latest is not None:
+            self._inflight, self._latest = self._latest, None
+            self._inflight_must = False
+            return self._inflight, False
+        return None
+
+    def _finish(self, report: Report, must: bool, delivered: bool) -> None:
+        if must:
+            if delivered:
+                self._must.popleft()
+        else:
+            self._inflight = None
+            if not delivered:
+                if self._inflight_must:
+                    self._must.appendleft(report)  # older than anything else pending
+                elif self._latest is None:
+                    self._latest = report  # retry it
+                else:
+                    self._coalesced += 1  # a newer one replaces it
+        if delivered:
+            self._last_sent = report
 
     async def _deliver(self) -> None:
         backoff = self._min_backoff
         while True:
-            report = self._next()
-            if report is None:
+            taken = self._take()
+            if taken is None:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if await self._post(report):
+            report, must = taken
+            delivered = await self._post(report)
+            self._finish(report, must, delivered)
+            if delivered:
                 self._sent += 1
                 self._last_error = None
-                self._done(report)
                 backoff = self._min_backoff
                 continue
             self._failed += 1
-            # Wait before retrying; a retry always sends the newest pending report.
+            # Wait before retrying; the retry sends whatever is the newest by then.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self._max_backoff)

@@ -26,6 +26,7 @@ class DeviceApi:
         reports: every report body received (also those answered with an error status).
         status: HTTP status to answer with (200 = accept).
         delay_s: wait this long before answering (a slow device-api).
+        arrived: requests received so far, counted before the delay (one may be in flight).
     """
 
     def __init__(self) -> None:
@@ -33,6 +34,7 @@ class DeviceApi:
         self._ok: list[bool] = []
         self.status = 200
         self.delay_s = 0.0
+        self.arrived = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
@@ -44,6 +46,7 @@ class DeviceApi:
 
     async def _report(self, request: web.Request) -> web.Response:
         body = await request.json()
+        self.arrived += 1
         status = self.status
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

@@ -1,0 +1,77 @@
+"""``GET /events``: Server-Sent Events of the progress snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import ClientResponse
+
+from http_shell.web_events import SHUTDOWN
+from tests.http_shell.conftest import API, ClientFactory, Rig, body, call
+from updater_fsm.progress import Transfer
+
+
+async def _message(resp: ClientResponse, timeout: float = 3.0) -> list[str]:
+    """The lines of the next SSE message (up to the blank line)."""
+    lines: list[str] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await resp.content.readline()
+            assert raw, "stream ended"
+            line = raw.decode().rstrip("\n")
+            if not line:
+                return lines
+            lines.append(line)
+
+
+def _data(lines: list[str]) -> dict[str, Any]:
+    assert "event: progress" in lines, lines
+    (data,) = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    parsed: dict[str, Any] = json.loads(data)
+    return parsed
+
+
+async def test_stream_starts_with_current_snapshot_then_follows_changes(
+    make_client: ClientFactory, rig: Rig
+) -> None:
+    client = await make_client(sse_heartbeat_s=30.0)
+    resp = await client.get(API + "/events")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    first = _data(await _message(resp))
+    assert first == rig.engine.snapshot.data()
+    assert first["stage"] == "idle"
+
+    await call(client, "POST", "/download", json=body())
+    second = _data(await _message(resp))
+    assert (second["stage"], second["progress"]) == ("downloading", 0)
+
+    rig.engine.update_transfer(Transfer(rig.job_id, 470, 1000, speed_bps=1e6))
+    third = _data(await _message(resp))
+    assert (third["progress"], third["bytes_downloaded"]) == (47, 470)
+    resp.close()
+
+
+async def test_heartbeat_and_shutdown_end_the_stream(make_client: ClientFactory) -> None:
+    client = await make_client(sse_heartbeat_s=0.05)
+    resp = await client.get(API + "/events")
+    await _message(resp)
+    assert await _message(resp) == [": ping"]
+    client.app[SHUTDOWN].set()  # what the app's on_shutdown hook does
+    async with asyncio.timeout(3):
+        rest = await resp.content.read()  # returns once the server ended the stream
+    assert rest in (b"", b": ping\n\n")
+
+
+async def test_client_going_away_unsubscribes(make_client: ClientFactory, rig: Rig) -> None:
+    client = await make_client(sse_heartbeat_s=0.05)
+    before = len(rig.engine._subscribers)
+    resp = await client.get(API + "/events")
+    await _message(resp)
+    assert len(rig.engine._subscribers) == before + 1
+    resp.close()
+    async with asyncio.timeout(3):
+        while len(rig.engine._subscribers) != before:
+            await asyncio.sleep(0.02)
