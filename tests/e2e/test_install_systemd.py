@@ -1,4 +1,4 @@
-"""End-to-end installs and rollbacks against a real systemd (contract §3–§4).
+"""End-to-end installs and rollbacks against a real systemd (contract §3-§4).
 
 Every test drives the whole updater in-process (journal, engine, runner, ops) with real
 package ZIPs from a real HTTP server, a real snapshot store with real symlinks, and a real
@@ -9,6 +9,7 @@ reports (see :mod:`tests.e2e.units`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,15 +19,16 @@ import pytest
 
 from http_shell.daemon import Updater, running_updater
 from tests.e2e.units import (
-    UNIT,
     Rig,
     Timeline,
     broken_script,
+    good_script,
+    order_script,
     tree_digest,
     wait_for,
 )
 from tests.support.package_server import PackageServer
-from tests.support.packages import HOSTILE_CASES
+from tests.support.packages import HOSTILE_CASES, make_package
 from tests.support.systemd_sandbox import SystemdSandbox
 from updater_fsm import events as ev
 from updater_fsm.table import State
@@ -58,11 +60,13 @@ async def download(u: Updater, rig: Rig, version: str, pkg: Path) -> None:
 
 async def install(u: Updater, rig: Rig, version: str, pkg: Path) -> dict[str, Any]:
     """Download, verify and install ``pkg``; return the final snapshot data."""
+    timeline = Timeline(u.engine)
     await download(u, rig, version, pkg)
     decision = await u.engine.submit(ev.UpdateRequested(version))
     assert decision.accepted, decision.reply
     data = await wait_for(u.engine, *TERMINAL, timeout=30)
     await u.runner.idle()  # trailing effects: package removal, snapshot removal, GC
+    await timeline.close()  # asserts progress never fell within a stage
     return data
 
 
@@ -154,15 +158,21 @@ async def test_broken_new_and_previous_escalate(rig: Rig, factory_broken: bool) 
         assert data["error"].startswith("ROLLBACK_FAILED: manual intervention required"), data
         assert "; last rollback: SERVICE_START_FAILED: device-api.service" in data["error"], data
         assert rig.unit_props()["ActiveState"] == "failed"
-        # The failed version is kept (nothing runs); current names the factory it tried last.
-        assert rig.links()["current"] == "v1.0.0"
-        assert "v1.2.0" in rig.listing()
+        # Nothing runs; the links name the factory it tried last, and everything is kept
+        # for the engineer: the failed snapshot and the package.
+        assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+        assert rig.listing() == [
+            "current", "factory", "previous", "v1.0.0", "v1.1.0", "v1.2.0",
+        ]  # fmt: skip
+        assert len(list(rig.config.downloads_dir.iterdir())) == 1
     else:
         assert data["error"].startswith("ROLLBACK_LEVEL_2_SUCCESS: v1.0.0"), data
         assert rig.running_version() == "1.0.0"
         assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
         assert_versions(data, "1.0.0", "1.0.0")
-        assert "v1.2.0" not in rig.listing()
+        # v1.1.0 failed to start: no link names it any more (the next GC removes it).
+        assert rig.listing() == ["current", "factory", "previous", "v1.0.0", "v1.1.0"]
+        assert not any(rig.config.downloads_dir.iterdir())
     assert rig.leftovers() == []
 
 
@@ -205,3 +215,208 @@ async def test_failing_post_cmd_rolls_back(rig: Rig) -> None:
     assert_versions(data, "1.0.0", "1.0.0")
     assert rig.listing() == ["current", "factory", "previous", "v1.0.0"]
     assert rig.leftovers() == []
+
+
+# ---------------------------------------------------------------- 7. hostile packages
+
+HOSTILE = (
+    "traversal_entry",
+    "absolute_entry",
+    "symlink_entry",
+    "zip_bomb_ratio",
+    "missing_src",
+    "malformed_json",
+    "version_mismatch",
+)
+
+
+async def test_hostile_packages_change_nothing_and_never_stop_the_service(rig: Rig) -> None:
+    listing, links = rig.listing(), rig.links()
+    props = rig.unit_props()
+    assert rig.running_version() == "1.0.0"
+    async with start(rig) as u:
+        for name in HOSTILE:
+            case = HOSTILE_CASES[name]
+            pkg = case.build(rig.tmp / f"{name}.zip", "1.1.0")
+            data = await install(u, rig, "1.1.0", pkg)
+            assert data["stage"] == "failed" and data["state"] == "failed", (name, data)
+            assert data["error"].startswith(f"{case.code}: "), (name, data)
+            assert case.expect in data["error"], (name, data)
+            assert data["rollback_level"] == 0, (name, data)  # no rollback needed
+            assert_versions(data, "1.0.0", None)
+            assert rig.listing() == listing, name
+            assert rig.links() == links, name
+            assert rig.leftovers() == [], name
+            assert not any(rig.config.downloads_dir.iterdir()), name
+    # The very same process ran throughout: never stopped, never restarted.
+    assert rig.unit_props() == props
+    assert rig.running_version() == "1.0.0"
+    assert not Path("/etc/evil").exists()
+
+
+# ---------------------------------------------------------------- 8. manual rollback
+
+
+@pytest.mark.parametrize("target", ["previous", "factory"])
+async def test_manual_rollback_after_success(rig: Rig, target: str) -> None:
+    async with start(rig) as u:
+        await install(u, rig, "1.1.0", rig.package("1.1.0"))
+        assert rig.running_version() == "1.1.0"
+        # No units named: the units of the last install are restarted.
+        decision = await u.engine.submit(ev.RollbackRequested(target, u.engine.links))
+        assert decision.accepted, decision.reply
+        assert decision.record.state is State[f"ROLLBACK_{target.upper()}"]
+        data = await wait_for(u.engine, State.IDLE, State.FAILED)
+        await u.runner.idle()
+    assert data["stage"] == "idle" and data["state"] == "idle", data
+    assert data["error"] is None, data
+    assert data["rollback_level"] == (1 if target == "previous" else 2), data
+    assert data["message"] == "Rolled back to v1.0.0", data
+    assert_versions(data, "1.0.0", "1.1.0")
+    assert rig.links() == {"current": "v1.0.0", "previous": "v1.1.0", "factory": "v1.0.0"}
+    assert rig.running_version() == "1.0.0"
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0", "v1.1.0"]
+    assert rig.leftovers() == []
+
+
+# ---------------------------------------------------------------- 9. restart mid-install
+
+
+async def test_restart_during_health_check_resumes_and_succeeds(rig: Rig) -> None:
+    probe_runs = rig.tmp / "probe-runs"
+    # A slow probe holds the health check open long enough to stop the updater in it.
+    probe = {"command": f"echo run >> {probe_runs}; sleep 1.5", "timeout_s": 5}
+    async with start(rig) as u:
+        await download(u, rig, "1.1.0", rig.package("1.1.0", health=probe))
+        await u.engine.submit(ev.UpdateRequested("1.1.0"))
+        await wait_for(u.engine, State.HEALTH_CHECK)
+        deadline = time.monotonic() + 5
+        while not probe_runs.exists():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+    # The updater is gone mid-check; the new version keeps running.
+    assert rig.links() == {"current": "v1.1.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert rig.running_version() == "1.1.0"
+    async with start(rig) as u:
+        assert u.engine.snapshot.state is State.HEALTH_CHECK
+        data = await wait_for(u.engine, *TERMINAL)
+        await u.runner.idle()
+    assert data["stage"] == "success", data
+    assert_versions(data, "1.1.0", "1.0.0")
+    assert probe_runs.read_text() == "run\nrun\n"  # the check ran again, whole
+    assert rig.running_version() == "1.1.0"
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0", "v1.1.0"]
+    assert rig.leftovers() == []
+    assert not any(rig.config.downloads_dir.iterdir())
+
+
+async def test_restart_while_stopping_a_stubborn_service_resumes_the_switch(
+    tmp_path: Path, systemd_sandbox: SystemdSandbox, package_server: PackageServer
+) -> None:
+    rig = Rig(tmp_path, systemd_sandbox, package_server, stop_timeout_s=1.5)
+    rig.flags.mkdir()
+    rig.flag("ignore-term")  # the stop takes 1.5 s: time to pull the plug mid-switch
+    rig.setup()
+    async with start(rig) as u:
+        await download(u, rig, "1.1.0", rig.package("1.1.0"))
+        await u.engine.submit(ev.UpdateRequested("1.1.0"))
+        await wait_for(u.engine, State.SWITCHING)
+        await asyncio.sleep(0.5)
+    assert rig.links()["current"] == "v1.0.0"  # stopped before the links moved
+    async with start(rig) as u:
+        assert u.engine.snapshot.state is State.SWITCHING
+        data = await wait_for(u.engine, *TERMINAL)
+        await u.runner.idle()
+    assert data["stage"] == "success", data
+    assert_versions(data, "1.1.0", "1.0.0")
+    assert rig.links() == {"current": "v1.1.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert rig.running_version() == "1.1.0"
+    assert rig.leftovers() == []
+
+
+async def test_restart_after_the_links_switched_while_the_unit_starts(rig: Rig) -> None:
+    rig.flag("slow-start")  # ExecStartPre holds the start 1.5 s: pull the plug inside it
+    async with start(rig) as u:
+        await download(u, rig, "1.1.0", rig.package("1.1.0"))
+        await u.engine.submit(ev.UpdateRequested("1.1.0"))
+        await wait_for(u.engine, State.SWITCHING)
+        deadline = time.monotonic() + 5
+        while rig.unit_props()["ActiveState"] != "activating":
+            assert time.monotonic() < deadline, rig.unit_props()
+            await asyncio.sleep(0.05)
+        assert u.engine.snapshot.state is State.SWITCHING
+    assert rig.links() == {"current": "v1.1.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    (rig.flags / "slow-start").unlink()
+    async with start(rig) as u:
+        assert u.engine.snapshot.state is State.SWITCHING
+        data = await wait_for(u.engine, *TERMINAL)
+        await u.runner.idle()
+    assert data["stage"] == "success", data
+    assert_versions(data, "1.1.0", "1.0.0")
+    assert rig.links() == {"current": "v1.1.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert rig.running_version() == "1.1.0"
+    assert rig.leftovers() == []
+
+
+async def test_restart_during_rollback_completes_it(
+    tmp_path: Path, systemd_sandbox: SystemdSandbox, package_server: PackageServer
+) -> None:
+    rig = Rig(tmp_path, systemd_sandbox, package_server)
+    rig.setup(restart=True)
+    async with start(rig) as u:
+        await download(u, rig, "1.1.0", rig.package("1.1.0", broken_script("1.1.0", 0.8)))
+        await u.engine.submit(ev.UpdateRequested("1.1.0"))
+        await wait_for(u.engine, State.ROLLBACK_PREVIOUS)
+        await asyncio.sleep(0.4)  # inside the rollback's own health check
+        assert u.engine.snapshot.state is State.ROLLBACK_PREVIOUS
+    async with start(rig) as u:
+        assert u.engine.snapshot.state is State.ROLLBACK_PREVIOUS
+        data = await wait_for(u.engine, *TERMINAL)
+        await u.runner.idle()
+    assert data["stage"] == "failed", data
+    assert data["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.0.0"), data
+    assert "HEALTH_CHECK_FAILED: device-api.service" in data["error"], data
+    assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert rig.running_version() == "1.0.0"
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0"]
+    assert rig.leftovers() == []
+    assert not any(rig.config.downloads_dir.iterdir())
+
+
+# ---------------------------------------------------------------- restart_order
+
+
+async def test_units_stop_in_descending_and_start_in_ascending_restart_order(
+    tmp_path: Path, systemd_sandbox: SystemdSandbox, package_server: PackageServer
+) -> None:
+    rig = Rig(tmp_path, systemd_sandbox, package_server)
+    rig.setup(extra={f"bin/{n}": order_script(n, "1.0.0") for n in ("svc-a", "svc-b")})
+    rig.add_unit("svc-a", "bin/svc-a")
+    rig.add_unit("svc-b", "bin/svc-b")
+    pkg = make_package(
+        tmp_path / "multi.zip",
+        "1.1.0",
+        {
+            "bin/device-api": (good_script("1.1.0"), 0o755),
+            "bin/svc-a": (order_script("svc-a", "1.1.0"), 0o755),
+            "bin/svc-b": (order_script("svc-b", "1.1.0"), 0o755),
+        },
+        root=rig.root,
+        module_overrides={
+            "bin/device-api": {"process_name": "device-api", "restart_order": 3},
+            "bin/svc-a": {"process_name": "svc-a", "restart_order": 2},
+            "bin/svc-b": {"process_name": "svc-b.service", "restart_order": 1},
+        },
+    )
+    async with start(rig) as u:
+        data = await install(u, rig, "1.1.0", pkg)
+    assert data["stage"] == "success", data
+    assert rig.running_version() == "1.1.0"
+    assert (tmp_path / "order.log").read_text().splitlines() == [
+        "start svc-a 1.0.0",
+        "start svc-b 1.0.0",
+        "stop svc-a 1.0.0",  # descending restart_order: 2 before 1
+        "stop svc-b 1.0.0",
+        "start svc-b 1.1.0",  # ascending: 1 before 2
+        "start svc-a 1.1.0",
+    ]

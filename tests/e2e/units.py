@@ -7,7 +7,8 @@ script reports itself by writing ``"<version> <pid>"`` to a status file and then
 
 * ``<flags>/broken-<version>``: that version refuses to start (exit 1), which is how a test
   breaks a version that is already installed (the previous or the factory one);
-* ``<flags>/ignore-term``: the service ignores SIGTERM (``trap '' TERM`` survives ``exec``).
+* ``<flags>/ignore-term``: the service ignores SIGTERM (``trap '' TERM`` survives ``exec``);
+* ``<flags>/slow-start``: the unit's ``ExecStartPre`` holds each start for 1.5 s.
 
 A "broken" package's script exits 1 at once, or after a delay (a crash after the start was
 confirmed, which only the health check can notice).
@@ -49,6 +50,16 @@ def good_script(version: str) -> bytes:
         "if [ -e \"$FLAGS/ignore-term\" ]; then trap '' TERM; fi\n"
         'echo "$V $$" > "$STATUS.tmp" && mv "$STATUS.tmp" "$STATUS"\n'
         "exec sleep 600\n"
+    ).encode()
+
+
+def order_script(name: str, version: str) -> bytes:
+    """A service that logs ``start``/``stop <name> <version>`` lines to ``$LOG``."""
+    return (
+        "#!/bin/sh\n"
+        f'echo "start {name} {version}" >> "$LOG"\n'
+        f'trap \'echo "stop {name} {version}" >> "$LOG"; exit 0\' TERM\n'
+        "sleep 600 &\nwait\n"
     ).encode()
 
 
@@ -106,14 +117,20 @@ class Rig:
             poll_s=0.05,
         )
 
-    def setup(self, *, restart: bool = False) -> None:
-        """Create the factory root (v1.0.0), install the unit and start it on v1.0.0."""
+    def setup(self, *, restart: bool = False, extra: dict[str, bytes] | None = None) -> None:
+        """Create the factory root (v1.0.0), install the unit and start it on v1.0.0.
+
+        Args:
+            restart: give the unit ``Restart=on-failure`` (a crash loops, as on devices).
+            extra: more factory files (``{relative path: content}``, made executable).
+        """
         factory = self.tmp / "factory-tree"
         (factory / "bin").mkdir(parents=True)
         (factory / "lib").mkdir()
-        (factory / SCRIPT).write_bytes(good_script("1.0.0"))
-        (factory / SCRIPT).chmod(0o755)
         (factory / "lib" / "data.txt").write_text("factory data\n")
+        for rel, data in {SCRIPT: good_script("1.0.0"), **(extra or {})}.items():
+            (factory / rel).write_bytes(data)
+            (factory / rel).chmod(0o755)
         snapshots.init_layout(self.root, "1.0.0", from_dir=factory)
         self.flags.mkdir(exist_ok=True)  # a test may set flags before the first start
         self.status.parent.mkdir()
@@ -123,6 +140,9 @@ class Rig:
         )
         if restart:
             service += "Restart=on-failure\nRestartSec=0.2\n"
+        # <flags>/slow-start holds every start in `activating` for 1.5 s.
+        slow = self.flags / "slow-start"
+        service += f"ExecStartPre=/bin/sh -c 'if [ -e {slow} ]; then sleep 1.5; fi'\n"
         self.sandbox.install_unit(UNIT, f"[Unit]\nDescription=tope e2e\n[Service]\n{service}")
         self.sandbox.daemon_reload()
         self.sandbox.systemctl("start", UNIT, check=True)
@@ -130,6 +150,17 @@ class Rig:
         while not self.status.exists():
             assert time.monotonic() < deadline, "device-api did not report in 5 s"
             time.sleep(0.02)
+
+    def add_unit(self, name: str, rel: str) -> None:
+        """Install and start ``<name>.service`` running ``current/<rel>`` (LOG in its env)."""
+        self.sandbox.install_unit(
+            f"{name}.service",
+            "[Service]\n"
+            f"Environment=LOG={self.tmp / 'order.log'}\n"
+            f"ExecStart=/bin/sh {self.versions}/current/{rel}\n",
+        )
+        self.sandbox.daemon_reload()
+        self.sandbox.systemctl("start", f"{name}.service", check=True)
 
     def flag(self, name: str) -> None:
         (self.flags / name).touch()
@@ -202,16 +233,24 @@ def tree_digest(path: Path) -> str:
 
 
 class Timeline:
-    """Records every published (time, state) of an engine, from a background task."""
+    """Records every published snapshot of an engine (from a background task).
+
+    ``events`` holds ``(time, state)`` at each state change; ``stages`` every snapshot's
+    ``(stage, progress)`` so a test can check the contract's "progress never decreases
+    within one stage".
+    """
 
     def __init__(self, engine: Engine) -> None:
-        self.events: list[tuple[float, State]] = [(time.monotonic(), engine.snapshot.state)]
+        snap = engine.snapshot
+        self.events: list[tuple[float, State]] = [(time.monotonic(), snap.state)]
+        self.stages: list[tuple[str, int]] = [(snap.stage.value, snap.progress)]
         self._sub = engine.subscribe()
         self._task = asyncio.create_task(self._collect())
 
     async def _collect(self) -> None:
         while True:
             snap = await self._sub.get()
+            self.stages.append((snap.stage.value, snap.progress))
             if snap.state != self.events[-1][1]:
                 self.events.append((time.monotonic(), snap.state))
 
@@ -221,10 +260,19 @@ class Timeline:
     def first(self, state: State) -> float:
         return next(t for t, s in self.events if s is state)
 
+    def progress_regressions(self) -> list[tuple[str, int, int]]:
+        """``(stage, before, after)`` wherever progress fell within one stage."""
+        return [
+            (stage, p0, p1)
+            for (s0, p0), (stage, p1) in zip(self.stages, self.stages[1:], strict=False)
+            if s0 == stage and p1 < p0
+        ]
+
     async def close(self) -> None:
         self._task.cancel()
         self._sub.close()
         await asyncio.gather(self._task, return_exceptions=True)
+        assert self.progress_regressions() == [], self.stages
 
 
 async def wait_for(engine: Engine, *states: State, timeout: float = 20.0) -> dict[str, Any]:
