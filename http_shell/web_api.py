@@ -41,10 +41,10 @@ def _answer(decision: Decision, data: dict[str, Any]) -> web.Response:
 
 
 async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
-    """The request body as JSON (None for an empty body when ``optional``)."""
+    """The request body as JSON (``{}`` for an empty body when ``optional``)."""
     raw = await request.read()
     if optional and not raw.strip():
-        return None
+        return {}
     return b.parse_json(raw)
 
 

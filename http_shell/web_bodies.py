@@ -265,9 +265,7 @@ def validate_update(data: Any) -> str:
 
 
 def validate_rollback(data: Any) -> str:
-    """The target of a ``POST /rollback`` body (``None`` = no body = ``previous``)."""
-    if data is None:
-        return "previous"
+    """The target of a ``POST /rollback`` body (``{}`` or no body: ``previous``)."""
     target = structure(data, RollbackBody).target
     if target not in ROLLBACK_TARGETS:
         raise BodyError("target", "must be 'previous' or 'factory'")
