@@ -20,6 +20,7 @@ import structlog
 
 from updater_fsm.effects import Effect
 from updater_fsm.events import DiskFacts, Event, LinkVersions, Resume
+from updater_fsm.faults import crash_point
 from updater_fsm.journal import Journal
 from updater_fsm.machine import Decision, Reply, UpdaterMachine
 from updater_fsm.progress import Snapshot, Transfer, build_snapshot
@@ -208,6 +209,8 @@ class Engine:
                 effects=(),
                 reply=Reply(500, f"JOURNAL_WRITE_FAILED: {exc.strerror or exc}"),
             )
+        # Journaled but no effect started yet: the crash tests kill here too.
+        crash_point("engine:journaled")
         if decision.state_changed:
             _log.info(
                 "transition",
