@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from updater_fsm import effects as fx
 from updater_fsm import events as ev
 from updater_fsm.config import Config
 from updater_fsm.manifest import ServiceUnit
+from updater_fsm.progress import Transfer
 
 Client = TestClient[Any, Any]
 
@@ -127,6 +130,34 @@ async def test_progress_of_a_failure_is_code_500(client: Client, rig: Rig) -> No
     assert env["msg"] == "Update failed: DOWNLOAD_FAILED: connection refused"
     assert env["data"]["stage"] == "failed"
     assert env["data"]["error"] == "DOWNLOAD_FAILED: connection refused"
+
+
+async def test_progress_stays_fast_while_transfer_figures_stream_in(
+    client: Client, rig: Rig
+) -> None:
+    await rig.to_downloading()
+    stop = asyncio.Event()
+
+    async def download_figures() -> None:
+        done = 0
+        while not stop.is_set():
+            done = (done + 7) % 1000
+            rig.engine.update_transfer(Transfer(rig.job_id, done, 1000, speed_bps=1e7))
+            await asyncio.sleep(0)
+
+    feeder = asyncio.create_task(download_figures())
+    timings = []
+    try:
+        for _ in range(300):
+            t0 = time.perf_counter()
+            env = await call(client, "GET", "/progress")
+            timings.append(time.perf_counter() - t0)
+            assert env["data"]["stage"] == "downloading"
+    finally:
+        stop.set()
+        await feeder
+    timings.sort()
+    assert timings[int(len(timings) * 0.99)] < 0.1, timings[-5:]
 
 
 # ---- extensions ------------------------------------------------------------------------------

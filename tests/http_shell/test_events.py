@@ -59,7 +59,8 @@ async def test_heartbeat_and_shutdown_end_the_stream(make_client: ClientFactory)
     resp = await client.get(API + "/events")
     await _message(resp)
     assert await _message(resp) == [": ping"]
-    client.app[SHUTDOWN].set()  # what the app's on_shutdown hook does
+    await client.app.shutdown()  # runs the on_shutdown hooks, as the server's cleanup does
+    assert client.app[SHUTDOWN].is_set()
     async with asyncio.timeout(3):
         rest = await resp.content.read()  # returns once the server ended the stream
     assert rest in (b"", b": ping\n\n")

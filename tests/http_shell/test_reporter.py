@@ -21,12 +21,16 @@ from updater_fsm.table import State
 __all__ = ["device_api"]  # the fixture, imported for pytest
 
 Reports = list[dict[str, Any]]
-FAST = {"min_backoff_s": 0.02, "max_backoff_s": 0.1, "request_timeout_s": 1.0}
+
+
+def fast_reporter(url: str) -> Reporter:
+    """A reporter with short retry delays, so tests of outages stay quick."""
+    return Reporter(url, min_backoff_s=0.02, max_backoff_s=0.1, request_timeout_s=1.0)
 
 
 @pytest.fixture
 async def reporter(rig: Rig, device_api: DeviceApi) -> AsyncIterator[Reporter]:
-    rep = Reporter(device_api.url, **FAST)
+    rep = fast_reporter(device_api.url)
     rig.runner.reporter = rep
     rep.start(rig.engine)
     yield rep
@@ -35,6 +39,14 @@ async def reporter(rig: Rig, device_api: DeviceApi) -> AsyncIterator[Reporter]:
 
 def _stages(reports: Reports) -> list[tuple[str, int]]:
     return [(r["stage"], r["progress"]) for r in reports]
+
+
+def _last_is(expected: tuple[str, int]) -> Callable[[Reports], bool]:
+    return lambda reports: bool(reports) and _stages(reports)[-1] == expected
+
+
+def _progress_is(pct: int) -> Callable[[Reports], bool]:
+    return lambda reports: bool(reports) and reports[-1]["progress"] == pct
 
 
 async def test_every_stage_and_state_change_is_reported(
@@ -52,7 +64,7 @@ async def test_every_stage_and_state_change_is_reported(
     ]
     for step, expected in steps:
         await step()
-        got = await device_api.wait_for(lambda r, e=expected: bool(r) and _stages(r)[-1] == e)
+        got = await device_api.wait_for(_last_is(expected))
         assert _stages(got)[-1] == expected
     assert _stages(device_api.accepted) == [e for _, e in steps]
     success = device_api.accepted[-1]
@@ -70,7 +82,7 @@ async def test_download_progress_is_reported_every_5_percent(
     for pct in range(1, 101):
         rig.engine.update_transfer(Transfer(rig.job_id, pct * 10, 1000))
         if pct % 5 == 0 and pct < 100:
-            await device_api.wait_for(lambda r, p=pct: r[-1]["progress"] == p)
+            await device_api.wait_for(_progress_is(pct))
     await rig.ok(ev.DownloadDone(rig.job_id, 1000, "0" * 32, "1" * 64))
     reports = await device_api.wait_for(lambda r: r[-1]["stage"] == "verifying")
     downloading = [r["progress"] for r in reports if r["stage"] == "downloading"]
@@ -101,7 +113,7 @@ async def test_an_error_is_reported_at_once(
     rig: Rig, reporter: Reporter, device_api: DeviceApi
 ) -> None:
     await rig.to_failed()
-    reports = await device_api.wait_for(lambda r: r and r[-1]["stage"] == "failed")
+    reports = await device_api.wait_for(lambda r: bool(r) and r[-1]["stage"] == "failed")
     failed = reports[-1]
     assert failed["error"] == "DOWNLOAD_FAILED: connection refused"
     assert failed["progress"] == 0 and failed["version"] == "v1.2.3"
@@ -146,7 +158,7 @@ async def test_retries_while_device_api_answers_errors(
 
 async def test_terminal_report_survives_device_api_down_for_the_whole_run(rig: Rig) -> None:
     port = free_port()
-    reporter = Reporter(f"http://127.0.0.1:{port}", **FAST)
+    reporter = fast_reporter(f"http://127.0.0.1:{port}")
     rig.runner.reporter = reporter
     reporter.start(rig.engine)
     try:
@@ -174,7 +186,7 @@ async def test_terminal_report_survives_device_api_down_for_the_whole_run(rig: R
 async def test_kick_terminal_is_never_dropped(rig: Rig) -> None:
     """A manual rollback ends in ``idle``; its Report(terminal=True) effect must get through."""
     port = free_port()
-    reporter = Reporter(f"http://127.0.0.1:{port}", **FAST)
+    reporter = fast_reporter(f"http://127.0.0.1:{port}")
     rig.runner.reporter = reporter
     reporter.start(rig.engine)
     try:
@@ -196,7 +208,7 @@ async def test_kick_terminal_is_never_dropped(rig: Rig) -> None:
 async def test_stop_flushes_pending_reports_and_is_idempotent(
     rig: Rig, device_api: DeviceApi
 ) -> None:
-    reporter = Reporter(device_api.url, **FAST)
+    reporter = fast_reporter(device_api.url)
     reporter.start(rig.engine)
     device_api.delay_s = 0.05
     await rig.to_failed()
@@ -210,7 +222,7 @@ async def test_stop_flushes_pending_reports_and_is_idempotent(
 async def test_healthz_shows_reporter_counters_and_cleanup_stops_it(
     rig: Rig, device_api: DeviceApi, make_client: ClientFactory
 ) -> None:
-    reporter = Reporter(device_api.url, **FAST)
+    reporter = fast_reporter(device_api.url)
     reporter.start(rig.engine)
     client = await make_client(reporter=reporter)
     await call(client, "POST", "/download", json=body())
