@@ -24,12 +24,13 @@ from yarl import URL
 from updater_fsm.events import DownloadRequest
 from updater_fsm.strict_cattrs import make_strict_converter
 
-#: Largest request body accepted (bigger ones are answered code 400 without being read).
+#: Largest request body accepted (reading stops there; the answer is code 400).
 MAX_BODY_BYTES = 64 * 1024
 
 # The patterns below are shared with the OpenAPI document, so they use only syntax that
 # Python's `re` and ECMA-262 (JSON Schema) read the same way; `[0-9]` instead of `\d`
-# because Python's `\d` also matches non-ASCII digits.
+# because Python's `\d` also matches non-ASCII digits. Python matches them with `fullmatch`:
+# its `$` alone would also accept a trailing newline.
 VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
 VERSION_MAX_LENGTH = 64
 MD5_PATTERN = r"^[0-9a-fA-F]{32}$"
@@ -39,7 +40,8 @@ SIGNATURE_PATTERN = r"^[A-Za-z0-9+/]{86}==$"
 #: No `/`, no control characters (NUL included), no leading dot, never two dots in a row.
 NAME_PATTERN = r"^[^./\x00-\x1f\x7f](\.?[^./\x00-\x1f\x7f])*\.?$"
 NAME_MAX_BYTES = 255
-URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://"
+#: No spaces or control characters anywhere (they would end up in an HTTP request line).
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f]+$"
 URL_MAX_LENGTH = 4096
 MAX_PACKAGE_SIZE = 2**63 - 1
 ROLLBACK_TARGETS = ("previous", "factory")
@@ -49,6 +51,7 @@ _MD5_RE = re.compile(MD5_PATTERN)
 _SHA256_RE = re.compile(SHA256_PATTERN)
 _SIGNATURE_RE = re.compile(SIGNATURE_PATTERN)
 _NAME_RE = re.compile(NAME_PATTERN)
+_URL_RE = re.compile(URL_PATTERN)
 
 _converter = make_strict_converter()
 _T = TypeVar("_T")
@@ -181,8 +184,10 @@ def check_url(value: str) -> str:
     _utf8("package_url", value)
     if len(value) > URL_MAX_LENGTH:
         raise BodyError("package_url", f"must be at most {URL_MAX_LENGTH} characters")
-    if not re.match(URL_PATTERN, value):
-        raise BodyError("package_url", "must be an http:// or https:// URL")
+    if not _URL_RE.fullmatch(value):
+        raise BodyError(
+            "package_url", "must be an http:// or https:// URL without spaces or control chars"
+        )
     try:
         url = URL(value)
         host = url.host

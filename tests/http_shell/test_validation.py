@@ -39,6 +39,8 @@ BAD_DOWNLOADS = [
     ("package_url", "package_url", "http://"),
     ("package_url", "package_url", "http:///path-only"),
     ("package_url", "package_url", "not a url"),
+    ("package_url", "package_url", "http://host/a b.zip"),
+    ("package_url", "package_url", "http://host/x.zip\r\nX-Evil: 1"),
     ("package_url", "package_url", ["http://h/x"]),
     ("package_name", "package_name", "a/b.zip"),
     ("package_name", "package_name", ".."),
