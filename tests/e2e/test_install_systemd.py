@@ -420,3 +420,41 @@ async def test_units_stop_in_descending_and_start_in_ascending_restart_order(
         "start svc-b 1.1.0",  # ascending: 1 before 2
         "start svc-a 1.1.0",
     ]
+
+
+# ---------------------------------------------------------------- probes belong to a version
+
+
+async def test_failing_probe_of_the_new_version_rolls_back_to_level_1(rig: Rig) -> None:
+    """The new version ships a self-test its own probe runs; the old version has none.
+
+    The rollback must judge the old version by its units (and not by the failed version's
+    probe, which cannot pass on a version that does not ship the probe's program).
+    """
+    selftest = f"{rig.versions}/current/bin/selftest"
+    failing = b"#!/bin/sh\necho 'self-test: db schema too new' >&2\nexit 1\n"
+    pkg = make_package(
+        rig.tmp / "probe.zip",
+        "1.1.0",
+        {
+            "bin/device-api": (good_script("1.1.0"), 0o755),
+            "bin/selftest": (failing, 0o755),
+        },
+        root=rig.root,
+        module_overrides={
+            "bin/device-api": {
+                "process_name": "device-api",
+                "health": {"command": selftest, "timeout_s": 2},
+            }
+        },
+    )
+    async with start(rig) as u:
+        data = await install(u, rig, "1.1.0", pkg)
+    assert data["stage"] == "failed", data
+    assert data["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.0.0"), data
+    assert "HEALTH_CHECK_FAILED: device-api.service: command probe" in data["error"], data
+    assert "db schema too new" in data["error"], data
+    assert rig.running_version() == "1.0.0"
+    assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0"]
+    assert rig.leftovers() == []
