@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Install tope-updater on a device from this checkout (idempotent: re-run to upgrade).
+#
+#   sudo systemd/install.sh --version 1.0.0 --from /path/to/factory-tree
+#
+# Steps: venv under --prefix with this checkout pip-installed; the versions/ layout and
+# the factory snapshot under --root (`tope-updater init`); links
+# <bin-links>/<bin> -> <root>/versions/current/bin/<bin> for every file of the factory's
+# bin/; <config-dir>/config.toml (only if absent); the systemd unit with this install's
+# paths; daemon-reload, enable, (re)start (systemctl returns once the API listens:
+# Type=notify); finally `tope-updater verify-setup`. See docs/DEPLOYMENT.md.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+usage: install.sh [options]
+  --root DIR          install root holding versions/ (default /opt/tope)
+  --prefix DIR        where the venv goes (default /opt/tope-updater)
+  --state-dir DIR     journal, downloads, logs (default <root>/.updater)
+  --config-dir DIR    config.toml lives here (default /etc/tope-updater)
+  --unit-dir DIR      where the unit file goes (default /etc/systemd/system)
+  --bin-links DIR     where <bin> -> <root>/versions/current/bin/<bin> links go
+                      (default /usr/local/bin)
+  --from DIR          factory content for a fresh root (default: a minimal tree)
+  --version X.Y.Z     factory version; required when the root is not initialised yet
+  --port N            API port written into a new config.toml (default 12315)
+  --extra-root DIR    allow manifest dst under DIR (config + ReadWritePaths); repeatable
+  --python PY         interpreter that creates the venv (default python3)
+  --pip-args "ARGS"   extra arguments for pip install (e.g. "--no-index --find-links W")
+  --systemctl "CMD"   systemctl command prefix (default systemctl)
+  --no-enable         do not `systemctl enable` (e.g. units in a runtime dir)
+  --no-start          do not (re)start the service
+  -h, --help          this text
+USAGE
+}
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+step() { echo "==> $*"; }
+
+ROOT=/opt/tope
+PREFIX=/opt/tope-updater
+STATE_DIR=""
+CONFIG_DIR=/etc/tope-updater
+UNIT_DIR=/etc/systemd/system
+BIN_LINKS=/usr/local/bin
+FROM=""
+VERSION=""
+PORT=""
+EXTRA_ROOTS=()
+PYTHON=python3
+PIP_ARGS=""
+SYSTEMCTL=systemctl
+ENABLE=1
+START=1
+UNIT=tope-updater.service
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --root) ROOT="$2"; shift 2 ;;
+        --prefix) PREFIX="$2"; shift 2 ;;
+        --state-dir) STATE_DIR="$2"; shift 2 ;;
+        --config-dir) CONFIG_DIR="$2"; shift 2 ;;
+        --unit-dir) UNIT_DIR="$2"; shift 2 ;;
+        --bin-links) BIN_LINKS="$2"; shift 2 ;;
+        --from) FROM="$2"; shift 2 ;;
+        --version) VERSION="$2"; shift 2 ;;
+        --port) PORT="$2"; shift 2 ;;
+        --extra-root) EXTRA_ROOTS+=("$2"); shift 2 ;;
+        --python) PYTHON="$2"; shift 2 ;;
+        --pip-args) PIP_ARGS="$2"; shift 2 ;;
+        --systemctl) SYSTEMCTL="$2"; shift 2 ;;
+        --no-enable) ENABLE=0; shift ;;
+        --no-start) START=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+done
+
+# Paths end up unquoted in the unit file (ExecStart=, ReadWritePaths=) and quoted in TOML:
+# keep them absolute and free of whitespace, quotes and backslashes.
+check_path() {
+    local name="$1" value="$2"
+    case "$value" in
+        /) die "$name must not be /" ;;
+        *[[:space:]\"\'\\]*) die "$name must not contain spaces, quotes or backslashes" ;;
+        /*) ;;
+        *) die "$name must be an absolute path (got '$value')" ;;
+    esac
+}
+ROOT="${ROOT%/}"; PREFIX="${PREFIX%/}"; CONFIG_DIR="${CONFIG_DIR%/}"
+[[ -n "$STATE_DIR" ]] || STATE_DIR="$ROOT/.updater"
+STATE_DIR="${STATE_DIR%/}"
+for pair in "--root:$ROOT" "--prefix:$PREFIX" "--state-dir:$STATE_DIR" \
+    "--config-dir:$CONFIG_DIR" "--unit-dir:$UNIT_DIR" "--bin-links:$BIN_LINKS"; do
+    check_path "${pair%%:*}" "${pair#*:}"
+done
+for extra in "${EXTRA_ROOTS[@]}"; do check_path --extra-root "$extra"; done
+[[ -z "$FROM" || -d "$FROM" ]] || die "--from $FROM is not a directory"
+[[ -z "$VERSION" || "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--version must look like 1.2.3"
+[[ -z "$PORT" || "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
+
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ -f "$SRC/pyproject.toml" ]] || die "$SRC is not a tope-updater checkout (no pyproject.toml)"
+read -r -a SYSTEMCTL_ARGV <<<"$SYSTEMCTL"
+VENV="$PREFIX/venv"
+UPDATER="$VENV/bin/tope-updater"
+CONFIG="$CONFIG_DIR/config.toml"
+
+# --- 1. the venv, with this checkout installed ------------------------------------------
+step "venv $VENV"
+mkdir -p "$PREFIX"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+# Build from a clean copy so pip never writes build/ or *.egg-info into the checkout.
+BUILD_DIR="$(mktemp -d)"
+trap 'rm -rf "$BUILD_DIR"' EXIT
+tar -C "$SRC" --exclude='./.*' --exclude=./build --exclude=./dist --exclude=./var \
+    --exclude=./tests --exclude=./bench --exclude='*.egg-info' --exclude=__pycache__ \
+    -cf - . | tar -C "$BUILD_DIR" -xf -
+read -r -a PIP_ARGV <<<"$PIP_ARGS"
+# pip always reinstalls a project given as a directory, so a re-run upgrades the updater;
+# dependencies already satisfied are left alone.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "${PIP_ARGV[@]}" "$BUILD_DIR"
+"$UPDATER" --help >/dev/null || die "$UPDATER does not run"
+cp -f "$SRC/systemd/uninstall.sh" "$PREFIX/uninstall.sh"
+mkdir -p "$PREFIX/docs"
+cp -f "$SRC"/docs/*.md "$PREFIX/docs/" 2>/dev/null || true
+
+# --- 2. the versions/ layout and the factory snapshot ----------------------------------
+step "layout $ROOT"
+if [[ -n "$VERSION" ]]; then
+    # A no-op when the root already has this factory version; refuses another one.
+    init_args=(init --root "$ROOT" --version "$VERSION")
+    if [[ -n "$FROM" ]]; then init_args+=(--from "$FROM"); fi
+    "$UPDATER" "${init_args[@]}"
+elif [[ ! -L "$ROOT/versions/factory" ]]; then
+    die "$ROOT has no factory version yet: give --version (and --from)"
+fi
+mkdir -p "$STATE_DIR"
+chmod 0750 "$STATE_DIR"
+
+# --- 3. links <bin-links>/<bin> -> <root>/versions/current/bin/<bin> --------------------
+step "links in $BIN_LINKS"
+mkdir -p "$BIN_LINKS"
+LINKS_FILE="$PREFIX/installed-links"
+: >"$LINKS_FILE.tmp"
+if [[ -d "$ROOT/versions/current/bin" ]]; then
+    for path in "$ROOT"/versions/current/bin/*; do
+        [[ -e "$path" ]] || continue
+        name="$(basename "$path")"
+        link="$BIN_LINKS/$name"
+        target="$ROOT/versions/current/bin/$name"
+        if [[ -e "$link" && ! -L "$link" ]]; then
+            die "$link exists and is not a link; move it away first"
+        fi
+        ln -sfn "$target" "$link.tope-tmp"
+        mv -Tf "$link.tope-tmp" "$link"  # rename(2): the link is never missing
+        echo "$link" >>"$LINKS_FILE.tmp"
+        echo "    $link -> $target"
+    done
+fi
+if [[ -f "$LINKS_FILE" ]]; then  # keep remembering links made by an earlier run
+    sort -u "$LINKS_FILE" "$LINKS_FILE.tmp" >"$LINKS_FILE.new" && rm -f "$LINKS_FILE.tmp"
+    mv -f "$LINKS_FILE.new" "$LINKS_FILE"
+else
+    mv -f "$LINKS_FILE.tmp" "$LINKS_FILE"
+fi
+
+# --- 4. config.toml (never overwritten: it is the device's configuration) --------------
+mkdir -p "$CONFIG_DIR"
+if [[ ! -e "$CONFIG" ]]; then
+    step "config $CONFIG (new)"
+    {
+        echo "# tope-updater configuration; every key is listed in docs/DEPLOYMENT.md."
+        echo "# Environment variables TOPE_UPDATER_<KEY> override these values."
+        echo "root = \"$ROOT\""
+        echo "state_dir = \"$STATE_DIR\""
+        echo "host = \"127.0.0.1\""
+        echo "port = ${PORT:-12315}"
+        echo "device_api_url = \"http://127.0.0.1:9080\""
+        printf 'extra_roots = ['
+        sep=""
+        for extra in "${EXTRA_ROOTS[@]}"; do printf '%s"%s"' "$sep" "$extra"; sep=", "; done
+        echo "]"
+        echo "# api_token = \"…\"          # require Authorization: Bearer <token> to mutate"
+        echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""
+        echo "log_level = \"info\""
+    } >"$CONFIG.tmp"
+    chmod 0640 "$CONFIG.tmp"
+    mv -f "$CONFIG.tmp" "$CONFIG"
+else
+    step "config $CONFIG (kept)"
+fi
+
+# --- 5. the unit file, with this install's paths ---------------------------------------
+step "unit $UNIT_DIR/$UNIT"
+RW_PATHS="$ROOT"
+case "$STATE_DIR/" in "$ROOT"/*) ;; *) RW_PATHS+=" $STATE_DIR" ;; esac
+# "-": an extra root that does not exist yet must not keep the service from starting.
+for extra in "${EXTRA_ROOTS[@]}"; do RW_PATHS+=" -$extra"; done
+mkdir -p "$UNIT_DIR"
+sed -e "s|^ExecStart=.*|ExecStart=$UPDATER serve --config $CONFIG|" \
+    -e "s|^ReadWritePaths=.*|ReadWritePaths=$RW_PATHS|" \
+    -e "s|^Documentation=.*|Documentation=file://$PREFIX/docs/DEPLOYMENT.md|" \
+    "$SRC/systemd/tope-updater.service" >"$UNIT_DIR/.$UNIT.tmp"
+chmod 0644 "$UNIT_DIR/.$UNIT.tmp"
+mv -f "$UNIT_DIR/.$UNIT.tmp" "$UNIT_DIR/$UNIT"
+
+# --- 6. systemd --------------------------------------------------------------------------
+"${SYSTEMCTL_ARGV[@]}" daemon-reload
+if [[ $ENABLE -eq 1 ]]; then
+    step "enable $UNIT"
+    "${SYSTEMCTL_ARGV[@]}" enable "$UNIT"
+fi
+if [[ $START -eq 1 ]]; then
+    # restart, not start: a re-install must run the new code. The updater resumes any job
+    # from its journal. Type=notify: this returns once the API listens (or fails).
+    step "(re)start $UNIT"
+    "${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" 2>/dev/null || true
+    if ! "${SYSTEMCTL_ARGV[@]}" restart "$UNIT"; then
+        "${SYSTEMCTL_ARGV[@]}" --no-pager status "$UNIT" >&2 || true
+        die "$UNIT did not start; logs: $STATE_DIR/logs/updater.log and journalctl -u $UNIT"
+    fi
+fi
+
+# --- 7. check --------------------------------------------------------------------------
+step "verify-setup"
+"$UPDATER" verify-setup --config "$CONFIG" || die "verify-setup found problems (above)"
+echo "tope-updater installed: $UPDATER (config $CONFIG, unit $UNIT_DIR/$UNIT)"
