@@ -341,11 +341,12 @@ class OpsRunner:
                 )
             self._engine.refresh_links()
             crash_point("rollback:links_switched")
-            await self._start_units(effect.units)
+            units = await self._known_units(effect.units)
+            await self._start_units(units)
             # The units' probes come from the manifest of the version we leave (a self-test
             # under versions/current, a new endpoint): the version we return to cannot be
             # expected to pass them, so it is judged by its units staying up.
-            await self._health(_without_probes(effect.units))
+            await self._health(_without_probes(units))
         except UpdaterError as err:
             self._engine.post(ev.RollbackFailed(effect.job_id, err.error))
             return
@@ -375,6 +376,24 @@ class OpsRunner:
     async def _start_units(self, units: Sequence[ServiceUnit]) -> None:
         if self._controller is not None:
             await self._controller.start_units(units)
+
+    async def _known_units(self, units: Sequence[ServiceUnit]) -> tuple[ServiceUnit, ...]:
+        """``units`` without those systemd does not know (``LoadState=not-found``).
+
+        A rollback restarts the units of the manifest it rolls back from; one that version
+        introduced (its unit file not installed, or gone with the version) cannot belong to
+        the version we return to, and failing to start it must not fail the rollback.
+        """
+        if self._controller is None:
+            return tuple(units)
+        known = []
+        for unit in units:
+            props = await self._controller.show(unit.unit, "LoadState")
+            if props.get("LoadState") == "not-found":
+                _log.warning("rollback: unit unknown to systemd, not started", unit=unit.unit)
+                continue
+            known.append(unit)
+        return tuple(known)
 
     async def _health(self, units: Sequence[ServiceUnit]) -> None:
         if self._controller is not None:
