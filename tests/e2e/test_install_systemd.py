@@ -458,3 +458,30 @@ async def test_failing_probe_of_the_new_version_rolls_back_to_level_1(rig: Rig) 
     assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
     assert rig.listing() == ["current", "factory", "previous", "v1.0.0"]
     assert rig.leftovers() == []
+
+
+async def test_unit_unknown_to_systemd_fails_the_install_but_not_the_rollback(rig: Rig) -> None:
+    """A package names a service whose unit file is not installed: the start fails, and
+    going back to the version that never had that service must still succeed."""
+    pkg = make_package(
+        rig.tmp / "ghost.zip",
+        "1.1.0",
+        {
+            "bin/device-api": (good_script("1.1.0"), 0o755),
+            "bin/ghost": (b"#!/bin/sh\nexec sleep 600\n", 0o755),
+        },
+        root=rig.root,
+        module_overrides={
+            "bin/device-api": {"process_name": "device-api"},
+            "bin/ghost": {"process_name": "ghost", "restart_order": 5},
+        },
+    )
+    async with start(rig) as u:
+        data = await install(u, rig, "1.1.0", pkg)
+    assert data["stage"] == "failed", data
+    assert data["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.0.0"), data
+    assert "SERVICE_START_FAILED: ghost.service" in data["error"], data
+    assert rig.running_version() == "1.0.0"
+    assert rig.links() == {"current": "v1.0.0", "previous": "v1.0.0", "factory": "v1.0.0"}
+    assert rig.listing() == ["current", "factory", "previous", "v1.0.0"]
+    assert rig.leftovers() == []
