@@ -297,6 +297,7 @@ def _simple(method: str, path: str, body: Callable[[argparse.Namespace], Any] | 
 def cmd_demo(args: argparse.Namespace) -> int:
     from http_shell.demo import run_demo
 
+    configure_logging(None, level="warning")  # the demo narrates; logs would drown it
     return run_demo(args.dir, keep=args.keep)
 
 

@@ -81,6 +81,7 @@ def configure_logging(logs_dir: Path | None, *, level: str = "info", console: bo
         root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)  # logs every callback at INFO
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
