@@ -74,6 +74,22 @@ def dot() -> str:
     return "\n".join(out) + "\n"
 
 
+def table_markdown() -> str:
+    """The transition table as a Markdown table (rows in the order the machine tries them)."""
+    lines = [
+        "| trigger | from | to | guards | action |",
+        "|---|---|---|---|---|",
+    ]
+    for row in TRANSITIONS:
+        sources = ", ".join(s.value for s in row.sources)
+        dest = row.dest.value if row.dest else "(internal)"
+        guards = ", ".join(row.conditions) or "—"
+        lines.append(
+            f"| `{row.trigger.value}` | {sources} | {dest} | {guards} | {row.action or '—'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def readme(chart: str) -> str:
     """``statecharts/README.md``: the Mermaid chart embedded, with how to regenerate it."""
     return (
@@ -85,7 +101,10 @@ def readme(chart: str) -> str:
         "(the state stays; the action runs). Guards are shown in brackets.\n\n"
         "Files: `updater.mmd` (Mermaid), `updater.dot` (Graphviz), `updater.svg` (rendered\n"
         "when Graphviz `dot` is installed).\n\n"
-        "```mermaid\n" + chart + "```\n"
+        "```mermaid\n" + chart + "```\n\n"
+        "## The transition table\n\n"
+        "For each event the first row whose source matches and whose guards all pass fires.\n\n"
+        + table_markdown()
     )
 
 
