@@ -277,7 +277,11 @@ def cmd_progress(args: argparse.Namespace) -> int:
     return _client_call(args, go)
 
 
-def _simple(method: str, path: str, body: Callable[[argparse.Namespace], Any] | None = None):  # type: ignore[no-untyped-def]
+def _simple(
+    method: str, path: str, body: Callable[[argparse.Namespace], Any] | None = None
+) -> Callable[[argparse.Namespace], int]:
+    """A client command that sends one request (and optionally watches progress)."""
+
     def command(args: argparse.Namespace) -> int:
         async def go(client: Any) -> int:
             if method == "GET":

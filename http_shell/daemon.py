@@ -15,7 +15,7 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +43,7 @@ class AlreadyRunning(RuntimeError):
 
 
 @contextlib.contextmanager
-def instance_lock(state_dir: Path):  # type: ignore[no-untyped-def]
+def instance_lock(state_dir: Path) -> Iterator[None]:
     """Hold ``<state_dir>/updater.lock`` (flock) for the life of the process.
 
     The kernel drops the lock when the process dies, even by SIGKILL, so a crash never
