@@ -24,6 +24,8 @@ usage: install.sh [options]
   --from DIR          factory content for a fresh root (default: a minimal tree)
   --version X.Y.Z     factory version; required when the root is not initialised yet
   --port N            API port written into a new config.toml (default 12315)
+  --device-api-url U  device-api base URL for a new config.toml
+                      (default http://127.0.0.1:9080)
   --extra-root DIR    allow manifest dst under DIR (config + ReadWritePaths); repeatable
   --python PY         interpreter that creates the venv (default python3)
   --pip-args "ARGS"   extra arguments for pip install (e.g. "--no-index --find-links W")
@@ -46,6 +48,7 @@ BIN_LINKS=/usr/local/bin
 FROM=""
 VERSION=""
 PORT=""
+DEVICE_API_URL=http://127.0.0.1:9080
 EXTRA_ROOTS=()
 PYTHON=python3
 PIP_ARGS=""
@@ -65,6 +68,7 @@ while [[ $# -gt 0 ]]; do
         --from) FROM="$2"; shift 2 ;;
         --version) VERSION="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
+        --device-api-url) DEVICE_API_URL="$2"; shift 2 ;;
         --extra-root) EXTRA_ROOTS+=("$2"); shift 2 ;;
         --python) PYTHON="$2"; shift 2 ;;
         --pip-args) PIP_ARGS="$2"; shift 2 ;;
@@ -98,6 +102,7 @@ for extra in "${EXTRA_ROOTS[@]}"; do check_path --extra-root "$extra"; done
 [[ -z "$FROM" || -d "$FROM" ]] || die "--from $FROM is not a directory"
 [[ -z "$VERSION" || "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--version must look like 1.2.3"
 [[ -z "$PORT" || "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
+[[ "$DEVICE_API_URL" =~ ^https?://[^[:space:]\"\\]+$ ]] || die "--device-api-url must be an http(s) URL"
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 [[ -f "$SRC/pyproject.toml" ]] || die "$SRC is not a tope-updater checkout (no pyproject.toml)"
@@ -179,7 +184,7 @@ if [[ ! -e "$CONFIG" ]]; then
         echo "state_dir = \"$STATE_DIR\""
         echo "host = \"127.0.0.1\""
         echo "port = ${PORT:-12315}"
-        echo "device_api_url = \"http://127.0.0.1:9080\""
+        echo "device_api_url = \"$DEVICE_API_URL\""
         printf 'extra_roots = ['
         sep=""
         for extra in "${EXTRA_ROOTS[@]}"; do printf '%s"%s"' "$sep" "$extra"; sep=", "; done
