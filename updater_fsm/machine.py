@@ -363,6 +363,10 @@ class _Model:
         assert isinstance(event, ev.Resume)
         job = self.job
         on_disk = event.facts.part_size or 0
+        if event.facts.package_present:
+            # Died between publishing the finished package and journaling DownloadDone: the
+            # whole file is on disk (the downloader re-hashes it instead of fetching again).
+            on_disk = self._request().package_size
         offset = min(job.bytes_durable, on_disk)
         keep_validators = offset > 0
         self._set_job(
@@ -404,8 +408,12 @@ class _Model:
         self.effects.append(self._rollback_effect())
 
     def resume_terminal(self, data: EventData) -> None:
-        """A finished outcome is reported again: device-api may never have received it."""
-        self.effects.append(fx.Report(terminal=True))
+        """A finished outcome is reported again: device-api may never have received it.
+
+        The clean-up that followed the outcome (removing the failed snapshot, old ones) may
+        have died with the process too; collecting garbage again is idempotent.
+        """
+        self.effects += [fx.CollectGarbage(), fx.Report(terminal=True)]
 
 
 def _resumable(job: Job) -> bool:

@@ -52,6 +52,14 @@ def test_downloading_without_part_file_restarts_from_zero_without_validators() -
     assert d.effects == (fx.StartDownload(1, request(), 0, None, None),)  # type: ignore[attr-defined]
 
 
+def test_downloading_with_the_finished_package_on_disk_does_not_fetch_again() -> None:
+    # Killed after the .part was renamed into place but before DownloadDone was journaled.
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 1000, etag='"v1"'))
+    m, d = restart(m, ev.DiskFacts(part_size=None, package_present=True))
+    assert d.effects == (fx.StartDownload(1, request(), 1000, '"v1"', None),)  # type: ignore[attr-defined]
+
+
 def test_verifying_rehashes_the_package() -> None:
     m = UpdaterMachine()
     drive(m, ev.DownloadRequested(request()), ev.DownloadDone(1, 1000, MD5, SHA))
@@ -120,8 +128,8 @@ def test_finished_outcomes_are_reported_again() -> None:
     m = at_health_check()
     drive(m, ev.Healthy(1))
     m, d = restart(m, ev.DiskFacts())
-    assert m.state is State.SUCCESS and d.effects == (fx.Report(terminal=True),)  # type: ignore[attr-defined]
+    assert m.state is State.SUCCESS and d.effects == (fx.CollectGarbage(), fx.Report(terminal=True))  # type: ignore[attr-defined]
     m = at_health_check()
     drive(m, ev.Unhealthy(1, "x"), ev.RollbackOk(1))
     m, d = restart(m, ev.DiskFacts())
-    assert m.state is State.FAILED and d.effects == (fx.Report(terminal=True),)  # type: ignore[attr-defined]
+    assert m.state is State.FAILED and d.effects == (fx.CollectGarbage(), fx.Report(terminal=True))  # type: ignore[attr-defined]
