@@ -84,9 +84,10 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"nproc {os.cpu_count()}, {model}, {mem_gib:.0f} GiB RAM, Linux {platform.release()},"
-        f" Python {platform.python_version()}"
+        f" Python {platform.python_version()}; load average now {load}"
     )
 
 
@@ -128,10 +129,21 @@ class SandboxUpdater:
         sandbox: the sandbox directory (seeded with factory v1.0.0 on first start).
         port: the API port; 0 picks a free one.
         log_level: the updater's log level (``warning`` keeps the console quiet).
+        switch_interval_s: run the updater with this ``sys.setswitchinterval`` (an
+            experiment: how long a thread may keep the GIL while another waits; the
+            default is 5 ms). None: the console script, unchanged.
     """
 
-    def __init__(self, sandbox: Path, *, port: int = 0, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        sandbox: Path,
+        *,
+        port: int = 0,
+        log_level: str = "warning",
+        switch_interval_s: float | None = None,
+    ) -> None:
         self.sandbox = sandbox
+        self.switch_interval_s = switch_interval_s
         self.port = port or free_port()
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
@@ -150,8 +162,17 @@ class SandboxUpdater:
 
     def spawn(self) -> None:
         """Start the child; returns at once (see :meth:`wait_ready`)."""
+        launcher = updater_argv()
+        if self.switch_interval_s is not None:
+            launcher = [
+                sys.executable,
+                "-c",
+                f"import sys; sys.setswitchinterval({self.switch_interval_s!r});"
+                " from http_shell.cli import main; sys.argv[0] = 'tope-updater';"
+                " sys.exit(main())",
+            ]
         argv = [
-            *updater_argv(),
+            *launcher,
             "serve",
             "--sandbox",
             str(self.sandbox),
@@ -221,6 +242,7 @@ def temp_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
     import tempfile
 
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)  # nginx workers run as an unprivileged user and must read the files
     try:
         yield path
     finally:
@@ -245,3 +267,109 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells[1:]:
         print(line(row))
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def make_random_file(path: Path, size: int) -> str:
+    """Write ``size`` random bytes to ``path``; returns their MD5 (hex)."""
+    import hashlib
+
+    md5 = hashlib.md5(usedforsecurity=False)
+    with path.open("wb") as fh:
+        left = size
+        while left:
+            block = os.urandom(min(left, 4 * MiB))
+            md5.update(block)
+            fh.write(block)
+            left -= len(block)
+    return md5.hexdigest()
+
+
+@contextlib.contextmanager
+def file_server(
+    root: Path, work: Path, kind: str = "auto", rate_bps: int | None = None
+) -> Iterator[tuple[str, str]]:
+    """Serve the files of ``root`` at full speed on 127.0.0.1 from a separate process.
+
+    Args:
+        root: directory whose regular files are served by name.
+        work: scratch directory for the server's configuration and temp files.
+        kind: ``nginx`` (sendfile, 1 worker), ``aiohttp`` (``tests.support.package_server``)
+            or ``auto`` (nginx when installed).
+        rate_bps: throttle each response to about this many bytes/s (None: full speed).
+
+    Yields:
+        ``(base_url, kind)``: the URL of a file is ``f"{base_url}/{name}"``.
+    """
+    if kind == "auto":
+        kind = "nginx" if shutil.which("nginx") else "aiohttp"
+    port = free_port()
+    if kind == "nginx":
+        conf = work / "nginx.conf"
+        limit = f"limit_rate {rate_bps};" if rate_bps else ""
+        conf.write_text(
+            f"daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;\n"
+            "events { worker_connections 64; }\n"
+            f"http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {work};\n"
+            f"  proxy_temp_path {work}; fastcgi_temp_path {work}; uwsgi_temp_path {work};\n"
+            f"  scgi_temp_path {work};\n"
+            f"  server {{ listen 127.0.0.1:{port}; root {root}; {limit} }} }}\n"
+        )
+        argv = ["nginx", "-c", str(conf), "-p", str(work)]
+        base = f"http://127.0.0.1:{port}"
+    else:
+        files = sorted(str(p) for p in root.iterdir() if p.is_file())
+        argv = [sys.executable, "-m", "tests.support.package_server", *files, "--port", str(port)]
+        if rate_bps:
+            argv += ["--rate", str(rate_bps)]
+        base = f"http://127.0.0.1:{port}/files"
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield base, kind
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """``(seconds on a CPU, seconds runnable but waiting for a CPU)`` of a thread so far.
+
+    From ``/proc/<pid>/task/<tid>/schedstat`` (tid defaults to the main thread, i.e. the
+    event loop of an asyncio program); ``(nan, nan)`` when unavailable.
+    """
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/schedstat", encoding="ascii") as fh:
+            run_ns, wait_ns, _ = fh.read().split()
+    except (OSError, ValueError):
+        return float("nan"), float("nan")
+    return int(run_ns) / 1e9, int(wait_ns) / 1e9
+
+
+def cpu_busy() -> tuple[float, float]:
+    """``(busy, total)`` jiffies of all CPUs together, from ``/proc/stat``."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return float(sum(values) - idle), float(sum(values))
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the whole process (all threads) so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
