@@ -650,15 +650,28 @@ class TrialResult:
         return self.error is None
 
 
-def run_trial(rig: Rig, kill: KillPoint, *, timeout: float = 40.0) -> TrialResult:
+def run_trial(
+    rig: Rig,
+    kill: KillPoint,
+    *,
+    timeout: float = 40.0,
+    after_kill: Callable[[Rig], None] | None = None,
+) -> TrialResult:
     """Kill the updater at ``kill``, restart it, finish the update, check the invariants.
+
+    Args:
+        rig: a fresh device.
+        kill: where to kill the first process.
+        timeout: per phase.
+        after_kill: called between the kill and the restart, to damage the disk the way a
+            power cut could (drop un-fsynced writes); see tests/crash/test_power_loss.py.
 
     Never raises for an invariant failure: the result's ``error`` says what went wrong.
     """
     result = TrialResult(kill, rig.sc.name, package_size=rig.package_size)
     t0 = time.monotonic()
     try:
-        _run_trial(rig, kill, result, timeout)
+        _run_trial(rig, kill, result, timeout, after_kill)
     except TrialFailure as exc:
         result.error = str(exc)
     finally:
@@ -669,7 +682,13 @@ def run_trial(rig: Rig, kill: KillPoint, *, timeout: float = 40.0) -> TrialResul
     return result
 
 
-def _run_trial(rig: Rig, kill: KillPoint, result: TrialResult, timeout: float) -> None:
+def _run_trial(
+    rig: Rig,
+    kill: KillPoint,
+    result: TrialResult,
+    timeout: float,
+    after_kill: Callable[[Rig], None] | None,
+) -> None:
     proc = rig.start(crash_at=kill.env_value, wait=False)
     ready = proc.wait_ready()
     if kill.point == "delay":
@@ -697,6 +716,8 @@ def _run_trial(rig: Rig, kill: KillPoint, result: TrialResult, timeout: float) -
     if code != -signal.SIGKILL:
         raise TrialFailure(f"updater exited with {code}, expected SIGKILL: {proc.log_tail()}")
     result.killed = True
+    if after_kill is not None:
+        after_kill(rig)
     record = rig.journal_record()
     result.state_at_kill = str(record.state) if record else None
     durable_offset = (
