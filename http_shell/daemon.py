@@ -147,7 +147,10 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> Non
         from http_shell.web_app import create_app
 
         app = create_app(config, updater.engine, reporter=updater.reporter)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # lingering_time: after refusing an oversized body aiohttp keeps reading (and
+        # discarding) it for up to lingering_time; its default of 10 s let one hostile
+        # request delay a SIGTERM stop by 10 s (found by tests/crash/test_faults.py).
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=1.0)
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
