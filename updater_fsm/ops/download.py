@@ -641,32 +641,42 @@ class _Download:
         batch_len = 0
         since_ckpt = 0
         content = resp.content
-        while True:
-            # readchunk hands over each received buffer as is; readany would join them (a copy).
-            data, end_of_http_chunk = await content.readchunk()
-            if not data:
-                if end_of_http_chunk:
-                    continue
-                break
-            n = len(data)
-            if sink.queued + batch_len + n > size:
-                raise UpdaterError(
-                    ErrorCode.PACKAGE_SIZE_MISMATCH,
-                    f"server sent more than the expected {size} bytes",
-                )
-            batch.append(data)
-            batch_len += n
-            if batch_len >= s.chunk_size:
+        try:
+            while True:
+                # readchunk hands over each received buffer as is; readany would join them (a copy).
+                data, end_of_http_chunk = await content.readchunk()
+                if not data:
+                    if end_of_http_chunk:
+                        continue
+                    break
+                n = len(data)
+                if sink.queued + batch_len + n > size:
+                    raise UpdaterError(
+                        ErrorCode.PACKAGE_SIZE_MISMATCH,
+                        f"server sent more than the expected {size} bytes",
+                    )
+                batch.append(data)
+                batch_len += n
+                if batch_len >= s.chunk_size:
+                    await sink.feed(batch, batch_len)
+                    since_ckpt += batch_len
+                    batch, batch_len = [], 0
+                    now = time.monotonic()
+                    if (
+                        since_ckpt >= s.checkpoint_bytes
+                        or now - self._last_ckpt_time >= s.checkpoint_interval_s
+                    ) and self.checkpoint_in_background():
+                        since_ckpt = 0
+                    self.meter.update(sink.queued)
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            # Bytes that arrived before the connection broke are good (TCP kept them in
+            # order, the validator was accepted): keep them for the retry. Dropping the
+            # pending batch lost up to chunk_size per failure, so a link breaking more often
+            # than that never got anywhere.
+            if batch:
                 await sink.feed(batch, batch_len)
-                since_ckpt += batch_len
-                batch, batch_len = [], 0
-                now = time.monotonic()
-                if (
-                    since_ckpt >= s.checkpoint_bytes
-                    or now - self._last_ckpt_time >= s.checkpoint_interval_s
-                ) and self.checkpoint_in_background():
-                    since_ckpt = 0
                 self.meter.update(sink.queued)
+            raise
         if batch:
             await sink.feed(batch, batch_len)
         self.meter.update(sink.queued)
