@@ -183,6 +183,12 @@ class _DiskWriteError(Exception):
         self.cause = cause
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's outcome as seen (no "exception was never retrieved" noise)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class _Sink:
     """The ``.part`` file plus running MD5/SHA-256, fed through one worker thread.
 
@@ -241,8 +247,11 @@ class _Sink:
         return offset
 
     def _sync_write(self, chunks: list[bytes]) -> None:
-        if self._failed is not None:  # a previous job failed: keep the file as it was
-            return
+        if self._failed is not None:
+            # A previous job failed: write nothing more, and fail this job too. (Returning
+            # quietly let a checkpoint that waited on a later job journal bytes that were
+            # never written.)
+            raise _DiskWriteError(self._failed.cause)
         try:
             views = [memoryview(c) for c in chunks]
             while views:
@@ -341,6 +350,10 @@ class _Sink:
 
     def close(self) -> None:
         """Close the file after any queued writes, without waiting (safe while cancelled)."""
+        # Jobs queued after a failed write fail too; nobody awaits them any more.
+        for job in self._pending:
+            job.add_done_callback(_retrieve)
+        self._pending.clear()
         self._pool.submit(self._sync_close)
         for pool in (self._pool, self._md5_pool, self._fsync_pool):
             pool.shutdown(wait=False)
