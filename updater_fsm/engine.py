@@ -28,6 +28,8 @@ from updater_fsm.record import Record
 from updater_fsm.table import STAGE_OF, Stage
 
 _log = structlog.get_logger(__name__)
+#: Delay before an effect result whose journal write failed is processed again.
+_RESULT_RETRY_S = 1.0
 
 
 class EffectRunner(Protocol):
@@ -202,6 +204,10 @@ class Engine:
             # Not durable means not decided: restore the old record, run nothing.
             _log.error("journal write failed; event rejected", error=str(exc))
             self._machine = UpdaterMachine(before)
+            if _is_result(event):
+                # An effect's result has nobody to retry it: losing it would leave the
+                # state (e.g. downloading) waiting forever for a task that has ended.
+                asyncio.get_running_loop().call_later(_RESULT_RETRY_S, self.post, event)
             return attrs.evolve(
                 decision,
                 accepted=False,

@@ -13,6 +13,7 @@ rebuilds the state from the disk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -106,21 +107,40 @@ class Journal:
         self.prev = state_dir / "journal.prev.json"
 
     def save(self, record: Record) -> None:
-        """Write ``record`` durably. Blocking (fsync): call it from a worker thread."""
+        """Write ``record`` durably. Blocking (fsync): call it from a worker thread.
+
+        On a full disk the previous copy is the space reserve: it is deleted and the write
+        tried once more (``journal.json`` itself stays valid throughout), so a transition
+        such as "download failed: DISK_FULL" can still be recorded when the disk is full.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         data = encode(record)
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self._write_tmp(data)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not self.prev.exists():
+                raise
+            _log.warning("journal: disk full, dropping the previous copy to make room")
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
+            self.prev.unlink()
+            self._write_tmp(data)
         faults.crash_point("journal:tmp_written")
         with contextlib.suppress(FileNotFoundError):
             os.replace(self.path, self.prev)
         faults.crash_point("journal:prev_moved")
         os.replace(self.tmp, self.path)
         fsync_dir(self.dir)
+
+    def _write_tmp(self, data: bytes) -> None:
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def load(self) -> Loaded:
         """The newest valid record among the journal, its temp file and its previous copy."""
