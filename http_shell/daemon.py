@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from http_shell.reporter import Reporter
 
 _log = structlog.get_logger(__name__)
+#: How long a stop waits for HTTP requests still in flight (API calls take milliseconds).
+_SHUTDOWN_TIMEOUT_S = 3.0
 
 
 class AlreadyRunning(RuntimeError):
@@ -147,10 +149,17 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> Non
         from http_shell.web_app import create_app
 
         app = create_app(config, updater.engine, reporter=updater.reporter)
-        # lingering_time: after refusing an oversized body aiohttp keeps reading (and
-        # discarding) it for up to lingering_time; its default of 10 s let one hostile
-        # request delay a SIGTERM stop by 10 s (found by tests/crash/test_faults.py).
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=1.0)
+        # Hostile or stalled clients must not hold up a SIGTERM stop (found by
+        # tests/crash/test_faults.py): after refusing an oversized body aiohttp keeps reading
+        # it for lingering_time (default 10 s), and it waits shutdown_timeout (default 60 s)
+        # for requests still in flight, e.g. a body trickling in at a byte a second.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            lingering_time=1.0,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
+        )
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
