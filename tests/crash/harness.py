@@ -108,8 +108,12 @@ KILL_POINTS: dict[str, dict[str, int]] = {
     },
 }
 #: Points whose hit counts vary with the number of download checkpoints.
-CHECKPOINT_DEPENDENT = ("download:checkpoint", "engine:journaled", "journal:prev_moved")
-CHECKPOINT_DEPENDENT += ("journal:tmp_written",)
+CHECKPOINT_DEPENDENT: tuple[str, ...] = (
+    "download:checkpoint",
+    "engine:journaled",
+    "journal:prev_moved",
+    "journal:tmp_written",
+)
 
 #: Files of the factory snapshot every rig starts from.
 FACTORY_FILES: dict[str, tuple[bytes, int]] = {
@@ -778,7 +782,7 @@ def trace_run(
 
 def kill_list(counts: Mapping[str, int], *, skip: Sequence[str] = ()) -> list[KillPoint]:
     """Every (point, hit) of a trace: each point at each of its hits, in name order."""
-    out = []
+    out: list[KillPoint] = []
     for point in sorted(counts):
         if point in skip:
             continue
