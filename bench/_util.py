@@ -119,11 +119,46 @@ def post_json(url: str, body: Any, timeout: float = 5.0) -> dict[str, Any]:
         return result
 
 
+_DEVICE_API_STUB = """
+import sys
+from aiohttp import web
+async def report(request):
+    await request.read()
+    return web.json_response({"code": 200, "msg": "ok", "data": None})
+app = web.Application()
+app.router.add_post("/api/v1.0/ota/report", report)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+@contextlib.contextmanager
+def device_api_stub() -> Iterator[str]:
+    """A minimal device-api in its own process that accepts every report; yields its URL.
+
+    With device-api present (as on a device) the updater's reporter has nothing pending,
+    so the updater also exits promptly on SIGTERM.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _DEVICE_API_STUB, str(port)], cwd=REPO, stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class SandboxUpdater:
     """``tope-updater serve --sandbox DIR --port P`` as a child process.
 
-    Device-api reports go to a port nobody listens on (the reporter retries with backoff,
-    as it does on a device whose device-api is down), so the bench needs no mock.
+    Device-api reports go to ``device_api_url``; when None, to a port nobody listens on
+    (the reporter retries with backoff, as on a device whose device-api is down).
 
     Args:
         sandbox: the sandbox directory (seeded with factory v1.0.0 on first start).
@@ -132,6 +167,7 @@ class SandboxUpdater:
         switch_interval_s: run the updater with this ``sys.setswitchinterval`` (an
             experiment: how long a thread may keep the GIL while another waits; the
             default is 5 ms). None: the console script, unchanged.
+        device_api_url: where reports go (see :func:`device_api_stub`).
     """
 
     def __init__(
@@ -141,8 +177,11 @@ class SandboxUpdater:
         port: int = 0,
         log_level: str = "warning",
         switch_interval_s: float | None = None,
+        device_api_url: str | None = None,
     ) -> None:
         self.sandbox = sandbox
+        self.device_api_url = device_api_url or f"http://127.0.0.1:{free_port()}"
+        self.killed = False
         self.switch_interval_s = switch_interval_s
         self.port = port or free_port()
         self.log_level = log_level
@@ -179,7 +218,7 @@ class SandboxUpdater:
             "--port",
             str(self.port),
             "--device-api-url",
-            f"http://127.0.0.1:{free_port()}",
+            self.device_api_url,
             "--log-level",
             self.log_level,
         ]
@@ -205,7 +244,7 @@ class SandboxUpdater:
             time.sleep(poll_s)
         raise RuntimeError(f"updater not ready within {timeout} s")
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 6.0) -> None:
         """SIGTERM the child (SIGKILL if it does not exit within ``timeout``) and reap it."""
         if self.proc is None:
             return
@@ -214,6 +253,12 @@ class SandboxUpdater:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                print(
+                    f"warning: updater pid {self.proc.pid} ignored SIGTERM for {timeout:g} s;"
+                    " SIGKILLed",
+                    file=sys.stderr,
+                )
+                self.killed = True
                 self.proc.kill()
                 self.proc.wait(timeout)
         if self.proc.stderr is not None:

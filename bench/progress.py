@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import (
     SandboxUpdater,
     cpu_busy,
+    device_api_stub,
     file_server,
     machine,
     make_random_file,
@@ -216,7 +217,8 @@ async def run(args: argparse.Namespace, updater: SandboxUpdater, base_url: str, 
     connector = aiohttp.TCPConnector(limit=args.concurrency + 2)
     idle, loaded = Samples(), Samples()
     stats: collections.Counter[str] = collections.Counter()
-    phase, peaks = ["idle"], {}
+    phase: list[str] = ["idle"]
+    peaks: dict[str, float] = {}
     sampler = asyncio.create_task(sample_memory(updater.pid, phase, peaks))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         # Warm up: open the keep-alive connections and let the updater settle.
@@ -389,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         (files / _NAMES[1]).hardlink_to(files / _NAMES[0])
         with (
             file_server(files, work, args.server, args.server_rate) as (base_url, kind),
-            SandboxUpdater(tmp / "sandbox", switch_interval_s=args.switch_interval) as updater,
+            device_api_stub() as device_api,
+            SandboxUpdater(
+                tmp / "sandbox", switch_interval_s=args.switch_interval, device_api_url=device_api
+            ) as updater,
         ):
             print(f"file server: {kind} at {base_url}; updater pid {updater.pid}")
             if args.switch_interval is not None:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import (
     REPO,
     SandboxUpdater,
+    device_api_stub,
     machine,
     percentile,
     print_table,
@@ -82,12 +83,12 @@ def _drop_caches() -> None:
 
 
 def _one_run(
-    sandbox: Path, settle_s: float, drop: bool
+    sandbox: Path, settle_s: float, drop: bool, device_api: str
 ) -> tuple[float, dict[str, float], dict[str, float]]:
     """Start, wait for ``/healthz``, measure; returns ``(seconds, mem_ready, mem_settled)``."""
     if drop:
         _drop_caches()
-    updater = SandboxUpdater(sandbox)
+    updater = SandboxUpdater(sandbox, device_api_url=device_api)
     updater.spawn()
     try:
         seconds = updater.wait_ready()
@@ -135,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = max(1, min(args.runs, 100))
 
     print(f"machine: {machine()}")
-    with temp_dir(args.dir, "bench-startup-") as tmp:
+    with temp_dir(args.dir, "bench-startup-") as tmp, device_api_stub() as device_api:
         sandbox = tmp / "sandbox"
-        first = _one_run(sandbox, args.settle, args.drop_caches)  # seeds factory v1.0.0
-        results = [_one_run(sandbox, args.settle, args.drop_caches) for _ in range(runs)]
+        # The first start seeds factory v1.0.0.
+        first = _one_run(sandbox, args.settle, args.drop_caches, device_api)
+        results = [
+            _one_run(sandbox, args.settle, args.drop_caches, device_api) for _ in range(runs)
+        ]
 
     times = [r[0] for r in results]
     cache = "cold page cache" if args.drop_caches else "warm page cache"
