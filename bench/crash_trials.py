@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import logging
 import random
 import shutil
 import sys
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import attrs
+import structlog
 
 from tests.crash import harness as h
 from tests.support.package_server import ThreadedPackageServer
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep-dir", type=Path, default=Path("var/crash-trials-failed"))
     args = parser.parse_args(argv)
+    # The harness calls updater code in-process (init_layout): keep its info lines quiet.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
     plans = make_plans(args.trials, args.seed, args.mid_download)
     args.keep_dir.mkdir(parents=True, exist_ok=True)
