@@ -287,5 +287,5 @@ async def test_stop_prevents_restart_always(
     ctl = controller(systemd_sandbox)
     await ctl.start("keep.service")
     await ctl.stop("keep.service")
-    time.sleep(0.3) - let a (wrong) auto-restart happen
+    time.sleep(0.3)  # let a (wrong) auto-restart happen
     assert await ctl.is_active("keep.service") == "inactive"
