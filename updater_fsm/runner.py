@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,6 +37,22 @@ if TYPE_CHECKING:
     from updater_fsm.engine import Engine
 
 _log = structlog.get_logger(__name__)
+
+
+#: Effects that run long and answer with a result event: each gets its own task.
+_JOB_EFFECTS = (
+    fx.StartDownload,
+    fx.VerifyPackage,
+    fx.StageSnapshot,
+    fx.SwitchVersion,
+    fx.CheckHealth,
+    fx.RollBack,
+)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ReportSink(Protocol):
@@ -86,27 +102,25 @@ class OpsRunner:
         if config.trusted_key:
             self._trusted_key = verify.load_public_key(_read_key(config.trusted_key))
         self._tasks: dict[asyncio.Task[None], int | None] = {}
-        self._handlers: dict[type[fx.Effect], Callable[[fx.Effect], Awaitable[None]]] = {
-            fx.StartDownload: self._start_download,  # type: ignore[dict-item]
-            fx.StopJob: self._stop_job,  # type: ignore[dict-item]
-            fx.DiscardPackage: self._discard_package,  # type: ignore[dict-item]
-            fx.VerifyPackage: self._verify,  # type: ignore[dict-item]
-            fx.StageSnapshot: self._stage,  # type: ignore[dict-item]
-            fx.DiscardStaging: self._discard_staging,  # type: ignore[dict-item]
-            fx.SwitchVersion: self._switch,  # type: ignore[dict-item]
-            fx.CheckHealth: self._check_health,  # type: ignore[dict-item]
-            fx.RollBack: self._roll_back,  # type: ignore[dict-item]
-            fx.RemoveSnapshot: self._remove_snapshot,  # type: ignore[dict-item]
-            fx.CollectGarbage: self._collect_garbage,  # type: ignore[dict-item]
-            fx.Report: self._report,  # type: ignore[dict-item]
-        }
+        self._tail: asyncio.Future[None] | None = None
 
     # ---- EffectRunner protocol -------------------------------------------------------
     def execute(self, effects: Sequence[fx.Effect]) -> None:
-        job_id = next((getattr(e, "job_id", None) for e in effects if hasattr(e, "job_id")), None)
-        task = asyncio.create_task(self._run_batch(tuple(effects)), name=f"effects-{job_id}")
-        self._tasks[task] = job_id
-        task.add_done_callback(self._tasks.pop)
+        """Run ``effects`` after the short effects of every earlier batch have finished.
+
+        Batches are sequenced so that, say, the package deletion of a cancel can never
+        run after (and destroy) the ``.part`` of the download that replaced it. Job
+        effects — the ones that take long and answer with an event — are spawned as tasks
+        of their own, tracked by job id so ``StopJob`` can cancel them.
+        """
+        previous = self._tail
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tail = done
+        task = asyncio.create_task(self._run_batch(tuple(effects), previous, done))
+        # A task cancelled before its first step never runs its ``finally``: release the
+        # next batch from here too, or it would wait forever.
+        task.add_done_callback(lambda _: _settle(done))
+        self._track(task, None)
 
     async def aclose(self) -> None:
         tasks = list(self._tasks)
@@ -122,15 +136,65 @@ class OpsRunner:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ---- plumbing ------------------------------------------------------------------
-    async def _run_batch(self, effects: tuple[fx.Effect, ...]) -> None:
-        for effect in effects:
-            try:
-                await self._handlers[type(effect)](effect)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # an executor bug must not kill the batch silently
-                _log.exception("effect failed unexpectedly", effect=type(effect).__name__)
-                self._post_failure(effect, "unexpected internal error (see log)")
+    def _track(self, task: asyncio.Task[None], job_id: int | None) -> None:
+        self._tasks[task] = job_id
+        task.add_done_callback(self._tasks.pop)
+
+    async def _run_batch(
+        self,
+        effects: tuple[fx.Effect, ...],
+        previous: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        try:
+            if previous is not None:
+                await previous
+            for effect in effects:
+                if isinstance(effect, _JOB_EFFECTS):
+                    task = asyncio.create_task(self._guarded(effect), name=type(effect).__name__)
+                    self._track(task, effect.job_id)
+                else:
+                    await self._guarded(effect)
+        finally:
+            _settle(done)
+
+    async def _guarded(self, effect: fx.Effect) -> None:
+        try:
+            await self._dispatch(effect)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # an executor bug must not leave the machine waiting forever
+            _log.exception("effect failed unexpectedly", effect=type(effect).__name__)
+            self._post_failure(effect, "unexpected internal error (see log)")
+
+    async def _dispatch(self, effect: fx.Effect) -> None:
+        match effect:
+            case fx.StartDownload():
+                await self._start_download(effect)
+            case fx.StopJob():
+                await self._stop_job(effect)
+            case fx.DiscardPackage():
+                await self._discard_package(effect)
+            case fx.VerifyPackage():
+                await self._verify(effect)
+            case fx.StageSnapshot():
+                await self._stage(effect)
+            case fx.DiscardStaging():
+                await self._discard_staging(effect)
+            case fx.SwitchVersion():
+                await self._switch(effect)
+            case fx.CheckHealth():
+                await self._check_health(effect)
+            case fx.RollBack():
+                await self._roll_back(effect)
+            case fx.RemoveSnapshot():
+                await self._remove_snapshot(effect)
+            case fx.CollectGarbage():
+                await self._collect_garbage(effect)
+            case fx.Report():
+                await self._report(effect)
+            case _:
+                raise TypeError(f"no executor for {effect!r}")
 
     def _post_failure(self, effect: fx.Effect, detail: str) -> None:
         """Turn an unexpected exception into the effect's failure event, so no state hangs."""
@@ -232,8 +296,7 @@ class OpsRunner:
         )
 
     async def _stop_job(self, effect: fx.StopJob) -> None:
-        current = asyncio.current_task()
-        victims = [t for t, job in self._tasks.items() if job == effect.job_id and t is not current]
+        victims = [t for t, job in self._tasks.items() if job == effect.job_id]
         for task in victims:
             task.cancel()
         for task in victims:
