@@ -287,7 +287,9 @@ class Reporter:
 
     async def _deliver(self) -> None:
         backoff = self._min_backoff
-        while True:
+        # Checking ``_stopping`` (not only relying on cancellation) matters: on Python 3.11
+        # ``wait_for`` can swallow a cancel that races its inner wait, and the loop would spin.
+        while not self._stopping.is_set():
             taken = self._take()
             if taken is None:
                 self._idle.set()
@@ -305,7 +307,8 @@ class Reporter:
             self._failed += 1
             # Wait before retrying; the retry sends whatever is the newest by then.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._stopping.wait()
             backoff = min(backoff * 2, self._max_backoff)
 
     async def _post(self, report: Report) -> bool:

@@ -187,12 +187,6 @@ def test_serve_sends_ready_watchdog_and_stopping(path_listener: Listener, tmp_pa
         print((tmp_path / "serve.log").read_text(errors="replace")[-3000:])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reporter.py: Reporter.stop() sets _stopping then cancels the sender; on Python "
-    "3.11 asyncio.wait_for() swallows that cancel when its inner wait() is already done, "
-    "so _deliver() spins (wait_for returns at once) and stop() never returns",
-)
 def test_sigterm_with_undeliverable_reports_exits_promptly(tmp_path: Path) -> None:
     """device-api is down (it often is: it is being updated) and a report is pending when
     systemd stops the updater: the process must still exit well within TimeoutStopSec."""
