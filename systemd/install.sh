@@ -189,6 +189,8 @@ if [[ ! -e "$CONFIG" ]]; then
         sep=""
         for extra in "${EXTRA_ROOTS[@]}"; do printf '%s"%s"' "$sep" "$extra"; sep=", "; done
         echo "]"
+        echo "# units = [\"device-api\", \"web-server\"]  # restarted by a manual rollback when"
+        echo "#                                          # the journal names none (start order)"
         echo "# api_token = \"…\"          # require Authorization: Bearer <token> to mutate"
         echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""
         echo "log_level = \"info\""

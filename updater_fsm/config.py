@@ -36,6 +36,8 @@ class Config:
         service_control: ``"systemd"`` to stop/start units, ``"none"`` for a sandbox root
             without systemd (units are then only recorded, not touched).
         extra_roots: directories outside ``root`` where a manifest ``dst`` may point.
+        units: device units a manual rollback restarts (in start order) when the journal
+            names none — a fresh install, or a journal that was lost or set aside.
         api_token: when set, mutating endpoints require ``Authorization: Bearer <token>``.
         trusted_key: Ed25519 public key (PEM file path or base64 raw key) for signatures.
         stop_timeout_s, start_timeout_s, settle_s, post_cmd_timeout_s: install timings.
@@ -52,6 +54,7 @@ class Config:
     systemctl: tuple[str, ...] = ("systemctl",)
     service_control: str = "systemd"
     extra_roots: tuple[Path, ...] = ()
+    units: tuple[str, ...] = ()
     api_token: str | None = None
     trusted_key: str | None = None
     stop_timeout_s: float = 10.0

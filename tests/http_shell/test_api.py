@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,12 +13,25 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from http_shell.web_app import create_app
-from tests.http_shell.conftest import API, MD5, ClientFactory, Rig, body, call
+from tests.http_shell.conftest import (
+    API,
+    MD5,
+    ClientFactory,
+    RecordingRunner,
+    Rig,
+    body,
+    call,
+)
 from updater_fsm import effects as fx
 from updater_fsm import events as ev
 from updater_fsm.config import Config
+from updater_fsm.engine import Engine
+from updater_fsm.journal import Journal
+from updater_fsm.machine import UpdaterMachine
 from updater_fsm.manifest import ServiceUnit
+from updater_fsm.ops import snapshots
 from updater_fsm.progress import Transfer
+from updater_fsm.record import Record
 
 Client = TestClient[Any, Any]
 
@@ -185,6 +199,43 @@ async def test_rollback(client: Client, rig: Rig, payload: Any, target: str, lev
     assert (rollback.level, rollback.target_version) == (level, target)
     assert rollback.previous_after == "1.1.0"  # the version we left
     assert (await call(client, "GET", "/progress"))["data"]["stage"] == "installing"
+
+
+async def test_manual_rollback_restarts_configured_units_when_journal_names_none(
+    make_client: ClientFactory, rig: Rig
+) -> None:
+    """A journal set aside (or a fresh device) knows no units: the configured list is used,
+    in its order, so a manual rollback still restarts the device services."""
+    client = await make_client(units=("device-api", "web-server.service"))
+    assert rig.engine.record.last_units == ()
+    assert (await call(client, "POST", "/rollback"))["code"] == 200
+    (rollback,) = rig.runner.of(fx.RollBack)
+    assert [(u.unit, u.restart_order) for u in rollback.units] == [
+        ("device-api.service", 0),
+        ("web-server.service", 1),
+    ]
+
+
+async def test_manual_rollback_prefers_the_last_installs_units(
+    tmp_path: Path, root: Path, aiohttp_client: Any
+) -> None:
+    journaled = (ServiceUnit("printer.service", restart_order=3),)
+    layout = snapshots.Layout(root)
+    engine = Engine(
+        UpdaterMachine(Record(last_units=journaled)),
+        Journal(tmp_path / "state"),
+        read_links=lambda: snapshots.read_links(layout),
+    )
+    runner = RecordingRunner()
+    engine.attach(runner)
+    await engine.start(ev.DiskFacts(links=engine.links))
+    try:
+        client = await aiohttp_client(create_app(Config(root=root, units=("device-api",)), engine))
+        assert (await call(client, "POST", "/rollback"))["code"] == 200
+        (rollback,) = runner.of(fx.RollBack)
+        assert rollback.units == journaled
+    finally:
+        await engine.stop()
 
 
 async def test_rollback_is_refused_while_busy_or_without_target(
