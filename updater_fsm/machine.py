@@ -325,7 +325,9 @@ class _Model:
                 fx.RemoveSnapshot(request.version),
                 fx.DiscardPackage(request.package_name),
             ]
-        self.effects.append(fx.Report(terminal=True))
+        # Moving `current`/`previous` can orphan a snapshot (after a level-2 rollback, the
+        # version that was running before the update is named by no link any more).
+        self.effects += [fx.CollectGarbage(), fx.Report(terminal=True)]
 
     def give_up(self, data: EventData) -> None:
         event = self._event(data)
