@@ -73,9 +73,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     base = sandbox_config(args.sandbox) if args.sandbox else None
     config = _config_from(args, base)
+    configure_logging(config.logs_dir, level=config.log_level)  # first: seeding logs too
     if args.sandbox:
         ensure_sandbox(config)
-    configure_logging(config.logs_dir, level=config.log_level)
     try:
         asyncio.run(serve(config))
     except AlreadyRunning as exc:
