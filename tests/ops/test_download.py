@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from tests.support.package_server import Behaviour, PackageServer
 from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.ops import download
 from updater_fsm.ops.download import (
     DownloadProgress,
     DownloadSettings,
@@ -494,3 +496,20 @@ def test_discard_download_removes_both(tmp_path: Path) -> None:
     discard_download(tmp_path, "p")
     discard_download(tmp_path, "p")  # idempotent
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_threads_run_at_a_lower_priority_than_the_event_loop() -> None:
+    """Hashing and writing must lose the CPU to the loop (and the printer's services)."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def probe() -> None:
+        download._yield_cpu_to_the_loop()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    worker = threading.Thread(target=probe)
+    worker.start()
+    worker.join()
+    assert seen == [min(base + download.WORKER_NICENESS, 19)]
+    # Only that thread: the caller's priority is unchanged.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base

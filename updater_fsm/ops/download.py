@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import errno
 import hashlib
@@ -31,6 +32,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +177,22 @@ async def _ignore_checkpoint(point: ResumePoint) -> None:
 # --------------------------------------------------------------------------------------------
 # Writer thread: write + hash, in order, off the event loop.
 # --------------------------------------------------------------------------------------------
+#: How much lower than the process the hashing/writing threads run (Linux nice steps).
+WORKER_NICENESS = 5
+
+
+def _yield_cpu_to_the_loop() -> None:
+    """Lower the calling worker thread's scheduling priority (Linux: per-thread nice).
+
+    When the CPUs are saturated, the event loop (which answers /progress and feeds the
+    threads) and the printer's own services should win over bulk hashing; on an idle CPU
+    the nice value costs nothing. Best effort: where it is not allowed, nothing changes.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS)
+
+
 class _DiskWriteError(Exception):
     """An OSError from writing the ``.part`` (kept apart from network OSErrors)."""
 
@@ -201,10 +219,14 @@ class _Sink:
     def __init__(self, path: Path, depth: int) -> None:
         self._path = path
         self._depth = depth
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="download-sink")
+        self._pool = ThreadPoolExecutor(
+            1, thread_name_prefix="download-sink", initializer=_yield_cpu_to_the_loop
+        )
         # MD5 is the slowest step (no SIMD/SHA-NI help): a second thread runs it alongside
         # write + SHA-256 (hashlib releases the GIL), which is what lets us keep up with curl.
-        self._md5_pool = ThreadPoolExecutor(1, thread_name_prefix="download-md5")
+        self._md5_pool = ThreadPoolExecutor(
+            1, thread_name_prefix="download-md5", initializer=_yield_cpu_to_the_loop
+        )
         # Checkpoint fsyncs run here, beside the writes, so the stream never waits for the
         # disk (an fsync on eMMC can take 100 ms; a blocking one every 4 MiB halves speed).
         self._fsync_pool = ThreadPoolExecutor(1, thread_name_prefix="download-fsync")
