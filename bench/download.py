@@ -23,9 +23,7 @@ import asyncio
 import hashlib
 import json
 import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,48 +34,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import (
+    REPO,
+    MiB,
+    free_port,
+    machine,
+    make_random_file,
+    parse_size,
+    wait_port,
+)
+
 sys.path.insert(0, str(REPO))
-
-MiB = 1024 * 1024
-
-
-def parse_size(text: str) -> int:
-    """``1G``, ``256M``, ``4096`` → bytes (binary units)."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def make_file(path: Path, size: int) -> str:
-    """Write ``size`` random bytes to ``path``; returns the MD5."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    with path.open("wb") as fh:
-        left = size
-        while left:
-            block = os.urandom(min(left, 4 * MiB))
-            md5.update(block)
-            fh.write(block)
-            left -= len(block)
-    return md5.hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on {port}")
 
 
 @contextmanager
@@ -241,19 +210,6 @@ def child(url: str, out_dir: str, size: str, md5: str, variant: str) -> None:
     )
 
 
-def machine() -> str:
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}"
-    )
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "_child":
         child(*sys.argv[2:7])
@@ -286,7 +242,7 @@ def main() -> None:
         root.mkdir()
         src = root / "pkg.bin"
         print(f"writing {args.size / MiB:.0f} MiB of random data ...", flush=True)
-        md5 = make_file(src, args.size)
+        md5 = make_random_file(src, args.size)
         subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)  # warm cache
         server = nginx_server(root, work) if kind == "nginx" else aiohttp_server(src)
         variants = ["thread", "aiofiles"] if args.variants else ["thread"]
