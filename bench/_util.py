@@ -146,12 +146,7 @@ def device_api_stub() -> Iterator[str]:
         wait_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 class SandboxUpdater:
@@ -325,6 +320,16 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM ``proc``; SIGKILL it when it has not exited 10 s later."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def make_random_file(path: Path, size: int) -> str:
     """Write ``size`` random bytes to ``path``; returns their MD5 (hex)."""
     import hashlib
@@ -383,12 +388,7 @@ def file_server(
         wait_port(port)
         yield base, kind
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
 
 
 def schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:

@@ -43,6 +43,7 @@ from _util import (
     machine,
     make_random_file,
     parse_size,
+    stop_process,
     wait_port,
 )
 
@@ -67,8 +68,7 @@ http {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {work}
         wait_port(port)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 @contextmanager
@@ -84,8 +84,7 @@ def aiohttp_server(path: Path) -> Iterator[str]:
         url = proc.stdout.readline().strip()
         yield url.rsplit("/", 1)[0]
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
 
 
 def run_curl(url: str, out: Path, md5: str) -> float:

@@ -78,19 +78,6 @@ def envelope(code: int = 200, msg: str = "success", data: Any = None) -> web.Res
 
 # ---- shapes ------------------------------------------------------------------------------
 @attrs.frozen
-class DownloadBody:
-    """``POST /download`` as it arrives (types checked, values not yet)."""
-
-    version: str
-    package_url: str
-    package_name: str
-    package_size: int
-    package_md5: str
-    package_sha256: str | None = None
-    package_signature: str | None = None
-
-
-@attrs.frozen
 class UpdateBody:
     """``POST /update``."""
 
@@ -246,8 +233,10 @@ def validate_download(data: Any) -> DownloadRequest:
     Raises:
         BodyError: the first problem, naming its field.
     """
-    body = structure(data, DownloadBody)
-    return DownloadRequest(
+    # Types are checked against the request class itself; values are checked below.
+    body = structure(data, DownloadRequest)
+    return attrs.evolve(
+        body,
         version=check_version(body.version),
         package_url=check_url(body.package_url),
         package_name=check_name(body.package_name),
