@@ -191,6 +191,7 @@ if [[ ! -e "$CONFIG" ]]; then
         echo "]"
         echo "# units = [\"device-api\", \"web-server\"]  # restarted by a manual rollback when"
         echo "#                                          # the journal names none (start order)"
+        echo "# allow_downgrade = false   # refuse installing versions older than the running one"
         echo "# api_token = \"…\"          # require Authorization: Bearer <token> to mutate"
         echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""
         echo "log_level = \"info\""

@@ -38,6 +38,9 @@ class Config:
         extra_roots: directories outside ``root`` where a manifest ``dst`` may point.
         units: device units a manual rollback restarts (in start order) when the journal
             names none — a fresh install, or a journal that was lost or set aside.
+        allow_downgrade: when false, installing a version older than the running one is
+            refused with ``DOWNGRADE_REFUSED`` (anti-rollback protection for fleets where
+            old, vulnerable packages must never come back; manual rollback is unaffected).
         api_token: when set, mutating endpoints require ``Authorization: Bearer <token>``.
         trusted_key: Ed25519 public key (PEM file path or base64 raw key) for signatures.
         stop_timeout_s, start_timeout_s, settle_s, post_cmd_timeout_s: install timings.
@@ -55,6 +58,7 @@ class Config:
     service_control: str = "systemd"
     extra_roots: tuple[Path, ...] = ()
     units: tuple[str, ...] = ()
+    allow_downgrade: bool = True
     api_token: str | None = None
     trusted_key: str | None = None
     stop_timeout_s: float = 10.0
@@ -93,6 +97,10 @@ _CHOICES = {
 }
 
 
+_BOOL_TEXT = {"true": True, "1": True, "yes": True, "on": True}
+_BOOL_TEXT |= {"false": False, "0": False, "no": False, "off": False}
+
+
 def _convert(key: str, value: Any, *, from_text: bool) -> Any:
     """Turn a TOML value (or an env/flag string when ``from_text``) into the field's type."""
     field = _FIELDS[key]
@@ -102,6 +110,14 @@ def _convert(key: str, value: Any, *, from_text: bool) -> Any:
             if not isinstance(value, str) or not value:
                 raise TypeError("must be a non-empty path")
             return Path(value)
+        if kind == "bool":
+            if from_text and isinstance(value, str):
+                if value.lower() not in _BOOL_TEXT:
+                    raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
+                return _BOOL_TEXT[value.lower()]
+            if not isinstance(value, bool):
+                raise TypeError("must be true or false")
+            return value
         if kind == "int":
             if from_text:
                 return int(value)

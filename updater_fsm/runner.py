@@ -322,6 +322,7 @@ class OpsRunner:
                 self._package_path(effect.package_name),
                 extra_roots=self._config.extra_roots,
                 limits=self._limits,
+                allow_downgrade=self._config.allow_downgrade,
             )
             return units_of(manifest)
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
+
+import attrs
 
 from http_shell.daemon import running_updater
+from http_shell.web_app import create_app
 from tests.support.package_server import PackageServer
 from tests.support.packages import make_package
 from updater_fsm import events as ev
@@ -19,6 +23,8 @@ from updater_fsm.engine import Engine
 from updater_fsm.ops import snapshots
 from updater_fsm.ops.verify import hash_file
 from updater_fsm.table import State
+
+API = "/api/v1.0"
 
 
 async def wait_for(engine: Engine, *states: State, timeout: float = 20.0) -> None:
@@ -102,3 +108,41 @@ async def test_update_then_broken_update_rolls_back(
     async with running_updater(config, report=False) as u:
         assert u.engine.snapshot.state is State.FAILED
         assert u.engine.snapshot.data()["error"].startswith("ROLLBACK_LEVEL_1_SUCCESS")
+
+
+async def test_downgrade_refused_over_http_when_configured(
+    tmp_path: Path, package_server: PackageServer, aiohttp_client: Any
+) -> None:
+    """``allow_downgrade = false``: an older package downloads and verifies, but the install
+    fails with DOWNGRADE_REFUSED before anything is stopped, staged or switched."""
+    config = attrs.evolve(sandbox(tmp_path), allow_downgrade=False)
+    root = config.root
+    for version in ("1.2.0", "1.1.0"):
+        make_package(tmp_path / f"{version}.zip", version, {"bin/v": version.encode()}, root=root)
+    async with running_updater(config, report=False) as u:
+        client = await aiohttp_client(create_app(config, u.engine))
+
+        async def install(version: str) -> dict[str, Any]:
+            req = await request_for(package_server, tmp_path / f"{version}.zip", version)
+            body = {k: v for k, v in attrs.asdict(req).items() if v is not None}
+            assert (await (await client.post(f"{API}/download", json=body)).json())["code"] == 200
+            await wait_for(u.engine, State.READY, State.FAILED)
+            update = await client.post(f"{API}/update", json={"version": version})
+            assert (await update.json())["code"] == 200
+            await wait_for(u.engine, State.SUCCESS, State.FAILED)
+            await u.runner.idle()
+            envelope: dict[str, Any] = await (await client.get(f"{API}/progress")).json()
+            return envelope
+
+        assert (await install("1.2.0"))["data"]["stage"] == "success"
+        listing = sorted(p.name for p in (root / "versions").iterdir())
+        envelope = await install("1.1.0")
+    assert envelope["code"] == 500, envelope
+    assert envelope["msg"] == (
+        "Update failed: DOWNGRADE_REFUSED: v1.1.0 is older than the running v1.2.0"
+        " (allow_downgrade is off)"
+    )
+    assert envelope["data"]["rollback_level"] == 0
+    assert envelope["data"]["current_version"] == "1.2.0"
+    assert sorted(p.name for p in (root / "versions").iterdir()) == listing
+    assert not any(config.downloads_dir.iterdir())  # the refused package is gone too

@@ -252,6 +252,30 @@ def test_stage_refuses_running_and_factory_versions(layout: Layout) -> None:
     assert (layout.snapshot_dir("1.1.0") / "bin/x").read_bytes() == b"x"
 
 
+def test_stage_refuses_a_downgrade_only_when_configured(layout: Layout) -> None:
+    install(layout, "1.1.0", {"bin/x": b"one"})
+    install(layout, "1.10.0", {"bin/x": b"ten"})  # numerically newer than 1.9.0
+    listing = sorted(p.name for p in layout.versions.iterdir())
+    for version in ("1.9.0", "1.1.0"):
+        pkg = make_package(
+            layout.root.parent / "d.zip", version, {"bin/x": b"old"}, root=layout.root
+        )
+        manifest = read_package(pkg, expected_version=version, root=layout.root)
+        with pytest.raises(
+            UpdaterError, match=f"v{version} is older than the running v1.10.0"
+        ) as e:
+            stage_snapshot(layout, manifest, pkg, allow_downgrade=False)
+        assert e.value.code == ErrorCode.DOWNGRADE_REFUSED
+        assert sorted(p.name for p in layout.versions.iterdir()) == listing  # nothing written
+    # Newer is fine with the policy on; older is fine with it off (the default).
+    pkg = make_package(layout.root.parent / "n.zip", "1.10.1", {"bin/x": b"new"}, root=layout.root)
+    manifest = read_package(pkg, expected_version="1.10.1", root=layout.root)
+    stage_snapshot(layout, manifest, pkg, allow_downgrade=False)
+    pkg = make_package(layout.root.parent / "o.zip", "1.9.0", {"bin/x": b"old"}, root=layout.root)
+    stage_snapshot(layout, read_package(pkg, expected_version="1.9.0", root=layout.root), pkg)
+    assert (layout.snapshot_dir("1.9.0") / "bin/x").read_bytes() == b"old"
+
+
 def test_stage_replaces_a_non_current_snapshot(layout: Layout) -> None:
     install(layout, "1.1.0", {"bin/x": b"one"})
     install(layout, "1.2.0", {"bin/y": b"two"})  # previous is now 1.1.0

@@ -80,6 +80,11 @@ def _check_version(version: str) -> str:
     return version
 
 
+def version_key(version: str) -> tuple[int, ...]:
+    """Sort key of a ``1.2.3`` version: numeric, so 1.10.0 sorts after 1.9.0."""
+    return tuple(int(part) for part in version.split("."))
+
+
 @attrs.frozen
 class Layout:
     """Paths of the snapshot store under an install root.
@@ -171,7 +176,7 @@ def list_snapshots(layout: Layout) -> list[str]:
             match = SNAPSHOT_RE.match(entry.name)
             if match and entry.is_dir(follow_symlinks=False):
                 found.append(match.group(1))
-    return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+    return sorted(found, key=version_key)
 
 
 # --------------------------------------------------------------------------- copying
@@ -420,10 +425,12 @@ def stage_snapshot(
     *,
     extra_roots: Sequence[Path] = (),
     limits: PackageLimits = PackageLimits(),
+    allow_downgrade: bool = True,
 ) -> Path:
     """Build ``versions/v<version>/`` = current snapshot + the package's files under R.
 
-    Steps: refuse the running or factory version; remove crash leftovers; check free
+    Steps: refuse the running or factory version (and, unless ``allow_downgrade``, one
+    older than the running version); remove crash leftovers; check free
     space; copy the current snapshot to ``v<version>.staging`` (owner-writable copies);
     extract every module whose ``dst`` is under the root to the same relative path
     (verified, modes from the ZIP, never through a symlink); fsync; crash point
@@ -437,13 +444,15 @@ def stage_snapshot(
         package_path: the package ZIP.
         extra_roots: allowed roots outside R (every ``dst`` is re-checked).
         limits: extraction limits.
+        allow_downgrade: False = refuse a version older than the running one.
 
     Returns:
         The new snapshot directory.
 
     Raises:
         UpdaterError: ``DEPLOYMENT_FAILED`` (no current snapshot, running/factory version,
-            I/O error), ``DISK_FULL``, ``INVALID_MANIFEST`` (digest mismatch, bad dst).
+            I/O error), ``DOWNGRADE_REFUSED``, ``DISK_FULL``, ``INVALID_MANIFEST`` (digest
+            mismatch, bad dst).
     """
     version = _check_version(manifest.version)
     links = read_links(layout)
@@ -452,6 +461,11 @@ def stage_snapshot(
     if version == links.current:
         raise UpdaterError(
             ErrorCode.DEPLOYMENT_FAILED, f"v{version} is already the running version"
+        )
+    if not allow_downgrade and version_key(version) < version_key(links.current):
+        raise UpdaterError(
+            ErrorCode.DOWNGRADE_REFUSED,
+            f"v{version} is older than the running v{links.current} (allow_downgrade is off)",
         )
     if version == links.factory:
         raise UpdaterError(

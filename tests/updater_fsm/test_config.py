@@ -1,0 +1,122 @@
+"""Configuration: defaults < TOML file < environment < flags; strict types; one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from updater_fsm.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_device_defaults() -> None:
+    config = load_config(env={})
+    assert config == Config()
+    assert (config.root, config.host, config.port) == (Path("/opt/tope"), "127.0.0.1", 12315)
+    assert config.state_path == Path("/opt/tope/.updater")
+    assert config.device_api_url == "http://127.0.0.1:9080"
+    assert config.systemctl == ("systemctl",)
+    assert (config.units, config.allow_downgrade) == ((), True)
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    file = write(tmp_path, 'root = "/srv/a"\nport = 1000\nlog_level = "debug"\n')
+    env = {"TOPE_UPDATER_PORT": "2000", "TOPE_UPDATER_SETTLE_S": "0.5", "OTHER": "x"}
+    config = load_config(file=file, env=env, overrides={"port": "3000", "host": None})
+    assert config.root == Path("/srv/a")  # file
+    assert config.log_level == "debug"  # file
+    assert config.settle_s == 0.5  # environment
+    assert config.port == 3000  # flag beats environment beats file
+    assert config.host == "127.0.0.1"  # a flag not given (None) changes nothing
+
+
+def test_lists_and_booleans_from_each_source(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        'systemctl = ["nsenter", "-t", "1", "systemctl"]\n'
+        'units = ["device-api", "web-server"]\nallow_downgrade = false\n',
+    )
+    config = load_config(file=file, env={})
+    assert config.systemctl == ("nsenter", "-t", "1", "systemctl")
+    assert config.units == ("device-api", "web-server")
+    assert config.allow_downgrade is False
+    env = {
+        "TOPE_UPDATER_UNITS": "device-api 'web server'",
+        "TOPE_UPDATER_ALLOW_DOWNGRADE": "Yes",
+        "TOPE_UPDATER_EXTRA_ROOTS": "/etc/tope:/var/lib/tope",
+    }
+    config = load_config(file=file, env=env)
+    assert config.units == ("device-api", "web server")
+    assert config.allow_downgrade is True
+    assert config.extra_roots == (Path("/etc/tope"), Path("/var/lib/tope"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("port = 99999\n", "config key 'port': must be 1..65535"),
+        ('port = "12315"\n', "config key 'port': must be an integer"),
+        ("port = true\n", "config key 'port': must be an integer"),
+        ('allow_downgrade = "no"\n', "config key 'allow_downgrade': must be true or false"),
+        ("allow_downgrade = 0\n", "config key 'allow_downgrade': must be true or false"),
+        ('units = "device-api"\n', "config key 'units': must be a list of strings"),
+        ('log_level = "loud"\n', "config key 'log_level': must be one of debug, info"),
+        ('service_control = "init"\n', "config key 'service_control': must be one of"),
+        ('device_api_url = "ftp://x"\n', "config key 'device_api_url': must be an http(s) URL"),
+        ("systemctl = []\n", "config key 'systemctl': must not be empty"),
+        ("stop_timeout_s = 0\n", "config key 'stop_timeout_s': must be > 0"),
+        ("colour = 1\n", "unknown key 'colour'"),
+        ("port = \n", "is not valid TOML"),
+    ],
+)
+def test_bad_file_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(file=write(tmp_path, text), env={})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("TOPE_UPDATER_PORT", "twelve", "config key 'port'"),
+        ("TOPE_UPDATER_ALLOW_DOWNGRADE", "maybe", "config key 'allow_downgrade'"),
+        ("TOPE_UPDATER_COLOUR", "1", "environment variable TOPE_UPDATER_COLOUR: unknown key"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={name: value})
+
+
+def test_fault_injection_variables_are_not_config_keys() -> None:
+    env = {"TOPE_UPDATER_CRASH_AT": "engine:journaled", "TOPE_UPDATER_CONFIG": "/x.toml"}
+    assert load_config(env=env) == Config()
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(file=tmp_path / "absent.toml", env={})
+
+
+def test_cli_prints_one_line_and_exits_2_on_bad_config(tmp_path: Path) -> None:
+    file = write(tmp_path, "port = 0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "http_shell.cli", "serve", "--config", str(file)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc
+    assert proc.stderr.strip().splitlines() == [
+        "tope-updater: config key 'port': must be 1..65535 (got 0)"
+    ]
