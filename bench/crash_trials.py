@@ -32,6 +32,9 @@ from pathlib import Path
 import attrs
 import structlog
 
+# Runnable as `python bench/crash_trials.py` too (not only `python -m bench.crash_trials`).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from tests.crash import harness as h
 from tests.support.package_server import ThreadedPackageServer
 
