@@ -27,6 +27,8 @@ usage: install.sh [options]
   --device-api-url U  device-api base URL for a new config.toml
                       (default http://127.0.0.1:9080)
   --extra-root DIR    allow manifest dst under DIR (config + ReadWritePaths); repeatable
+  --unit NAME         a device unit a manual rollback restarts when the journal names
+                      none (config `units`, start order = flag order); repeatable
   --python PY         interpreter that creates the venv (default python3)
   --pip-args "ARGS"   extra arguments for pip install (e.g. "--no-index --find-links W")
   --systemctl "CMD"   systemctl command prefix (default systemctl)
@@ -50,6 +52,7 @@ VERSION=""
 PORT=""
 DEVICE_API_URL=http://127.0.0.1:9080
 EXTRA_ROOTS=()
+UNITS=()
 PYTHON=python3
 PIP_ARGS=""
 SYSTEMCTL=systemctl
@@ -70,6 +73,7 @@ while [[ $# -gt 0 ]]; do
         --port) PORT="$2"; shift 2 ;;
         --device-api-url) DEVICE_API_URL="$2"; shift 2 ;;
         --extra-root) EXTRA_ROOTS+=("$2"); shift 2 ;;
+        --unit) UNITS+=("$2"); shift 2 ;;
         --python) PYTHON="$2"; shift 2 ;;
         --pip-args) PIP_ARGS="$2"; shift 2 ;;
         --systemctl) SYSTEMCTL="$2"; shift 2 ;;
@@ -99,6 +103,9 @@ for pair in "--root:$ROOT" "--prefix:$PREFIX" "--state-dir:$STATE_DIR" \
     check_path "${pair%%:*}" "${pair#*:}"
 done
 for extra in "${EXTRA_ROOTS[@]}"; do check_path --extra-root "$extra"; done
+for unit in "${UNITS[@]}"; do
+    [[ "$unit" =~ ^[A-Za-z0-9@._:-]+$ ]] || die "--unit $unit is not a unit name"
+done
 [[ -z "$FROM" || -d "$FROM" ]] || die "--from $FROM is not a directory"
 [[ -z "$VERSION" || "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--version must look like 1.2.3"
 [[ -z "$PORT" || "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
@@ -189,8 +196,11 @@ if [[ ! -e "$CONFIG" ]]; then
         sep=""
         for extra in "${EXTRA_ROOTS[@]}"; do printf '%s"%s"' "$sep" "$extra"; sep=", "; done
         echo "]"
-        echo "# units = [\"device-api\", \"web-server\"]  # restarted by a manual rollback when"
-        echo "#                                          # the journal names none (start order)"
+        echo "# Restarted (in this order) by a manual rollback when the journal names no units:"
+        printf 'units = ['
+        sep=""
+        for unit in "${UNITS[@]}"; do printf '%s"%s"' "$sep" "$unit"; sep=", "; done
+        echo "]"
         echo "# allow_downgrade = false   # refuse installing versions older than the running one"
         echo "# api_token = \"…\"          # require Authorization: Bearer <token> to mutate"
         echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""

@@ -259,12 +259,14 @@ def test_install_serve_update_restart_and_uninstall(
         *("--bin-links", str(site.bin_links), "--from", str(factory), "--version", "1.0.0"),
         *("--port", str(port), "--device-api-url", device_api.url),
         *("--python", str(SYSTEM_PYTHON), "--systemctl", systemctl),
+        *("--unit", "device-api"),
         "--no-enable",  # enable would write links into the host's /etc
     ]
     run([*install, "--no-start"])
     assert show(sandbox, UNIT)["ActiveState"] == "inactive"
     config = site.config_dir / "config.toml"
     assert f"port = {port}" in config.read_text()
+    assert '\nunits = ["device-api"]\n' in config.read_text()
     with config.open("a") as fh:
         fh.write("settle_s = 1.0\n")  # a local edit install.sh must keep
     out = run(install)
@@ -362,6 +364,24 @@ def test_install_serve_update_restart_and_uninstall(
     props = show(sandbox, UNIT)
     assert props["ActiveState"] == "active" and props["NRestarts"] == "0", props
 
+    # ---- manual rollback with the journal gone: the configured `units` are restarted -------
+    sandbox.systemctl("stop", UNIT, check=True)
+    for name in ("journal.json", "journal.prev.json"):  # both: prev would be resumed
+        journal = site.root / ".updater" / name
+        journal.rename(journal.with_name(f"{name}.lost"))
+    sandbox.systemctl("start", UNIT, check=True)
+    api = Api(port, site)
+    assert api.progress()["stage"] == "idle"
+    reply = api.call("POST", "/rollback", {"target": "previous"})
+    assert reply["code"] == 200 and reply["data"]["status"] == "rolling_back", reply
+    data = api.wait(
+        lambda d: d["stage"] == "idle" and d["current_version"] == "1.0.0", "rolled back"
+    )
+    assert data["error"] is None and data["previous_version"] == "1.1.0", data
+    device = show(sandbox, "device-api.service")
+    assert device["ActiveState"] == "active", device
+    assert site.status.read_text().split() == ["1.0.0", device["MainPID"]]  # restarted
+
     # ---- uninstall: the updater goes, the device's versions stay ----------------------------
     out = run([
         str(UNINSTALL), "--root", str(site.root), "--prefix", str(site.prefix),
@@ -371,6 +391,7 @@ def test_install_serve_update_restart_and_uninstall(
     props = show(sandbox, UNIT)
     assert props["LoadState"] == "not-found" and props["ActiveState"] == "inactive", props
     assert not site.prefix.exists() and not link.is_symlink(), out
-    assert os.readlink(site.root / "versions" / "current") == "v1.1.0"
+    assert os.readlink(site.root / "versions" / "current") == "v1.0.0"
+    assert os.readlink(site.root / "versions" / "previous") == "v1.1.0"
     assert os.readlink(site.root / "versions" / "factory") == "v1.0.0"
     assert config.exists()
