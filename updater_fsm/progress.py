@@ -140,6 +140,8 @@ def build_snapshot(
         progress, message = 0, f"Update failed: {error}"
     elif job is not None and job.kind == "manual_rollback" and job.rollback_target:
         progress, message = 0, f"Rolled back to v{job.rollback_target}"
+        if not job.units:  # say so: the links moved, but nothing was restarted onto them
+            message += " (no units known: none restarted)"
     elif error:
         progress, message = 0, f"Idle ({error})"
     else:

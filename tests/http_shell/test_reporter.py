@@ -198,7 +198,7 @@ async def test_kick_terminal_is_never_dropped(rig: Rig) -> None:
         try:
             reports = await api.wait_for(lambda r: len(r) >= 2)
             assert [r["stage"] for r in reports] == ["idle", "downloading"]
-            assert reports[0]["message"] == "Rolled back to v1.0.0"
+            assert reports[0]["message"] == "Rolled back to v1.0.0 (no units known: none restarted)"
         finally:
             await api.stop()
     finally:
