@@ -97,8 +97,9 @@ _CHOICES = {
 }
 
 
-_BOOL_TEXT = {"true": True, "1": True, "yes": True, "on": True}
-_BOOL_TEXT |= {"false": False, "0": False, "no": False, "off": False}
+_BOOL_TEXT = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(
+    ("false", "0", "no", "off"), False
+)
 
 
 def _convert(key: str, value: Any, *, from_text: bool) -> Any:
