@@ -99,6 +99,8 @@ class RollBack(Effect):
         level: 1 (previous) or 2 (factory).
         failed_version: the version being abandoned (None for a manual rollback).
         previous_after: what ``previous`` names once the rollback is done.
+        target_units: the units ``target_version`` was installed with, when known: their
+            health probes (not those of the version left behind) judge the rollback.
     """
 
     job_id: int
@@ -107,6 +109,7 @@ class RollBack(Effect):
     failed_version: str | None
     units: tuple[ServiceUnit, ...]
     previous_after: str | None = None
+    target_units: tuple[ServiceUnit, ...] = ()
 
 
 @attrs.frozen

@@ -246,7 +246,9 @@ class _Model:
         self.effects.append(fx.CheckHealth(self.job.job_id, self.job.units))
 
     def finish_success(self, data: EventData) -> None:
-        self.record = attrs.evolve(self.record, last_units=self.job.units)
+        self.record = attrs.evolve(
+            self.record, last_units=self.job.units, last_version=self._request().version
+        )
         self.effects += [
             fx.DiscardPackage(self._request().package_name),
             fx.CollectGarbage(),
@@ -307,8 +309,11 @@ class _Model:
         else:
             failed = None
             previous_after = job.from_version or target  # the version we just left
+        # Probes are known for the target only if it is the version the last successful
+        # install put in place (they come from that version's manifest).
+        known = self.record.last_units if self.record.last_version == target else ()
         return fx.RollBack(
-            job.job_id, job.rollback_level, target, failed, job.units, previous_after
+            job.job_id, job.rollback_level, target, failed, job.units, previous_after, known
         )
 
     def finish_rollback(self, data: EventData) -> None:

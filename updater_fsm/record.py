@@ -82,6 +82,8 @@ class Record:
         job: the current (or last finished) job; None before the first one.
         last_job_id: highest job id ever issued (so ids never repeat across restarts).
         last_units: units of the last successful install (what a manual rollback restarts).
+        last_version: the version that install put in place; its ``last_units`` carry the
+            health probes a rollback *to* that version can judge it by.
         seq: incremented on every accepted event; the journal's sequence number.
     """
 
@@ -89,4 +91,5 @@ class Record:
     job: Job | None = None
     last_job_id: int = 0
     last_units: tuple[ServiceUnit, ...] = ()
+    last_version: str | None = None
     seq: int = 0

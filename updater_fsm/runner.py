@@ -409,8 +409,9 @@ class OpsRunner:
             await self._start_units(units)
             # The units' probes come from the manifest of the version we leave (a self-test
             # under versions/current, a new endpoint): the version we return to cannot be
-            # expected to pass them, so it is judged by its units staying up.
-            await self._health(_without_probes(units))
+            # expected to pass them. It is judged by its units staying up, plus the probes
+            # it was itself installed with, when the journal knows them.
+            await self._health(_with_probes_of(units, effect.target_units))
         except UpdaterError as err:
             self._engine.post(ev.RollbackFailed(effect.job_id, err.error))
             return
@@ -472,9 +473,13 @@ class OpsRunner:
                 raise UpdaterError(ErrorCode.HEALTH_CHECK_FAILED, f"{unit.unit}: {reason}")
 
 
-def _without_probes(units: Sequence[ServiceUnit]) -> tuple[ServiceUnit, ...]:
-    """``units`` with their health probes dropped (unit state is still checked)."""
-    return tuple(attrs.evolve(unit, health=None) for unit in units)
+def _with_probes_of(
+    units: Sequence[ServiceUnit], target_units: Sequence[ServiceUnit]
+) -> tuple[ServiceUnit, ...]:
+    """``units`` with each probe replaced by the target version's probe for that unit (or
+    none); unit state is checked either way."""
+    probes = {unit.unit: unit.health for unit in target_units}
+    return tuple(attrs.evolve(unit, health=probes.get(unit.unit)) for unit in units)
 
 
 def _read_key(value: str) -> str | bytes:

@@ -146,3 +146,47 @@ async def test_downgrade_refused_over_http_when_configured(
     assert envelope["data"]["current_version"] == "1.2.0"
     assert sorted(p.name for p in (root / "versions").iterdir()) == listing
     assert not any(config.downloads_dir.iterdir())  # the refused package is gone too
+
+
+async def test_rollback_target_failing_its_own_probe_escalates_to_factory(
+    tmp_path: Path, package_server: PackageServer
+) -> None:
+    """1.1.0 was installed with a self-test probe. By the time 1.2.0 fails, 1.1.0 would fail
+    its own self-test too (here: its marker is gone): level 1 must not be called a success;
+    the ladder goes on to the factory version."""
+    config = sandbox(tmp_path)
+    root, marker = config.root, tmp_path / "healthy-1.1.0"
+    marker.touch()
+    hello = f"{root}/versions/current/bin/hello"
+    good = make_package(
+        tmp_path / "good.zip",
+        "1.1.0",
+        {"bin/hello": (f'#!/bin/sh\ntest -e "{marker}"\n'.encode(), 0o755)},
+        root=root,
+        process_name="hello",
+        health={"command": hello},
+    )
+    bad = make_package(
+        tmp_path / "bad.zip",
+        "1.2.0",
+        {"bin/hello": (b"#!/bin/sh\nexit 1\n", 0o755)},
+        root=root,
+        process_name="hello",
+        health={"command": hello},
+    )
+    async with running_updater(config, report=False) as u:
+        engine = u.engine
+        for path, version in ((good, "1.1.0"), (bad, "1.2.0")):
+            if version == "1.2.0":
+                marker.unlink()
+            req = await request_for(package_server, path, version)
+            assert (await engine.submit(ev.DownloadRequested(req))).accepted
+            await wait_for(engine, State.READY, State.FAILED)
+            assert (await engine.submit(ev.UpdateRequested(version))).accepted
+            await wait_for(engine, State.SUCCESS, State.FAILED)
+            await u.runner.idle()
+        snap = engine.snapshot.data()
+    assert snap["error"].startswith("ROLLBACK_LEVEL_2_SUCCESS: v1.0.0"), snap
+    assert "; level 1: HEALTH_CHECK_FAILED: hello.service: exit 1)" in snap["error"], snap
+    assert snap["rollback_level"] == 2
+    assert os.readlink(root / "versions/current") == "v1.0.0"

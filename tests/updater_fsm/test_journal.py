@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from updater_fsm import events as ev
-from updater_fsm.journal import Journal, decode, encode
+from updater_fsm.journal import Journal, decode, encode, record_from_dict, record_to_dict
 from updater_fsm.machine import UpdaterMachine
+from updater_fsm.manifest import ServiceUnit
 from updater_fsm.record import Record
 from updater_fsm.table import State
 
@@ -118,3 +119,11 @@ def test_lost_unsynced_rename_falls_back_to_the_older_state(tmp_path: Path) -> N
 def test_fresh_directory_has_no_record(tmp_path: Path) -> None:
     assert Journal(tmp_path / "new").load().record is None
     assert Record().state is State.IDLE
+
+
+def test_a_record_journaled_before_last_version_existed_still_loads() -> None:
+    """Fields added later have defaults: an older updater's journal resumes, not set aside."""
+    data = record_to_dict(Record(last_units=(ServiceUnit("device-api.service", 1),)))
+    del data["last_version"]
+    record = record_from_dict(data)
+    assert record.last_version is None and record.last_units[0].unit == "device-api.service"

@@ -7,6 +7,7 @@ import pytest
 from updater_fsm import effects as fx
 from updater_fsm import events as ev
 from updater_fsm.machine import UpdaterMachine
+from updater_fsm.manifest import HealthProbe, ServiceUnit
 from updater_fsm.record import PACKAGE_TTL_S
 from updater_fsm.table import TRANSITIONS, State, Trigger
 
@@ -186,6 +187,33 @@ def test_level2_rollback_after_level1_fails() -> None:
         "CollectGarbage",
         "Report",
     ]
+
+
+def test_rollback_judges_the_target_by_the_probes_it_was_installed_with() -> None:
+    """1.2.3 installed with a probe, then 1.3.0 fails: level 1 to 1.2.3 applies 1.2.3's own
+    probe; level 2 to factory (never installed by us) and a manual rollback away from
+    1.2.3 know none."""
+    probe = HealthProbe("command", "/opt/tope/versions/current/bin/selftest", 5)
+    installed = (ServiceUnit("device-api.service", 1, health=probe),)
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, installed, LINKS))
+    drive(m, ev.Switched(1), ev.Healthy(1))
+    assert (m.record.last_version, m.record.last_units) == ("1.2.3", installed)
+    links = ev.LinkVersions(current="1.2.3", previous="1.0.0", factory="0.9.0")
+    drive(m, ev.DownloadRequested(request("1.3.0", "u2.zip")))
+    drive(m, ev.DownloadDone(2, 1000, MD5, SHA), ev.Verified(2), ev.UpdateRequested("1.3.0"))
+    drive(m, ev.Staged(2, UNITS, links), ev.Switched(2))
+    d = drive(m, ev.Unhealthy(2, "HEALTH_CHECK_FAILED: x"))
+    level1 = d.effects[0]
+    assert isinstance(level1, fx.RollBack) and level1.target_version == "1.2.3"
+    assert level1.units == UNITS and level1.target_units == installed
+    d = drive(m, ev.RollbackFailed(2, "HEALTH_CHECK_FAILED: device-api.service: selftest"))
+    level2 = d.effects[0]
+    assert isinstance(level2, fx.RollBack) and level2.target_version == "0.9.0"
+    assert level2.target_units == ()
+    drive(m, ev.RollbackOk(2), ev.Reset())
+    d = drive(m, ev.RollbackRequested("previous", links))
+    assert isinstance(d.effects[0], fx.RollBack) and d.effects[0].target_units == ()
 
 
 def test_both_rollbacks_fail_needs_manual_intervention() -> None:
