@@ -352,7 +352,9 @@ class _Model:
         if job.request is not None:
             self.effects.append(fx.DiscardPackage(job.request.package_name))
             if data.transition is not None and data.transition.source == State.DEPLOYING:
-                self.effects.append(fx.DiscardStaging(job.request.version))
+                # The stage may have finished its rename before the cancel took effect:
+                # collecting garbage removes that snapshot too (no link names it yet).
+                self.effects += [fx.DiscardStaging(job.request.version), fx.CollectGarbage()]
 
     def clear(self, data: EventData) -> None:
         job = self.record.job

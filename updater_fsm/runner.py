@@ -326,8 +326,15 @@ class OpsRunner:
             )
             return units_of(manifest)
 
+        thread = asyncio.ensure_future(asyncio.to_thread(stage))
         try:
-            units = await asyncio.to_thread(stage)
+            units = await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            # A thread cannot be interrupted: let it finish (or fail) before the cancel's
+            # clean-up runs, or that clean-up would race a copy still writing.
+            with contextlib.suppress(Exception):
+                await thread
+            raise
         except UpdaterError as err:
             self._engine.post(ev.StageFailed(effect.job_id, err.error))
             return

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 
 from http_shell.daemon import running_updater
 from http_shell.web_app import create_app
@@ -190,3 +193,51 @@ async def test_rollback_target_failing_its_own_probe_escalates_to_factory(
     assert "; level 1: HEALTH_CHECK_FAILED: hello.service: exit 1)" in snap["error"], snap
     assert snap["rollback_level"] == 2
     assert os.readlink(root / "versions/current") == "v1.0.0"
+
+
+async def test_cancel_while_staging_leaves_no_snapshot_or_staging_behind(
+    tmp_path: Path, package_server: PackageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel cannot interrupt the staging thread mid-copy; it must wait for it and then
+    remove whatever it built — a half-built ``.staging`` or a finished, unlinked snapshot."""
+    config = sandbox(tmp_path)
+    root = config.root
+    real_stage, real_discard = snapshots.stage_snapshot, snapshots.discard_staging
+    staged, stage_over = threading.Event(), threading.Event()
+    discarded_while_staging: list[bool] = []
+
+    def slow_stage(*args: Any, **kwargs: Any) -> Path:
+        try:
+            built = real_stage(*args, **kwargs)
+            staged.set()
+            time.sleep(0.5)  # the tail of a long copy: the cancel arrives meanwhile
+            return built
+        finally:
+            stage_over.set()
+
+    def watched_discard(*args: Any, **kwargs: Any) -> None:
+        discarded_while_staging.append(not stage_over.is_set())
+        real_discard(*args, **kwargs)
+
+    monkeypatch.setattr(snapshots, "stage_snapshot", slow_stage)
+    monkeypatch.setattr(snapshots, "discard_staging", watched_discard)
+    pkg = make_package(tmp_path / "p.zip", "1.1.0", {"bin/v": b"1.1.0"}, root=root)
+    async with running_updater(config, report=False) as u:
+        engine = u.engine
+        req = await request_for(package_server, pkg, "1.1.0")
+        assert (await engine.submit(ev.DownloadRequested(req))).accepted
+        await wait_for(engine, State.READY)
+        assert (await engine.submit(ev.UpdateRequested("1.1.0"))).accepted
+        await asyncio.to_thread(staged.wait, 10)
+        assert (await engine.submit(ev.Cancel())).accepted
+        await u.runner.idle()
+        assert engine.snapshot.state is State.IDLE
+        assert engine.snapshot.data()["error"].startswith("CANCELLED"), engine.snapshot
+    assert sorted(p.name for p in (root / "versions").iterdir()) == [
+        "current",
+        "factory",
+        "v1.0.0",
+    ]
+    assert os.readlink(root / "versions/current") == "v1.0.0"
+    assert not any(config.downloads_dir.iterdir())
+    assert discarded_while_staging == [False]  # the clean-up waited for the thread

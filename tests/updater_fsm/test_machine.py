@@ -265,6 +265,7 @@ def test_cancel_download_and_staging() -> None:
     m = at_ready()
     drive(m, ev.UpdateRequested("1.2.3"))
     d = drive(m, ev.Cancel())
+    assert kinds(d) == ["StopJob", "DiscardPackage", "DiscardStaging", "CollectGarbage", "Report"]
     assert fx.DiscardStaging("1.2.3") in d.effects
 
 
