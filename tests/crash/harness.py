@@ -36,6 +36,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,12 +50,37 @@ from typing import Any
 
 import attrs
 
-from tests.support.device_api import DeviceApi, free_port
+from tests.support.device_api import DeviceApi
 from tests.support.package_server import Behaviour, RequestRecord, ThreadedPackageServer
 from tests.support.packages import make_package
 from updater_fsm import journal as journal_mod
 from updater_fsm.ops import snapshots
 from updater_fsm.record import Record
+
+# Ports for updaters and device-api mocks come from below the kernel's ephemeral range, one
+# process-wide counter, never reused: a killed updater frees its port until it is restarted,
+# and a port picked with bind(0) by a parallel trial in that window would be stolen.
+_PORT_LOCK = threading.Lock()
+_PORT_RANGE = (20000, 32000)
+_next_port = _PORT_RANGE[0] + (os.getpid() * 97) % (_PORT_RANGE[1] - _PORT_RANGE[0])
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, outside the ephemeral range, and not handed out
+    again by this process until its 12000-port range wraps."""
+    global _next_port
+    with _PORT_LOCK:
+        for _ in range(_PORT_RANGE[1] - _PORT_RANGE[0]):
+            port = _next_port
+            _next_port = port + 1 if port + 1 < _PORT_RANGE[1] else _PORT_RANGE[0]
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port in the harness range")
+
 
 REPO = Path(__file__).resolve().parents[2]
 API = "/api/v1.0"

@@ -22,7 +22,6 @@ import attrs
 import pytest
 
 from tests.crash import harness as h
-from tests.support.device_api import free_port
 from tests.support.package_server import Behaviour, ThreadedPackageServer
 from updater_fsm import journal as journal_mod
 from updater_fsm.record import PACKAGE_TTL_S
@@ -316,7 +315,7 @@ def test_second_updater_on_the_same_state_dir_exits_3(
     rig = h.Rig(tmp_path, h.scenario("good"), server)
     try:
         first = rig.start()
-        rig.port, first_port = free_port(), rig.port
+        rig.port, first_port = h.free_port(), rig.port
         second = rig.start(wait=False)
         code = second.wait_exit(15)
         assert code == 3, second.log_tail()
