@@ -51,27 +51,25 @@ async def request_for(server: PackageServer, path: Path, version: str) -> ev.Dow
     return ev.DownloadRequest(version, url, path.name, len(data), digests.md5, digests.sha256)
 
 
+def hello_package(tmp_path: Path, root: Path, version: str, script: bytes) -> Path:
+    """A package whose ``bin/hello`` is ``script``; the unit's probe runs the current one."""
+    return make_package(
+        tmp_path / f"hello-{version}.zip",
+        version,
+        {"bin/hello": (script, 0o755)},
+        root=root,
+        process_name="hello",
+        health={"command": f"{root}/versions/current/bin/hello"},
+    )
+
+
 async def test_update_then_broken_update_rolls_back(
     tmp_path: Path, package_server: PackageServer
 ) -> None:
     config = sandbox(tmp_path)
     root = config.root
-    good = make_package(
-        tmp_path / "good.zip",
-        "1.1.0",
-        {"bin/hello": (b"#!/bin/sh\necho hello 1.1.0\n", 0o755)},
-        root=root,
-        process_name="hello",
-        health={"command": f"{root}/versions/current/bin/hello"},
-    )
-    bad = make_package(
-        tmp_path / "bad.zip",
-        "1.2.0",
-        {"bin/hello": (b"#!/bin/sh\nexit 1\n", 0o755)},
-        root=root,
-        process_name="hello",
-        health={"command": f"{root}/versions/current/bin/hello"},
-    )
+    good = hello_package(tmp_path, root, "1.1.0", b"#!/bin/sh\necho hello 1.1.0\n")
+    bad = hello_package(tmp_path, root, "1.2.0", b"#!/bin/sh\nexit 1\n")
     async with running_updater(config, report=False) as u:
         engine = u.engine
         d = await engine.submit(
@@ -160,23 +158,8 @@ async def test_rollback_target_failing_its_own_probe_escalates_to_factory(
     config = sandbox(tmp_path)
     root, marker = config.root, tmp_path / "healthy-1.1.0"
     marker.touch()
-    hello = f"{root}/versions/current/bin/hello"
-    good = make_package(
-        tmp_path / "good.zip",
-        "1.1.0",
-        {"bin/hello": (f'#!/bin/sh\ntest -e "{marker}"\n'.encode(), 0o755)},
-        root=root,
-        process_name="hello",
-        health={"command": hello},
-    )
-    bad = make_package(
-        tmp_path / "bad.zip",
-        "1.2.0",
-        {"bin/hello": (b"#!/bin/sh\nexit 1\n", 0o755)},
-        root=root,
-        process_name="hello",
-        health={"command": hello},
-    )
+    good = hello_package(tmp_path, root, "1.1.0", f'#!/bin/sh\ntest -e "{marker}"\n'.encode())
+    bad = hello_package(tmp_path, root, "1.2.0", b"#!/bin/sh\nexit 1\n")
     async with running_updater(config, report=False) as u:
         engine = u.engine
         for path, version in ((good, "1.1.0"), (bad, "1.2.0")):
