@@ -1,7 +1,10 @@
 """The effect runner: executes the machine's effects with the ops executors.
 
-Each decision's effects run in order in one background task; a result becomes an event
-posted back to the engine (:meth:`Engine.post`). Blocking file work runs in worker threads,
+Each decision's effects run in order, and after the short effects of every earlier
+decision (so a clean-up never overtakes, or is overtaken by, the work of the next job).
+Long effects that answer with an event (download, verify, stage, switch, health, rollback)
+run as tasks of their own, which ``StopJob`` cancels; a result becomes an event posted back
+to the engine (:meth:`Engine.post`). Blocking file work runs in worker threads,
 subprocesses and HTTP are awaited, so the event loop — and with it ``/progress`` — is never
 held. The runner keeps no state of its own beyond the tasks it runs: everything needed to
 redo an effect is in the effect, and every effect is safe to run again after a restart.
