@@ -22,7 +22,7 @@ from updater_fsm import events as ev
 from updater_fsm.config import Config
 from updater_fsm.engine import Engine
 from updater_fsm.machine import Decision
-from updater_fsm.manifest import ServiceUnit, unit_name
+from updater_fsm.manifest import units_named
 from updater_fsm.ops import snapshots
 from updater_fsm.table import Stage, State
 
@@ -84,12 +84,7 @@ async def post_rollback(request: web.Request) -> web.Response:
     """``POST /rollback`` ``{"target": "previous"|"factory"}`` (empty body: previous)."""
     target = b.validate_rollback(await _json_body(request, optional=True))
     engine = request.app[ENGINE]
-    # The last install's units know their probes and order; the configured list is the
-    # fallback when the journal names none (a fresh device, a journal set aside).
-    units = engine.record.last_units or tuple(
-        ServiceUnit(unit=unit_name(name), restart_order=order)
-        for order, name in enumerate(request.app[CONFIG].units)
-    )
+    units = units_named(request.app[CONFIG].units)
     event = ev.RollbackRequested(target, engine.links, units=units)
     decision = await engine.submit(event)
     return _answer(decision, {"status": "rolling_back", "target": target})

@@ -172,7 +172,8 @@ class RollbackRequested(Event):
     Attributes:
         target: ``"previous"`` or ``"factory"``.
         links: the versions the symlinks name right now.
-        units: the units to restart (those of the last install, or configured ones).
+        units: the configured units (config ``units``); restarted only when the journal
+            knows none from a successful install, whose units (with their probes) win.
     """
 
     trigger = Trigger.ROLLBACK_REQUESTED

@@ -274,7 +274,7 @@ class _Model:
             kind="manual_rollback",
             from_version=event.links.current,
             factory_version=event.links.factory,
-            units=event.units or self.record.last_units,
+            units=self.record.last_units or event.units,
             created_at=self.now,
             updated_at=self.now,
         )

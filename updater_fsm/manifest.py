@@ -8,6 +8,8 @@ is :mod:`updater_fsm.ops.package_build`. The job journal stores the installed mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 
@@ -75,6 +77,11 @@ def unit_name(process_name: str) -> str:
     """Return the systemd unit name for a manifest ``process_name`` (``.service`` optional)."""
     known = (".service", ".socket", ".target", ".timer", ".path", ".mount", ".scope")
     return process_name if process_name.endswith(known) else f"{process_name}.service"
+
+
+def units_named(names: Sequence[str]) -> tuple[ServiceUnit, ...]:
+    """Plain units (no probes, no post_cmds) for configured names, started in list order."""
+    return tuple(ServiceUnit(unit_name(name), restart_order=i) for i, name in enumerate(names))
 
 
 def units_of(manifest: Manifest) -> tuple[ServiceUnit, ...]:
