@@ -40,6 +40,14 @@ USAGE
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 step() { echo "==> $*"; }
+# toml_list KEY VALUE... prints KEY = ["VALUE", ...] (values are checked paths/unit names).
+toml_list() {
+    local key=$1 sep="" value
+    shift
+    printf '%s = [' "$key"
+    for value in "$@"; do printf '%s"%s"' "$sep" "$value"; sep=", "; done
+    echo "]"
+}
 
 ROOT=/opt/tope
 PREFIX=/opt/tope-updater
@@ -192,15 +200,9 @@ if [[ ! -e "$CONFIG" ]]; then
         echo "host = \"127.0.0.1\""
         echo "port = ${PORT:-12315}"
         echo "device_api_url = \"$DEVICE_API_URL\""
-        printf 'extra_roots = ['
-        sep=""
-        for extra in "${EXTRA_ROOTS[@]}"; do printf '%s"%s"' "$sep" "$extra"; sep=", "; done
-        echo "]"
+        toml_list extra_roots "${EXTRA_ROOTS[@]}"
         echo "# Restarted (in this order) by a manual rollback when the journal names no units:"
-        printf 'units = ['
-        sep=""
-        for unit in "${UNITS[@]}"; do printf '%s"%s"' "$sep" "$unit"; sep=", "; done
-        echo "]"
+        toml_list units "${UNITS[@]}"
         echo "# allow_downgrade = false   # refuse installing versions older than the running one"
         echo "# api_token = \"…\"          # require Authorization: Bearer <token> to mutate"
         echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""
