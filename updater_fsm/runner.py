@@ -119,9 +119,8 @@ class OpsRunner:
         previous = self._tail
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tail = done
-        task = asyncio.create_task(self._run_batch(tuple(effects), previous, done))
-        # A task cancelled before its first step never runs its ``finally``: release the
-        # next batch from here too, or it would wait forever.
+        task = asyncio.create_task(self._run_batch(tuple(effects), previous))
+        # Released however the batch ends: done, failed, or cancelled (even before it ran).
         task.add_done_callback(lambda _: _settle(done))
         self._track(task, None)
 
@@ -147,19 +146,15 @@ class OpsRunner:
         self,
         effects: tuple[fx.Effect, ...],
         previous: asyncio.Future[None] | None,
-        done: asyncio.Future[None],
     ) -> None:
-        try:
-            if previous is not None:
-                await previous
-            for effect in effects:
-                if isinstance(effect, _JOB_EFFECTS):
-                    task = asyncio.create_task(self._guarded(effect), name=type(effect).__name__)
-                    self._track(task, effect.job_id)
-                else:
-                    await self._guarded(effect)
-        finally:
-            _settle(done)
+        if previous is not None:
+            await previous
+        for effect in effects:
+            if isinstance(effect, _JOB_EFFECTS):
+                task = asyncio.create_task(self._guarded(effect), name=type(effect).__name__)
+                self._track(task, effect.job_id)
+            else:
+                await self._guarded(effect)
 
     async def _guarded(self, effect: fx.Effect) -> None:
         try:
