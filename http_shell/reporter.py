@@ -278,10 +278,12 @@ class Reporter:
             if not delivered:
                 if self._inflight_must:
                     self._must.appendleft(report)  # older than anything else pending
-                elif self._latest is None:
+                elif self._latest is None and not self._must:
                     self._latest = report  # retry it
                 else:
-                    self._coalesced += 1  # a newer one replaces it
+                    # Something newer is queued: retrying this one after it would tell
+                    # device-api the update went backwards (e.g. 'downloading' after 'failed').
+                    self._coalesced += 1
         if delivered:
             self._last_sent = report
 

@@ -156,6 +156,28 @@ async def test_retries_while_device_api_answers_errors(
     assert reporter.stats.last_error is None and reporter.stats.pending == 0
 
 
+async def test_a_failed_older_report_is_not_retried_after_a_newer_terminal_one(
+    rig: Rig, reporter: Reporter, device_api: DeviceApi
+) -> None:
+    """The 'downloading' POST is in flight (slow, then refused) when 'failed' is queued.
+
+    Retrying 'downloading' after 'failed' would tell device-api the update went backwards.
+    """
+    device_api.status = 503
+    device_api.delay_s = 0.3
+    await rig.to_downloading()
+    await _until(lambda: device_api.arrived == 1)  # the downloading report is in flight
+    await rig.ok(ev.DownloadFailed(rig.job_id, "DOWNLOAD_FAILED: connection refused"))
+    await _until(lambda: reporter.stats.failed_attempts >= 1)
+    assert reporter.stats.pending == 1  # only the terminal report is left
+    device_api.delay_s = 0.0
+    device_api.status = 200
+    await _until(lambda: reporter.stats.sent == 1)
+    await asyncio.sleep(0.2)  # a stale retry would arrive within the backoff
+    assert [r["stage"] for r in device_api.accepted] == ["failed"]
+    assert reporter.stats.pending == 0
+
+
 async def test_terminal_report_survives_device_api_down_for_the_whole_run(rig: Rig) -> None:
     port = free_port()
     reporter = fast_reporter(f"http://127.0.0.1:{port}")
