@@ -113,3 +113,32 @@ def test_tail_lines_keeps_end_and_bounds_length() -> None:
     long = "\n".join("x" * 100 for _ in range(10))
     cut = tail_lines(long, count=10, max_chars=50)
     assert len(cut) == 50 and cut.startswith("…")
+
+
+async def test_run_command_keeps_only_the_end_of_huge_output() -> None:
+    """A command printing 200 MB costs time, not memory: only the tail is kept."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cmd = "head -c 200000000 /dev/zero | tr '\\0' x; echo; echo last-out; echo last-err >&2"
+    result = await run_command(cmd, timeout_s=60, max_output_bytes=4096)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert result.returncode == 0
+    assert len(result.stdout) <= 4096
+    assert result.stdout.endswith("last-out\n")
+    assert result.stderr == "last-err\n"
+    assert grown_kib < 50 * 1024, f"peak RSS grew by {grown_kib} KiB"
+
+
+async def test_post_cmd_flooding_output_fails_with_its_tail(tmp_path: Path) -> None:
+    cmd = "head -c 50000000 /dev/zero | tr '\\0' y; echo; echo 'the real reason' >&2; exit 4"
+    with pytest.raises(UpdaterError) as info:
+        await run_post_cmds([cmd], timeout_s=60)
+    assert info.value.detail.endswith("exit 4: the real reason")
+
+
+async def test_timed_out_command_output_is_bounded_too() -> None:
+    cmd = "while :; do head -c 1000000 /dev/zero | tr '\\0' z; done"
+    with pytest.raises(CommandTimeout) as info:
+        await run_command(cmd, timeout_s=1, max_output_bytes=1024)
+    assert 0 < len(info.value.stdout) <= 1024

@@ -22,6 +22,9 @@ log = structlog.get_logger(__name__)
 
 #: How long to wait for a killed command's pipes to close before giving up on its output.
 _DRAIN_AFTER_KILL_S = 2.0
+#: How much of the end of each output stream a command's result keeps (for error details).
+OUTPUT_TAIL_BYTES = 64 * 1024
+_READ_CHUNK = 64 * 1024
 
 
 class CommandResult(NamedTuple):
@@ -29,8 +32,9 @@ class CommandResult(NamedTuple):
 
     Attributes:
         returncode: exit status; negative ``-N`` when killed by signal ``N``.
-        stdout: standard output, decoded as UTF-8 (invalid bytes replaced).
-        stderr: standard error, decoded likewise.
+        stdout: the end of standard output (at most ``max_output_bytes``), decoded as
+            UTF-8 (invalid bytes replaced).
+        stderr: the end of standard error, likewise.
     """
 
     returncode: int
@@ -63,20 +67,56 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+class _OutputTail:
+    """The last ``limit`` bytes of a stream, and how many bytes went by in all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.kept += chunk
+        excess = len(self.kept) - self.limit
+        if excess > 0:
+            del self.kept[:excess]
+
+    @property
+    def dropped(self) -> int:
+        return self.total - len(self.kept)
+
+    def text(self) -> str:
+        return self.kept.decode(errors="replace")
+
+
+async def _drain(stream: asyncio.StreamReader | None, tail: _OutputTail) -> None:
+    if stream is None:
+        return
+    while chunk := await stream.read(_READ_CHUNK):
+        tail.feed(chunk)
+
+
 async def run_command(
     command: str | Sequence[str],
     *,
     timeout_s: float,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    max_output_bytes: int = OUTPUT_TAIL_BYTES,
 ) -> CommandResult:
-    """Run ``command`` and return its exit status and output.
+    """Run ``command`` and return its exit status and the end of its output.
+
+    Output is read as it comes and only the last ``max_output_bytes`` of each stream are
+    kept, so a command that prints gigabytes costs time, never memory (the rest is counted
+    and discarded; a warning names how much).
 
     Args:
         command: a shell command line (run with ``/bin/sh -c``) or an argv list (run as is).
         timeout_s: wall-clock limit; on expiry the command's whole process group is killed.
         cwd: working directory (default: the updater's).
         env: the complete environment for the command (default: inherit the updater's).
+        max_output_bytes: how much of the end of stdout, and of stderr, is kept.
 
     Returns:
         The :class:`CommandResult`; a non-zero exit is *not* an exception here.
@@ -96,33 +136,44 @@ async def run_command(
         env=dict(env) if env is not None else None,
         start_new_session=True,
     )
-    communicate = asyncio.ensure_future(proc.communicate())
+    out, err = _OutputTail(max_output_bytes), _OutputTail(max_output_bytes)
+    collect = asyncio.ensure_future(
+        asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err), proc.wait())
+    )
     try:
-        out, err = await asyncio.wait_for(asyncio.shield(communicate), timeout_s)
+        await asyncio.wait_for(asyncio.shield(collect), timeout_s)
     except TimeoutError:
         _kill_group(proc.pid)
         try:
-            out, err = await asyncio.wait_for(communicate, _DRAIN_AFTER_KILL_S)
+            await asyncio.wait_for(collect, _DRAIN_AFTER_KILL_S)
         except TimeoutError:
-            # A grandchild left the group and still holds the pipes; drop its output.
-            out, err = b"", b""
+            # A grandchild left the group and still holds the pipes; stop reading them.
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        raise CommandTimeout(
-            shown, timeout_s, out.decode(errors="replace"), err.decode(errors="replace")
-        ) from None
+        _note_dropped(shown, out, err)
+        raise CommandTimeout(shown, timeout_s, out.text(), err.text()) from None
     except BaseException:
         # Cancelled (or anything else): never leave the command running behind us.
         _kill_group(proc.pid)
-        communicate.cancel()
+        collect.cancel()
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         raise
     assert proc.returncode is not None
-    return CommandResult(
-        proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-    )
+    _note_dropped(shown, out, err)
+    return CommandResult(proc.returncode, out.text(), err.text())
+
+
+def _note_dropped(command: str, out: _OutputTail, err: _OutputTail) -> None:
+    if out.dropped or err.dropped:
+        log.warning(
+            "command output truncated",
+            command=command,
+            stdout_bytes=out.total,
+            stderr_bytes=err.total,
+            kept_bytes_each=out.limit,
+        )
 
 
 def tail_lines(text: str, count: int = 5, max_chars: int = 400) -> str:

@@ -114,7 +114,8 @@ async def probe_once(probe: HealthProbe) -> str | None:
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.get(probe.target, allow_redirects=False) as response,
             ):
-                await response.read()
+                # Only the status counts; the body is not read (a probe answering with an
+                # endless body must not cost memory), the connection is simply closed.
                 if 200 <= response.status < 300:
                     return None
                 return f"HTTP {response.status}"
