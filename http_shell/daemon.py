@@ -93,7 +93,7 @@ async def running_updater(
     recovered = load_record(journal)
     config.downloads_dir.mkdir(parents=True, exist_ok=True)
     sweep_downloads(recovered.record, config.downloads_dir)
-    machine = UpdaterMachine(recovered.record)
+    machine = UpdaterMachine(recovered.record, resume_limit=config.resume_limit)
     kwargs = {"clock": clock} if clock is not None else {}
     engine = Engine(machine, journal, read_links=lambda: snapshots.read_links(layout), **kwargs)
     reporter = None

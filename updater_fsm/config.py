@@ -46,6 +46,9 @@ class Config:
         stop_timeout_s, start_timeout_s, settle_s, post_cmd_timeout_s: install timings.
         connect_timeout_s, read_timeout_s, download_attempts: download robustness.
         max_package_bytes, max_zip_ratio: zip-bomb limits for packages.
+        resume_limit: a step (download, staging, switch, health check, a rollback level)
+            that the updater has been restarted in this many times in a row without it
+            making progress is treated as failed: the crash-loop breaker (``RESUME_LIMIT``).
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -70,6 +73,7 @@ class Config:
     download_attempts: int = 8
     max_package_bytes: int = 2 * 1024**3
     max_zip_ratio: float = 200.0
+    resume_limit: int = 3
     log_level: str = "info"
 
     @property
@@ -161,6 +165,8 @@ def _validate(config: Config) -> Config:
         raise ConfigError("config key 'device_api_url': must be an http(s) URL")
     if not config.systemctl:
         raise ConfigError("config key 'systemctl': must not be empty")
+    if config.resume_limit < 1:
+        raise ConfigError(f"config key 'resume_limit': must be >= 1 (got {config.resume_limit})")
     for key in ("stop_timeout_s", "start_timeout_s", "post_cmd_timeout_s", "read_timeout_s"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0")

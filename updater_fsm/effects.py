@@ -73,13 +73,15 @@ class DiscardStaging(Effect):
 class SwitchVersion(Effect):
     """Stop units, point ``previous``→old and ``current``→new, start units, run post_cmds.
 
-    Idempotent, so a restart in ``switching`` simply runs it again.
+    Idempotent, so a restart in ``switching`` simply runs it again; ``post_cmds_done`` (all
+    units' post_cmds, in order) are skipped: their completion was journaled.
     """
 
     job_id: int
     version: str
     from_version: str | None
     units: tuple[ServiceUnit, ...]
+    post_cmds_done: int = 0
 
 
 @attrs.frozen

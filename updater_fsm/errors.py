@@ -34,6 +34,7 @@ class ErrorCode(enum.StrEnum):
     ROLLBACK_LEVEL_2_SUCCESS = "ROLLBACK_LEVEL_2_SUCCESS"
     ROLLBACK_FAILED = "ROLLBACK_FAILED"
     CANCELLED = "CANCELLED"
+    RESUME_LIMIT = "RESUME_LIMIT"
 
 
 class UpdaterError(Exception):

@@ -153,6 +153,15 @@ class SwitchFailed(Event):
 
 
 @attrs.frozen
+class PostCmdDone(Event):
+    """The first ``done`` post_cmds of the switch (all units, in order) have finished."""
+
+    trigger = Trigger.POST_CMD_DONE
+    job_id: int
+    done: int
+
+
+@attrs.frozen
 class Healthy(Event):
     trigger = Trigger.HEALTHY
     job_id: int

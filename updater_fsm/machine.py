@@ -69,9 +69,11 @@ class _Model:
     state: str
     trigger: Callable[..., bool]  # added by transitions.Machine
 
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, resume_limit: int) -> None:
         self.record = record
+        self.resume_limit = resume_limit
         self.now = 0.0
+        self.prior_interruptions = record.interruptions
         self.effects: list[fx.Effect] = []
         self.reply = Reply()
         self.fired = False
@@ -101,7 +103,16 @@ class _Model:
     # ---- machine-wide callbacks ----------------------------------------------------
     def on_accept(self, data: EventData) -> None:
         self.fired = True
-        self.record = attrs.evolve(self.record, seq=self.record.seq + 1)
+        # A restart that resumes the step in place is one more interruption of it; anything
+        # else (a result, a checkpoint, a new step) is progress and starts the count again.
+        resumed_in_place = isinstance(self._event(data), ev.Resume) and (
+            data.transition is not None and data.transition.dest is None
+        )
+        self.record = attrs.evolve(
+            self.record,
+            seq=self.record.seq + 1,
+            interruptions=self._interrupted_times() if resumed_in_place else 0,
+        )
 
     def on_state_change(self, data: EventData) -> None:
         if data.transition is None or data.transition.dest is None:
@@ -147,6 +158,18 @@ class _Model:
         event = self._event(data)
         assert isinstance(event, ev.RollbackRequested)
         return event.target == "factory" and event.links.factory is not None
+
+    def resume_limit_reached(self, data: EventData) -> bool:
+        """This restart is the ``resume_limit``-th in a row to find the step unfinished."""
+        return self._interrupted_times() >= self.resume_limit
+
+    def _interrupted_times(self) -> int:
+        """How many times the step has been interrupted, counting the restart at hand.
+
+        Read before ``on_accept`` updates the record (guards) or from the record as it
+        was when the event arrived (actions): ``handle`` keeps it in ``prior_interruptions``.
+        """
+        return self.prior_interruptions + 1
 
     def package_on_disk(self, data: EventData) -> bool:
         event = self._event(data)
@@ -230,7 +253,14 @@ class _Model:
 
     def _switch_effect(self) -> fx.SwitchVersion:
         job = self.job
-        return fx.SwitchVersion(job.job_id, self._request().version, job.from_version, job.units)
+        return fx.SwitchVersion(
+            job.job_id, self._request().version, job.from_version, job.units, job.post_cmds_done
+        )
+
+    def note_post_cmd(self, data: EventData) -> None:
+        event = self._event(data)
+        assert isinstance(event, ev.PostCmdDone)
+        self._set_job(post_cmds_done=event.done)
 
     def fail_stage(self, data: EventData) -> None:
         event = self._event(data)
@@ -344,6 +374,44 @@ class _Model:
         self._set_job(error=f"{ErrorCode.ROLLBACK_FAILED}: manual intervention required ({detail})")
         self.effects.append(fx.Report(terminal=True))
 
+    # ---- actions: crash-loop breaker -------------------------------------------------
+    def _interrupted_detail(self, data: EventData) -> str:
+        step = data.transition.source if data.transition is not None else self.state
+        return (
+            f"{ErrorCode.RESUME_LIMIT}: {step} interrupted {self._interrupted_times()} times"
+            " (the updater died every time it ran this step)"
+        )
+
+    def fail_interrupted(self, data: EventData) -> None:
+        """Before the switch nothing runs a new version yet: the job simply fails."""
+        request = self._request()
+        self._set_job(error=self._interrupted_detail(data))
+        self.effects.append(fx.DiscardPackage(request.package_name))
+        if data.transition is not None and data.transition.source == State.DEPLOYING:
+            self.effects += [fx.DiscardStaging(request.version), fx.CollectGarbage()]
+
+    def roll_back_interrupted(self, data: EventData) -> None:
+        job = self.job
+        self._set_job(cause=self._interrupted_detail(data))
+        self._start_rollback(1, job.from_version or job.factory_version)
+
+    def escalate_interrupted(self, data: EventData) -> None:
+        cause = self.job.cause or "manual rollback"
+        self._set_job(cause=f"{cause}; level 1: {self._interrupted_detail(data)}")
+        self._start_rollback(2, self.job.factory_version)
+
+    def give_up_interrupted(self, data: EventData) -> None:
+        detail = self._interrupted_detail(data)
+        if self.job.cause:
+            detail = f"cause: {self.job.cause}; last rollback: {detail}"
+        else:
+            detail = f"cause: {detail}; no version to roll back to"
+        self._set_job(error=f"{ErrorCode.ROLLBACK_FAILED}: manual intervention required ({detail})")
+
+    def report_only(self, data: EventData) -> None:
+        """Report the outcome again, without the clean-up that keeps taking the process down."""
+        self.effects.append(fx.Report(terminal=True))
+
     # ---- actions: operator -----------------------------------------------------------
     def cancel_job(self, data: EventData) -> None:
         job = self.job
@@ -445,10 +513,15 @@ class UpdaterMachine:
         record: the journaled record to resume from (None = a fresh device). Restoring sets
             the state directly and runs no ``on_enter`` callback; the engine sends
             :class:`~updater_fsm.events.Resume` to continue explicitly.
+        resume_limit: the restart that finds the same step unfinished for the
+            ``resume_limit``-th time in a row fails that step (the crash-loop breaker).
     """
 
-    def __init__(self, record: Record | None = None) -> None:
-        self._model = _Model(record or Record())
+    def __init__(self, record: Record | None = None, *, resume_limit: int = 3) -> None:
+        if resume_limit < 1:
+            raise ValueError("resume_limit must be at least 1")
+        self.resume_limit = resume_limit
+        self._model = _Model(record or Record(), resume_limit)
         self._machine = Machine(
             model=self._model,
             states=[s.value for s in State],
@@ -479,6 +552,7 @@ class UpdaterMachine:
         before_record = model.record
         before = self.state
         model.now = now
+        model.prior_interruptions = before_record.interruptions
         model.effects = []
         model.reply = Reply()
         model.fired = False

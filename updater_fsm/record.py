@@ -36,6 +36,8 @@ class Job:
         units: the systemd units this job stops, starts and checks.
         rollback_level: 0, then 1 (previous) or 2 (factory).
         rollback_target: the version the current rollback level points ``current`` at.
+        post_cmds_done: how many of the switch's post_cmds (all units, in order) finished;
+            a resumed switch runs only the rest.
         cause: the failure that started the rollback ladder.
         error: the contract ``error`` string once the job failed.
     """
@@ -55,6 +57,7 @@ class Job:
     units: tuple[ServiceUnit, ...] = ()
     rollback_level: int = 0
     rollback_target: str | None = None
+    post_cmds_done: int = 0
     cause: str | None = None
     error: str | None = None
     created_at: float = 0.0
@@ -84,6 +87,9 @@ class Record:
         last_units: units of the last successful install (what a manual rollback restarts).
         last_version: the version that install put in place; its ``last_units`` carry the
             health probes a rollback *to* that version can judge it by.
+        interruptions: how many restarts in a row found the current step unfinished with
+            no progress since (reset by every other accepted event); the crash-loop
+            breaker fails the step when it reaches the configured ``resume_limit``.
         seq: incremented on every accepted event; the journal's sequence number.
     """
 
@@ -92,4 +98,5 @@ class Record:
     last_job_id: int = 0
     last_units: tuple[ServiceUnit, ...] = ()
     last_version: str | None = None
+    interruptions: int = 0
     seq: int = 0

@@ -355,8 +355,7 @@ class OpsRunner:
             self._engine.refresh_links()
             crash_point("switch:links_switched")
             await self._start_units(effect.units)
-            for unit in effect.units:
-                await run_post_cmds(unit.post_cmds, timeout_s=self._config.post_cmd_timeout_s)
+            await self._run_post_cmds(effect)
         except UpdaterError as err:
             self._engine.post(ev.SwitchFailed(effect.job_id, err.error))
             return
@@ -367,6 +366,21 @@ class OpsRunner:
             stop_switch_start_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         self._engine.post(ev.Switched(effect.job_id))
+
+    async def _run_post_cmds(self, effect: fx.SwitchVersion) -> None:
+        """Run the units' post_cmds in order, journaling each completion.
+
+        Commands a previous run of this switch finished (``effect.post_cmds_done``) are
+        skipped: only the one that was running when the updater died can run twice.
+        """
+        commands = [cmd for unit in effect.units for cmd in unit.post_cmds]
+        for index, command in enumerate(commands):
+            if index < effect.post_cmds_done:
+                _log.info("post_cmd.skipped", command=command, reason="finished before restart")
+                continue
+            await run_post_cmds([command], timeout_s=self._config.post_cmd_timeout_s)
+            await self._engine.submit(ev.PostCmdDone(effect.job_id, index + 1))
+            crash_point("switch:post_cmd_journaled")
 
     def _apply_external(self, version: str) -> None:
         job = self._engine.record.job

@@ -97,6 +97,7 @@ class Trigger(enum.StrEnum):
     STAGE_FAILED = "stage_failed"
     SWITCHED = "switched"
     SWITCH_FAILED = "switch_failed"
+    POST_CMD_DONE = "post_cmd_done"
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
     ROLLBACK_REQUESTED = "rollback_requested"
@@ -160,6 +161,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(T.UPDATE_REQUESTED, (S.READY,), S.IDLE, ("requested_version",), "expire"),
     Transition(T.STAGED, (S.DEPLOYING,), S.SWITCHING, ("current_job",), "begin_switch"),
     Transition(T.STAGE_FAILED, (S.DEPLOYING,), S.FAILED, ("current_job",), "fail_stage"),
+    # Each finished post_cmd is journaled, so a resumed switch runs only the ones left.
+    Transition(T.POST_CMD_DONE, (S.SWITCHING,), None, ("current_job",), "note_post_cmd"),
     Transition(T.SWITCHED, (S.SWITCHING,), S.HEALTH_CHECK, ("current_job",), "begin_health"),
     Transition(T.HEALTHY, (S.HEALTH_CHECK,), S.SUCCESS, ("current_job",), "finish_success"),
     # Any failure once the switch has begun climbs the rollback ladder (contract §4).
@@ -221,6 +224,40 @@ TRANSITIONS: tuple[Transition, ...] = (
     # --- operator -------------------------------------------------------------------
     Transition(T.CANCEL, _CANCELLABLE, S.IDLE, (), "cancel_job"),
     Transition(T.RESET, (S.IDLE, S.SUCCESS, S.FAILED), S.IDLE, (), "clear"),
+    # --- crash-loop breaker ----------------------------------------------------------
+    # A step that took the process down `resume_limit` times in a row (no progress in
+    # between) has failed: before the switch the job fails cleanly, after it the rollback
+    # ladder takes over, a rollback level that keeps dying escalates.
+    Transition(
+        T.RESUME,
+        (S.DOWNLOADING, S.VERIFYING, S.DEPLOYING),
+        S.FAILED,
+        ("resume_limit_reached",),
+        "fail_interrupted",
+    ),
+    Transition(
+        T.RESUME,
+        (S.SWITCHING, S.HEALTH_CHECK),
+        S.ROLLBACK_PREVIOUS,
+        ("resume_limit_reached", "can_roll_back"),
+        "roll_back_interrupted",
+    ),
+    Transition(
+        T.RESUME,
+        (S.ROLLBACK_PREVIOUS,),
+        S.ROLLBACK_FACTORY,
+        ("resume_limit_reached", "has_factory"),
+        "escalate_interrupted",
+    ),
+    Transition(
+        T.RESUME,
+        (S.SWITCHING, S.HEALTH_CHECK, S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY),
+        S.FAILED,
+        ("resume_limit_reached",),
+        "give_up_interrupted",
+    ),
+    # A finished outcome whose clean-up keeps dying is only reported.
+    Transition(T.RESUME, (S.SUCCESS, S.FAILED), None, ("resume_limit_reached",), "report_only"),
     # --- restart recovery (contract §6; one rule per state, see recovery.py) ---------
     Transition(T.RESUME, (S.IDLE,), None, (), "resume_idle"),
     Transition(T.RESUME, (S.DOWNLOADING,), None, (), "resume_download"),

@@ -99,15 +99,16 @@ KILL_POINTS: dict[str, dict[str, int]] = {
         "download:after_rename": 1,
         "download:before_rename": 1,
         "download:checkpoint": 2,
-        "engine:journaled": 10,
-        "journal:prev_moved": 10,
-        "journal:tmp_written": 10,
+        "engine:journaled": 12,
+        "journal:prev_moved": 12,
+        "journal:tmp_written": 12,
         "stage:after_rename": 1,
         "stage:before_rename": 1,
         "stage:copied": 1,
         "switch:current:after_rename": 1,
         "switch:current:before_rename": 1,
         "switch:links_switched": 1,
+        "switch:post_cmd_journaled": 2,
         "switch:previous:after_rename": 1,
         "switch:previous:before_rename": 1,
         "switch:units_stopped": 1,
@@ -224,6 +225,7 @@ class Scenario:
         outcome: final stage, ``success`` or ``failed``.
         error_prefix: the final ``error`` must start with this (``""`` = must be null).
         final_version: the version ``current`` must name at the end.
+        post_cmds: the module's post_cmds (each completion is a journaled step).
     """
 
     name: str
@@ -232,6 +234,7 @@ class Scenario:
     outcome: str
     error_prefix: str
     final_version: str
+    post_cmds: tuple[str, ...] = ()
 
 
 def scenario(name: str, blob_size: int = 64 * 1024, seed: int = 0) -> Scenario:
@@ -240,7 +243,7 @@ def scenario(name: str, blob_size: int = 64 * 1024, seed: int = 0) -> Scenario:
     if name == "good":
         hello = b'#!/bin/sh\n[ "$1" = serve ] && exec sleep 600\necho hello 1.1.0\n'
         files = {"bin/hello": (hello, 0o755), "lib/blob.bin": (blob, 0o644)}
-        return Scenario(name, GOOD_VERSION, files, "success", "", GOOD_VERSION)
+        return Scenario(name, GOOD_VERSION, files, "success", "", GOOD_VERSION, post_cmds=("true",))
     if name == "bad":
         files = {"bin/hello": (b"#!/bin/sh\nexit 1\n", 0o755), "lib/blob.bin": (blob, 0o644)}
         return Scenario(
@@ -307,6 +310,7 @@ class Rig:
         systemctl: the systemctl command line (with ``systemd``).
         env: extra environment for the updater (e.g. ``TOPE_UPDATER_SETTLE_S``).
         health: the manifest health probe (default: run ``<current>/bin/hello``).
+        post_cmds: the module's post_cmds (default: the scenario's).
     """
 
     def __init__(
@@ -322,6 +326,7 @@ class Rig:
         env: Mapping[str, str] | None = None,
         health: dict[str, Any] | None = None,
         process_name: str = "hello",
+        post_cmds: list[str] | None = None,
     ) -> None:
         self.base = base
         self.sc = sc
@@ -353,6 +358,7 @@ class Rig:
             root=self.root,
             process_name=process_name,
             health=health or {"command": f"{self.root}/versions/current/bin/hello"},
+            post_cmds=post_cmds if post_cmds is not None else list(sc.post_cmds),
         )
         data = pkg.read_bytes()
         self.package_size = len(data)

@@ -120,3 +120,10 @@ def test_cli_prints_one_line_and_exits_2_on_bad_config(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "tope-updater: config key 'port': must be 1..65535 (got 0)"
     ]
+
+
+def test_resume_limit_from_env_and_bounds(tmp_path: Path) -> None:
+    assert load_config(env={}).resume_limit == 3
+    assert load_config(env={"TOPE_UPDATER_RESUME_LIMIT": "5"}).resume_limit == 5
+    with pytest.raises(ConfigError, match="'resume_limit': must be >= 1"):
+        load_config(env={"TOPE_UPDATER_RESUME_LIMIT": "0"})

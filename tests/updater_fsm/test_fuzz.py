@@ -20,7 +20,7 @@ from updater_fsm import events as ev
 from updater_fsm.journal import Journal, decode
 from updater_fsm.machine import UpdaterMachine
 from updater_fsm.record import PACKAGE_TTL_S, Record
-from updater_fsm.table import State
+from updater_fsm.table import BUSY_STATES, State
 
 from .helpers import MD5, SHA, T0, UNITS, request
 
@@ -53,6 +53,7 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
         st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS)),
         st.builds(ev.Staged, jid, st.just(UNITS), LINKS),
         st.builds(ev.StageFailed, jid, ERRORS),
+        st.builds(ev.PostCmdDone, jid, st.integers(1, 3)),
         st.builds(ev.Switched, jid),
         st.builds(ev.SwitchFailed, jid, ERRORS),
         st.builds(ev.Healthy, jid),
@@ -65,9 +66,25 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
     )
 
 
+#: The machine's default crash-loop breaker limit (config ``resume_limit``).
+RESUME_LIMIT = 3
+#: States in which a step runs that a crash can interrupt.
+STEP_STATES = BUSY_STATES
+
+
 def expected_after_resume(record: Record, facts: ev.DiskFacts, now: float) -> State:
-    """The recovery rules of contract §6, stated independently of the table."""
+    """The recovery rules of contract §6 and the crash-loop breaker, stated independently
+    of the table."""
     state = record.state
+    if state in STEP_STATES and record.interruptions + 1 >= RESUME_LIMIT:
+        job = record.job
+        assert job is not None
+        if state in (State.SWITCHING, State.HEALTH_CHECK):
+            can = job.from_version or job.factory_version
+            return State.ROLLBACK_PREVIOUS if can else State.FAILED
+        if state is State.ROLLBACK_PREVIOUS and job.factory_version:
+            return State.ROLLBACK_FACTORY
+        return State.FAILED
     if state is State.VERIFYING and not facts.package_present:
         return State.DOWNLOADING
     if state is State.READY:
@@ -164,6 +181,12 @@ class UpdaterFuzz(RuleBasedStateMachine):
     @invariant()
     def journal_equals_memory(self) -> None:
         assert decode(self.journal.path.read_bytes()) == self.machine.record
+
+    @invariant()
+    def no_step_is_resumed_past_the_limit(self) -> None:
+        record = self.machine.record
+        if record.state in STEP_STATES:
+            assert record.interruptions < RESUME_LIMIT
 
     @invariant()
     def busy_states_have_a_job(self) -> None:

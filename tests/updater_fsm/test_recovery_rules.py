@@ -133,3 +133,116 @@ def test_finished_outcomes_are_reported_again() -> None:
     drive(m, ev.Unhealthy(1, "x"), ev.RollbackOk(1))
     m, d = restart(m, ev.DiskFacts())
     assert m.state is State.FAILED and d.effects == (fx.CollectGarbage(), fx.Report(terminal=True))  # type: ignore[attr-defined]
+
+
+# ---- the crash-loop breaker -----------------------------------------------------------
+
+
+def at_switching() -> UpdaterMachine:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, UNITS, LINKS))
+    return m
+
+
+def restarts(m: UpdaterMachine, times: int, facts: ev.DiskFacts | None = None) -> UpdaterMachine:
+    for _ in range(times):
+        m, _d = restart(m, facts or ev.DiskFacts(package_present=True, links=LINKS))
+    return m
+
+
+def test_a_switch_that_kills_the_updater_three_times_rolls_back() -> None:
+    m = restarts(at_switching(), 2)
+    assert m.state is State.SWITCHING and m.record.interruptions == 2
+    restored = UpdaterMachine(m.record)
+    d = restored.handle(ev.Resume(ev.DiskFacts(links=LINKS)), T0)
+    assert restored.state is State.ROLLBACK_PREVIOUS
+    assert restored.record.interruptions == 0  # the rollback is a new step
+    job = restored.record.job
+    assert job is not None
+    assert job.cause == (
+        "RESUME_LIMIT: switching interrupted 3 times (the updater died every time it ran this step)"
+    )
+    assert d.effects[0] == fx.RollBack(1, 1, "1.0.0", "1.2.3", UNITS, "0.9.0")
+    # and the ladder's outcome names the cause
+    drive(restored, ev.RollbackOk(1))
+    assert restored.record.job is not None and restored.record.job.error is not None
+    assert restored.record.job.error.startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.0.0 (cause: RESUME")
+
+
+def test_progress_between_restarts_resets_the_count() -> None:
+    m = restarts(at_switching(), 2)
+    drive(m, ev.PostCmdDone(1, 1))
+    assert m.record.interruptions == 0
+    m = restarts(m, 2)
+    assert m.state is State.SWITCHING and m.record.interruptions == 2
+
+
+def test_a_resumed_switch_skips_the_post_cmds_already_journaled() -> None:
+    m = at_switching()
+    drive(m, ev.PostCmdDone(1, 1), ev.PostCmdDone(1, 2))
+    m, d = restart(m, ev.DiskFacts(links=LINKS))
+    assert d.effects == (fx.SwitchVersion(1, "1.2.3", "1.0.0", UNITS, 2),)  # type: ignore[attr-defined]
+
+
+def test_post_cmd_results_of_another_job_are_ignored() -> None:
+    m = at_switching()
+    assert not m.handle(ev.PostCmdDone(7, 1), T0).accepted
+    assert m.record.job is not None and m.record.job.post_cmds_done == 0
+
+
+def test_a_staging_that_keeps_dying_fails_cleanly_before_anything_is_stopped() -> None:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"))
+    m = restarts(m, 2)
+    restored = UpdaterMachine(m.record)
+    d = restored.handle(ev.Resume(ev.DiskFacts(package_present=True, links=LINKS)), T0)
+    assert restored.state is State.FAILED
+    job = restored.record.job
+    assert job is not None and job.error is not None
+    assert job.error.startswith("RESUME_LIMIT: deploying interrupted 3 times")
+    assert fx.DiscardStaging("1.2.3") in d.effects
+    assert fx.DiscardPackage("update.zip") in d.effects
+    assert not any(isinstance(e, fx.SwitchVersion | fx.RollBack) for e in d.effects)
+
+
+def test_a_download_that_keeps_dying_fails() -> None:
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()))
+    m = restarts(m, 3, ev.DiskFacts(part_size=0))
+    assert m.state is State.FAILED
+    assert m.record.job is not None and m.record.job.error is not None
+    assert m.record.job.error.startswith("RESUME_LIMIT: downloading interrupted 3 times")
+
+
+def test_a_rollback_level_that_keeps_dying_escalates_then_gives_up() -> None:
+    m = at_health_check()
+    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: x"))
+    assert m.state is State.ROLLBACK_PREVIOUS
+    m = restarts(m, 3)
+    assert m.state is State.ROLLBACK_FACTORY
+    job = m.record.job
+    assert job is not None and job.rollback_level == 2 and job.rollback_target == "0.9.0"
+    assert job.cause is not None and "level 1: RESUME_LIMIT: rollback_previous" in job.cause
+    m = restarts(m, 3)
+    assert m.state is State.FAILED
+    job = m.record.job
+    assert job is not None and job.error is not None
+    assert job.error.startswith("ROLLBACK_FAILED: manual intervention required (cause: ")
+    assert "RESUME_LIMIT: rollback_factory interrupted 3 times" in job.error
+
+
+def test_a_terminal_state_whose_clean_up_keeps_dying_only_reports() -> None:
+    m = at_health_check()
+    drive(m, ev.Healthy(1))
+    m = restarts(m, 2)
+    restored = UpdaterMachine(m.record)
+    d = restored.handle(ev.Resume(ev.DiskFacts(links=LINKS)), T0)
+    assert restored.state is State.SUCCESS
+    assert d.effects == (fx.Report(terminal=True),)
+
+
+def test_resume_limit_one_fails_the_step_at_the_first_restart() -> None:
+    m = at_switching()
+    restored = UpdaterMachine(m.record, resume_limit=1)
+    restored.handle(ev.Resume(ev.DiskFacts(links=LINKS)), T0)
+    assert restored.state is State.ROLLBACK_PREVIOUS
