@@ -200,7 +200,7 @@ def apply_external(
                 os.mkdir(directory, 0o755)
                 durable.fsync_dir(Path(directory).parent)
         written = []
-        with open_package(package_path) as zf:
+        with open_package(package_path, limits) as zf:
             for module in modules:
                 dst = Path(module.dst)
                 crash_point("external:before_replace")

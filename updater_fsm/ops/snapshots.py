@@ -489,7 +489,7 @@ def stage_snapshot(
         _copy_tree(current_dir, staging, writable=True)
         crash_point("stage:copied")
         touched: set[Path] = set()
-        with open_package(package_path) as zf:
+        with open_package(package_path, limits) as zf:
             for index, (module, rel) in enumerate(zip(manifest.modules, rels, strict=True)):
                 if rel is None:
                     continue
