@@ -538,6 +538,14 @@ def _validate_module(
         _invalid(f"{at}.dst: {problem}")
     if module.process_name is not None and not _UNIT_RE.match(module.process_name):
         _invalid(f"{at}.process_name: not a valid systemd unit name")
+    if module.process_name is None:
+        # post_cmds and probes run per unit; a module without one would lose them silently.
+        for field, given in (("post_cmds", bool(module.post_cmds)), ("health", module.health)):
+            if given:
+                _invalid(
+                    f"{at}.{field}: module {module.name!r} has no process_name; {field} run"
+                    " for the module's unit (set process_name or remove them)"
+                )
     if module.md5 is not None and not _MD5_RE.match(module.md5):
         _invalid(f"{at}.md5: must be 32 hex characters")
     if module.sha256 is not None and not _SHA256_RE.match(module.sha256):
