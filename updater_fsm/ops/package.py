@@ -298,6 +298,30 @@ def check_dst(dst: str, root: Path, extra_roots: Sequence[Path]) -> str | None:
     return f"{dst} is outside the install root and the allowed extra roots ({allowed})"
 
 
+def real_dst_problem(dst: str, extra_roots: Sequence[Path]) -> str | None:
+    """Why ``dst`` (lexically under an extra root) would really be written elsewhere.
+
+    :func:`check_dst` judges the text; this judges the disk *now*: the directory ``dst``
+    goes into is resolved through every symlink that exists (dangling ones included: a
+    directory created there would land at their target; components that do not exist yet
+    are taken as they are, they will be created as plain directories) and must stay inside
+    the real path of one of ``extra_roots``. ``dst`` itself may be a symlink: it is
+    replaced, never followed. Run at staging (before any service is stopped) and again at
+    the switch (the links may have changed meanwhile).
+
+    Returns:
+        None when acceptable, else ``"<dir> resolves to <real>, outside the extra roots
+        (<roots>)"``.
+    """
+    real_roots = [Path(os.path.realpath(root)) for root in extra_roots]
+    parent = Path(dst).parent
+    real = Path(os.path.realpath(parent))
+    if any(real == root or real.is_relative_to(root) for root in real_roots):
+        return None
+    allowed = ", ".join(str(root) for root in extra_roots)
+    return f"{parent} resolves to {real}, outside the extra roots ({allowed})"
+
+
 # --------------------------------------------------------------------------- archive
 
 
