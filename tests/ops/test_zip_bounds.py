@@ -204,3 +204,11 @@ def test_truncated_or_garbage_end_records(tmp_path: Path, content: bytes, expect
     with pytest.raises(UpdaterError, match=expect) as info:
         read_package(path, expected_version="1.1.0", root=ROOT)
     assert info.value.code is ErrorCode.INVALID_MANIFEST
+
+
+def test_archive_comment_is_fine(tmp_path: Path) -> None:
+    """With a comment the end record is not the last 22 bytes; it is found as zipfile does."""
+    package = make_package(tmp_path / "p.zip", "1.1.0", {"bin/a": b"a"})
+    with zipfile.ZipFile(package, "a") as zf:
+        zf.comment = b"built by CI run 42; PK\x01\x02 in a comment is only text"
+    assert read_package(package, expected_version="1.1.0", root=ROOT).modules[0].name == "bin/a"
