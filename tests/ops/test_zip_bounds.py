@@ -55,14 +55,26 @@ def million_entry_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _judge_in_fresh_process(package: Path) -> dict[str, object]:
-    """``read_package`` in a new interpreter; returns its error and memory/time figures."""
+    """``read_package`` in a new interpreter; returns its error and memory/time figures.
+
+    Memory is that process's ``VmHWM`` (peak RSS of its own address space) before and after
+    the judging. Not ``ru_maxrss``: Linux carries the parent's peak into a child across
+    fork/vfork + exec, so a big test process would hide the child's growth.
+    """
     script = textwrap.dedent(
         f"""
-        import json, resource, sys, time
+        import json, sys, time
         from pathlib import Path
         from updater_fsm.errors import UpdaterError
         from updater_fsm.ops.package import read_package
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+        def peak_kb():
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+
+        before = peak_kb()
         started = time.perf_counter()
         try:
             read_package(Path({str(package)!r}), expected_version="1.1.0", root=Path("/opt/tope"))
@@ -70,9 +82,8 @@ def _judge_in_fresh_process(package: Path) -> dict[str, object]:
         except UpdaterError as exc:
             error = exc.error
         seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         json.dump({{"error": error, "seconds": seconds, "before_kb": before,
-                   "after_kb": after}}, sys.stdout)
+                   "after_kb": peak_kb()}}, sys.stdout)
         """
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
