@@ -224,3 +224,54 @@ async def test_cancel_while_staging_leaves_no_snapshot_or_staging_behind(
     assert os.readlink(root / "versions/current") == "v1.0.0"
     assert not any(config.downloads_dir.iterdir())
     assert discarded_while_staging == [False]  # the clean-up waited for the thread
+
+
+async def test_extra_root_dst_escaping_through_a_symlink_fails_the_stage_not_the_switch(
+    tmp_path: Path, package_server: PackageServer
+) -> None:
+    """A dst under an extra root whose directory is a symlink out of it: the install must
+    fail while staging (nothing stopped, no rollback), not at the switch after the units
+    were stopped; nothing is written outside and the running version stays."""
+    extra, elsewhere = tmp_path / "etc-tope", tmp_path / "elsewhere"
+    extra.mkdir()
+    elsewhere.mkdir()
+    (extra / "conf.d").symlink_to(elsewhere)
+    config = attrs.evolve(sandbox(tmp_path), extra_roots=(extra,))
+    root = config.root
+    package = make_package(
+        tmp_path / "escape.zip",
+        "1.1.0",
+        {"bin/hello": (b"#!/bin/sh\n", 0o755), f"{extra}/conf.d/hello.conf": b"x=1\n"},
+        root=root,
+        process_name="hello",
+    )
+    versions_before = sorted(p.name for p in (root / "versions").iterdir())
+    async with running_updater(config, report=False) as u:
+        engine = u.engine
+        seen: list[State] = []
+        subscription = engine.subscribe()
+
+        async def watch() -> None:
+            async for snapshot in subscription:
+                seen.append(snapshot.state)
+
+        watcher = asyncio.create_task(watch())
+        req = await request_for(package_server, package, "1.1.0")
+        assert (await engine.submit(ev.DownloadRequested(req))).accepted
+        await wait_for(engine, State.READY, State.FAILED)
+        assert (await engine.submit(ev.UpdateRequested("1.1.0"))).accepted
+        await wait_for(engine, State.SUCCESS, State.FAILED)
+        await u.runner.idle()
+        snap = engine.snapshot.data()
+        await asyncio.sleep(0.05)
+        watcher.cancel()
+    assert snap["error"] == (
+        f"INVALID_MANIFEST: modules[1].dst: {extra}/conf.d resolves to {elsewhere},"
+        f" outside the extra roots ({extra})"
+    ), snap
+    assert snap["rollback_level"] == 0
+    assert State.DEPLOYING in seen and State.SWITCHING not in seen, seen
+    assert os.readlink(root / "versions/current") == "v1.0.0"
+    assert sorted(p.name for p in (root / "versions").iterdir()) == versions_before
+    assert list(elsewhere.iterdir()) == []
+    assert not config.backups_dir.exists() or not any(config.backups_dir.iterdir())

@@ -69,6 +69,7 @@ def test_health_probe_parsed(tmp_path: Path) -> None:
         tmp_path / "p.zip",
         "1.0.0",
         {"bin/a": b"a", "bin/b": b"b"},
+        process_name="device-api",
         module_overrides={
             "bin/a": {"health": {"http": "http://127.0.0.1:9080/healthz", "timeout_s": 2}},
             "bin/b": {"health": {"command": "/bin/true"}},
@@ -154,6 +155,7 @@ def test_nested_dsts_rejected(tmp_path: Path) -> None:
         tmp_path / "p.zip",
         "1.0.0",
         {"bin/a": b"a", "bin/b": b"b"},
+        process_name="device-api",
         module_overrides={"bin/b": {"dst": "/opt/tope/bin/a/b"}},
     )
     with pytest.raises(UpdaterError, match=r"modules\[1\]\.dst: its parent /opt/tope/bin/a"):

@@ -133,6 +133,7 @@ def test_explicit_config_overrides_default(src: Path, tmp_path: Path) -> None:
         ("not toml = = =", "cannot read modules config"),
         ('[modules."bin/*"]\nprocess_name = "--bad"\n', "device would reject"),
         ('[modules."bin/*"]\nhealth = { tcp = "x" }\n', "device would reject"),
+        ('[modules."bin/*"]\npost_cmds = ["true"]\n', "post_cmds: .* has no process_name"),
     ],
 )
 def test_bad_config_is_reported(src: Path, tmp_path: Path, config: str, message: str) -> None:

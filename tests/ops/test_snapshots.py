@@ -173,6 +173,51 @@ def test_stage_ignores_external_modules(layout: Layout, tmp_path: Path) -> None:
     assert not extra.exists()
 
 
+@pytest.mark.parametrize("link", ["to_a_dir", "dangling", "via_parent"])
+def test_stage_refuses_extra_root_dst_escaping_through_a_symlink(
+    layout: Layout, tmp_path: Path, link: str
+) -> None:
+    """Files outside the root are written at the switch, after the units stopped: a dst
+    whose directory really lies outside the extra root must fail the stage instead."""
+    extra = tmp_path / "etc-tope"
+    extra.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if link == "to_a_dir":
+        (extra / "sub").symlink_to(elsewhere)
+        dst, shown = f"{extra}/sub/x.conf", f"{extra}/sub"
+    elif link == "dangling":  # a directory would be created at the link's target
+        (extra / "sub").symlink_to(elsewhere / "not-yet")
+        dst, shown = f"{extra}/sub/x.conf", f"{extra}/sub"
+    else:  # a link higher up, with directories still to be created below it
+        (extra / "sub").symlink_to("../elsewhere")
+        dst, shown = f"{extra}/sub/new/dir/x.conf", f"{extra}/sub/new/dir"
+    pkg = make_package(tmp_path / "p.zip", "1.1.0", {"bin/x": b"x", dst: b"c"}, root=layout.root)
+    manifest = read_package(pkg, expected_version="1.1.0", root=layout.root, extra_roots=[extra])
+    before = tree_digest(layout.versions)
+    with pytest.raises(UpdaterError) as info:
+        stage_snapshot(layout, manifest, pkg, extra_roots=[extra])
+    assert info.value.code is ErrorCode.INVALID_MANIFEST
+    assert info.value.detail.startswith(f"modules[1].dst: {shown} resolves to ")
+    assert info.value.detail.endswith(f", outside the extra roots ({extra})")
+    assert tree_digest(layout.versions) == before  # nothing staged, links untouched
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_stage_accepts_extra_root_reached_through_a_symlink(layout: Layout, tmp_path: Path) -> None:
+    """A link that stays inside the extra root (or the root itself being a link) is fine."""
+    real_extra = tmp_path / "data/etc-tope"
+    (real_extra / "conf.d").mkdir(parents=True)
+    extra = tmp_path / "etc-tope"
+    extra.symlink_to(real_extra)
+    (real_extra / "current").symlink_to("conf.d")
+    pkg = make_package(
+        tmp_path / "p.zip", "1.1.0", {f"{extra}/current/a.conf": b"c"}, root=layout.root
+    )
+    manifest = read_package(pkg, expected_version="1.1.0", root=layout.root, extra_roots=[extra])
+    assert stage_snapshot(layout, manifest, pkg, extra_roots=[extra]).is_dir()
+
+
 def test_stage_removes_leftovers_first(layout: Layout) -> None:
     for name in ("v1.1.0.staging", "v0.9.0.staging", "v0.8.0.trash"):
         junk = layout.versions / name / "half"

@@ -444,7 +444,18 @@ HOSTILE_CASES: dict[str, HostileCase] = {
     "bad_process_name": HostileCase(
         _with(lambda v: _one(v, process_name="--force")), "modules[0].process_name"
     ),
-    "bad_health": HostileCase(_with(lambda v: _one(v, health={"tcp": "x"})), "modules[0].health"),
+    "post_cmds_without_process_name": HostileCase(
+        _with(lambda v: _one(v, post_cmds=["/opt/tope/bin/app --migrate"])),
+        "modules[0].post_cmds: module 'bin/app' has no process_name",
+    ),
+    "health_without_process_name": HostileCase(
+        _with(lambda v: _one(v, health={"command": "/bin/true"})),
+        "modules[0].health: module 'bin/app' has no process_name",
+    ),
+    "bad_health": HostileCase(
+        _with(lambda v: _one(v, process_name="app", health={"tcp": "x"})),
+        "modules[0].health",
+    ),
     "bad_version": HostileCase(_with(lambda v: {**_one(v), "version": "1.2"}), "version: must be"),
     "version_as_number": HostileCase(
         _with(lambda v: {**_one(v), "version": 1.2}), "version: must be"

@@ -38,6 +38,7 @@ from updater_fsm.ops.package import (
     extract_module,
     open_package,
     os_error,
+    real_dst_problem,
 )
 
 log = structlog.get_logger(__name__)
@@ -48,23 +49,15 @@ _INDEX_FORMAT = 1
 
 def _check_under_extra_roots(modules: Sequence[Module], extra_roots: Sequence[Path]) -> None:
     """Every dst (and the real path of its parent) must stay inside an extra root."""
-    real_roots = [Path(os.path.realpath(r)) for r in extra_roots]
     for module in modules:
         if not any(dst_relative_to(module.dst, r) is not None for r in extra_roots):
             raise UpdaterError(
                 ErrorCode.INVALID_MANIFEST,
                 f"module {module.name}: dst {module.dst} is not under an extra root",
             )
-        # Resolve the deepest existing ancestor: a symlinked dir must not lead elsewhere.
-        parent = Path(module.dst).parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        real = Path(os.path.realpath(parent))
-        if not any(real == r or real.is_relative_to(r) for r in real_roots):
-            raise UpdaterError(
-                ErrorCode.INVALID_MANIFEST,
-                f"module {module.name}: {parent} resolves to {real}, outside the extra roots",
-            )
+        problem = real_dst_problem(module.dst, extra_roots)
+        if problem:
+            raise UpdaterError(ErrorCode.INVALID_MANIFEST, f"module {module.name}: {problem}")
 
 
 def _copy_durably(src: Path, dst: Path, mode: int, uid: int, gid: int) -> None:
@@ -200,7 +193,7 @@ def apply_external(
                 os.mkdir(directory, 0o755)
                 durable.fsync_dir(Path(directory).parent)
         written = []
-        with open_package(package_path) as zf:
+        with open_package(package_path, limits) as zf:
             for module in modules:
                 dst = Path(module.dst)
                 crash_point("external:before_replace")

@@ -49,6 +49,7 @@ import structlog
 
 from updater_fsm.errors import ErrorCode, UpdaterError
 from updater_fsm.manifest import HealthProbe, Manifest, Module
+from updater_fsm.ops.zip_bounds import judge_central_directory
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +77,12 @@ class PackageLimits:
 
     Attributes:
         max_manifest_bytes: largest accepted ``manifest.json``.
-        max_entries: most entries (files and directories) in the archive.
+        max_entries: most entries (files and directories) in the archive; judged from the
+            end-of-central-directory record and the record headers before ``zipfile``
+            parses anything (:mod:`updater_fsm.ops.zip_bounds`).
+        max_central_directory_bytes: largest central directory, in bytes (``zipfile``
+            reads it whole into memory): 10 000 entries averaging 838 bytes of header and
+            name, where a real package needs about 100 per entry.
         max_total_uncompressed: largest sum of declared uncompressed sizes.
         max_ratio: largest uncompressed/compressed ratio, per entry and for the archive.
         ratio_min_bytes: entries (and archives) smaller than this skip the ratio check.
@@ -87,6 +93,7 @@ class PackageLimits:
 
     max_manifest_bytes: int = 1 << 20
     max_entries: int = 10_000
+    max_central_directory_bytes: int = 8 << 20
     max_total_uncompressed: int = 2 << 30
     max_ratio: float = 200.0
     ratio_min_bytes: int = 1 << 20
@@ -291,6 +298,30 @@ def check_dst(dst: str, root: Path, extra_roots: Sequence[Path]) -> str | None:
     return f"{dst} is outside the install root and the allowed extra roots ({allowed})"
 
 
+def real_dst_problem(dst: str, extra_roots: Sequence[Path]) -> str | None:
+    """Why ``dst`` (lexically under an extra root) would really be written elsewhere.
+
+    :func:`check_dst` judges the text; this judges the disk *now*: the directory ``dst``
+    goes into is resolved through every symlink that exists (dangling ones included: a
+    directory created there would land at their target; components that do not exist yet
+    are taken as they are, they will be created as plain directories) and must stay inside
+    the real path of one of ``extra_roots``. ``dst`` itself may be a symlink: it is
+    replaced, never followed. Run at staging (before any service is stopped) and again at
+    the switch (the links may have changed meanwhile).
+
+    Returns:
+        None when acceptable, else ``"<dir> resolves to <real>, outside the extra roots
+        (<roots>)"``.
+    """
+    real_roots = [Path(os.path.realpath(root)) for root in extra_roots]
+    parent = Path(dst).parent
+    real = Path(os.path.realpath(parent))
+    if any(real == root or real.is_relative_to(root) for root in real_roots):
+        return None
+    allowed = ", ".join(str(root) for root in extra_roots)
+    return f"{parent} resolves to {real}, outside the extra roots ({allowed})"
+
+
 # --------------------------------------------------------------------------- archive
 
 
@@ -379,31 +410,52 @@ def _check_overlap(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None:
 
 
 @contextlib.contextmanager
-def open_package(zip_path: Path) -> Iterator[zipfile.ZipFile]:
-    """Open a package ZIP, turning every archive-level failure into ``INVALID_MANIFEST``."""
+def open_package(
+    zip_path: Path, limits: PackageLimits = PackageLimits()
+) -> Iterator[zipfile.ZipFile]:
+    """Open a package ZIP, turning every archive-level failure into ``INVALID_MANIFEST``.
+
+    The entry count and the central directory's size are judged from the end records
+    (:func:`~updater_fsm.ops.zip_bounds.judge_central_directory`) before ``zipfile``
+    parses the directory, so a hostile archive costs neither memory nor time. Blocks on
+    file I/O: async callers run it in a worker thread.
+    """
     try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
-        _invalid(f"archive: not a valid ZIP file ({exc})")
+        fh = zip_path.open("rb")
     except FileNotFoundError:
         _invalid(f"archive: {zip_path} does not exist")
-    with zf:
+    except IsADirectoryError:
+        _invalid(f"archive: {zip_path} is a directory")
+    with fh:
         try:
-            yield zf
+            judge_central_directory(
+                fh,
+                max_entries=limits.max_entries,
+                max_directory_bytes=limits.max_central_directory_bytes,
+            )
+            fh.seek(0)
+            zf = zipfile.ZipFile(fh)
         except UpdaterError:
             raise
-        except (
-            zipfile.BadZipFile,
-            zipfile.LargeZipFile,
-            zlib.error,
-            EOFError,
-            NotImplementedError,
-            RuntimeError,
-            ValueError,
-            UnicodeDecodeError,
-            KeyError,
-        ) as exc:
-            _invalid(f"archive: corrupt or unsupported ZIP ({type(exc).__name__}: {exc})")
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+            _invalid(f"archive: not a valid ZIP file ({exc})")
+        with zf:
+            try:
+                yield zf
+            except UpdaterError:
+                raise
+            except (
+                zipfile.BadZipFile,
+                zipfile.LargeZipFile,
+                zlib.error,
+                EOFError,
+                NotImplementedError,
+                RuntimeError,
+                ValueError,
+                UnicodeDecodeError,
+                KeyError,
+            ) as exc:
+                _invalid(f"archive: corrupt or unsupported ZIP ({type(exc).__name__}: {exc})")
 
 
 def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
@@ -510,6 +562,14 @@ def _validate_module(
         _invalid(f"{at}.dst: {problem}")
     if module.process_name is not None and not _UNIT_RE.match(module.process_name):
         _invalid(f"{at}.process_name: not a valid systemd unit name")
+    if module.process_name is None:
+        # post_cmds and probes run per unit; a module without one would lose them silently.
+        for field, given in (("post_cmds", bool(module.post_cmds)), ("health", module.health)):
+            if given:
+                _invalid(
+                    f"{at}.{field}: module {module.name!r} has no process_name; {field} run"
+                    " for the module's unit (set process_name or remove them)"
+                )
     if module.md5 is not None and not _MD5_RE.match(module.md5):
         _invalid(f"{at}.md5: must be 32 hex characters")
     if module.sha256 is not None and not _SHA256_RE.match(module.sha256):
@@ -552,7 +612,7 @@ def read_package(
         UpdaterError: ``INVALID_MANIFEST`` naming the offending field or entry, or
             ``VERSION_MISMATCH``.
     """
-    with open_package(zip_path) as zf:
+    with open_package(zip_path, limits) as zf:
         files, dirs = _check_entries(zf, limits)
         info = files.get(MANIFEST_NAME)
         if info is None:

@@ -61,6 +61,7 @@ from updater_fsm.ops.package import (
     extract_module,
     open_package,
     os_error,
+    real_dst_problem,
 )
 
 log = structlog.get_logger(__name__)
@@ -436,7 +437,10 @@ def stage_snapshot(
     (verified, modes from the ZIP, never through a symlink); fsync; crash point
     ``stage:before_rename``; rename into place (replacing a non-current, non-factory
     snapshot of the same version); fsync ``versions/``. Modules outside the root are left
-    to :mod:`updater_fsm.ops.external_files`. On failure the staging dir is removed.
+    to :mod:`updater_fsm.ops.external_files`, but their destinations are judged here
+    already (:func:`~updater_fsm.ops.package.real_dst_problem`: no escape through a
+    symlink), so such a package fails before any service is stopped. On failure the
+    staging dir is removed.
 
     Args:
         layout: the snapshot store.
@@ -475,10 +479,15 @@ def stage_snapshot(
         )
     rels = []
     for index, module in enumerate(manifest.modules):
-        problem = check_dst(module.dst, layout.root, extra_roots)
+        rel = dst_relative_to(module.dst, layout.root)
+        # Destinations outside the root are written at the switch, after the units were
+        # stopped: judge them on disk (through symlinks) now, while nothing is stopped.
+        problem = check_dst(module.dst, layout.root, extra_roots) or (
+            real_dst_problem(module.dst, extra_roots) if rel is None else None
+        )
         if problem:
             raise UpdaterError(ErrorCode.INVALID_MANIFEST, f"modules[{index}].dst: {problem}")
-        rels.append(dst_relative_to(module.dst, layout.root))
+        rels.append(rel)
     current_dir = layout.snapshot_dir(links.current)
     started = time.monotonic()
     staging = layout.staging_dir(version)
@@ -489,7 +498,7 @@ def stage_snapshot(
         _copy_tree(current_dir, staging, writable=True)
         crash_point("stage:copied")
         touched: set[Path] = set()
-        with open_package(package_path) as zf:
+        with open_package(package_path, limits) as zf:
             for index, (module, rel) in enumerate(zip(manifest.modules, rels, strict=True)):
                 if rel is None:
                     continue
