@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import attrs
 
+from updater_fsm.errors import ErrorCode
 from updater_fsm.manifest import ServiceUnit
 from updater_fsm.table import Trigger
 
@@ -134,9 +135,12 @@ class Staged(Event):
 
 @attrs.frozen
 class StageFailed(Event):
+    """Staging failed; ``code`` is the error's code (a full disk keeps the package)."""
+
     trigger = Trigger.STAGE_FAILED
     job_id: int
     error: str
+    code: ErrorCode = ErrorCode.DEPLOYMENT_FAILED
 
 
 @attrs.frozen

@@ -139,6 +139,9 @@ class _Model:
         assert isinstance(event, ev.UpdateRequested)
         return self.record.job is not None and self.record.job.version == event.version
 
+    def package_kept(self, data: EventData) -> bool:
+        return self.record.job is not None and self.record.job.package_kept
+
     def automatic(self, data: EventData) -> bool:
         return self.record.job is not None and self.record.job.kind == "update"
 
@@ -222,7 +225,36 @@ class _Model:
             self.effects.append(fx.DiscardPackage(self._request().package_name))
 
     def mark_verified(self, data: EventData) -> None:
-        self._set_job(verified_at=self.now)
+        # A kept package re-verified keeps its first verification time: the 24-hour
+        # window is not extended by checking the same bytes again.
+        self._set_job(verified_at=self.job.verified_at or self.now)
+
+    def _reuse_kept_package(self) -> Job:
+        """A new job for the kept, verified package of the failed one."""
+        old = self.job
+        job_id = self.record.last_job_id + 1
+        job = Job(
+            job_id=job_id,
+            request=old.request,
+            bytes_durable=old.bytes_durable,
+            md5=old.md5,
+            sha256=old.sha256,
+            verified_at=old.verified_at,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
+        return job
+
+    def reverify_kept_package(self, data: EventData) -> None:
+        """The same package again after a full disk: hash the kept file, do not download."""
+        job = self._reuse_kept_package()
+        self.effects.append(fx.VerifyPackage(job.job_id, self._request()))
+
+    def redeploy_kept_package(self, data: EventData) -> None:
+        """``POST /update`` again after a full disk: stage from the kept package."""
+        self._reuse_kept_package()
+        self.begin_deploy(data)
 
     def expire(self, data: EventData) -> None:
         request = self._request()
@@ -266,11 +298,13 @@ class _Model:
         event = self._event(data)
         assert isinstance(event, ev.StageFailed)
         request = self._request()
-        self._set_job(error=event.error)
-        self.effects += [
-            fx.DiscardStaging(request.version),
-            fx.DiscardPackage(request.package_name),
-        ]
+        # Out of space is the device's problem, not the package's: keep the verified
+        # package so a retry once space is freed needs no new download.
+        keep = event.code is ErrorCode.DISK_FULL
+        self._set_job(error=event.error, package_kept=keep)
+        self.effects.append(fx.DiscardStaging(request.version))
+        if not keep:
+            self.effects.append(fx.DiscardPackage(request.package_name))
 
     def begin_health(self, data: EventData) -> None:
         self.effects.append(fx.CheckHealth(self.job.job_id, self.job.units))
@@ -298,6 +332,9 @@ class _Model:
     def begin_manual_rollback(self, data: EventData) -> None:
         event = self._event(data)
         assert isinstance(event, ev.RollbackRequested)
+        old = self.record.job
+        if old is not None and old.package_kept and old.request is not None:
+            self.effects.append(fx.DiscardPackage(old.request.package_name))
         job_id = self.record.last_job_id + 1
         job = Job(
             job_id=job_id,

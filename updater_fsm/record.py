@@ -30,6 +30,8 @@ class Job:
         etag, last_modified: the server's validators for resuming with If-Range.
         md5, sha256: digests computed while streaming (None until the download is done).
         verified_at: UNIX time the package passed verification.
+        package_kept: the job failed but its verified package stays on disk (staging ran
+            out of space): the same request again re-uses it instead of downloading.
         from_version: the version running when the install began (level-1 target).
         factory_version: the version ``factory`` names (level-2 target).
         previous_before: what ``previous`` named before the switch (restored on rollback).
@@ -51,6 +53,7 @@ class Job:
     md5: str | None = None
     sha256: str | None = None
     verified_at: float | None = None
+    package_kept: bool = False
     from_version: str | None = None
     factory_version: str | None = None
     previous_before: str | None = None

@@ -334,11 +334,11 @@ class OpsRunner:
                 await thread
             raise
         except UpdaterError as err:
-            self._engine.post(ev.StageFailed(effect.job_id, err.error))
+            self._engine.post(ev.StageFailed(effect.job_id, err.error, err.code))
             return
         except OSError as err:
             code = ErrorCode.DISK_FULL if err.errno == 28 else ErrorCode.DEPLOYMENT_FAILED
-            self._engine.post(ev.StageFailed(effect.job_id, f"{code}: {err}"))
+            self._engine.post(ev.StageFailed(effect.job_id, f"{code}: {err}", code))
             return
         self._engine.post(ev.Staged(effect.job_id, units, snapshots.read_links(self._layout)))
 

@@ -142,6 +142,14 @@ TRANSITIONS: tuple[Transition, ...] = (
     # Same package again while it downloads, verifies or waits verified: 200, no restart.
     Transition(T.DOWNLOAD_REQUESTED, (S.DOWNLOADING, S.VERIFYING), None, ("same_package",)),
     Transition(T.DOWNLOAD_REQUESTED, (S.READY,), None, ("same_package", "package_fresh")),
+    # A verified package kept after a full disk while staging: no new download.
+    Transition(
+        T.DOWNLOAD_REQUESTED,
+        (S.FAILED,),
+        S.VERIFYING,
+        ("same_package", "package_kept", "package_fresh"),
+        "reverify_kept_package",
+    ),
     # A new package replaces whatever was verified, installed or failed before.
     Transition(T.DOWNLOAD_REQUESTED, _NEW_DOWNLOAD_FROM, S.DOWNLOADING, (), "begin_download"),
     Transition(T.DOWNLOAD_CHECKPOINT, (S.DOWNLOADING,), None, ("current_job",), "checkpoint"),
@@ -156,6 +164,13 @@ TRANSITIONS: tuple[Transition, ...] = (
         S.DEPLOYING,
         ("requested_version", "package_fresh"),
         "begin_deploy",
+    ),
+    Transition(
+        T.UPDATE_REQUESTED,
+        (S.FAILED,),
+        S.DEPLOYING,
+        ("requested_version", "package_kept", "package_fresh"),
+        "redeploy_kept_package",
     ),
     # An expired package is deleted and the request answered 410 (contract §1).
     Transition(T.UPDATE_REQUESTED, (S.READY,), S.IDLE, ("requested_version",), "expire"),

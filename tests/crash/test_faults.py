@@ -116,6 +116,18 @@ def test_disk_full_during_staging(tmp_path: Path, server: ThreadedPackageServer)
             assert final["stage"] == "failed" and str(final["error"]).startswith("DISK_FULL"), final
             _still_factory(rig)
             assert rig.progress()["current_version"] == h.FACTORY_VERSION
+            # The verified package is kept: once space is freed, the same request installs
+            # it without a new download.
+            assert (rig.state / "downloads" / rig.package_name).is_file()
+            fetched = len(rig.package_requests())
+            subprocess.run(["mount", "-o", "remount,size=64m", str(rig.root)], check=True)
+            assert rig.call("POST", "/download", rig.request)["code"] == 200
+            assert h.wait_until(lambda: rig.progress()["stage"] == "toInstall", 10)
+            assert rig.call("POST", "/update", {"version": sc.version})["code"] == 200
+            final = _finish(rig, proc)
+            assert final["stage"] == "success", final
+            assert len(rig.package_requests()) == fetched
+            assert rig.links().current == sc.version
             proc.terminate()
         finally:
             rig.close()

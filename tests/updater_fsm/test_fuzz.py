@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from updater_fsm import events as ev
+from updater_fsm.errors import ErrorCode
 from updater_fsm.journal import Journal, decode
 from updater_fsm.machine import UpdaterMachine
 from updater_fsm.record import PACKAGE_TTL_S, Record
@@ -52,7 +53,7 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
         st.builds(ev.VerifyFailed, jid, ERRORS),
         st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS)),
         st.builds(ev.Staged, jid, st.just(UNITS), LINKS),
-        st.builds(ev.StageFailed, jid, ERRORS),
+        st.builds(ev.StageFailed, jid, ERRORS, st.sampled_from(list(ErrorCode))),
         st.builds(ev.PostCmdDone, jid, st.integers(1, 3)),
         st.builds(ev.Switched, jid),
         st.builds(ev.SwitchFailed, jid, ERRORS),

@@ -6,6 +6,7 @@ import pytest
 
 from updater_fsm import effects as fx
 from updater_fsm import events as ev
+from updater_fsm.errors import ErrorCode
 from updater_fsm.machine import UpdaterMachine
 from updater_fsm.manifest import HealthProbe, ServiceUnit
 from updater_fsm.record import PACKAGE_TTL_S
@@ -159,6 +160,58 @@ def test_stage_failure_discards_staging_and_fails() -> None:
     d = drive(m, ev.StageFailed(1, "INVALID_MANIFEST: modules[0].dst: must be absolute"))
     assert m.state is State.FAILED
     assert kinds(d)[:2] == ["DiscardStaging", "DiscardPackage"]
+
+
+def _disk_full_while_staging() -> UpdaterMachine:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"))
+    d = drive(m, ev.StageFailed(1, "DISK_FULL: staging needs 9 MB, 2 free", ErrorCode.DISK_FULL))
+    assert m.state is State.FAILED
+    assert kinds(d)[:1] == ["DiscardStaging"] and "DiscardPackage" not in kinds(d)
+    return m
+
+
+def test_disk_full_while_staging_keeps_the_verified_package() -> None:
+    m = _disk_full_while_staging()
+    # The same download request re-hashes the kept file instead of fetching it again.
+    d = drive(m, ev.DownloadRequested(request()))
+    assert m.state is State.VERIFYING
+    assert d.effects[0] == fx.VerifyPackage(2, request())
+    assert not any(isinstance(e, fx.StartDownload | fx.DiscardPackage) for e in d.effects)
+    drive(m, ev.Verified(2), now=T0 + 60)
+    assert m.state is State.READY
+    job = m.record.job
+    assert job is not None and job.error is None and job.verified_at == T0  # window kept
+    drive(m, ev.UpdateRequested("1.2.3"))
+    assert m.state is State.DEPLOYING
+
+
+def test_update_again_after_disk_full_stages_from_the_kept_package() -> None:
+    m = _disk_full_while_staging()
+    d = drive(m, ev.UpdateRequested("1.2.3"))
+    assert m.state is State.DEPLOYING
+    assert d.effects[0] == fx.StageSnapshot(2, "1.2.3", "update.zip")
+
+
+def test_a_kept_package_past_its_window_is_downloaded_again() -> None:
+    m = _disk_full_while_staging()
+    assert not m.handle(ev.UpdateRequested("1.2.3"), T0 + PACKAGE_TTL_S + 1).accepted
+    d = drive(m, ev.DownloadRequested(request()), now=T0 + PACKAGE_TTL_S + 1)
+    assert m.state is State.DOWNLOADING
+    assert fx.DiscardPackage("update.zip") in d.effects
+
+
+def test_other_stage_failures_do_not_keep_the_package() -> None:
+    m = at_ready()
+    drive(m, ev.UpdateRequested("1.2.3"), ev.StageFailed(1, "DEPLOYMENT_FAILED: EIO"))
+    assert m.record.job is not None and not m.record.job.package_kept
+    assert m.handle(ev.UpdateRequested("1.2.3"), T0).reply.code == 404
+
+
+def test_manual_rollback_after_disk_full_drops_the_kept_package() -> None:
+    m = _disk_full_while_staging()
+    d = drive(m, ev.RollbackRequested("previous", LINKS))
+    assert fx.DiscardPackage("update.zip") in d.effects
 
 
 def test_level1_rollback_restores_previous_link_and_reports() -> None:
