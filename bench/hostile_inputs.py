@@ -65,12 +65,14 @@ class HostileCase:
 
     Attributes:
         name: shown in the table.
-        build: writes the package into the given directory; returns ``(path, version)``.
-        expected: the prefix the job's ``error`` must start with.
+        build: writes the package into the given directory for the given install root;
+            returns ``(path, version)``.
+        expected: the prefix the job's ``error`` must start with (``success`` when the
+            install must succeed).
     """
 
     name: str
-    build: Callable[[Path], tuple[Path, str]]
+    build: Callable[[Path, Path], tuple[Path, str]]
     expected: str
 
 
@@ -118,7 +120,7 @@ HEADERS = [
 ]
 
 
-def build_million_entries(directory: Path) -> tuple[Path, str]:
+def build_million_entries(directory: Path, root: Path) -> tuple[Path, str]:
     """manifest.json + 999 999 empty entries: 90 MB, ZIP64 end records (~1 s to write)."""
     from tests.support.raw_zip import write_raw_zip
 
@@ -128,12 +130,29 @@ def build_million_entries(directory: Path) -> tuple[Path, str]:
     return path, "1.1.0"
 
 
+def build_post_cmd_flood(directory: Path, root: Path) -> tuple[Path, str]:
+    """A good package whose post_cmd prints 400 MB (it was buffered whole: OOM at 128M)."""
+    from tests.support.packages import make_package
+
+    flood = "head -c 400000000 /dev/zero | tr '\\0' x; echo; echo done"
+    path = make_package(
+        directory / "post-cmd-flood.zip",
+        "1.1.0",
+        {"bin/app": (b"#!/bin/sh\necho app\n", 0o755)},
+        root=root,
+        process_name="app",
+        post_cmds=[flood],
+    )
+    return path, "1.1.0"
+
+
 CASES: tuple[HostileCase, ...] = (
     HostileCase(
         "zip with 1,000,000 entries",
         build_million_entries,
         "INVALID_MANIFEST: archive: 1000000 entries, limit is 10000",
     ),
+    HostileCase("post_cmd printing 400 MB", build_post_cmd_flood, "success"),
 )
 
 
@@ -280,10 +299,14 @@ def measure(
         files, work = tmp / "files", tmp / "server"
         files.mkdir()
         work.mkdir()
-        built = [case.build(files) for case in cases]
+        sandboxes = [tmp / f"sandbox-{index}" for index in range(len(cases))]
+        built = [
+            case.build(files, (sandbox / "root").resolve())
+            for case, sandbox in zip(cases, sandboxes, strict=True)
+        ]
         with file_server(files, work) as (base_url, _kind), device_api_stub() as device_api:
             for index, (case, (package, version)) in enumerate(zip(cases, built, strict=True)):
-                with SandboxUpdater(tmp / f"sandbox-{index}", device_api_url=device_api) as u:
+                with SandboxUpdater(sandboxes[index], device_api_url=device_api) as u:
                     outcome = asyncio.run(
                         run_case(case, u, base_url, package, version, rate=rate, window_s=window_s)
                     )

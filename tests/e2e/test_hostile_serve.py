@@ -21,3 +21,10 @@ def test_million_entry_zip_is_refused_within_memory_max_and_progress_stays_fast(
     assert outcome.peak_rss_mb < MEMORY_MAX_MB, outcome
     assert outcome.progress_p99_ms < PROGRESS_LIMIT_MS, outcome
     assert outcome.requests >= 100, outcome
+
+
+def test_post_cmd_printing_400_mb_installs_within_memory_max(tmp_path: Path) -> None:
+    (outcome,) = measure(CASES[1:2], rate=200.0, window_s=1.0, parent=tmp_path)
+    assert outcome.error == "success", outcome
+    assert outcome.peak_rss_mb < MEMORY_MAX_MB, outcome
+    assert outcome.progress_p99_ms < PROGRESS_LIMIT_MS, outcome
