@@ -50,6 +50,7 @@ case "$cmd" in
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
         "$VENV/bin/mypy"
+        "$VENV/bin/lint-imports" --no-cache --no-logo  # the architecture's import contracts (pyproject.toml)
         exec "$VENV/bin/pytest" "$@"
         ;;
     *)

@@ -36,8 +36,8 @@ from _util import REPO, machine, percentile, print_table, temp_dir
 
 sys.path.insert(0, str(REPO))
 
+from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.log_setup import configure_logging
-from updater_fsm.manifest import ServiceUnit
 from updater_fsm.ops import snapshots
 
 GOAL_SWITCH_MS = 1.0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from updater_fsm.config import Config, ConfigError, load_config
-from updater_fsm.errors import UpdaterError
+from updater_fsm.control import UpdaterError
 from updater_fsm.log_setup import configure_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3

@@ -26,7 +26,6 @@ from aiohttp import web
 from updater_fsm.config import Config
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
-from updater_fsm.machine import UpdaterMachine
 from updater_fsm.ops import snapshots
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.recovery import disk_facts, load_record, sweep_downloads
@@ -93,9 +92,14 @@ async def running_updater(
     recovered = load_record(journal)
     config.downloads_dir.mkdir(parents=True, exist_ok=True)
     sweep_downloads(recovered.record, config.downloads_dir)
-    machine = UpdaterMachine(recovered.record, resume_limit=config.resume_limit)
     kwargs = {"clock": clock} if clock is not None else {}
-    engine = Engine(machine, journal, read_links=lambda: snapshots.read_links(layout), **kwargs)
+    engine = Engine(
+        recovered.record,
+        journal,
+        resume_limit=config.resume_limit,
+        read_links=lambda: snapshots.read_links(layout),
+        **kwargs,
+    )
     reporter = None
     if report:
         from http_shell.reporter import Reporter

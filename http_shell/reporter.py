@@ -25,11 +25,10 @@ import aiohttp
 import attrs
 import structlog
 
-from updater_fsm.progress import Snapshot
-from updater_fsm.table import Stage
+from updater_fsm.control import Snapshot, Stage
 
 if TYPE_CHECKING:
-    from updater_fsm.engine import Engine, Subscription
+    from updater_fsm.control import Subscription, UpdaterControl
 
 _log = structlog.get_logger(__name__)
 
@@ -118,7 +117,7 @@ class Reporter:
         self._min_backoff = min_backoff_s
         self._max_backoff = max_backoff_s
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-        self._engine: Engine | None = None
+        self._engine: UpdaterControl | None = None
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # Ordinary reports: one slot, always the newest. Must-deliver reports: FIFO.
@@ -139,7 +138,7 @@ class Reporter:
         self._last_error: str | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
-    def start(self, engine: Engine) -> None:
+    def start(self, engine: UpdaterControl) -> None:
         """Subscribe to ``engine``'s snapshots and start the watcher and sender tasks.
 
         Must be called from the running event loop. The snapshot current at this moment is

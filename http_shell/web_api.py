@@ -18,15 +18,12 @@ from aiohttp import web
 from http_shell import web_bodies as b
 from http_shell.reporter import Reporter
 from http_shell.web_events import stream_events
-from updater_fsm import events as ev
+from updater_fsm import control
 from updater_fsm.config import Config
-from updater_fsm.engine import Engine
-from updater_fsm.machine import Decision
-from updater_fsm.manifest import units_named
+from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
 from updater_fsm.ops import snapshots
-from updater_fsm.table import Stage, State
 
-ENGINE: web.AppKey[Engine] = web.AppKey("engine", Engine)
+ENGINE: web.AppKey[UpdaterControl] = web.AppKey("engine", UpdaterControl)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 REPORTER: web.AppKey[Reporter | None] = web.AppKey("reporter")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
@@ -54,14 +51,14 @@ async def post_download(request: web.Request) -> web.Response:
     """``POST /download``: validate, then ask the engine to start (or keep) the download."""
     download = b.validate_download(await _json_body(request))
     engine = request.app[ENGINE]
-    decision = await engine.submit(ev.DownloadRequested(download))
+    decision = await engine.submit(control.DownloadRequested(download))
     return _answer(decision, {"status": "downloading", "state": decision.record.state.value})
 
 
 async def post_update(request: web.Request) -> web.Response:
     """``POST /update``: install the verified package of exactly this version."""
     version = b.validate_update(await _json_body(request))
-    decision = await request.app[ENGINE].submit(ev.UpdateRequested(version))
+    decision = await request.app[ENGINE].submit(control.UpdateRequested(version))
     return _answer(decision, {"status": "installing"})
 
 
@@ -76,7 +73,7 @@ async def get_progress(request: web.Request) -> web.Response:
 # ---- extensions --------------------------------------------------------------------------
 async def post_cancel(request: web.Request) -> web.Response:
     """``POST /cancel``: stop the download/verification/staging, drop the package."""
-    decision = await request.app[ENGINE].submit(ev.Cancel())
+    decision = await request.app[ENGINE].submit(control.Cancel())
     return _answer(decision, {"status": "cancelled"})
 
 
@@ -85,18 +82,18 @@ async def post_rollback(request: web.Request) -> web.Response:
     target = b.validate_rollback(await _json_body(request, optional=True))
     engine = request.app[ENGINE]
     units = units_named(request.app[CONFIG].units)
-    event = ev.RollbackRequested(target, engine.links, units=units)
+    event = control.RollbackRequested(target, engine.links, units=units)
     decision = await engine.submit(event)
     return _answer(decision, {"status": "rolling_back", "target": target})
 
 
 async def post_reset(request: web.Request) -> web.Response:
     """``POST /reset``: forget a finished job and go back to idle."""
-    decision = await request.app[ENGINE].submit(ev.Reset())
+    decision = await request.app[ENGINE].submit(control.Reset())
     return _answer(decision, {"status": "idle"})
 
 
-def _installed(root: Path, links: ev.LinkVersions) -> list[dict[str, Any]]:
+def _installed(root: Path, links: control.LinkVersions) -> list[dict[str, Any]]:
     """Snapshot dirs with their sizes (blocking: walks whole trees)."""
     layout = snapshots.Layout(root)
     named = {"current": links.current, "previous": links.previous, "factory": links.factory}

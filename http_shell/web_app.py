@@ -28,7 +28,7 @@ from http_shell.web_bodies import MAX_BODY_BYTES, BodyError, envelope
 from http_shell.web_events import SHUTDOWN, close_streams
 from http_shell.web_openapi import PREFIX, openapi_document
 from updater_fsm.config import Config
-from updater_fsm.engine import Engine
+from updater_fsm.control import UpdaterControl
 
 _log = structlog.get_logger(__name__)
 
@@ -88,7 +88,7 @@ def bearer_auth(token: str) -> Middleware:
 
 def create_app(
     config: Config,
-    engine: Engine,
+    engine: UpdaterControl,
     *,
     reporter: Reporter | None = None,
     sse_heartbeat_s: float = 15.0,

@@ -21,7 +21,7 @@ import cattrs
 from aiohttp import web
 from yarl import URL
 
-from updater_fsm.events import DownloadRequest
+from updater_fsm.control import DownloadRequest
 from updater_fsm.strict_cattrs import make_strict_converter
 
 #: Largest request body accepted (reading stops there; the answer is code 400).

@@ -1,7 +1,7 @@
 """``GET /api/v1.0/events``: the progress snapshot as a Server-Sent Events stream.
 
 Each change is one ``event: progress`` whose ``data:`` line is the JSON of
-:meth:`~updater_fsm.progress.Snapshot.data` (the ``/progress`` data object) and whose ``id:``
+:meth:`~updater_fsm.core.progress.Snapshot.data` (the ``/progress`` data object) and whose ``id:``
 is the record's sequence number; the stream starts with the current snapshot. A comment
 line (``: ping``) is sent when nothing happened for ``heartbeat_s`` so proxies and clients
 can tell a quiet stream from a dead one. The stream ends when the client goes away or the
@@ -19,8 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from updater_fsm.engine import Engine
-from updater_fsm.progress import Snapshot
+from updater_fsm.control import Snapshot, UpdaterControl
 
 _log = structlog.get_logger(__name__)
 
@@ -40,7 +39,7 @@ async def close_streams(app: web.Application) -> None:
 
 
 async def stream_events(
-    request: web.Request, engine: Engine, *, heartbeat_s: float
+    request: web.Request, engine: UpdaterControl, *, heartbeat_s: float
 ) -> web.StreamResponse:
     """Serve the SSE stream until the client disconnects or the app shuts down."""
     shutdown = request.app[SHUTDOWN]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from http_shell import web_bodies as b
-from updater_fsm.table import Stage, State
+from updater_fsm.control import Stage, State
 
 PREFIX = "/api/v1.0"
 Schema = dict[str, Any]

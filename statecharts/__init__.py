@@ -1,1 +1,1 @@
-"""Statecharts of the updater, rendered from :data:`updater_fsm.table.TRANSITIONS`."""
+"""Statecharts of the updater, rendered from :data:`updater_fsm.core.table.TRANSITIONS`."""

@@ -1,6 +1,6 @@
 """Render the updater's transition table as Mermaid, DOT and (when Graphviz is there) SVG.
 
-The same :data:`updater_fsm.table.TRANSITIONS` the runtime machine is built from is fed to
+The same :data:`updater_fsm.core.table.TRANSITIONS` the runtime machine is built from is fed to
 ``transitions``' diagram extension (Mermaid engine, no binaries needed), so a chart can never
 describe a machine other than the one that runs. ``tests/statecharts`` regenerates the files
 and fails when the committed copies are stale. Run ``tope-updater statechart`` (or
@@ -17,7 +17,7 @@ from typing import Any
 
 from transitions.extensions import GraphMachine
 
-from updater_fsm.table import INITIAL, TRANSITIONS, State
+from updater_fsm.core.table import INITIAL, TRANSITIONS, State
 
 HERE = Path(__file__).resolve().parent
 TITLE = "tope-updater"
@@ -94,7 +94,7 @@ def readme(chart: str) -> str:
     """``statecharts/README.md``: the Mermaid chart embedded, with how to regenerate it."""
     return (
         "# Statecharts\n\n"
-        "Generated from `updater_fsm/table.py` — the very table the running machine is built\n"
+        "Generated from `updater_fsm/core/table.py` — the very table the running machine is built\n"
         "from — by `tope-updater statechart` (or `python -m statecharts.render`). Do not edit\n"
         "the generated files by hand: `tests/statecharts/test_fresh.py` fails when they are\n"
         "stale. Dashed DOT edges and `[internal]` Mermaid labels are internal transitions\n"

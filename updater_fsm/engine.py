@@ -4,7 +4,7 @@ Every event — an API call, an effect's result, a restart — goes through one 
 to one task that asks the machine for a decision, journals the new record (fsynced) and only
 then hands the effects to the runner. Nothing else writes state, so no locks are needed and
 a late result can never race an API call. Live download figures bypass the machine (they
-are not transitions) and are folded into the published :class:`~updater_fsm.progress.Snapshot`.
+are not transitions) and are folded into the published :class:`~updater_fsm.core.progress.Snapshot`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Protocol
 import attrs
 import structlog
 
-from updater_fsm.effects import Effect
-from updater_fsm.events import DiskFacts, Event, LinkVersions, Resume
+from updater_fsm.core.effects import Effect
+from updater_fsm.core.events import DiskFacts, Event, LinkVersions, Resume
+from updater_fsm.core.machine import Decision, Reply, UpdaterMachine
+from updater_fsm.core.progress import Snapshot, Transfer, build_snapshot
+from updater_fsm.core.record import Record
+from updater_fsm.core.table import STAGE_OF, Stage
 from updater_fsm.faults import crash_point
 from updater_fsm.journal import Journal
-from updater_fsm.machine import Decision, Reply, UpdaterMachine
-from updater_fsm.progress import Snapshot, Transfer, build_snapshot
-from updater_fsm.record import Record
-from updater_fsm.table import STAGE_OF, Stage
 
 _log = structlog.get_logger(__name__)
 #: Delay before an effect result whose journal write failed is processed again.
@@ -82,20 +82,24 @@ class Engine:
     """Run the machine: queue → decide → journal → effects → snapshot.
 
     Args:
-        machine: the decision core, restored from the journal.
+        record: the journaled record to resume from (a fresh ``Record()`` on a new device);
+            the engine builds the decision core from it.
         journal: where every accepted record is saved before its effects run.
+        resume_limit: the crash-loop breaker's limit (config ``resume_limit``).
         read_links: returns the versions the symlinks name (cheap; called after decisions).
         clock: UNIX time source (tests pass a fake one to exercise expiry).
     """
 
     def __init__(
         self,
-        machine: UpdaterMachine,
+        record: Record,
         journal: Journal,
         *,
+        resume_limit: int = 3,
         read_links: Callable[[], LinkVersions] = LinkVersions,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        machine = UpdaterMachine(record, resume_limit=resume_limit)
         self._machine = machine
         self._journal = journal
         self._read_links = read_links

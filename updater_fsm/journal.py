@@ -25,8 +25,8 @@ import attrs
 import structlog
 
 from updater_fsm import faults
+from updater_fsm.core.record import Record
 from updater_fsm.durable import fsync_dir
-from updater_fsm.record import Record
 from updater_fsm.strict_cattrs import make_strict_converter
 
 SCHEMA_VERSION = 1

@@ -15,11 +15,11 @@ import attrs
 import structlog
 
 from updater_fsm import durable
-from updater_fsm.events import DiskFacts, LinkVersions
+from updater_fsm.core.events import DiskFacts, LinkVersions
+from updater_fsm.core.record import Record
+from updater_fsm.core.table import State
 from updater_fsm.journal import Journal
-from updater_fsm.ops import download
-from updater_fsm.record import Record
-from updater_fsm.table import State
+from updater_fsm.state_layout import package_path, part_path
 
 _log = structlog.get_logger(__name__)
 
@@ -58,10 +58,10 @@ def disk_facts(record: Record, downloads_dir: Path, links: LinkVersions) -> Disk
         return DiskFacts(links=links)
     name = job.request.package_name
     try:
-        part_size: int | None = download.part_path(downloads_dir, name).stat().st_size
+        part_size: int | None = part_path(downloads_dir, name).stat().st_size
     except FileNotFoundError:
         part_size = None
-    present = download.package_path(downloads_dir, name).is_file()
+    present = package_path(downloads_dir, name).is_file()
     return DiskFacts(part_size=part_size, package_present=present, links=links)
 
 

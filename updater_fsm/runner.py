@@ -22,17 +22,18 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import structlog
 
-from updater_fsm import effects as fx
-from updater_fsm import events as ev
 from updater_fsm.config import Config
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core import effects as fx
+from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import Manifest, ServiceUnit, units_of
+from updater_fsm.core.progress import Transfer
 from updater_fsm.faults import crash_point
-from updater_fsm.manifest import Manifest, ServiceUnit, units_of
 from updater_fsm.ops import download, external_files, package, snapshots, verify
 from updater_fsm.ops.commands import run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
 from updater_fsm.ops.services import ServiceController
-from updater_fsm.progress import Transfer
+from updater_fsm.state_layout import package_path
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -212,7 +213,7 @@ class OpsRunner:
             self._engine.post(make(detail))
 
     def _package_path(self, name: str) -> Path:
-        return download.package_path(self._config.downloads_dir, name)
+        return package_path(self._config.downloads_dir, name)
 
     def _backup_dir(self, version: str) -> Path:
         return self._config.backups_dir / f"v{version}"
@@ -350,7 +351,7 @@ class OpsRunner:
         try:
             await self._stop_units(effect.units)
             crash_point("switch:units_stopped")
-            await asyncio.to_thread(self._apply_external, effect.version)
+            await asyncio.to_thread(self._apply_external, effect.version, effect.package_name)
             await asyncio.to_thread(snapshots.switch_links, self._layout, effect.version)
             self._engine.refresh_links()
             crash_point("switch:links_switched")
@@ -382,16 +383,15 @@ class OpsRunner:
             await self._engine.submit(ev.PostCmdDone(effect.job_id, index + 1))
             crash_point("switch:post_cmd_journaled")
 
-    def _apply_external(self, version: str) -> None:
-        job = self._engine.record.job
-        if job is None or job.request is None or not self._config.extra_roots:
+    def _apply_external(self, version: str, package_name: str) -> None:
+        if not self._config.extra_roots:
             return
-        manifest = self._read_manifest(version, job.request.package_name)
+        manifest = self._read_manifest(version, package_name)
         outside = package.external_modules(manifest, self._config.root)
         if outside:
             external_files.apply_external(
                 outside,
-                self._package_path(job.request.package_name),
+                self._package_path(package_name),
                 self._backup_dir(version),
                 self._limits,
                 extra_roots=self._config.extra_roots,

@@ -54,8 +54,8 @@ from tests.support.device_api import DeviceApi
 from tests.support.package_server import Behaviour, RequestRecord, ThreadedPackageServer
 from tests.support.packages import make_package
 from updater_fsm import journal as journal_mod
+from updater_fsm.core.record import Record
 from updater_fsm.ops import snapshots
-from updater_fsm.record import Record
 
 # Ports for updaters and device-api mocks come from below the kernel's ephemeral range, one
 # process-wide counter, never reused: a killed updater frees its port until it is restarted,

@@ -24,7 +24,7 @@ import pytest
 from tests.crash import harness as h
 from tests.support.package_server import Behaviour, ThreadedPackageServer
 from updater_fsm import journal as journal_mod
-from updater_fsm.record import PACKAGE_TTL_S
+from updater_fsm.core.record import PACKAGE_TTL_S
 
 
 @pytest.fixture(scope="module")

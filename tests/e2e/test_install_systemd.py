@@ -30,8 +30,8 @@ from tests.e2e.units import (
 from tests.support.package_server import PackageServer
 from tests.support.packages import HOSTILE_CASES, make_package
 from tests.support.systemd_sandbox import SystemdSandbox
-from updater_fsm import events as ev
-from updater_fsm.table import State
+from updater_fsm.core import events as ev
+from updater_fsm.core.table import State
 
 pytestmark = pytest.mark.systemd
 

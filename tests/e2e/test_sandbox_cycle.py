@@ -20,12 +20,12 @@ from http_shell.daemon import running_updater
 from http_shell.web_app import create_app
 from tests.support.package_server import PackageServer
 from tests.support.packages import make_package
-from updater_fsm import events as ev
 from updater_fsm.config import Config
+from updater_fsm.core import events as ev
+from updater_fsm.core.table import State
 from updater_fsm.engine import Engine
 from updater_fsm.ops import snapshots
 from updater_fsm.ops.verify import hash_file
-from updater_fsm.table import State
 
 API = "/api/v1.0"
 

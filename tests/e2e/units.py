@@ -29,13 +29,13 @@ import attrs
 from tests.support.package_server import PackageServer
 from tests.support.packages import make_package
 from tests.support.systemd_sandbox import SystemdSandbox
-from updater_fsm import events as ev
 from updater_fsm.config import Config
+from updater_fsm.core import events as ev
+from updater_fsm.core.table import State
 from updater_fsm.engine import Engine
 from updater_fsm.ops import snapshots
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.ops.verify import hash_file
-from updater_fsm.table import State
 
 UNIT = "device-api.service"
 SCRIPT = "bin/device-api"

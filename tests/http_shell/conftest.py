@@ -18,12 +18,13 @@ from aiohttp.test_utils import TestClient
 
 from http_shell.reporter import Reporter
 from http_shell.web_app import create_app
-from updater_fsm import effects as fx
-from updater_fsm import events as ev
 from updater_fsm.config import Config
+from updater_fsm.core import effects as fx
+from updater_fsm.core import events as ev
+from updater_fsm.core.machine import Decision
+from updater_fsm.core.record import Record
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
-from updater_fsm.machine import Decision, UpdaterMachine
 from updater_fsm.ops import snapshots
 
 E = TypeVar("E", bound=fx.Effect)
@@ -153,7 +154,7 @@ def root(tmp_path: Path) -> Path:
 async def rig(tmp_path: Path, clock: FakeClock, root: Path) -> AsyncIterator[Rig]:
     layout = snapshots.Layout(root)
     engine = Engine(
-        UpdaterMachine(),
+        Record(),
         Journal(tmp_path / "state"),
         read_links=lambda: snapshots.read_links(layout),
         clock=clock,

@@ -22,16 +22,15 @@ from tests.http_shell.conftest import (
     body,
     call,
 )
-from updater_fsm import effects as fx
-from updater_fsm import events as ev
 from updater_fsm.config import Config
+from updater_fsm.core import effects as fx
+from updater_fsm.core import events as ev
+from updater_fsm.core.manifest import ServiceUnit
+from updater_fsm.core.progress import Transfer
+from updater_fsm.core.record import Record
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
-from updater_fsm.machine import UpdaterMachine
-from updater_fsm.manifest import ServiceUnit
 from updater_fsm.ops import snapshots
-from updater_fsm.progress import Transfer
-from updater_fsm.record import Record
 
 Client = TestClient[Any, Any]
 
@@ -222,7 +221,7 @@ async def test_manual_rollback_prefers_the_last_installs_units(
     journaled = (ServiceUnit("printer.service", restart_order=3),)
     layout = snapshots.Layout(root)
     engine = Engine(
-        UpdaterMachine(Record(last_units=journaled)),
+        Record(last_units=journaled),
         Journal(tmp_path / "state"),
         read_links=lambda: snapshots.read_links(layout),
     )

@@ -10,7 +10,7 @@ from aiohttp import ClientResponse
 
 from http_shell.web_events import SHUTDOWN
 from tests.http_shell.conftest import API, ClientFactory, Rig, body, call
-from updater_fsm.progress import Transfer
+from updater_fsm.core.progress import Transfer
 
 
 async def _message(resp: ClientResponse, timeout: float = 3.0) -> list[str]:

@@ -12,11 +12,11 @@ import pytest
 from http_shell.reporter import Reporter, worth_reporting
 from tests.http_shell.conftest import ClientFactory, Rig, body, call
 from tests.support.device_api import DeviceApi, device_api, free_port, start_device_api
-from updater_fsm import events as ev
-from updater_fsm.manifest import ServiceUnit
-from updater_fsm.progress import Snapshot, Transfer, build_snapshot
-from updater_fsm.record import Job, Record
-from updater_fsm.table import State
+from updater_fsm.core import events as ev
+from updater_fsm.core.manifest import ServiceUnit
+from updater_fsm.core.progress import Snapshot, Transfer, build_snapshot
+from updater_fsm.core.record import Job, Record
+from updater_fsm.core.table import State
 
 __all__ = ["device_api"]  # the fixture, imported for pytest
 

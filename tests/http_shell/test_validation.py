@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.http_shell.conftest import API, MD5, Rig, body, call
-from updater_fsm import effects as fx
+from updater_fsm.core import effects as fx
 
 _MISSING = object()
 

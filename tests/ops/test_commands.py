@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.ops.commands import (
     CommandTimeout,
     describe_exit,

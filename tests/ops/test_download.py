@@ -17,7 +17,7 @@ import attrs
 import pytest
 
 from tests.support.package_server import Behaviour, PackageServer
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.ops import download
 from updater_fsm.ops.download import (
     DownloadProgress,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.packages import make_package
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.manifest import Manifest
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import Manifest
 from updater_fsm.ops.external_files import (
     INDEX_NAME,
     apply_external,

@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.ops.svc_helpers import add_service, controller, sleeper
 from tests.support.systemd_sandbox import SystemdSandbox
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.manifest import HealthProbe, ServiceUnit
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import HealthProbe, ServiceUnit
 from updater_fsm.ops.health import check_health, probe_once
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]

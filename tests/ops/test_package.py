@@ -23,8 +23,8 @@ from tests.support.packages import (
     write_zip,
     zip_bytes,
 )
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.manifest import HealthProbe
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import HealthProbe
 from updater_fsm.ops.package import (
     PackageLimits,
     entry_mode,

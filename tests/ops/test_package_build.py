@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from updater_fsm.manifest import HealthProbe, units_of
+from updater_fsm.core.manifest import HealthProbe, units_of
 from updater_fsm.ops.package import read_package
 from updater_fsm.ops.package_build import (
     BuildError,

@@ -11,8 +11,8 @@ import pytest
 
 from tests.ops.svc_helpers import add_service, controller, sleeper, write_script
 from tests.support.systemd_sandbox import SystemdSandbox, unavailable_reason
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.manifest import ServiceUnit
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.ops.services import ServiceController
 
 pytestmark = pytest.mark.systemd

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.packages import make_package
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.ops.package import read_package
 from updater_fsm.ops.snapshots import (
     Layout,

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.ops.verify import Digests, hash_file, load_public_key, verify_digests
 
 DATA = bytes(range(256)) * 5000 + b"tail"

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.packages import make_manifest, make_package
 from tests.support.raw_zip import write_raw_zip
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.ops.external_files import apply_external
 from updater_fsm.ops.package import (
     PackageLimits,
@@ -65,7 +65,7 @@ def _judge_in_fresh_process(package: Path) -> dict[str, object]:
         f"""
         import json, sys, time
         from pathlib import Path
-        from updater_fsm.errors import UpdaterError
+        from updater_fsm.core.errors import UpdaterError
         from updater_fsm.ops.package import read_package
 
         def peak_kb():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from statecharts import render
-from updater_fsm.table import TRANSITIONS, State
+from updater_fsm.core.table import TRANSITIONS, State
 
 
 def test_committed_statecharts_are_fresh(tmp_path: Path) -> None:

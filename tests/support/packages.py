@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from updater_fsm.errors import ErrorCode
+from updater_fsm.core.errors import ErrorCode
 from updater_fsm.ops.package import PackageLimits
 
 DEFAULT_ROOT = Path("/opt/tope")

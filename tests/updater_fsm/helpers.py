@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from updater_fsm import events as ev
-from updater_fsm.machine import Decision, UpdaterMachine
-from updater_fsm.manifest import ServiceUnit
+from updater_fsm.core import events as ev
+from updater_fsm.core.machine import Decision, UpdaterMachine
+from updater_fsm.core.manifest import ServiceUnit
 
 T0 = 1_800_000_000.0
 MD5 = "0" * 32

@@ -16,12 +16,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from updater_fsm import events as ev
-from updater_fsm.errors import ErrorCode
+from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.machine import UpdaterMachine
+from updater_fsm.core.record import PACKAGE_TTL_S, Record
+from updater_fsm.core.table import BUSY_STATES, State
 from updater_fsm.journal import Journal, decode
-from updater_fsm.machine import UpdaterMachine
-from updater_fsm.record import PACKAGE_TTL_S, Record
-from updater_fsm.table import BUSY_STATES, State
 
 from .helpers import MD5, SHA, T0, UNITS, request
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from updater_fsm import events as ev
+from updater_fsm.core import events as ev
+from updater_fsm.core.machine import UpdaterMachine
+from updater_fsm.core.manifest import ServiceUnit
+from updater_fsm.core.record import Record
+from updater_fsm.core.table import State
 from updater_fsm.journal import Journal, decode, encode, record_from_dict, record_to_dict
-from updater_fsm.machine import UpdaterMachine
-from updater_fsm.manifest import ServiceUnit
-from updater_fsm.record import Record
-from updater_fsm.table import State
 
 from .helpers import at_health_check, drive, request
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from updater_fsm import effects as fx
-from updater_fsm import events as ev
-from updater_fsm.errors import ErrorCode
-from updater_fsm.machine import UpdaterMachine
-from updater_fsm.manifest import HealthProbe, ServiceUnit
-from updater_fsm.record import PACKAGE_TTL_S
-from updater_fsm.table import TRANSITIONS, State, Trigger
+from updater_fsm.core import effects as fx
+from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.machine import UpdaterMachine
+from updater_fsm.core.manifest import HealthProbe, ServiceUnit
+from updater_fsm.core.record import PACKAGE_TTL_S
+from updater_fsm.core.table import TRANSITIONS, State, Trigger
 
 from .helpers import LINKS, MD5, SHA, T0, UNITS, at_health_check, at_ready, drive, request
 
@@ -20,7 +20,7 @@ def kinds(decision: object) -> list[str]:
 
 
 def test_table_guards_and_actions_exist_on_the_model() -> None:
-    from updater_fsm.machine import _Model
+    from updater_fsm.core.machine import _Model
 
     for row in TRANSITIONS:
         for guard in row.conditions:
@@ -57,7 +57,7 @@ def test_happy_path_effects_in_order() -> None:
     d = drive(m, ev.UpdateRequested("1.2.3"))
     assert d.effects[0] == fx.StageSnapshot(1, "1.2.3", "update.zip")
     d = drive(m, ev.Staged(1, UNITS, LINKS))
-    assert d.effects[0] == fx.SwitchVersion(1, "1.2.3", "1.0.0", UNITS)
+    assert d.effects[0] == fx.SwitchVersion(1, "1.2.3", "update.zip", "1.0.0", UNITS)
     d = drive(m, ev.Switched(1))
     assert d.effects[0] == fx.CheckHealth(1, UNITS)
     d = drive(m, ev.Healthy(1))

@@ -6,11 +6,11 @@ sends ``Resume(facts)`` with what the disk shows; these are the decisions it mus
 
 from __future__ import annotations
 
-from updater_fsm import effects as fx
-from updater_fsm import events as ev
-from updater_fsm.machine import UpdaterMachine
-from updater_fsm.record import PACKAGE_TTL_S
-from updater_fsm.table import State
+from updater_fsm.core import effects as fx
+from updater_fsm.core import events as ev
+from updater_fsm.core.machine import UpdaterMachine
+from updater_fsm.core.record import PACKAGE_TTL_S
+from updater_fsm.core.table import State
 
 from .helpers import LINKS, MD5, SHA, T0, UNITS, at_health_check, at_ready, drive, request
 
@@ -104,7 +104,7 @@ def test_switching_runs_the_idempotent_switch_again() -> None:
     drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, UNITS, LINKS))
     m, d = restart(m, ev.DiskFacts(links=ev.LinkVersions("1.2.3", "1.0.0", "0.9.0")))
     assert m.state is State.SWITCHING
-    assert d.effects == (fx.SwitchVersion(1, "1.2.3", "1.0.0", UNITS),)  # type: ignore[attr-defined]
+    assert d.effects == (fx.SwitchVersion(1, "1.2.3", "update.zip", "1.0.0", UNITS),)  # type: ignore[attr-defined]
 
 
 def test_health_check_runs_again() -> None:
@@ -181,7 +181,7 @@ def test_a_resumed_switch_skips_the_post_cmds_already_journaled() -> None:
     m = at_switching()
     drive(m, ev.PostCmdDone(1, 1), ev.PostCmdDone(1, 2))
     m, d = restart(m, ev.DiskFacts(links=LINKS))
-    assert d.effects == (fx.SwitchVersion(1, "1.2.3", "1.0.0", UNITS, 2),)  # type: ignore[attr-defined]
+    assert d.effects == (fx.SwitchVersion(1, "1.2.3", "update.zip", "1.0.0", UNITS, 2),)  # type: ignore[attr-defined]
 
 
 def test_post_cmd_results_of_another_job_are_ignored() -> None:

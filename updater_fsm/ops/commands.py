@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import structlog
 
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 
 log = structlog.get_logger(__name__)
 

@@ -44,8 +44,9 @@ import attrs
 import structlog
 
 from updater_fsm import durable, faults
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.ops.verify import hash_file
+from updater_fsm.state_layout import package_path, part_path
 
 _log = structlog.get_logger(__name__)
 
@@ -148,16 +149,6 @@ class DownloadResult:
     size: int
     md5: str
     sha256: str
-
-
-def part_path(downloads_dir: Path, package_name: str) -> Path:
-    """Where a download in progress lives: ``<downloads_dir>/<package_name>.part``."""
-    return downloads_dir / f"{package_name}.part"
-
-
-def package_path(downloads_dir: Path, package_name: str) -> Path:
-    """Where a finished download lives: ``<downloads_dir>/<package_name>``."""
-    return downloads_dir / package_name
 
 
 def discard_download(downloads_dir: Path, package_name: str) -> None:

@@ -29,9 +29,9 @@ from typing import Any
 import structlog
 
 from updater_fsm import durable
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import Module
 from updater_fsm.faults import crash_point
-from updater_fsm.manifest import Module
 from updater_fsm.ops.package import (
     PackageLimits,
     dst_relative_to,

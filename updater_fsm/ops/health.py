@@ -3,7 +3,7 @@
 A unit passes when it is ``active`` now, stays ``active`` for the whole settle period
 without systemd restarting it (``NRestarts`` unchanged) and without its main process being
 replaced (``MainPID`` / ``ActiveEnterTimestampMonotonic`` unchanged: a crash followed by a
-quick restart), and when its optional :class:`~updater_fsm.manifest.HealthProbe` succeeds
+quick restart), and when its optional :class:`~updater_fsm.core.manifest.HealthProbe` succeeds
 at least once within ``probe_retries`` attempts spread over the settle period.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import aiohttp
 import structlog
 
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.manifest import HealthProbe, ServiceUnit
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import HealthProbe, ServiceUnit
 from updater_fsm.ops.commands import CommandTimeout, describe_exit, run_command
 from updater_fsm.ops.services import ServiceController
 

@@ -2,7 +2,7 @@
 
 A package is a ZIP with ``manifest.json`` at its root. :func:`read_package` checks the
 archive's structure (entry names, types, sizes, compression ratios), parses the manifest
-with a strict cattrs converter into :class:`~updater_fsm.manifest.Manifest` and validates
+with a strict cattrs converter into :class:`~updater_fsm.core.manifest.Manifest` and validates
 every field; it only reads. :func:`extract_module` streams one module's file out of the ZIP
 into a destination, counting bytes and verifying size/md5/sha256 as it goes.
 
@@ -47,8 +47,8 @@ import attrs
 import cattrs
 import structlog
 
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.manifest import HealthProbe, Manifest, Module
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import HealthProbe, Manifest, Module
 from updater_fsm.ops.zip_bounds import judge_central_directory
 
 log = structlog.get_logger(__name__)

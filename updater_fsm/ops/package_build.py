@@ -50,8 +50,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from updater_fsm import durable
-from updater_fsm.errors import UpdaterError
-from updater_fsm.manifest import Manifest
+from updater_fsm.core.errors import UpdaterError
+from updater_fsm.core.manifest import Manifest
 from updater_fsm.ops.package import MANIFEST_NAME, VERSION_RE, read_package
 
 CONFIG_NAME = "tope-package.toml"

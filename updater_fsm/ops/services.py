@@ -25,8 +25,8 @@ from typing import NoReturn
 
 import structlog
 
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.manifest import ServiceUnit
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.ops.commands import CommandResult, CommandTimeout, run_command, tail_lines
 
 log = structlog.get_logger(__name__)

@@ -50,10 +50,10 @@ import attrs
 import structlog
 
 from updater_fsm import durable
-from updater_fsm.errors import ErrorCode, UpdaterError
-from updater_fsm.events import LinkVersions
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.events import LinkVersions
+from updater_fsm.core.manifest import Manifest
 from updater_fsm.faults import crash_point
-from updater_fsm.manifest import Manifest
 from updater_fsm.ops.package import (
     PackageLimits,
     check_dst,

@@ -21,7 +21,7 @@ import attrs
 import structlog
 
 from updater_fsm import durable
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 
 if TYPE_CHECKING:
     # Imported lazily at run time: `cryptography` costs ~8 MB of RSS, and the download

@@ -35,7 +35,7 @@ from typing import BinaryIO, NoReturn
 
 import attrs
 
-from updater_fsm.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError
 
 # signature, disk, disk of the directory, entries here, entries, size, offset, comment length
 _EOCD = struct.Struct("<4s4H2LH")

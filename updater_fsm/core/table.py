@@ -1,7 +1,7 @@
 """The single source of truth: states, triggers and transitions of the updater.
 
 Read this file top to bottom to know everything the updater can do. The runtime machine
-(:mod:`updater_fsm.machine`), the statechart renderer (:mod:`statecharts.render`) and the
+(:mod:`updater_fsm.core.machine`), the statechart renderer (:mod:`statecharts.render`) and the
 property-based fuzzer all consume :data:`TRANSITIONS` as-is.
 
 Each row is ``(trigger, sources, dest, conditions, action)``:

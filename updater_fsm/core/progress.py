@@ -2,7 +2,7 @@
 
 Built from the journaled record, the live transfer figures and the link versions by one
 pure function, :func:`build_snapshot`, so every consumer tells the same story. The legacy
-``stage`` comes from :data:`updater_fsm.table.STAGE_OF` and nowhere else.
+``stage`` comes from :data:`updater_fsm.core.table.STAGE_OF` and nowhere else.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import attrs
 
-from updater_fsm.events import LinkVersions
-from updater_fsm.record import Record
-from updater_fsm.table import STAGE_OF, Stage, State
+from updater_fsm.core.events import LinkVersions
+from updater_fsm.core.record import Record
+from updater_fsm.core.table import STAGE_OF, Stage, State
 
 #: Fixed progress of the install states, increasing so ``installing`` never goes backwards.
 _INSTALL_PROGRESS = {

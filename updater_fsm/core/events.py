@@ -1,7 +1,7 @@
 """Events: everything that can happen to the updater, as frozen attrs classes.
 
 API calls, effect results and restarts all become one of these and enter the machine
-through :meth:`updater_fsm.machine.UpdaterMachine.handle`. Results of effects carry the
+through :meth:`updater_fsm.core.machine.UpdaterMachine.handle`. Results of effects carry the
 ``job_id`` they belong to, so a late result of a cancelled or replaced job is ignored
 instead of steering the current one.
 """
@@ -12,9 +12,9 @@ from typing import ClassVar
 
 import attrs
 
-from updater_fsm.errors import ErrorCode
-from updater_fsm.manifest import ServiceUnit
-from updater_fsm.table import Trigger
+from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.manifest import ServiceUnit
+from updater_fsm.core.table import Trigger
 
 
 @attrs.frozen

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import attrs
 
-from updater_fsm.events import DownloadRequest
-from updater_fsm.manifest import ServiceUnit
+from updater_fsm.core.events import DownloadRequest
+from updater_fsm.core.manifest import ServiceUnit
 
 
 class Effect:
@@ -79,6 +79,7 @@ class SwitchVersion(Effect):
 
     job_id: int
     version: str
+    package_name: str
     from_version: str | None
     units: tuple[ServiceUnit, ...]
     post_cmds_done: int = 0

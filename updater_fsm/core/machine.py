@@ -1,6 +1,6 @@
 """The pure decision core: ``UpdaterMachine.handle(event, now) -> Decision``.
 
-Built from :data:`updater_fsm.table.TRANSITIONS` with a synchronous ``transitions.Machine``
+Built from :data:`updater_fsm.core.table.TRANSITIONS` with a synchronous ``transitions.Machine``
 (``queued=True``, ``auto_transitions=False``, ``send_event=True``). Guards and actions are
 plain methods of :class:`_Model` that read the event and the record and append effects; no
 method here touches the clock, the disk or the network, so every decision is reproducible
@@ -15,11 +15,11 @@ from typing import Any
 import attrs
 from transitions import EventData, Machine, MachineError
 
-from updater_fsm import effects as fx
-from updater_fsm import events as ev
-from updater_fsm.errors import ErrorCode
-from updater_fsm.record import Job, Record
-from updater_fsm.table import (
+from updater_fsm.core import effects as fx
+from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.record import Job, Record
+from updater_fsm.core.table import (
     BUSY_STATES,
     INSTALL_STATES,
     TERMINAL_STATES,
@@ -285,8 +285,14 @@ class _Model:
 
     def _switch_effect(self) -> fx.SwitchVersion:
         job = self.job
+        request = self._request()
         return fx.SwitchVersion(
-            job.job_id, self._request().version, job.from_version, job.units, job.post_cmds_done
+            job.job_id,
+            request.version,
+            request.package_name,
+            job.from_version,
+            job.units,
+            job.post_cmds_done,
         )
 
     def note_post_cmd(self, data: EventData) -> None:
@@ -549,7 +555,7 @@ class UpdaterMachine:
     Args:
         record: the journaled record to resume from (None = a fresh device). Restoring sets
             the state directly and runs no ``on_enter`` callback; the engine sends
-            :class:`~updater_fsm.events.Resume` to continue explicitly.
+            :class:`~updater_fsm.core.events.Resume` to continue explicitly.
         resume_limit: the restart that finds the same step unfinished for the
             ``resume_limit``-th time in a row fails that step (the crash-loop breaker).
     """

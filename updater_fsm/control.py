@@ -1,0 +1,70 @@
+"""The engine's public surface: everything a source of commands may use.
+
+A source of commands — the HTTP API and the CLI today, a fleet poller or an on-screen
+display tomorrow — does three things and nothing else: it **submits** an event (and gets
+the machine's decision back), it **reads** the latest progress snapshot (and the links),
+and it **subscribes** to snapshots as they change. :class:`UpdaterControl` is that
+interface; :class:`~updater_fsm.engine.Engine` implements it. The values a source needs to
+build commands and read answers are re-exported here, so ``http_shell`` never imports the
+decision core directly (an import contract in ``pyproject.toml`` checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.events import (
+    Cancel,
+    DownloadRequest,
+    DownloadRequested,
+    Event,
+    LinkVersions,
+    Reset,
+    RollbackRequested,
+    UpdateRequested,
+)
+from updater_fsm.core.machine import Decision, Reply
+from updater_fsm.core.manifest import units_named
+from updater_fsm.core.progress import Snapshot
+from updater_fsm.core.table import Stage, State
+from updater_fsm.engine import Subscription
+
+__all__ = [
+    "Cancel",
+    "Decision",
+    "DownloadRequest",
+    "DownloadRequested",
+    "ErrorCode",
+    "Event",
+    "LinkVersions",
+    "Reply",
+    "Reset",
+    "RollbackRequested",
+    "Snapshot",
+    "Stage",
+    "State",
+    "Subscription",
+    "UpdateRequested",
+    "UpdaterControl",
+    "UpdaterError",
+    "units_named",
+]
+
+
+class UpdaterControl(Protocol):
+    """What every source of commands needs of the engine (the engine implements it)."""
+
+    async def submit(self, event: Event) -> Decision:
+        """Queue ``event``; return the machine's decision once it is journaled."""
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The latest progress snapshot (a plain read, safe at any rate)."""
+
+    @property
+    def links(self) -> LinkVersions:
+        """The versions ``current``/``previous``/``factory`` name right now."""
+
+    def subscribe(self, maxsize: int = 256) -> Subscription:
+        """A bounded stream of every snapshot published from now on."""

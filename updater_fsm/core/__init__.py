@@ -1,0 +1,9 @@
+"""The decision core: pure values and the pure state machine, no I/O.
+
+Everything here is a function of its inputs: the transition table (:mod:`.table`), the
+machine that evaluates it (:mod:`.machine`), the events it accepts (:mod:`.events`), the
+effects it asks for (:mod:`.effects`), the journaled record (:mod:`.record`), the progress
+snapshot (:mod:`.progress`), error codes (:mod:`.errors`) and manifest value types
+(:mod:`.manifest`). Nothing here imports asyncio, aiohttp, subprocess or ``os``; the
+import contracts in ``pyproject.toml`` (run by ``./dev.sh test``) keep it that way.
+"""
