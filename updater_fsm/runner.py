@@ -25,7 +25,7 @@ import structlog
 from updater_fsm.config import Config
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
-from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, Failure, UpdaterError
 from updater_fsm.core.manifest import Manifest, ServiceUnit, units_of
 from updater_fsm.core.progress import Transfer
 from updater_fsm.faults import crash_point
@@ -200,13 +200,14 @@ class OpsRunner:
         job_id = getattr(effect, "job_id", None)
         if job_id is None:
             return
+        C = ErrorCode
         failures: dict[type[fx.Effect], Callable[[str], ev.Event]] = {
-            fx.StartDownload: lambda e: ev.DownloadFailed(job_id, f"DOWNLOAD_FAILED: {e}"),
-            fx.VerifyPackage: lambda e: ev.VerifyFailed(job_id, f"DOWNLOAD_FAILED: {e}"),
-            fx.StageSnapshot: lambda e: ev.StageFailed(job_id, f"DEPLOYMENT_FAILED: {e}"),
-            fx.SwitchVersion: lambda e: ev.SwitchFailed(job_id, f"DEPLOYMENT_FAILED: {e}"),
-            fx.CheckHealth: lambda e: ev.Unhealthy(job_id, f"HEALTH_CHECK_FAILED: {e}"),
-            fx.RollBack: lambda e: ev.RollbackFailed(job_id, f"ROLLBACK_FAILED: {e}"),
+            fx.StartDownload: lambda e: ev.DownloadFailed(job_id, Failure(C.DOWNLOAD_FAILED, e)),
+            fx.VerifyPackage: lambda e: ev.VerifyFailed(job_id, Failure(C.DOWNLOAD_FAILED, e)),
+            fx.StageSnapshot: lambda e: ev.StageFailed(job_id, Failure(C.DEPLOYMENT_FAILED, e)),
+            fx.SwitchVersion: lambda e: ev.SwitchFailed(job_id, Failure(C.DEPLOYMENT_FAILED, e)),
+            fx.CheckHealth: lambda e: ev.Unhealthy(job_id, Failure(C.HEALTH_CHECK_FAILED, e)),
+            fx.RollBack: lambda e: ev.RollbackFailed(job_id, Failure(C.ROLLBACK_FAILED, e)),
         }
         make = failures.get(type(effect))
         if make is not None:
@@ -257,7 +258,7 @@ class OpsRunner:
                 on_checkpoint=on_checkpoint,
             )
         except UpdaterError as err:
-            self._engine.post(ev.DownloadFailed(effect.job_id, err.error))
+            self._engine.post(ev.DownloadFailed(effect.job_id, err.failure))
             return
         self._engine.post(ev.DownloadDone(effect.job_id, result.size, result.md5, result.sha256))
 
@@ -280,11 +281,13 @@ class OpsRunner:
                 trusted_key=self._trusted_key,
             )
         except UpdaterError as err:
-            self._engine.post(ev.VerifyFailed(effect.job_id, err.error))
+            self._engine.post(ev.VerifyFailed(effect.job_id, err.failure))
             return
         except FileNotFoundError:
             self._engine.post(
-                ev.VerifyFailed(effect.job_id, f"{ErrorCode.INCOMPLETE_DOWNLOAD}: {path} vanished")
+                ev.VerifyFailed(
+                    effect.job_id, Failure(ErrorCode.INCOMPLETE_DOWNLOAD, f"{path} vanished")
+                )
             )
             return
         self._engine.post(ev.Verified(effect.job_id))
@@ -335,11 +338,11 @@ class OpsRunner:
                 await thread
             raise
         except UpdaterError as err:
-            self._engine.post(ev.StageFailed(effect.job_id, err.error, err.code))
+            self._engine.post(ev.StageFailed(effect.job_id, err.failure))
             return
         except OSError as err:
             code = ErrorCode.DISK_FULL if err.errno == 28 else ErrorCode.DEPLOYMENT_FAILED
-            self._engine.post(ev.StageFailed(effect.job_id, f"{code}: {err}", code))
+            self._engine.post(ev.StageFailed(effect.job_id, Failure(code, str(err))))
             return
         self._engine.post(ev.Staged(effect.job_id, units, snapshots.read_links(self._layout)))
 
@@ -358,7 +361,7 @@ class OpsRunner:
             await self._start_units(effect.units)
             await self._run_post_cmds(effect)
         except UpdaterError as err:
-            self._engine.post(ev.SwitchFailed(effect.job_id, err.error))
+            self._engine.post(ev.SwitchFailed(effect.job_id, err.failure))
             return
         _log.info(
             "switched",
@@ -401,7 +404,7 @@ class OpsRunner:
         try:
             await self._health(effect.units)
         except UpdaterError as err:
-            self._engine.post(ev.Unhealthy(effect.job_id, err.error))
+            self._engine.post(ev.Unhealthy(effect.job_id, err.failure))
             return
         self._engine.post(ev.Healthy(effect.job_id))
 
@@ -432,7 +435,7 @@ class OpsRunner:
             # it was itself installed with, when the journal knows them.
             await self._health(_with_probes_of(units, effect.target_units))
         except UpdaterError as err:
-            self._engine.post(ev.RollbackFailed(effect.job_id, err.error))
+            self._engine.post(ev.RollbackFailed(effect.job_id, err.failure))
             return
         self._engine.post(ev.RollbackOk(effect.job_id))
 

@@ -21,6 +21,7 @@ from http_shell.web_app import create_app
 from updater_fsm.config import Config
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.machine import Decision
 from updater_fsm.core.record import Record
 from updater_fsm.engine import Engine
@@ -118,7 +119,9 @@ class Rig:
 
     async def to_failed(self) -> None:
         await self.to_downloading()
-        await self.ok(ev.DownloadFailed(self.job_id, "DOWNLOAD_FAILED: connection refused"))
+        await self.ok(
+            ev.DownloadFailed(self.job_id, Failure(ErrorCode.DOWNLOAD_FAILED, "connection refused"))
+        )
 
 
 def make_layout(root: Path, *, previous: bool = True) -> None:

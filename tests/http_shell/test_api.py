@@ -25,6 +25,7 @@ from tests.http_shell.conftest import (
 from updater_fsm.config import Config
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.core.progress import Transfer
 from updater_fsm.core.record import Record
@@ -254,7 +255,7 @@ async def test_rollback_is_refused_while_busy_or_without_target(
 async def test_reset(client: Client, rig: Rig) -> None:
     await rig.to_downloading()
     assert (await call(client, "POST", "/reset"))["code"] == 409
-    await rig.ok(ev.DownloadFailed(rig.job_id, "DOWNLOAD_FAILED: x"))
+    await rig.ok(ev.DownloadFailed(rig.job_id, Failure(ErrorCode.DOWNLOAD_FAILED, "x")))
     env = await call(client, "POST", "/reset")
     assert env == {"code": 200, "msg": "success", "data": {"status": "idle"}}
     progress = (await call(client, "GET", "/progress"))["data"]

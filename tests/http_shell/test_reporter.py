@@ -13,6 +13,7 @@ from http_shell.reporter import Reporter, worth_reporting
 from tests.http_shell.conftest import ClientFactory, Rig, body, call
 from tests.support.device_api import DeviceApi, device_api, free_port, start_device_api
 from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.core.progress import Snapshot, Transfer, build_snapshot
 from updater_fsm.core.record import Job, Record
@@ -167,7 +168,9 @@ async def test_a_failed_older_report_is_not_retried_after_a_newer_terminal_one(
     device_api.delay_s = 0.3
     await rig.to_downloading()
     await _until(lambda: device_api.arrived == 1)  # the downloading report is in flight
-    await rig.ok(ev.DownloadFailed(rig.job_id, "DOWNLOAD_FAILED: connection refused"))
+    await rig.ok(
+        ev.DownloadFailed(rig.job_id, Failure(ErrorCode.DOWNLOAD_FAILED, "connection refused"))
+    )
     await _until(lambda: reporter.stats.failed_attempts >= 1)
     assert reporter.stats.pending == 1  # only the terminal report is left
     device_api.delay_s = 0.0
@@ -260,7 +263,7 @@ async def test_healthz_shows_reporter_counters_and_cleanup_stops_it(
         "last_error": None,
     }
     await client.close()  # runs the app's cleanup: the reporter stops listening
-    await rig.ok(ev.DownloadFailed(rig.job_id, "DOWNLOAD_FAILED: x"))
+    await rig.ok(ev.DownloadFailed(rig.job_id, Failure(ErrorCode.DOWNLOAD_FAILED, "x")))
     assert reporter.stats.pending == 0 and len(device_api.reports) == 1
 
 

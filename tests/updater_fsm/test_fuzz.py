@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from updater_fsm.core import events as ev
-from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.machine import UpdaterMachine
 from updater_fsm.core.record import PACKAGE_TTL_S, Record
 from updater_fsm.core.table import BUSY_STATES, State
@@ -33,7 +33,7 @@ LINKS = st.builds(
     st.sampled_from([None, *VERSIONS]),
     st.sampled_from([None, "0.9.0"]),
 )
-ERRORS = st.sampled_from(["DOWNLOAD_FAILED: x", "HEALTH_CHECK_FAILED: a.service: dead", "E: y"])
+ERRORS = st.builds(Failure, st.sampled_from(list(ErrorCode)), st.sampled_from(["x", "a: dead"]))
 FACTS = st.builds(
     ev.DiskFacts,
     st.one_of(st.none(), st.integers(0, 2000)),
@@ -53,7 +53,7 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
         st.builds(ev.VerifyFailed, jid, ERRORS),
         st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS)),
         st.builds(ev.Staged, jid, st.just(UNITS), LINKS),
-        st.builds(ev.StageFailed, jid, ERRORS, st.sampled_from(list(ErrorCode))),
+        st.builds(ev.StageFailed, jid, ERRORS),
         st.builds(ev.PostCmdDone, jid, st.integers(1, 3)),
         st.builds(ev.Switched, jid),
         st.builds(ev.SwitchFailed, jid, ERRORS),

@@ -6,7 +6,7 @@ import pytest
 
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
-from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.machine import UpdaterMachine
 from updater_fsm.core.manifest import HealthProbe, ServiceUnit
 from updater_fsm.core.record import PACKAGE_TTL_S
@@ -140,7 +140,12 @@ def test_stale_results_of_an_old_job_are_ignored() -> None:
 def test_download_failure_keeps_part_and_same_request_resumes() -> None:
     m = UpdaterMachine()
     drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 600, etag='"x"'))
-    drive(m, ev.DownloadFailed(1, "DOWNLOAD_FAILED: connection reset after 8 attempts"))
+    drive(
+        m,
+        ev.DownloadFailed(
+            1, Failure(ErrorCode.DOWNLOAD_FAILED, "connection reset after 8 attempts")
+        ),
+    )
     assert m.state is State.FAILED
     d = drive(m, ev.DownloadRequested(request()))
     assert d.effects[0] == fx.StartDownload(2, request(), 600, '"x"', None)
@@ -149,7 +154,7 @@ def test_download_failure_keeps_part_and_same_request_resumes() -> None:
 def test_verify_failure_discards_the_package() -> None:
     m = UpdaterMachine()
     drive(m, ev.DownloadRequested(request()), ev.DownloadDone(1, 1000, MD5, SHA))
-    d = drive(m, ev.VerifyFailed(1, "MD5_MISMATCH: expected 00…, got ff…"))
+    d = drive(m, ev.VerifyFailed(1, Failure(ErrorCode.MD5_MISMATCH, "expected 00…, got ff…")))
     assert m.state is State.FAILED and fx.DiscardPackage("update.zip") in d.effects
     assert m.record.job.error.startswith("MD5_MISMATCH")  # type: ignore[union-attr]
 
@@ -157,7 +162,10 @@ def test_verify_failure_discards_the_package() -> None:
 def test_stage_failure_discards_staging_and_fails() -> None:
     m = at_ready()
     drive(m, ev.UpdateRequested("1.2.3"))
-    d = drive(m, ev.StageFailed(1, "INVALID_MANIFEST: modules[0].dst: must be absolute"))
+    d = drive(
+        m,
+        ev.StageFailed(1, Failure(ErrorCode.INVALID_MANIFEST, "modules[0].dst: must be absolute")),
+    )
     assert m.state is State.FAILED
     assert kinds(d)[:2] == ["DiscardStaging", "DiscardPackage"]
 
@@ -165,7 +173,7 @@ def test_stage_failure_discards_staging_and_fails() -> None:
 def _disk_full_while_staging() -> UpdaterMachine:
     m = at_ready()
     drive(m, ev.UpdateRequested("1.2.3"))
-    d = drive(m, ev.StageFailed(1, "DISK_FULL: staging needs 9 MB, 2 free", ErrorCode.DISK_FULL))
+    d = drive(m, ev.StageFailed(1, Failure(ErrorCode.DISK_FULL, "staging needs 9 MB, 2 free")))
     assert m.state is State.FAILED
     assert kinds(d)[:1] == ["DiscardStaging"] and "DiscardPackage" not in kinds(d)
     return m
@@ -203,7 +211,11 @@ def test_a_kept_package_past_its_window_is_downloaded_again() -> None:
 
 def test_other_stage_failures_do_not_keep_the_package() -> None:
     m = at_ready()
-    drive(m, ev.UpdateRequested("1.2.3"), ev.StageFailed(1, "DEPLOYMENT_FAILED: EIO"))
+    drive(
+        m,
+        ev.UpdateRequested("1.2.3"),
+        ev.StageFailed(1, Failure(ErrorCode.DEPLOYMENT_FAILED, "EIO")),
+    )
     assert m.record.job is not None and not m.record.job.package_kept
     assert m.handle(ev.UpdateRequested("1.2.3"), T0).reply.code == 404
 
@@ -216,7 +228,9 @@ def test_manual_rollback_after_disk_full_drops_the_kept_package() -> None:
 
 def test_level1_rollback_restores_previous_link_and_reports() -> None:
     m = at_health_check()
-    d = drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: device-api.service: exited"))
+    d = drive(
+        m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "device-api.service: exited"))
+    )
     assert m.state is State.ROLLBACK_PREVIOUS
     assert d.effects[0] == fx.RollBack(1, 1, "1.0.0", "1.2.3", UNITS, previous_after="0.9.0")
     d = drive(m, ev.RollbackOk(1))
@@ -227,8 +241,11 @@ def test_level1_rollback_restores_previous_link_and_reports() -> None:
 
 def test_level2_rollback_after_level1_fails() -> None:
     m = at_health_check()
-    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: x"))
-    d = drive(m, ev.RollbackFailed(1, "HEALTH_CHECK_FAILED: device-api.service: exited"))
+    drive(m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")))
+    d = drive(
+        m,
+        ev.RollbackFailed(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "device-api.service: exited")),
+    )
     assert m.state is State.ROLLBACK_FACTORY
     assert d.effects[0] == fx.RollBack(1, 2, "0.9.0", "1.2.3", UNITS, previous_after="0.9.0")
     d = drive(m, ev.RollbackOk(1))
@@ -256,11 +273,16 @@ def test_rollback_judges_the_target_by_the_probes_it_was_installed_with() -> Non
     drive(m, ev.DownloadRequested(request("1.3.0", "u2.zip")))
     drive(m, ev.DownloadDone(2, 1000, MD5, SHA), ev.Verified(2), ev.UpdateRequested("1.3.0"))
     drive(m, ev.Staged(2, UNITS, links), ev.Switched(2))
-    d = drive(m, ev.Unhealthy(2, "HEALTH_CHECK_FAILED: x"))
+    d = drive(m, ev.Unhealthy(2, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")))
     level1 = d.effects[0]
     assert isinstance(level1, fx.RollBack) and level1.target_version == "1.2.3"
     assert level1.units == UNITS and level1.target_units == installed
-    d = drive(m, ev.RollbackFailed(2, "HEALTH_CHECK_FAILED: device-api.service: selftest"))
+    d = drive(
+        m,
+        ev.RollbackFailed(
+            2, Failure(ErrorCode.HEALTH_CHECK_FAILED, "device-api.service: selftest")
+        ),
+    )
     level2 = d.effects[0]
     assert isinstance(level2, fx.RollBack) and level2.target_version == "0.9.0"
     assert level2.target_units == ()
@@ -271,8 +293,12 @@ def test_rollback_judges_the_target_by_the_probes_it_was_installed_with() -> Non
 
 def test_both_rollbacks_fail_needs_manual_intervention() -> None:
     m = at_health_check()
-    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: device-api.service: exited"))
-    drive(m, ev.RollbackFailed(1, "a"), ev.RollbackFailed(1, "b"))
+    drive(m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "device-api.service: exited")))
+    drive(
+        m,
+        ev.RollbackFailed(1, Failure(ErrorCode.ROLLBACK_FAILED, "a")),
+        ev.RollbackFailed(1, Failure(ErrorCode.ROLLBACK_FAILED, "b")),
+    )
     assert m.state is State.FAILED
     assert m.record.job.error.startswith(  # type: ignore[union-attr]
         "ROLLBACK_FAILED: manual intervention required"
@@ -282,7 +308,7 @@ def test_both_rollbacks_fail_needs_manual_intervention() -> None:
 def test_switch_failure_enters_the_ladder_too() -> None:
     m = at_ready()
     drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, UNITS, LINKS))
-    drive(m, ev.SwitchFailed(1, "SERVICE_STOP_TIMEOUT: device-api.service"))
+    drive(m, ev.SwitchFailed(1, Failure(ErrorCode.SERVICE_STOP_TIMEOUT, "device-api.service")))
     assert m.state is State.ROLLBACK_PREVIOUS
 
 
@@ -330,7 +356,12 @@ def test_cancel_is_refused_once_the_switch_began() -> None:
 
 def test_reset_clears_a_finished_job() -> None:
     m = at_health_check()
-    drive(m, ev.Unhealthy(1, "x"), ev.RollbackOk(1), ev.Reset())
+    drive(
+        m,
+        ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")),
+        ev.RollbackOk(1),
+        ev.Reset(),
+    )
     assert m.state is State.IDLE and m.record.job is None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.machine import UpdaterMachine
 from updater_fsm.core.record import PACKAGE_TTL_S
 from updater_fsm.core.table import State
@@ -114,11 +115,11 @@ def test_health_check_runs_again() -> None:
 
 def test_rollback_levels_resume_with_the_same_target() -> None:
     m = at_health_check()
-    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: x"))
+    drive(m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")))
     m1, d = restart(m, ev.DiskFacts())
     assert m1.state is State.ROLLBACK_PREVIOUS
     assert d.effects == (fx.RollBack(1, 1, "1.0.0", "1.2.3", UNITS, "0.9.0"),)  # type: ignore[attr-defined]
-    drive(m, ev.RollbackFailed(1, "HEALTH_CHECK_FAILED: y"))
+    drive(m, ev.RollbackFailed(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "y")))
     m2, d = restart(m, ev.DiskFacts())
     assert m2.state is State.ROLLBACK_FACTORY
     assert d.effects == (fx.RollBack(1, 2, "0.9.0", "1.2.3", UNITS, "0.9.0"),)  # type: ignore[attr-defined]
@@ -130,7 +131,7 @@ def test_finished_outcomes_are_reported_again() -> None:
     m, d = restart(m, ev.DiskFacts())
     assert m.state is State.SUCCESS and d.effects == (fx.CollectGarbage(), fx.Report(terminal=True))  # type: ignore[attr-defined]
     m = at_health_check()
-    drive(m, ev.Unhealthy(1, "x"), ev.RollbackOk(1))
+    drive(m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")), ev.RollbackOk(1))
     m, d = restart(m, ev.DiskFacts())
     assert m.state is State.FAILED and d.effects == (fx.CollectGarbage(), fx.Report(terminal=True))  # type: ignore[attr-defined]
 
@@ -216,7 +217,7 @@ def test_a_download_that_keeps_dying_fails() -> None:
 
 def test_a_rollback_level_that_keeps_dying_escalates_then_gives_up() -> None:
     m = at_health_check()
-    drive(m, ev.Unhealthy(1, "HEALTH_CHECK_FAILED: x"))
+    drive(m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")))
     assert m.state is State.ROLLBACK_PREVIOUS
     m = restarts(m, 3)
     assert m.state is State.ROLLBACK_FACTORY

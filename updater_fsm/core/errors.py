@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+import attrs
+
 
 class ErrorCode(enum.StrEnum):
     """The application error codes of contract §5 (plus extensions, never removals)."""
@@ -37,6 +39,21 @@ class ErrorCode(enum.StrEnum):
     RESUME_LIMIT = "RESUME_LIMIT"
 
 
+@attrs.frozen
+class Failure:
+    """A failure as the machine sees it: a stable code to decide on, a detail for people.
+
+    ``str(failure)`` is the contract's ``error`` string, ``"<CODE>: <detail>"``; the
+    machine decides on ``code`` and never parses that string back.
+    """
+
+    code: ErrorCode
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.detail}"
+
+
 class UpdaterError(Exception):
     """A failure with a stable code and a human-readable detail.
 
@@ -53,6 +70,11 @@ class UpdaterError(Exception):
         self.code = code
         self.detail = detail
         self.retryable = retryable
+
+    @property
+    def failure(self) -> Failure:
+        """The same failure as a value the machine can carry."""
+        return Failure(self.code, self.detail)
 
     @property
     def error(self) -> str:

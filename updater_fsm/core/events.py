@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import attrs
 
-from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.errors import Failure
 from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.core.table import Trigger
 
@@ -101,7 +101,7 @@ class DownloadDone(Event):
 class DownloadFailed(Event):
     trigger = Trigger.DOWNLOAD_FAILED
     job_id: int
-    error: str
+    failure: Failure
 
 
 @attrs.frozen
@@ -114,7 +114,7 @@ class Verified(Event):
 class VerifyFailed(Event):
     trigger = Trigger.VERIFY_FAILED
     job_id: int
-    error: str
+    failure: Failure
 
 
 @attrs.frozen
@@ -135,12 +135,11 @@ class Staged(Event):
 
 @attrs.frozen
 class StageFailed(Event):
-    """Staging failed; ``code`` is the error's code (a full disk keeps the package)."""
+    """Staging failed (a full disk keeps the package, see the machine)."""
 
     trigger = Trigger.STAGE_FAILED
     job_id: int
-    error: str
-    code: ErrorCode = ErrorCode.DEPLOYMENT_FAILED
+    failure: Failure
 
 
 @attrs.frozen
@@ -153,7 +152,7 @@ class Switched(Event):
 class SwitchFailed(Event):
     trigger = Trigger.SWITCH_FAILED
     job_id: int
-    error: str
+    failure: Failure
 
 
 @attrs.frozen
@@ -175,7 +174,7 @@ class Healthy(Event):
 class Unhealthy(Event):
     trigger = Trigger.UNHEALTHY
     job_id: int
-    error: str
+    failure: Failure
 
 
 @attrs.frozen
@@ -205,7 +204,7 @@ class RollbackOk(Event):
 class RollbackFailed(Event):
     trigger = Trigger.ROLLBACK_FAILED
     job_id: int
-    error: str
+    failure: Failure
 
 
 @attrs.frozen

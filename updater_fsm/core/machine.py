@@ -17,7 +17,7 @@ from transitions import EventData, Machine, MachineError
 
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
-from updater_fsm.core.errors import ErrorCode
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.record import Job, Record
 from updater_fsm.core.table import (
     BUSY_STATES,
@@ -88,6 +88,10 @@ class _Model:
         self.record = attrs.evolve(
             self.record, job=attrs.evolve(self.job, updated_at=self.now, **changes)
         )
+
+    def _fail_job(self, failure: Failure, **changes: Any) -> None:
+        """End the job with ``failure``: its text for people, its code for decisions."""
+        self._set_job(error=str(failure), error_code=failure.code, **changes)
 
     @staticmethod
     def _event(data: EventData) -> ev.Event:
@@ -220,7 +224,7 @@ class _Model:
     def fail_download(self, data: EventData) -> None:
         event = self._event(data)
         assert isinstance(event, ev.DownloadFailed | ev.VerifyFailed)
-        self._set_job(error=event.error)
+        self._fail_job(event.failure)
         if isinstance(event, ev.VerifyFailed):
             self.effects.append(fx.DiscardPackage(self._request().package_name))
 
@@ -258,9 +262,12 @@ class _Model:
 
     def expire(self, data: EventData) -> None:
         request = self._request()
-        self._set_job(
-            error=f"{ErrorCode.PACKAGE_EXPIRED}: v{request.version} was verified more than"
-            " 24 h ago (or the clock moved back); download it again"
+        self._fail_job(
+            Failure(
+                ErrorCode.PACKAGE_EXPIRED,
+                f"v{request.version} was verified more than 24 h ago (or the clock moved"
+                " back); download it again",
+            )
         )
         self.reply = Reply(410, self.job.error or "")
         self.effects.append(fx.DiscardPackage(request.package_name))
@@ -306,8 +313,8 @@ class _Model:
         request = self._request()
         # Out of space is the device's problem, not the package's: keep the verified
         # package so a retry once space is freed needs no new download.
-        keep = event.code is ErrorCode.DISK_FULL
-        self._set_job(error=event.error, package_kept=keep)
+        keep = event.failure.code is ErrorCode.DISK_FULL
+        self._fail_job(event.failure, package_kept=keep)
         self.effects.append(fx.DiscardStaging(request.version))
         if not keep:
             self.effects.append(fx.DiscardPackage(request.package_name))
@@ -330,7 +337,7 @@ class _Model:
         event = self._event(data)
         assert isinstance(event, ev.SwitchFailed | ev.Unhealthy)
         job = self.job
-        self._set_job(cause=event.error)
+        self._set_job(cause=str(event.failure))
         # Level 1 returns to the version that ran before; on a layout that had no `current`
         # link the factory version is the only one that ever ran.
         self._start_rollback(1, job.from_version or job.factory_version)
@@ -361,7 +368,7 @@ class _Model:
         event = self._event(data)
         assert isinstance(event, ev.RollbackFailed)
         cause = self.job.cause or "manual rollback"
-        self._set_job(cause=f"{cause}; level 1: {event.error}")
+        self._set_job(cause=f"{cause}; level 1: {event.failure}")
         self._start_rollback(2, self.job.factory_version)
 
     def _start_rollback(self, level: int, target: str | None) -> None:
@@ -397,7 +404,7 @@ class _Model:
                 if job.rollback_level == 2
                 else ErrorCode.ROLLBACK_LEVEL_1_SUCCESS
             )
-            self._set_job(error=f"{code}: v{job.rollback_target} (cause: {job.cause})")
+            self._fail_job(Failure(code, f"v{job.rollback_target} (cause: {job.cause})"))
             request = self._request()
             self.effects += [
                 fx.RemoveSnapshot(request.version),
@@ -411,45 +418,50 @@ class _Model:
         event = self._event(data)
         assert isinstance(event, ev.RollbackFailed | ev.SwitchFailed | ev.Unhealthy)
         if isinstance(event, ev.RollbackFailed):
-            detail = f"cause: {self.job.cause}; last rollback: {event.error}"
+            detail = f"cause: {self.job.cause}; last rollback: {event.failure}"
         else:
-            detail = f"cause: {event.error}; no version to roll back to"
-        self._set_job(error=f"{ErrorCode.ROLLBACK_FAILED}: manual intervention required ({detail})")
+            detail = f"cause: {event.failure}; no version to roll back to"
+        self._fail_job(
+            Failure(ErrorCode.ROLLBACK_FAILED, f"manual intervention required ({detail})")
+        )
         self.effects.append(fx.Report(terminal=True))
 
     # ---- actions: crash-loop breaker -------------------------------------------------
-    def _interrupted_detail(self, data: EventData) -> str:
+    def _interrupted(self, data: EventData) -> Failure:
         step = data.transition.source if data.transition is not None else self.state
-        return (
-            f"{ErrorCode.RESUME_LIMIT}: {step} interrupted {self._interrupted_times()} times"
-            " (the updater died every time it ran this step)"
+        return Failure(
+            ErrorCode.RESUME_LIMIT,
+            f"{step} interrupted {self._interrupted_times()} times"
+            " (the updater died every time it ran this step)",
         )
 
     def fail_interrupted(self, data: EventData) -> None:
         """Before the switch nothing runs a new version yet: the job simply fails."""
         request = self._request()
-        self._set_job(error=self._interrupted_detail(data))
+        self._fail_job(self._interrupted(data))
         self.effects.append(fx.DiscardPackage(request.package_name))
         if data.transition is not None and data.transition.source == State.DEPLOYING:
             self.effects += [fx.DiscardStaging(request.version), fx.CollectGarbage()]
 
     def roll_back_interrupted(self, data: EventData) -> None:
         job = self.job
-        self._set_job(cause=self._interrupted_detail(data))
+        self._set_job(cause=str(self._interrupted(data)))
         self._start_rollback(1, job.from_version or job.factory_version)
 
     def escalate_interrupted(self, data: EventData) -> None:
         cause = self.job.cause or "manual rollback"
-        self._set_job(cause=f"{cause}; level 1: {self._interrupted_detail(data)}")
+        self._set_job(cause=f"{cause}; level 1: {self._interrupted(data)!s}")
         self._start_rollback(2, self.job.factory_version)
 
     def give_up_interrupted(self, data: EventData) -> None:
-        detail = self._interrupted_detail(data)
+        detail = str(self._interrupted(data))
         if self.job.cause:
             detail = f"cause: {self.job.cause}; last rollback: {detail}"
         else:
             detail = f"cause: {detail}; no version to roll back to"
-        self._set_job(error=f"{ErrorCode.ROLLBACK_FAILED}: manual intervention required ({detail})")
+        self._fail_job(
+            Failure(ErrorCode.ROLLBACK_FAILED, f"manual intervention required ({detail})")
+        )
 
     def report_only(self, data: EventData) -> None:
         """Report the outcome again, without the clean-up that keeps taking the process down."""
@@ -458,7 +470,7 @@ class _Model:
     # ---- actions: operator -----------------------------------------------------------
     def cancel_job(self, data: EventData) -> None:
         job = self.job
-        self._set_job(error=f"{ErrorCode.CANCELLED}: cancelled by request")
+        self._fail_job(Failure(ErrorCode.CANCELLED, "cancelled by request"))
         self.effects.append(fx.StopJob(job.job_id))
         if job.request is not None:
             self.effects.append(fx.DiscardPackage(job.request.package_name))
@@ -541,8 +553,7 @@ def _resumable(job: Job) -> bool:
     return (
         job.verified_at is None
         and job.bytes_durable > 0
-        and bool(job.error)
-        and str(job.error).startswith((ErrorCode.DOWNLOAD_FAILED, ErrorCode.DISK_FULL))
+        and job.error_code in (ErrorCode.DOWNLOAD_FAILED, ErrorCode.DISK_FULL)
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from updater_fsm.core.errors import ErrorCode
 from updater_fsm.core.events import DownloadRequest
 from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.core.table import INITIAL, State
@@ -42,6 +43,8 @@ class Job:
             a resumed switch runs only the rest.
         cause: the failure that started the rollback ladder.
         error: the contract ``error`` string once the job failed.
+        error_code: the code of ``error``, what the machine decides on (it never parses
+            ``error``).
     """
 
     job_id: int
@@ -63,6 +66,7 @@ class Job:
     post_cmds_done: int = 0
     cause: str | None = None
     error: str | None = None
+    error_code: ErrorCode | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 
