@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from updater_fsm.config import Config, ConfigError, load_config
+from updater_fsm.config import Config, ConfigError, ServiceControl, load_config
 from updater_fsm.control import UpdaterError
 from updater_fsm.log_setup import configure_logging
 
@@ -53,7 +53,7 @@ def sandbox_config(directory: Path) -> Config:
     return Config(
         root=directory / "root",
         state_dir=directory / "state",
-        service_control="none",
+        service_control=ServiceControl.NONE,
     )
 
 

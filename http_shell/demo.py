@@ -22,7 +22,7 @@ from aiohttp import web
 from http_shell.cli_client import ApiClient, watch_progress
 from http_shell.daemon import instance_lock, running_updater
 from http_shell.web_app import create_app
-from updater_fsm.config import Config
+from updater_fsm.config import Config, ServiceControl
 from updater_fsm.ops import package_build, snapshots
 
 MARKER = ".tope-demo"
@@ -149,7 +149,7 @@ def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
     config = Config(
         root=root,
         state_dir=directory / "state",
-        service_control="none",
+        service_control=ServiceControl.NONE,
         port=_free_port(),
         settle_s=0.5,
     )

@@ -21,7 +21,7 @@ import cattrs
 from aiohttp import web
 from yarl import URL
 
-from updater_fsm.control import DownloadRequest
+from updater_fsm.control import DownloadRequest, RollbackTarget
 from updater_fsm.strict_cattrs import make_strict_converter
 
 #: Largest request body accepted (reading stops there; the answer is code 400).
@@ -44,7 +44,7 @@ NAME_MAX_BYTES = 255
 URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f]+$"
 URL_MAX_LENGTH = 4096
 MAX_PACKAGE_SIZE = 2**63 - 1
-ROLLBACK_TARGETS = ("previous", "factory")
+ROLLBACK_TARGETS = tuple(t.value for t in RollbackTarget)
 
 _VERSION_RE = re.compile(VERSION_PATTERN)
 _MD5_RE = re.compile(MD5_PATTERN)
@@ -258,9 +258,9 @@ def validate_update(data: Any) -> str:
     return check_version(structure(data, UpdateBody).version)
 
 
-def validate_rollback(data: Any) -> str:
+def validate_rollback(data: Any) -> RollbackTarget:
     """The target of a ``POST /rollback`` body (``{}`` or no body: ``previous``)."""
     target = structure(data, RollbackBody).target
     if target not in ROLLBACK_TARGETS:
         raise BodyError("target", "must be 'previous' or 'factory'")
-    return target
+    return RollbackTarget(target)

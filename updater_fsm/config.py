@@ -7,6 +7,7 @@ errors (:class:`ConfigError`), reported as one line by the CLI, which then exits
 
 from __future__ import annotations
 
+import enum
 import os
 import shlex
 import tomllib
@@ -17,6 +18,15 @@ from typing import Any
 import attrs
 
 ENV_PREFIX = "TOPE_UPDATER_"
+
+
+class ServiceControl(enum.StrEnum):
+    """How the updater treats the device's services."""
+
+    #: stop, start and check units with ``systemctl``
+    SYSTEMD = "systemd"
+    #: record units but never touch them (a sandbox root without systemd)
+    NONE = "none"
 
 
 class ConfigError(ValueError):
@@ -58,7 +68,9 @@ class Config:
     port: int = 12315
     device_api_url: str = "http://127.0.0.1:9080"
     systemctl: tuple[str, ...] = ("systemctl",)
-    service_control: str = "systemd"
+    service_control: ServiceControl = attrs.field(
+        default=ServiceControl.SYSTEMD, converter=ServiceControl
+    )
     extra_roots: tuple[Path, ...] = ()
     units: tuple[str, ...] = ()
     allow_downgrade: bool = True
@@ -96,7 +108,6 @@ class Config:
 
 _FIELDS = {f.name: f for f in attrs.fields(Config)}
 _CHOICES = {
-    "service_control": ("systemd", "none"),
     "log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -135,6 +146,11 @@ def _convert(key: str, value: Any, *, from_text: bool) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError("must be a number")
             return float(value)
+        if kind == "ServiceControl":
+            choices = [c.value for c in ServiceControl]
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"must be one of {', '.join(choices)}")
+            return ServiceControl(value)
         if kind in ("str", "str | None"):
             if not isinstance(value, str):
                 raise TypeError("must be a string")

@@ -22,6 +22,7 @@ from updater_fsm.core.events import (
     LinkVersions,
     Reset,
     RollbackRequested,
+    RollbackTarget,
     UpdateRequested,
 )
 from updater_fsm.core.machine import Decision, Reply
@@ -41,6 +42,7 @@ __all__ = [
     "Reply",
     "Reset",
     "RollbackRequested",
+    "RollbackTarget",
     "Snapshot",
     "Stage",
     "State",

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 import structlog
 
-from updater_fsm.config import Config
+from updater_fsm.config import Config, ServiceControl
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure, UpdaterError
@@ -95,7 +95,7 @@ class OpsRunner:
         self._reporter = reporter
         self._layout = snapshots.Layout(config.root)
         self._limits = package_limits(config)
-        if controller is None and config.service_control == "systemd":
+        if controller is None and config.service_control is ServiceControl.SYSTEMD:
             controller = ServiceController(
                 config.systemctl,
                 stop_timeout=config.stop_timeout_s,

@@ -8,6 +8,7 @@ instead of steering the current one.
 
 from __future__ import annotations
 
+import enum
 from typing import ClassVar
 
 import attrs
@@ -39,6 +40,13 @@ class DownloadRequest:
             and self.package_md5 == other.package_md5
             and (other.package_sha256 is None or self.package_sha256 == other.package_sha256)
         )
+
+
+class RollbackTarget(enum.StrEnum):
+    """Where a rollback asked for by hand goes."""
+
+    PREVIOUS = "previous"
+    FACTORY = "factory"
 
 
 @attrs.frozen
@@ -182,14 +190,14 @@ class RollbackRequested(Event):
     """Operator asks to go back by hand (``POST /rollback``).
 
     Attributes:
-        target: ``"previous"`` or ``"factory"``.
+        target: the version ``previous`` names, or the factory version.
         links: the versions the symlinks name right now.
         units: the configured units (config ``units``); restarted only when the journal
             knows none from a successful install, whose units (with their probes) win.
     """
 
     trigger = Trigger.ROLLBACK_REQUESTED
-    target: str
+    target: RollbackTarget = attrs.field(converter=RollbackTarget)
     links: LinkVersions
     units: tuple[ServiceUnit, ...] = ()
 

@@ -18,7 +18,8 @@ from transitions import EventData, Machine, MachineError
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure
-from updater_fsm.core.record import Job, Record
+from updater_fsm.core.events import RollbackTarget
+from updater_fsm.core.record import Job, JobKind, Record
 from updater_fsm.core.table import (
     BUSY_STATES,
     INSTALL_STATES,
@@ -147,7 +148,7 @@ class _Model:
         return self.record.job is not None and self.record.job.package_kept
 
     def automatic(self, data: EventData) -> bool:
-        return self.record.job is not None and self.record.job.kind == "update"
+        return self.record.job is not None and self.record.job.kind is JobKind.UPDATE
 
     def has_factory(self, data: EventData) -> bool:
         return self.record.job is not None and self.record.job.factory_version is not None
@@ -159,12 +160,12 @@ class _Model:
     def to_previous(self, data: EventData) -> bool:
         event = self._event(data)
         assert isinstance(event, ev.RollbackRequested)
-        return event.target == "previous" and event.links.previous is not None
+        return event.target is RollbackTarget.PREVIOUS and event.links.previous is not None
 
     def to_factory(self, data: EventData) -> bool:
         event = self._event(data)
         assert isinstance(event, ev.RollbackRequested)
-        return event.target == "factory" and event.links.factory is not None
+        return event.target is RollbackTarget.FACTORY and event.links.factory is not None
 
     def resume_limit_reached(self, data: EventData) -> bool:
         """This restart is the ``resume_limit``-th in a row to find the step unfinished."""
@@ -351,7 +352,7 @@ class _Model:
         job_id = self.record.last_job_id + 1
         job = Job(
             job_id=job_id,
-            kind="manual_rollback",
+            kind=JobKind.MANUAL_ROLLBACK,
             from_version=event.links.current,
             factory_version=event.links.factory,
             units=self.record.last_units or event.units,
@@ -359,7 +360,7 @@ class _Model:
             updated_at=self.now,
         )
         self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
-        if event.target == "previous":
+        if event.target is RollbackTarget.PREVIOUS:
             self._start_rollback(1, event.links.previous)
         else:
             self._start_rollback(2, event.links.factory)
@@ -380,7 +381,7 @@ class _Model:
         job = self.job
         target = job.rollback_target
         assert target is not None
-        if job.kind == "update":
+        if job.kind is JobKind.UPDATE:
             failed: str | None = self._request().version
             # `previous` goes back to what it named before the switch, unless that is gone.
             previous_after = job.previous_before or target
@@ -398,7 +399,7 @@ class _Model:
 
     def finish_rollback(self, data: EventData) -> None:
         job = self.job
-        if job.kind == "update":
+        if job.kind is JobKind.UPDATE:
             code = (
                 ErrorCode.ROLLBACK_LEVEL_2_SUCCESS
                 if job.rollback_level == 2

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from updater_fsm.core.events import LinkVersions
-from updater_fsm.core.record import Record
+from updater_fsm.core.record import JobKind, Record
 from updater_fsm.core.table import STAGE_OF, Stage, State
 
 #: Fixed progress of the install states, increasing so ``installing`` never goes backwards.
@@ -106,7 +106,7 @@ def build_snapshot(
     stage = STAGE_OF[state]
     job = record.job
     version = job.version if job else None
-    if job is not None and job.kind == "manual_rollback":
+    if job is not None and job.kind is JobKind.MANUAL_ROLLBACK:
         version = job.rollback_target
     total = job.request.package_size if job and job.request else 0
     done = job.bytes_durable if job else 0
@@ -138,7 +138,7 @@ def build_snapshot(
         progress, message = 100, f"Update to v{version} complete"
     elif state is State.FAILED:
         progress, message = 0, f"Update failed: {error}"
-    elif job is not None and job.kind == "manual_rollback" and job.rollback_target:
+    elif job is not None and job.kind is JobKind.MANUAL_ROLLBACK and job.rollback_target:
         progress, message = 0, f"Rolled back to v{job.rollback_target}"
         if not job.units:  # say so: the links moved, but nothing was restarted onto them
             message += " (no units known: none restarted)"

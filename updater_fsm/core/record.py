@@ -6,6 +6,8 @@ transition, and what the machine is rebuilt from on start.
 
 from __future__ import annotations
 
+import enum
+
 import attrs
 
 from updater_fsm.core.errors import ErrorCode
@@ -19,13 +21,20 @@ PACKAGE_TTL_S = 24 * 3600.0
 CLOCK_SKEW_TOLERANCE_S = 300.0
 
 
+class JobKind(enum.StrEnum):
+    """What a job does."""
+
+    UPDATE = "update"
+    MANUAL_ROLLBACK = "manual_rollback"
+
+
 @attrs.frozen
 class Job:
     """One download-and-install job (or one manual rollback).
 
     Attributes:
         job_id: unique, increasing; results of other jobs are ignored.
-        kind: ``"update"`` or ``"manual_rollback"``.
+        kind: an install (``update``) or a rollback asked for by hand.
         request: the download request (None for a manual rollback).
         bytes_durable: length of the fsynced prefix of the ``.part`` file.
         etag, last_modified: the server's validators for resuming with If-Range.
@@ -48,7 +57,7 @@ class Job:
     """
 
     job_id: int
-    kind: str = "update"
+    kind: JobKind = JobKind.UPDATE
     request: DownloadRequest | None = None
     bytes_durable: int = 0
     etag: str | None = None
