@@ -21,7 +21,12 @@ import cattrs
 from aiohttp import web
 from yarl import URL
 
-from updater_fsm.control import DownloadRequest, RollbackTarget
+from updater_fsm.control import (
+    VERSION_PATTERN,
+    DownloadRequest,
+    RollbackTarget,
+    Version,
+)
 from updater_fsm.strict_cattrs import make_strict_converter
 
 #: Largest request body accepted (reading stops there; the answer is code 400).
@@ -30,9 +35,8 @@ MAX_BODY_BYTES = 64 * 1024
 # The patterns below are shared with the OpenAPI document, so they use only syntax that
 # Python's `re` and ECMA-262 (JSON Schema) read the same way; `[0-9]` instead of `\d`
 # because Python's `\d` also matches non-ASCII digits. Python matches them with `fullmatch`:
-# its `$` alone would also accept a trailing newline.
-VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
-VERSION_MAX_LENGTH = 64
+# its `$` alone would also accept a trailing newline. Versions have one parser, the core's
+# `Version.parse`; its pattern is re-exported for the OpenAPI document.
 MD5_PATTERN = r"^[0-9a-fA-F]{32}$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 #: 64 bytes of standard base64 are exactly 86 alphabet characters and ``==``.
@@ -46,7 +50,6 @@ URL_MAX_LENGTH = 4096
 MAX_PACKAGE_SIZE = 2**63 - 1
 ROLLBACK_TARGETS = tuple(t.value for t in RollbackTarget)
 
-_VERSION_RE = re.compile(VERSION_PATTERN)
 _MD5_RE = re.compile(MD5_PATTERN)
 _SHA256_RE = re.compile(SHA256_PATTERN)
 _SIGNATURE_RE = re.compile(SIGNATURE_PATTERN)
@@ -161,7 +164,7 @@ def _utf8(field: str, value: str) -> str:
 
 def check_version(value: str, field: str = "version") -> str:
     """``1.2.3``: three dot-separated decimal numbers (ASCII digits, at most 64 chars)."""
-    if len(value) > VERSION_MAX_LENGTH or not _VERSION_RE.fullmatch(value):
+    if not Version.is_valid(value):
         raise BodyError(field, f"must look like 1.2.3 (pattern {VERSION_PATTERN})")
     return value
 

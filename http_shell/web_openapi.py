@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from http_shell import web_bodies as b
-from updater_fsm.control import Stage, State
+from updater_fsm.control import VERSION_MAX_LENGTH, VERSION_PATTERN, Stage, State
 
 PREFIX = "/api/v1.0"
 Schema = dict[str, Any]
@@ -29,8 +29,8 @@ def _nullable(schema: Schema) -> Schema:
 
 _VERSION: Schema = {
     "type": "string",
-    "pattern": b.VERSION_PATTERN,
-    "maxLength": b.VERSION_MAX_LENGTH,
+    "pattern": VERSION_PATTERN,
+    "maxLength": VERSION_MAX_LENGTH,
     "example": "1.2.3",
 }
 _STR_OR_NULL: Schema = {"type": "string", "nullable": True}

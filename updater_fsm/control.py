@@ -29,9 +29,12 @@ from updater_fsm.core.machine import Decision, Reply
 from updater_fsm.core.manifest import units_named
 from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.table import Stage, State
+from updater_fsm.core.versions import VERSION_MAX_LENGTH, VERSION_PATTERN, Version
 from updater_fsm.engine import Subscription
 
 __all__ = [
+    "VERSION_MAX_LENGTH",
+    "VERSION_PATTERN",
     "Cancel",
     "Decision",
     "DownloadRequest",
@@ -50,6 +53,7 @@ __all__ = [
     "UpdateRequested",
     "UpdaterControl",
     "UpdaterError",
+    "Version",
     "units_named",
 ]
 

@@ -456,9 +456,11 @@ HOSTILE_CASES: dict[str, HostileCase] = {
         _with(lambda v: _one(v, process_name="app", health={"tcp": "x"})),
         "modules[0].health",
     ),
-    "bad_version": HostileCase(_with(lambda v: {**_one(v), "version": "1.2"}), "version: must be"),
+    "bad_version": HostileCase(
+        _with(lambda v: {**_one(v), "version": "1.2"}), "version: must look like 1.2.3"
+    ),
     "version_as_number": HostileCase(
-        _with(lambda v: {**_one(v), "version": 1.2}), "version: must be"
+        _with(lambda v: {**_one(v), "version": 1.2}), "version: must look like 1.2.3"
     ),
     "version_mismatch": HostileCase(
         _with(lambda v: _one("9.9.9")), "package is 9.9.9, requested", ErrorCode.VERSION_MISMATCH

@@ -49,12 +49,12 @@ import structlog
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.manifest import HealthProbe, Manifest, Module
+from updater_fsm.core.versions import InvalidVersion, Version
 from updater_fsm.ops.zip_bounds import judge_central_directory
 
 log = structlog.get_logger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _MD5_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 # systemd unit names: letters, digits and ":-_.\@"; must not start with "-" (would be an option).
@@ -621,8 +621,10 @@ def read_package(
             _invalid(f"{MANIFEST_NAME}: larger than {limits.max_manifest_bytes} bytes")
         doc = _normalise(parse_manifest_json(_read_bounded(zf, info, limits.max_manifest_bytes)))
     version = doc.get("version")
-    if not isinstance(version, str) or not VERSION_RE.match(version):
-        _invalid(f"version: must be a string like 1.2.3, got {str(version)[:40]!r}")
+    try:
+        Version.parse(version)
+    except InvalidVersion as exc:
+        _invalid(f"version: {exc}")
     if version != expected_version:
         raise UpdaterError(
             ErrorCode.VERSION_MISMATCH,

@@ -52,7 +52,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from updater_fsm import durable
 from updater_fsm.core.errors import UpdaterError
 from updater_fsm.core.manifest import Manifest
-from updater_fsm.ops.package import MANIFEST_NAME, VERSION_RE, read_package
+from updater_fsm.core.versions import InvalidVersion, Version
+from updater_fsm.ops.package import MANIFEST_NAME, read_package
 
 CONFIG_NAME = "tope-package.toml"
 PAYLOAD_PREFIX = "files/"
@@ -228,8 +229,10 @@ def build_package(
         BuildError: bad source tree, config, version, key, or a package the device would
             reject (the reader's message is included).
     """
-    if not VERSION_RE.match(version):
-        raise BuildError(f"version must look like 1.2.3, got {version!r}")
+    try:
+        Version.parse(version)
+    except InvalidVersion as exc:
+        raise BuildError(f"version {exc}") from None
     if not src_dir.is_dir():
         raise BuildError(f"{src_dir} is not a directory")
     default_config = src_dir / CONFIG_NAME

@@ -39,7 +39,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import shutil
 import stat
 import time
@@ -53,6 +52,7 @@ from updater_fsm import durable
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.events import LinkVersions
 from updater_fsm.core.manifest import Manifest
+from updater_fsm.core.versions import Version
 from updater_fsm.faults import crash_point
 from updater_fsm.ops.package import (
     PackageLimits,
@@ -66,8 +66,6 @@ from updater_fsm.ops.package import (
 
 log = structlog.get_logger(__name__)
 
-SNAPSHOT_RE = re.compile(r"^v(\d+\.\d+\.\d+)$")
-_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 STAGING_SUFFIX = ".staging"
 TRASH_SUFFIX = ".trash"
 _FICLONE = 0x40049409  # linux/fs.h _IOW(0x94, 9, int)
@@ -76,14 +74,20 @@ _LINKS = ("current", "previous", "factory")
 
 
 def _check_version(version: str) -> str:
-    if not _VERSION_RE.match(version):
-        raise ValueError(f"not a version like 1.2.3: {version!r}")
-    return version
+    """``version`` itself, once :meth:`Version.parse` accepts it (else ``InvalidVersion``)."""
+    return Version.parse(version).text
 
 
-def version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, int, int]:
     """Sort key of a ``1.2.3`` version: numeric, so 1.10.0 sorts after 1.9.0."""
-    return tuple(int(part) for part in version.split("."))
+    return Version.parse(version).key
+
+
+def snapshot_version(name: str) -> str | None:
+    """The version a snapshot directory name (``v1.2.3``) holds, or None for other names."""
+    if not name.startswith("v") or not Version.is_valid(name[1:]):
+        return None
+    return name[1:]
 
 
 @attrs.frozen
@@ -140,15 +144,15 @@ def _link_version(layout: Layout, link: Path) -> str | None:
         return None
     if target.parent not in (PurePosixPath("."), PurePosixPath(layout.versions)):
         return None
-    match = SNAPSHOT_RE.match(target.name)
-    if match is None:
+    version = snapshot_version(target.name)
+    if version is None:
         return None
     try:
         if not stat.S_ISDIR(os.lstat(layout.versions / target.name).st_mode):
             return None
     except OSError:
         return None
-    return match.group(1)
+    return version
 
 
 def read_links(layout: Layout) -> LinkState:
@@ -174,9 +178,9 @@ def list_snapshots(layout: Layout) -> list[str]:
     found = []
     with contextlib.suppress(FileNotFoundError), os.scandir(layout.versions) as it:
         for entry in it:
-            match = SNAPSHOT_RE.match(entry.name)
-            if match and entry.is_dir(follow_symlinks=False):
-                found.append(match.group(1))
+            version = snapshot_version(entry.name)
+            if version is not None and entry.is_dir(follow_symlinks=False):
+                found.append(version)
     return sorted(found, key=version_key)
 
 
@@ -466,7 +470,7 @@ def stage_snapshot(
         raise UpdaterError(
             ErrorCode.DEPLOYMENT_FAILED, f"v{version} is already the running version"
         )
-    if not allow_downgrade and version_key(version) < version_key(links.current):
+    if not allow_downgrade and Version.parse(version).is_older_than(Version.parse(links.current)):
         raise UpdaterError(
             ErrorCode.DOWNGRADE_REFUSED,
             f"v{version} is older than the running v{links.current} (allow_downgrade is off)",
@@ -693,7 +697,7 @@ def verify_setup(layout: Layout) -> list[str]:
         target = os.readlink(link)
         if os.path.isabs(target):
             problems.append(f"{name}: target {target} is absolute (must be relative)")
-        if not SNAPSHOT_RE.match(PurePosixPath(target).name):
+        if snapshot_version(PurePosixPath(target).name) is None:
             problems.append(f"{name}: target {target} is not a snapshot name")
         elif _link_version(layout, link) is None:
             problems.append(f"{name}: dangling link to {target}")
