@@ -10,6 +10,10 @@ nothing is ever answered with an HTML error page or a traceback:
 * :func:`bearer_auth` (only when ``config.api_token`` is set) answers mutating requests
   that lack ``Authorization: Bearer <token>`` with HTTP 401 and the envelope code 401;
   reads (GET) stay open so dashboards and device-api polling keep working.
+
+Before those, :mod:`http_shell.web_guard` refuses foreign ``Host``/``Origin`` headers
+(HTTP 403, ``FORBIDDEN: …``) and state-changing bodies not declared ``application/json``
+(code 400). The order is: envelope errors ⊃ Host/Origin ⊃ token ⊃ content type ⊃ handler.
 """
 
 from __future__ import annotations
@@ -26,14 +30,13 @@ from http_shell import web_api
 from http_shell.reporter import Reporter
 from http_shell.web_bodies import MAX_BODY_BYTES, BodyError, envelope
 from http_shell.web_events import SHUTDOWN, close_streams
+from http_shell.web_guard import SAFE_METHODS, edge_guard, json_only, served_host_names
 from http_shell.web_openapi import PREFIX, openapi_document
 from updater_fsm.config import Config
 from updater_fsm.engine import Engine
 
 _log = structlog.get_logger(__name__)
 
-#: Methods that never change anything; everything else needs the token when one is set.
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Headers of aiohttp's HTTP errors worth keeping on the JSON replacement.
 _KEEP_HEADERS = ("Allow", "WWW-Authenticate")
 
@@ -69,7 +72,7 @@ def bearer_auth(token: str) -> Middleware:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method not in _SAFE_METHODS:
+        if request.method not in SAFE_METHODS:
             given = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(given, expected):
                 return web.json_response(
@@ -96,17 +99,18 @@ def create_app(
     """The HTTP API application (contract §1) for an already built engine.
 
     Args:
-        config: listening details do not matter here; ``root`` (for ``/versions``) and
-            ``api_token`` do.
+        config: ``root`` (for ``/versions``), ``api_token``, and ``host`` with
+            ``allowed_hosts`` (the accepted ``Host`` names) matter here; ``port`` does not.
         engine: the engine requests are submitted to. Starting and stopping it is the
             caller's job.
         reporter: the device-api reporter; its counters appear in ``/healthz`` and the app's
             cleanup stops it (stopping twice is harmless).
         sse_heartbeat_s: quiet time after which ``/events`` sends a ``: ping`` comment.
     """
-    middlewares: list[Middleware] = [envelope_errors]
+    middlewares: list[Middleware] = [envelope_errors, edge_guard(served_host_names(config))]
     if config.api_token:
         middlewares.append(bearer_auth(config.api_token))
+    middlewares.append(json_only)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[web_api.ENGINE] = engine
     app[web_api.CONFIG] = config

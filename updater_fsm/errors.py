@@ -34,6 +34,7 @@ class ErrorCode(enum.StrEnum):
     ROLLBACK_LEVEL_2_SUCCESS = "ROLLBACK_LEVEL_2_SUCCESS"
     ROLLBACK_FAILED = "ROLLBACK_FAILED"
     CANCELLED = "CANCELLED"
+    FORBIDDEN = "FORBIDDEN"
 
 
 class UpdaterError(Exception):

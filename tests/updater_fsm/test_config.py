@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,28 @@ def test_cli_prints_one_line_and_exits_2_on_bad_config(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "tope-updater: config key 'port': must be 1..65535 (got 0)"
     ]
+
+
+def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
+    file = write(tmp_path, 'allowed_hosts = ["printer.local", "192.168.1.20", "[fd00::5]"]\n')
+    config = load_config(file=file, env={})
+    assert config.allowed_hosts == ("printer.local", "192.168.1.20", "[fd00::5]")
+    env = {"TOPE_UPDATER_ALLOWED_HOSTS": "printer.local fd00::5"}
+    assert load_config(env=env).allowed_hosts == ("printer.local", "fd00::5")
+    assert load_config(env={}).allowed_hosts == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"printer.local"', "must be a list of strings"),
+        ('["printer.local:12315"]', "'printer.local:12315' must be a host name or IP address"),
+        ('["http://printer.local"]', "'http://printer.local' must be a host name or IP address"),
+        ('["*.local"]', "'*.local' must be a host name or IP address"),
+        ('[""]', "'' must be a host name or IP address"),
+        ('["a b"]', "'a b' must be a host name or IP address"),
+    ],
+)
+def test_bad_allowed_hosts_name_the_key(tmp_path: Path, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"config key 'allowed_hosts': {problem}")):
+        load_config(file=write(tmp_path, f"allowed_hosts = {value}\n"), env={})
