@@ -101,7 +101,7 @@ _SCHEMAS: dict[str, Schema] = {
         "properties": {
             "code": {
                 "type": "integer",
-                "enum": [200, 400, 401, 403, 404, 409, 410, 500],
+                "enum": [200, 400, 401, 403, 404, 409, 410, 500, 503],
                 "description": "The outcome. 400: msg starts 'VALIDATION_ERROR: <field>'.",
             },
             "msg": {"type": "string"},
@@ -274,7 +274,12 @@ def openapi_document(*, auth: bool = False) -> Schema:
                     "200": {
                         "description": "An endless event stream",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "503": _envelope(
+                        None,
+                        "TOO_MANY_CLIENTS: the limit of open event streams is reached"
+                        " (HTTP 503 with Retry-After, envelope code 503)",
+                    ),
                 },
             }
         },
@@ -302,6 +307,12 @@ def openapi_document(*, auth: bool = False) -> Schema:
         },
         "/healthz": {"get": _op("Liveness: the engine state", "200", _ref("Health"))},
     }
+    if auth:
+        events = paths["/events"]["get"]
+        events["security"] = [{"bearerAuth": []}]
+        events["responses"]["401"] = _envelope(
+            None, "Missing or wrong bearer token (HTTP 401, envelope code 401)"
+        )
     for ops in paths.values():
         for op in ops.values():
             op["responses"]["403"] = _envelope(
@@ -321,7 +332,8 @@ def openapi_document(*, auth: bool = False) -> Schema:
             " `Content-Type: application/json` (else code 400). A foreign `Host` or `Origin`"
             " header is refused with HTTP 403, envelope code 403 `FORBIDDEN: …`."
             + (
-                " Mutating endpoints require `Authorization: Bearer <token>`; without it they"
+                " Mutating endpoints and /events require `Authorization: Bearer <token>`;"
+                " without it they"
                 " answer HTTP 401 with the envelope code 401."
                 if auth
                 else ""

@@ -35,6 +35,7 @@ class ErrorCode(enum.StrEnum):
     ROLLBACK_FAILED = "ROLLBACK_FAILED"
     CANCELLED = "CANCELLED"
     FORBIDDEN = "FORBIDDEN"
+    TOO_MANY_CLIENTS = "TOO_MANY_CLIENTS"
 
 
 class UpdaterError(Exception):
