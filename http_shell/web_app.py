@@ -35,6 +35,7 @@ from http_shell.web_guard import SAFE_METHODS, edge_guard, json_only, served_hos
 from http_shell.web_openapi import PREFIX, openapi_document
 from updater_fsm.config import Config
 from updater_fsm.engine import Engine
+from updater_fsm.urls import redact_url
 
 _log = structlog.get_logger(__name__)
 
@@ -64,7 +65,7 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
         raise  # the client is gone or the server is stopping: nobody to answer
     except Exception as exc:
         _log.exception("request failed", method=request.method, path=request.path)
-        return envelope(500, f"INTERNAL_ERROR: {type(exc).__name__}: {exc}")
+        return envelope(500, redact_url(f"INTERNAL_ERROR: {type(exc).__name__}: {exc}"))
 
 
 def bearer_auth(token: str, protected_reads: frozenset[str] = frozenset()) -> Middleware:
