@@ -42,6 +42,9 @@ class Config:
         allow_downgrade: when false, installing a version older than the running one is
             refused with ``DOWNGRADE_REFUSED`` (anti-rollback protection for fleets where
             old, vulnerable packages must never come back; manual rollback is unaffected).
+            Default: true, but false when ``trusted_key`` is set and ``allow_downgrade`` is
+            not given explicitly (:func:`load_config` decides; a replayed old signed package
+            would otherwise install).
         api_token: when set, mutating endpoints and ``/events`` require
             ``Authorization: Bearer <token>``.
         allowed_hosts: extra names (host names or IP addresses, no port) a request's
@@ -230,4 +233,9 @@ def load_config(
         if key not in _FIELDS:
             raise ConfigError(f"unknown option {key!r}")
         values[key] = _convert(key, value, from_text=isinstance(value, str))
-    return _validate(attrs.evolve(base or Config(), **values))
+    config = attrs.evolve(base or Config(), **values)
+    if "allow_downgrade" not in values and config.trusted_key is not None:
+        # Signed packages stay valid forever: without anti-rollback anyone who can reach
+        # the API could re-install an old, signed, vulnerable version.
+        config = attrs.evolve(config, allow_downgrade=False)
+    return _validate(config)

@@ -146,3 +146,16 @@ def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
 def test_bad_allowed_hosts_name_the_key(tmp_path: Path, value: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(f"config key 'allowed_hosts': {problem}")):
         load_config(file=write(tmp_path, f"allowed_hosts = {value}\n"), env={})
+
+
+def test_trusted_key_turns_downgrades_off_unless_set_explicitly(tmp_path: Path) -> None:
+    """A signature says who made a package, not that it is current: with a trusted key an
+    old signed package could be replayed, so downgrades are refused by default."""
+    key = 'trusted_key = "MCowBQYDK2VwAyEA"\n'
+    assert load_config(file=write(tmp_path, key), env={}).allow_downgrade is False
+    assert load_config(env={"TOPE_UPDATER_TRUSTED_KEY": "k"}).allow_downgrade is False
+    explicit = load_config(file=write(tmp_path, key + "allow_downgrade = true\n"), env={})
+    assert explicit.allow_downgrade is True
+    from_env = {"TOPE_UPDATER_TRUSTED_KEY": "k", "TOPE_UPDATER_ALLOW_DOWNGRADE": "yes"}
+    assert load_config(env=from_env).allow_downgrade is True
+    assert load_config(env={}).allow_downgrade is True  # no key: unchanged default
