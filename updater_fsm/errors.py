@@ -35,6 +35,8 @@ class ErrorCode(enum.StrEnum):
     ROLLBACK_FAILED = "ROLLBACK_FAILED"
     CANCELLED = "CANCELLED"
     RESUME_LIMIT = "RESUME_LIMIT"
+    FORBIDDEN = "FORBIDDEN"
+    TOO_MANY_CLIENTS = "TOO_MANY_CLIENTS"
 
 
 class UpdaterError(Exception):
