@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 _log = structlog.get_logger(__name__)
 
 REPORT_PATH = "/api/v1.0/ota/report"
+#: Most of device-api's answer ever read: only its status counts, the body is ignored. A
+#: bigger body is not drained either; the connection is closed instead (it cannot be reused).
+MAX_ANSWER_BYTES = 4096
 #: Download progress is reported each time it reaches a new multiple of this many percent.
 PROGRESS_STEP = 5
 _TERMINAL_STAGES = frozenset({Stage.SUCCESS, Stage.FAILED})
@@ -317,7 +320,9 @@ class Reporter:
             self._session = aiohttp.ClientSession()
         try:
             async with self._session.post(self.url, json=report, timeout=self._timeout) as resp:
-                await resp.read()
+                # Bounded, never resp.read()/text()/json(): a misbehaving device-api could
+                # answer with hundreds of MB (300 MB took the RSS from 44 to 658 MB).
+                await resp.content.read(MAX_ANSWER_BYTES)
                 if resp.status == 200:
                     _log.debug(
                         "reported", stage=report.get("stage"), progress=report.get("progress")

@@ -8,8 +8,13 @@ nothing is ever answered with an HTML error page or a traceback:
   bodies over :data:`~http_shell.web_bodies.MAX_BODY_BYTES`), unknown paths and methods into
   a JSON body with the real HTTP 404/405, and any unexpected exception into code 500.
 * :func:`bearer_auth` (only when ``config.api_token`` is set) answers mutating requests
-  that lack ``Authorization: Bearer <token>`` with HTTP 401 and the envelope code 401;
-  reads (GET) stay open so dashboards and device-api polling keep working.
+  that lack ``Authorization: Bearer <token>`` with HTTP 401 and the envelope code 401,
+  and ``GET /events`` too (a stream holds a connection for as long as the client wants);
+  the other reads stay open so dashboards and device-api polling keep working.
+
+Before those, :mod:`http_shell.web_guard` refuses foreign ``Host``/``Origin`` headers
+(HTTP 403, ``FORBIDDEN: …``) and state-changing bodies not declared ``application/json``
+(code 400). The order is: envelope errors ⊃ Host/Origin ⊃ token ⊃ content type ⊃ handler.
 """
 
 from __future__ import annotations
@@ -25,15 +30,14 @@ from aiohttp.typedefs import Handler, Middleware
 from http_shell import web_api
 from http_shell.reporter import Reporter
 from http_shell.web_bodies import MAX_BODY_BYTES, BodyError, envelope
-from http_shell.web_events import SHUTDOWN, close_streams
+from http_shell.web_events import MAX_EVENT_STREAMS, SHUTDOWN, SLOTS, StreamSlots, close_streams
+from http_shell.web_guard import SAFE_METHODS, edge_guard, json_only, served_host_names
 from http_shell.web_openapi import PREFIX, openapi_document
 from updater_fsm.config import Config
-from updater_fsm.control import UpdaterControl
+from updater_fsm.control import UpdaterControl, redact_url
 
 _log = structlog.get_logger(__name__)
 
-#: Methods that never change anything; everything else needs the token when one is set.
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Headers of aiohttp's HTTP errors worth keeping on the JSON replacement.
 _KEEP_HEADERS = ("Allow", "WWW-Authenticate")
 
@@ -60,16 +64,17 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
         raise  # the client is gone or the server is stopping: nobody to answer
     except Exception as exc:
         _log.exception("request failed", method=request.method, path=request.path)
-        return envelope(500, f"INTERNAL_ERROR: {type(exc).__name__}: {exc}")
+        return envelope(500, redact_url(f"INTERNAL_ERROR: {type(exc).__name__}: {exc}"))
 
 
-def bearer_auth(token: str) -> Middleware:
-    """A middleware requiring ``Authorization: Bearer <token>`` on mutating requests."""
+def bearer_auth(token: str, protected_reads: frozenset[str] = frozenset()) -> Middleware:
+    """A middleware requiring ``Authorization: Bearer <token>`` on mutating requests and on
+    the reads whose paths are in ``protected_reads``."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method not in _SAFE_METHODS:
+        if request.method not in SAFE_METHODS or request.path in protected_reads:
             given = request.headers.get("Authorization", "").encode("utf-8", "replace")
             if not hmac.compare_digest(given, expected):
                 return web.json_response(
@@ -92,21 +97,24 @@ def create_app(
     *,
     reporter: Reporter | None = None,
     sse_heartbeat_s: float = 15.0,
+    max_event_streams: int = MAX_EVENT_STREAMS,
 ) -> web.Application:
     """The HTTP API application (contract §1) for an already built engine.
 
     Args:
-        config: listening details do not matter here; ``root`` (for ``/versions``) and
-            ``api_token`` do.
+        config: ``root`` (for ``/versions``), ``api_token``, and ``host`` with
+            ``allowed_hosts`` (the accepted ``Host`` names) matter here; ``port`` does not.
         engine: the engine requests are submitted to. Starting and stopping it is the
             caller's job.
         reporter: the device-api reporter; its counters appear in ``/healthz`` and the app's
             cleanup stops it (stopping twice is harmless).
         sse_heartbeat_s: quiet time after which ``/events`` sends a ``: ping`` comment.
+        max_event_streams: ``/events`` streams open at once; one more is HTTP 503.
     """
-    middlewares: list[Middleware] = [envelope_errors]
+    middlewares: list[Middleware] = [envelope_errors, edge_guard(served_host_names(config))]
     if config.api_token:
-        middlewares.append(bearer_auth(config.api_token))
+        middlewares.append(bearer_auth(config.api_token, frozenset({f"{PREFIX}/events"})))
+    middlewares.append(json_only)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
     app[web_api.ENGINE] = engine
     app[web_api.CONFIG] = config
@@ -114,6 +122,7 @@ def create_app(
     app[web_api.HEARTBEAT_S] = sse_heartbeat_s
     app[web_api.OPENAPI] = openapi_document(auth=bool(config.api_token))
     app[SHUTDOWN] = asyncio.Event()
+    app[SLOTS] = StreamSlots(max_event_streams)
     app.add_routes(web_api.routes(PREFIX))
     app.on_shutdown.append(close_streams)
     if reporter is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Any, TypeVar
 
@@ -94,16 +95,91 @@ class RollbackBody:
     target: str = "previous"
 
 
+#: Longest integer literal parsed (no field needs more than 19 digits; Python's own limit
+#: of 4,300 digits would raise a ValueError that is not a JSONDecodeError).
+MAX_INT_DIGITS = 64
+
+
+@attrs.frozen
+class _Unacceptable:
+    """Stands in for a JSON value that parsed but must be refused; found after parsing so
+    the message can name the top-level field holding it."""
+
+    problem: str
+
+
+def _parse_int(literal: str) -> int | _Unacceptable:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        return _Unacceptable(f"is a number with more than {MAX_INT_DIGITS} digits")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float | _Unacceptable:
+    value = float(literal)
+    if math.isinf(value):
+        return _Unacceptable("is a number too large for a float")
+    return value
+
+
+def _parse_constant(literal: str) -> _Unacceptable:
+    return _Unacceptable(f"is {literal}, which is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            # Two readers of the same body could otherwise see two different values.
+            raise BodyError(key, "appears more than once in an object")
+        obj[key] = value
+    return obj
+
+
+def _first_unacceptable(doc: Any) -> BodyError | None:
+    """The first :class:`_Unacceptable` in ``doc``, named by the top-level field holding it."""
+    fields = [(str(k), v) for k, v in doc.items()] if isinstance(doc, dict) else [("body", doc)]
+    for field, top in fields:
+        stack = [top]
+        while stack:  # iterative: the value may nest as deep as the parser allowed
+            value = stack.pop()
+            if isinstance(value, _Unacceptable):
+                return BodyError(field, value.problem)
+            if isinstance(value, dict):
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+    return None
+
+
 def parse_json(raw: bytes) -> Any:
-    """Decode a request body as JSON; raises :class:`BodyError` for anything else."""
+    """Decode a request body as JSON; raises :class:`BodyError` for anything else.
+
+    Strict JSON: ``NaN``/``Infinity``, numbers beyond a float or :data:`MAX_INT_DIGITS`
+    digits and duplicate keys are refused (naming the field when it is known), and any
+    parser failure — nesting too deep included — is a :class:`BodyError`, never a 500.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BodyError("body", "is not UTF-8") from None
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError):
+        doc = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+            object_pairs_hook=_unique_keys,
+        )
+    except BodyError:
+        raise
+    except RecursionError:
+        raise BodyError("body", "is nested too deeply") from None
+    except ValueError:  # JSONDecodeError, and anything a literal conversion still raises
         raise BodyError("body", "is not valid JSON") from None
+    problem = _first_unacceptable(doc)
+    if problem is not None:
+        raise problem
+    return doc
 
 
 def structure(data: Any, cls: type[_T]) -> _T:

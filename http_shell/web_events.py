@@ -6,6 +6,13 @@ is the record's sequence number; the stream starts with the current snapshot. A 
 line (``: ping``) is sent when nothing happened for ``heartbeat_s`` so proxies and clients
 can tell a quiet stream from a dead one. The stream ends when the client goes away or the
 server shuts down (:func:`close_streams` from the app's ``on_shutdown``).
+
+Each stream holds a socket (a file descriptor) and a subscription for as long as the client
+wants, so at most ``limit`` of :class:`StreamSlots` are open at once (default
+:data:`MAX_EVENT_STREAMS`); one more is answered at once with HTTP 503 and the envelope
+code 503 ``TOO_MANY_CLIENTS: …`` instead of letting idle clients exhaust the process's
+descriptors (1,030 idle streams used to stall the API and fail a running download with
+EMFILE).
 """
 
 from __future__ import annotations
@@ -19,12 +26,52 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from updater_fsm.control import Snapshot, UpdaterControl
+from updater_fsm.control import ErrorCode, Snapshot, UpdaterControl
 
 _log = structlog.get_logger(__name__)
 
 #: Set on shutdown; every open stream watches it and ends.
 SHUTDOWN: web.AppKey[asyncio.Event] = web.AppKey("sse_shutdown", asyncio.Event)
+#: Event streams open at once, by default. Far more than the GUI, device-api and a few
+#: ``--watch`` CLIs need; far fewer than the unit's descriptor limit.
+MAX_EVENT_STREAMS = 32
+#: Seconds a refused client is asked to wait (``Retry-After``).
+RETRY_AFTER_S = 10
+
+
+class StreamSlots:
+    """How many event streams are open, out of ``limit``."""
+
+    def __init__(self, limit: int = MAX_EVENT_STREAMS) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> bool:
+        """Claim a slot; False when all ``limit`` are in use."""
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+SLOTS: web.AppKey[StreamSlots] = web.AppKey("sse_slots", StreamSlots)
+
+
+def too_many_clients(limit: int) -> web.Response:
+    """The refusal of one stream too many: HTTP 503, envelope code 503."""
+    return web.json_response(
+        {
+            "code": 503,
+            "msg": f"{ErrorCode.TOO_MANY_CLIENTS.value}: {limit} event streams are open"
+            " already (the limit); poll GET /progress or retry later",
+            "data": None,
+        },
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def format_event(snap: Snapshot) -> bytes:
@@ -42,6 +89,18 @@ async def stream_events(
     request: web.Request, engine: UpdaterControl, *, heartbeat_s: float
 ) -> web.StreamResponse:
     """Serve the SSE stream until the client disconnects or the app shuts down."""
+    slots = request.app[SLOTS]
+    if not slots.take():
+        return too_many_clients(slots.limit)
+    try:
+        return await _stream(request, engine, heartbeat_s)
+    finally:
+        slots.give_back()
+
+
+async def _stream(
+    request: web.Request, engine: UpdaterControl, heartbeat_s: float
+) -> web.StreamResponse:
     shutdown = request.app[SHUTDOWN]
     response = web.StreamResponse(
         headers={

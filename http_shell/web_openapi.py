@@ -4,7 +4,8 @@ Written to match the behaviour exactly: request schemas use the very patterns
 :mod:`http_shell.web_bodies` validates with and forbid unknown fields; every JSON response
 is the envelope ``{"code", "msg", "data"}`` with HTTP 200 (the outcome is ``code``). When an
 API token is configured the document also declares the bearer scheme and the HTTP 401 that
-mutating endpoints answer without it (GET endpoints stay open). ``tests/http_shell`` checks
+mutating endpoints answer without it (GET endpoints stay open). Every operation lists the
+HTTP 403 of :mod:`http_shell.web_guard` (foreign ``Host``/``Origin``). ``tests/http_shell`` checks
 that every route is listed and runs schemathesis against the document when available.
 """
 
@@ -100,7 +101,7 @@ _SCHEMAS: dict[str, Schema] = {
         "properties": {
             "code": {
                 "type": "integer",
-                "enum": [200, 400, 401, 404, 409, 410, 500],
+                "enum": [200, 400, 401, 403, 404, 409, 410, 500, 503],
                 "description": "The outcome. 400: msg starts 'VALIDATION_ERROR: <field>'.",
             },
             "msg": {"type": "string"},
@@ -273,7 +274,12 @@ def openapi_document(*, auth: bool = False) -> Schema:
                     "200": {
                         "description": "An endless event stream",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "503": _envelope(
+                        None,
+                        "TOO_MANY_CLIENTS: the limit of open event streams is reached"
+                        " (HTTP 503 with Retry-After, envelope code 503)",
+                    ),
                 },
             }
         },
@@ -301,6 +307,19 @@ def openapi_document(*, auth: bool = False) -> Schema:
         },
         "/healthz": {"get": _op("Liveness: the engine state", "200", _ref("Health"))},
     }
+    if auth:
+        events = paths["/events"]["get"]
+        events["security"] = [{"bearerAuth": []}]
+        events["responses"]["401"] = _envelope(
+            None, "Missing or wrong bearer token (HTTP 401, envelope code 401)"
+        )
+    for ops in paths.values():
+        for op in ops.values():
+            op["responses"]["403"] = _envelope(
+                None,
+                "FORBIDDEN: the Host header is not a name the updater serves, or the Origin"
+                " header is not its own origin (HTTP 403, envelope code 403)",
+            )
     doc: Schema = {
         "openapi": "3.0.3",
         "info": {
@@ -309,9 +328,12 @@ def openapi_document(*, auth: bool = False) -> Schema:
             "description": "OTA update agent. Every JSON response is HTTP 200 with"
             ' {"code", "msg", "data"}; the outcome is `code`. Malformed JSON, wrong types,'
             " extra or missing fields answer code 400 `VALIDATION_ERROR: <field> …`."
-            " Request bodies may be at most 64 KiB."
+            " Request bodies may be at most 64 KiB and must be sent as"
+            " `Content-Type: application/json` (else code 400). A foreign `Host` or `Origin`"
+            " header is refused with HTTP 403, envelope code 403 `FORBIDDEN: …`."
             + (
-                " Mutating endpoints require `Authorization: Bearer <token>`; without it they"
+                " Mutating endpoints and /events require `Authorization: Bearer <token>`;"
+                " without it they"
                 " answer HTTP 401 with the envelope code 401."
                 if auth
                 else ""

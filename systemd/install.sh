@@ -205,6 +205,7 @@ if [[ ! -e "$CONFIG" ]]; then
         toml_list units "${UNITS[@]}"
         echo "# allow_downgrade = false   # refuse installing versions older than the running one"
         echo "# api_token = \"…\"          # require Authorization: Bearer <token> to mutate"
+        echo "# allowed_hosts = [\"printer.local\"]   # Host names accepted besides loopback"
         echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""
         echo "log_level = \"info\""
     } >"$CONFIG.tmp"

@@ -8,6 +8,7 @@ errors (:class:`ConfigError`), reported as one line by the CLI, which then exits
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import shlex
 import tomllib
@@ -51,7 +52,15 @@ class Config:
         allow_downgrade: when false, installing a version older than the running one is
             refused with ``DOWNGRADE_REFUSED`` (anti-rollback protection for fleets where
             old, vulnerable packages must never come back; manual rollback is unaffected).
-        api_token: when set, mutating endpoints require ``Authorization: Bearer <token>``.
+            Default: true, but false when ``trusted_key`` is set and ``allow_downgrade`` is
+            not given explicitly (:func:`load_config` decides; a replayed old signed package
+            would otherwise install).
+        api_token: when set, mutating endpoints and ``/events`` require
+            ``Authorization: Bearer <token>``.
+        allowed_hosts: extra names (host names or IP addresses, no port) a request's
+            ``Host`` header may carry; loopback names and ``host`` are always accepted.
+            Anything else is refused with ``FORBIDDEN`` (DNS rebinding). Binding ``host`` to
+            ``0.0.0.0``/``::`` needs the device's names or addresses listed here.
         trusted_key: Ed25519 public key (PEM file path or base64 raw key) for signatures.
         stop_timeout_s, start_timeout_s, settle_s, post_cmd_timeout_s: install timings.
         connect_timeout_s, read_timeout_s, download_attempts: download robustness.
@@ -75,6 +84,7 @@ class Config:
     units: tuple[str, ...] = ()
     allow_downgrade: bool = True
     api_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     trusted_key: str | None = None
     stop_timeout_s: float = 10.0
     start_timeout_s: float = 30.0
@@ -186,7 +196,24 @@ def _validate(config: Config) -> Config:
     for key in ("stop_timeout_s", "start_timeout_s", "post_cmd_timeout_s", "read_timeout_s"):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0")
+    for name in config.allowed_hosts:
+        _check_host_name(name)
     return config
+
+
+def _check_host_name(name: str) -> None:
+    """One ``allowed_hosts`` entry: a host name or an IP address, without scheme, port, path."""
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    problem = ""
+    if not bare or any(c.isspace() or c in "/@*?#" for c in bare):
+        problem = "must be a host name or IP address (no scheme, port, path or wildcard)"
+    elif ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            problem = "must be a host name or IP address without a port"
+    if problem:
+        raise ConfigError(f"config key 'allowed_hosts': {name!r} {problem}")
 
 
 def load_config(
@@ -228,4 +255,9 @@ def load_config(
         if key not in _FIELDS:
             raise ConfigError(f"unknown option {key!r}")
         values[key] = _convert(key, value, from_text=isinstance(value, str))
-    return _validate(attrs.evolve(base or Config(), **values))
+    config = attrs.evolve(base or Config(), **values)
+    if "allow_downgrade" not in values and config.trusted_key is not None:
+        # Signed packages stay valid forever: without anti-rollback anyone who can reach
+        # the API could re-install an old, signed, vulnerable version.
+        config = attrs.evolve(config, allow_downgrade=False)
+    return _validate(config)

@@ -29,6 +29,7 @@ from updater_fsm.core.machine import Decision, Reply
 from updater_fsm.core.manifest import units_named
 from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.table import Stage, State
+from updater_fsm.core.urls import redact_url
 from updater_fsm.core.versions import VERSION_MAX_LENGTH, VERSION_PATTERN, Version
 from updater_fsm.engine import Subscription
 
@@ -54,6 +55,7 @@ __all__ = [
     "UpdaterControl",
     "UpdaterError",
     "Version",
+    "redact_url",
     "units_named",
 ]
 

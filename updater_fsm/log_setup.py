@@ -3,7 +3,8 @@
 structlog renders every event twice through the standard library's handlers: as one JSON
 object per line (ISO 8601 UTC timestamps) into ``<state_dir>/logs/updater.log``, rotated at
 10 MB keeping 3 old files, and with colours on a TTY console. Library loggers (aiohttp)
-flow through the same handlers.
+flow through the same handlers. URL credentials are masked in every line
+(:func:`redact_credentials`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import structlog
 
+from updater_fsm.core.urls import redact_url
+
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 3
 
@@ -25,6 +28,20 @@ _SHARED: list[structlog.types.Processor] = [
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     structlog.processors.StackInfoRenderer(),
 ]
+
+
+def redact_credentials(
+    logger: object, method: str, event_dict: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """Processor: no URL credentials (``user:secret@``) in any string of a log line.
+
+    Runs last before rendering, after exceptions were formatted, for structlog and
+    standard-library records alike: the log file is readable by other users.
+    """
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "@" in value:
+            event_dict[key] = redact_url(value)
+    return event_dict
 
 
 def configure_logging(logs_dir: Path | None, *, level: str = "info", console: bool = True) -> None:
@@ -50,6 +67,7 @@ def configure_logging(logs_dir: Path | None, *, level: str = "info", console: bo
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
+                    redact_credentials,
                     structlog.processors.JSONRenderer(sort_keys=False),
                 ],
             )
@@ -68,6 +86,7 @@ def configure_logging(logs_dir: Path | None, *, level: str = "info", console: bo
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info,
+                    redact_credentials,
                     renderer,
                 ],
             )

@@ -170,6 +170,8 @@ async def rig(tmp_path: Path, clock: FakeClock, root: Path) -> AsyncIterator[Rig
 
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+#: ``make_client`` keywords that go to ``create_app``, not to ``Config``.
+_APP_KWARGS = ("reporter", "sse_heartbeat_s", "max_event_streams")
 
 
 @pytest.fixture
@@ -177,7 +179,7 @@ async def make_client(rig: Rig, aiohttp_client: Any) -> ClientFactory:
     """Build the real app around the rig's engine (kwargs go to ``Config``)."""
 
     async def make(**config: Any) -> TestClient[Any, Any]:
-        app_kwargs = {k: config.pop(k) for k in ("reporter", "sse_heartbeat_s") if k in config}
+        app_kwargs = {k: config.pop(k) for k in _APP_KWARGS if k in config}
         app = create_app(Config(root=rig.root, **config), rig.engine, **app_kwargs)
         client: TestClient[Any, Any] = await aiohttp_client(app)
         return client

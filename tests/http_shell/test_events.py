@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from aiohttp import ClientResponse
 
-from http_shell.web_events import SHUTDOWN
+from http_shell.web_events import MAX_EVENT_STREAMS, SHUTDOWN
 from tests.http_shell.conftest import API, ClientFactory, Rig, body, call
 from updater_fsm.core.progress import Transfer
 
@@ -76,3 +77,62 @@ async def test_client_going_away_unsubscribes(make_client: ClientFactory, rig: R
     async with asyncio.timeout(3):
         while len(rig.engine._subscribers) != before:
             await asyncio.sleep(0.02)
+
+
+async def test_streams_beyond_the_cap_are_refused_promptly_and_the_rest_keeps_working(
+    make_client: ClientFactory, rig: Rig
+) -> None:
+    """Idle clients holding streams open must not exhaust the updater's descriptors: the
+    33rd stream and after are answered 503 at once, /progress stays fast, and the 32 open
+    streams still get every change."""
+    client = await make_client(sse_heartbeat_s=30.0)
+    assert MAX_EVENT_STREAMS == 32
+    streams = []
+    for _ in range(MAX_EVENT_STREAMS):
+        resp = await client.get(API + "/events")
+        assert resp.status == 200
+        await _message(resp)  # the first snapshot: the stream is really open
+        streams.append(resp)
+    for _ in range(8):
+        started = time.perf_counter()
+        extra = await client.get(API + "/events")
+        assert time.perf_counter() - started < 1.0
+        assert extra.status == 503
+        assert extra.headers["Retry-After"] == "10"
+        env = await extra.json()
+        assert env["code"] == 503 and env["data"] is None
+        assert env["msg"].startswith("TOO_MANY_CLIENTS: 32 event streams are open already")
+    started = time.perf_counter()
+    assert (await call(client, "GET", "/progress"))["code"] == 200
+    assert time.perf_counter() - started < 0.5
+
+    await call(client, "POST", "/download", json=body())
+    for resp in streams:
+        assert _data(await _message(resp))["stage"] == "downloading"
+
+    streams.pop().close()  # a slot comes free once a client goes away
+    async with asyncio.timeout(3):
+        while True:
+            again = await client.get(API + "/events")
+            if again.status == 200:
+                break
+            again.release()
+            await asyncio.sleep(0.02)
+    assert _data(await _message(again))["stage"] == "downloading"
+    for resp in (*streams, again):
+        resp.close()
+
+
+async def test_events_need_the_token_when_one_is_set(make_client: ClientFactory) -> None:
+    client = await make_client(api_token="s3cret", sse_heartbeat_s=30.0)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        resp = await client.get(API + "/events", headers=headers)
+        assert resp.status == 401
+        assert (await resp.json())["msg"].startswith("UNAUTHORIZED: ")
+    resp = await client.get(API + "/events", headers={"Authorization": "Bearer s3cret"})
+    assert resp.status == 200
+    assert _data(await _message(resp))["stage"] == "idle"
+    resp.close()
+    assert (await call(client, "GET", "/progress"))["code"] == 200  # polling stays open
+    doc = await (await client.get(API + "/openapi.json")).json()
+    assert doc["paths"]["/events"]["get"]["security"] == [{"bearerAuth": []}]

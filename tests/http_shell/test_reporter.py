@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -271,3 +272,35 @@ async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+def _memory_kib(field: str) -> int:
+    """``VmRSS``/``VmHWM`` of this process, in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+async def test_a_300_mb_answer_from_device_api_is_not_read(rig: Rig, device_api: DeviceApi) -> None:
+    """device-api answers a report with 200 and a 300 MB body (streamed lazily by the real
+    server): the reporter reads at most a few KiB, counts the delivery, and the process's
+    peak RSS hardly moves (it went from 44 to 658 MB when the whole answer was read)."""
+    device_api.huge_answer_bytes = 300 * 1024 * 1024
+    # A generous timeout: a reporter that read the whole answer would have time to do so.
+    rep = Reporter(device_api.url, min_backoff_s=0.02, max_backoff_s=0.1, request_timeout_s=60)
+    rig.runner.reporter = rep
+    rep.start(rig.engine)
+    try:
+        baseline = _memory_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+        await rig.to_downloading()
+        await _until(lambda: rep.stats.sent + rep.stats.failed_attempts >= 1, timeout=30)
+        peak = _memory_kib("VmHWM")
+        stats = rep.stats
+    finally:
+        await rep.stop(flush_timeout_s=0)
+    assert (stats.sent, stats.failed_attempts) == (1, 0), stats  # HTTP 200: delivered
+    assert device_api.reports[0]["stage"] == "downloading"
+    assert (peak - baseline) < 30 * 1024, f"peak RSS grew {(peak - baseline) // 1024} MB"
+    assert device_api.answer_bytes_sent < 50 * 1024 * 1024, device_api.answer_bytes_sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from tests.http_shell.conftest import API, MD5, Rig, body, call
 from updater_fsm.core import effects as fx
 
 _MISSING = object()
+JSON = {"Content-Type": "application/json"}
 
 
 def _with(field: str, value: Any) -> dict[str, Any]:
@@ -163,3 +165,73 @@ async def test_unknown_path_and_method_are_json_http_errors(client: TestClient[A
     assert resp.status == 405
     assert "POST" in resp.headers["Allow"]
     assert (await resp.json())["code"] == 405
+
+
+def _download_with(field: str, literal: str) -> bytes:
+    """A valid download body whose ``field`` is the raw JSON text ``literal``."""
+    parts = [f'"{k}": {json.dumps(v)}' for k, v in body().items() if k != field]
+    parts.append(f'"{field}": {literal}')
+    return ("{" + ", ".join(parts) + "}").encode()
+
+
+HOSTILE_LITERALS = [
+    # (field, raw JSON literal of that field, the message after "VALIDATION_ERROR: <field> ")
+    ("package_size", "9" * 4301, "is a number with more than 64 digits"),
+    ("package_size", "-" + "1" * 60_000, "is a number with more than 64 digits"),
+    ("package_size", "1" * 65, "is a number with more than 64 digits"),
+    ("package_size", "NaN", "is NaN, which is not JSON"),
+    ("package_size", "Infinity", "is Infinity, which is not JSON"),
+    ("package_size", "-Infinity", "is -Infinity, which is not JSON"),
+    ("package_size", "1e400", "is a number too large for a float"),
+    ("package_size", "1" + "0" * 400 + ".5", "is a number too large for a float"),
+    ("package_md5", '{"x": [1, {"y": ' + "7" * 5000 + "}]}", "is a number with more than"),
+    ("surprise", "NaN", "is NaN, which is not JSON"),
+]
+
+
+@pytest.mark.parametrize(("field", "literal", "problem"), HOSTILE_LITERALS)
+async def test_hostile_numbers_are_400_naming_the_field(
+    client: TestClient[Any, Any], rig: Rig, field: str, literal: str, problem: str
+) -> None:
+    raw = _download_with(field, literal)
+    env = await call(client, "POST", "/download", data=raw, headers=JSON)
+    assert env["code"] == 400, env
+    assert env["msg"].startswith(f"VALIDATION_ERROR: {field} {problem}"), env["msg"]
+    assert "Exceeds the limit" not in env["msg"]
+    assert rig.runner.of(fx.StartDownload) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "msg"),
+    [
+        ("/update", b'{"version": ' + b"1" * 4301 + b"}", "version is a number with more"),
+        ("/rollback", b'{"target": ' + b"1" * 4301 + b"}", "target is a number with more"),
+        ("/update", b'{"version": "1.2.3", "version": "9.9.9"}', "version appears more than once"),
+        ("/rollback", b'{"target": "factory", "target": "previous"}', "target appears more"),
+        ("/update", b"1" * 5000, "body is a number with more than 64 digits"),
+        ("/update", b"NaN", "body is NaN, which is not JSON"),
+        ("/update", b'{"version": "\xff"}', "body is not UTF-8"),
+        ("/update", b'{"version": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", "body is nested"),
+        ("/rollback", b'{"target": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001, "body is nest"),
+        ("/update", b'\xef\xbb\xbf{"version": "1.2.3"}', "body is not valid JSON"),  # a BOM
+    ],
+)
+async def test_no_body_is_ever_a_500(
+    client: TestClient[Any, Any], rig: Rig, path: str, raw: bytes, msg: str
+) -> None:
+    await rig.to_ready()  # so /update and /rollback would act if the body got through
+    env = await call(client, "POST", path, data=raw, headers=JSON)
+    assert env["code"] == 400, env
+    assert env["msg"].startswith(f"VALIDATION_ERROR: {msg}"), env["msg"]
+    assert rig.engine.record.state == "ready"
+    assert rig.runner.of(fx.StageSnapshot) == [] and rig.runner.of(fx.RollBack) == []
+
+
+async def test_duplicate_keys_are_refused_in_a_download(
+    client: TestClient[Any, Any], rig: Rig
+) -> None:
+    """A proxy reading the first ``package_url`` and the updater the last must not disagree."""
+    raw = _download_with("package_url", '"http://127.0.0.1:9/a.zip", "package_url": "http://x/b"')
+    env = await call(client, "POST", "/download", data=raw, headers=JSON)
+    assert env["msg"] == "VALIDATION_ERROR: package_url appears more than once in an object"
+    assert rig.runner.of(fx.StartDownload) == []

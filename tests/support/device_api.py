@@ -27,6 +27,9 @@ class DeviceApi:
         status: HTTP status to answer with (200 = accept).
         delay_s: wait this long before answering (a slow device-api).
         arrived: requests received so far, counted before the delay (one may be in flight).
+        huge_answer_bytes: when set, answer with a body of this many bytes, generated
+            lazily in 64 KiB chunks (a misbehaving device-api; nothing is held in memory).
+        answer_bytes_sent: body bytes of such huge answers actually written to the socket.
     """
 
     def __init__(self) -> None:
@@ -35,6 +38,8 @@ class DeviceApi:
         self.status = 200
         self.delay_s = 0.0
         self.arrived = 0
+        self.huge_answer_bytes: int | None = None
+        self.answer_bytes_sent = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
@@ -44,7 +49,23 @@ class DeviceApi:
         """Reports answered with 200 (what device-api actually took in)."""
         return [r for r, ok in zip(self.reports, self._ok, strict=True) if ok]
 
-    async def _report(self, request: web.Request) -> web.Response:
+    async def _huge_answer(self, request: web.Request, size: int) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=self.status,
+            headers={"Content-Type": "application/json", "Content-Length": str(size)},
+        )
+        await response.prepare(request)
+        chunk = b" " * 65536
+        try:
+            while self.answer_bytes_sent < size:  # one huge answer per test
+                piece = chunk[: size - self.answer_bytes_sent]
+                await response.write(piece)
+                self.answer_bytes_sent += len(piece)
+        except (ConnectionError, RuntimeError):
+            pass  # the client stopped reading and closed the connection: what we hope for
+        return response
+
+    async def _report(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.arrived += 1
         status = self.status
@@ -54,6 +75,8 @@ class DeviceApi:
         self._ok.append(status == 200)
         async with self._changed:
             self._changed.notify_all()
+        if self.huge_answer_bytes is not None:
+            return await self._huge_answer(request, self.huge_answer_bytes)
         return web.json_response({"code": status, "msg": "ok", "data": None}, status=status)
 
     async def wait_for(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,41 @@ def test_resume_limit_from_env_and_bounds(tmp_path: Path) -> None:
     assert load_config(env={"TOPE_UPDATER_RESUME_LIMIT": "5"}).resume_limit == 5
     with pytest.raises(ConfigError, match="'resume_limit': must be >= 1"):
         load_config(env={"TOPE_UPDATER_RESUME_LIMIT": "0"})
+
+
+def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
+    file = write(tmp_path, 'allowed_hosts = ["printer.local", "192.168.1.20", "[fd00::5]"]\n')
+    config = load_config(file=file, env={})
+    assert config.allowed_hosts == ("printer.local", "192.168.1.20", "[fd00::5]")
+    env = {"TOPE_UPDATER_ALLOWED_HOSTS": "printer.local fd00::5"}
+    assert load_config(env=env).allowed_hosts == ("printer.local", "fd00::5")
+    assert load_config(env={}).allowed_hosts == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ('"printer.local"', "must be a list of strings"),
+        ('["printer.local:12315"]', "'printer.local:12315' must be a host name or IP address"),
+        ('["http://printer.local"]', "'http://printer.local' must be a host name or IP address"),
+        ('["*.local"]', "'*.local' must be a host name or IP address"),
+        ('[""]', "'' must be a host name or IP address"),
+        ('["a b"]', "'a b' must be a host name or IP address"),
+    ],
+)
+def test_bad_allowed_hosts_name_the_key(tmp_path: Path, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"config key 'allowed_hosts': {problem}")):
+        load_config(file=write(tmp_path, f"allowed_hosts = {value}\n"), env={})
+
+
+def test_trusted_key_turns_downgrades_off_unless_set_explicitly(tmp_path: Path) -> None:
+    """A signature says who made a package, not that it is current: with a trusted key an
+    old signed package could be replayed, so downgrades are refused by default."""
+    key = 'trusted_key = "MCowBQYDK2VwAyEA"\n'
+    assert load_config(file=write(tmp_path, key), env={}).allow_downgrade is False
+    assert load_config(env={"TOPE_UPDATER_TRUSTED_KEY": "k"}).allow_downgrade is False
+    explicit = load_config(file=write(tmp_path, key + "allow_downgrade = true\n"), env={})
+    assert explicit.allow_downgrade is True
+    from_env = {"TOPE_UPDATER_TRUSTED_KEY": "k", "TOPE_UPDATER_ALLOW_DOWNGRADE": "yes"}
+    assert load_config(env=from_env).allow_downgrade is True
+    assert load_config(env={}).allow_downgrade is True  # no key: unchanged default

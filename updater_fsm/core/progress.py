@@ -1,8 +1,9 @@
 """The progress snapshot: what ``/progress``, ``/events`` and device-api reports show.
 
 Built from the journaled record, the live transfer figures and the link versions by one
-pure function, :func:`build_snapshot`, so every consumer tells the same story. The legacy
-``stage`` comes from :data:`updater_fsm.core.table.STAGE_OF` and nowhere else.
+pure function, :func:`build_snapshot`, so every consumer tells the same story — and none
+shows a URL's credentials (the error goes through :func:`~updater_fsm.core.urls.redact_url`).
+The legacy ``stage`` comes from :data:`updater_fsm.core.table.STAGE_OF` and nowhere else.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import attrs
 from updater_fsm.core.events import LinkVersions
 from updater_fsm.core.record import JobKind, Record
 from updater_fsm.core.table import STAGE_OF, Stage, State
+from updater_fsm.core.urls import redact_url
 
 #: Fixed progress of the install states, increasing so ``installing`` never goes backwards.
 _INSTALL_PROGRESS = {
@@ -116,6 +118,8 @@ def build_snapshot(
     if state in (State.VERIFYING, State.READY) or state in _INSTALL_PROGRESS:
         done = total
     error = job.error if job is not None and state in (State.FAILED, State.IDLE) else None
+    if error is not None:
+        error = redact_url(error)  # download errors name the URL; never show its credentials
 
     if state is State.DOWNLOADING:
         progress = min(99, done * 100 // total) if total else 0

@@ -45,6 +45,7 @@ import structlog
 
 from updater_fsm import durable, faults
 from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.urls import redact_url
 from updater_fsm.ops.verify import hash_file
 from updater_fsm.state_layout import package_path, part_path
 
@@ -494,7 +495,7 @@ class _Download:
         self.last_modified = last_modified
         self.sink = _Sink(part, settings.pipeline_depth)
         self.meter = _Meter(spec.size, settings, on_progress)
-        self.log = _log.bind(package=spec.package_name, url=spec.url)
+        self.log = _log.bind(package=spec.package_name, url=redact_url(spec.url))
         self._last_ckpt_time = time.monotonic()
         self._reported: ResumePoint | None = None
         self._bg: asyncio.Task[None] | None = None
@@ -598,7 +599,7 @@ class _Download:
     async def _accept(self, resp: aiohttp.ClientResponse, offset: int) -> None:
         """Validate status and lengths before a byte is written; set validators."""
         status = resp.status
-        url = self.spec.url
+        url = redact_url(self.spec.url)  # for error details: shown in /progress and the log
         if status == 416:
             if offset == 0:
                 raise UpdaterError(ErrorCode.DOWNLOAD_FAILED, f"HTTP 416 for {url} without Range")
@@ -801,7 +802,7 @@ async def download_package(
     """
     part = part_path(downloads_dir, spec.package_name)
     final = package_path(downloads_dir, spec.package_name)
-    log = _log.bind(package=spec.package_name, url=spec.url)
+    log = _log.bind(package=spec.package_name, url=redact_url(spec.url))
     await asyncio.to_thread(downloads_dir.mkdir, parents=True, exist_ok=True)
 
     if await asyncio.to_thread(final.exists):

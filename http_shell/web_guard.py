@@ -1,0 +1,123 @@
+"""Who may talk to the API: the ``Host``/``Origin`` check and the JSON-only rule (issue 10).
+
+The API listens on loopback, but loopback is not a trust boundary on its own: a browser on
+the device (the kiosk GUI, any page it opens) can send requests to ``127.0.0.1``, and a page
+on ``http://evil.example`` whose name is re-bound to ``127.0.0.1`` (DNS rebinding) can even
+read the answers. Two middlewares close that:
+
+* :func:`edge_guard` (every request, reads included) refuses a ``Host`` header that is not
+  one of the names the updater serves (loopback names, the configured ``host``, the
+  ``allowed_hosts`` key) and an ``Origin`` header that is not the updater's own origin.
+  Refusals are HTTP 403 with the envelope code 403, ``FORBIDDEN: …`` — a real HTTP status
+  like the 401 of the token check, because both are answered before the request is looked
+  at. DNS rebinding can only work through a foreign ``Host``; a cross-site form or ``fetch``
+  always carries the page's ``Origin`` on a POST.
+* :func:`json_only` (state-changing methods) refuses a body that is not declared
+  ``Content-Type: application/json``: a browser can send ``text/plain``, form or multipart
+  bodies cross-site without a CORS preflight, never ``application/json``. A POST without a
+  body (``curl -X POST …/cancel``; aiohttp's client even labels it
+  ``application/octet-stream``) passes whatever it declares: there is nothing to parse, and
+  a body-less cross-site POST still carries the page's ``Origin``, which is refused.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from http_shell.web_bodies import envelope
+from updater_fsm.config import Config
+from updater_fsm.control import ErrorCode
+
+#: Names every updater answers to: it always listens on loopback.
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Bind addresses that are not names a client uses (``host = "0.0.0.0"`` listens everywhere).
+_WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})
+#: Methods that never change anything.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The only media type a state-changing request body may declare.
+JSON_TYPE = "application/json"
+#: Longest header value quoted back in a refusal.
+_QUOTE_MAX = 80
+
+
+def normalize_host_name(name: str) -> str:
+    """``name`` as compared: lower case, no IPv6 brackets, no trailing dot of an FQDN."""
+    name = name.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    return name.rstrip(".") if name not in (".", "") else name
+
+
+def host_without_port(header: str) -> str:
+    """The host name of a ``Host`` header value (``[::1]:12315`` → ``::1``), normalized."""
+    header = header.strip()
+    if header.startswith("["):
+        end = header.find("]")
+        return normalize_host_name(header[: end + 1] if end != -1 else header)
+    name, colon, port = header.rpartition(":")
+    if colon and port.isdigit() and ":" not in name:
+        return normalize_host_name(name)
+    return normalize_host_name(header)
+
+
+def served_host_names(config: Config) -> frozenset[str]:
+    """Every ``Host`` name the updater accepts: loopback, ``host`` (unless a wildcard bind)
+    and ``allowed_hosts``."""
+    names = set(LOOPBACK_NAMES)
+    if config.host not in _WILDCARD_BINDS:
+        names.add(normalize_host_name(config.host))
+    names.update(normalize_host_name(name) for name in config.allowed_hosts)
+    return frozenset(names)
+
+
+def _quote(value: str) -> str:
+    if len(value) > _QUOTE_MAX:
+        value = value[:_QUOTE_MAX] + "…"
+    return repr(value)
+
+
+def forbidden(detail: str) -> web.Response:
+    """The refusal: HTTP 403 and the envelope code 403, ``FORBIDDEN: <detail>``."""
+    return web.json_response(
+        {"code": 403, "msg": f"{ErrorCode.FORBIDDEN.value}: {detail}", "data": None},
+        status=403,
+    )
+
+
+def edge_guard(names: frozenset[str]) -> Middleware:
+    """A middleware refusing foreign ``Host`` names and foreign ``Origin`` headers."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if host is not None and host_without_port(host) not in names:
+            return forbidden(
+                f"Host {_quote(host)} is not a name this updater serves"
+                " (list it in the allowed_hosts setting)"
+            )
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            own = () if host is None else (f"http://{host}".lower(), f"https://{host}".lower())
+            if origin.strip().lower() not in own:
+                return forbidden(f"cross-origin request from Origin {_quote(origin)} refused")
+        return await handler(request)
+
+    return guard
+
+
+@web.middleware
+async def json_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a state-changing request whose body is not declared ``application/json``.
+
+    Answered like every bad body: HTTP 200, code 400, ``VALIDATION_ERROR: body …``.
+    """
+    needs_json = request.method not in SAFE_METHODS and request.body_exists
+    if needs_json and request.content_type != JSON_TYPE:
+        declared = request.headers.get("Content-Type")
+        given = "none" if declared is None else _quote(declared)
+        return envelope(
+            400,
+            f"VALIDATION_ERROR: body must be sent with Content-Type: {JSON_TYPE} (got {given})",
+        )
+    return await handler(request)
