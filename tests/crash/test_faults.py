@@ -350,8 +350,8 @@ def test_oversized_body_is_refused(tmp_path: Path, server: ThreadedPackageServer
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", rig.port), timeout=10) as sock:
             head = (
-                f"POST /api/v1.0/download HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                f"\r\nContent-Length: {len(body)}\r\n\r\n"
+                "POST /api/v1.0/download HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode()
             sock.sendall(head)
             with contextlib.suppress(OSError):  # the server may close before we finish
@@ -378,11 +378,12 @@ def test_slow_loris_clients_do_not_block_progress(
         socks.append(sock)
         if slow_body:
             sock.sendall(
-                b"POST /api/v1.0/download HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                b"POST /api/v1.0/download HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Length: 100\r\n\r\n"
             )
             rest = b"x" * 100
         else:
-            sock.sendall(b"GET /api/v1.0/progress HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(b"GET /api/v1.0/progress HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             rest = b"X-Slow: " + b"a" * 100
         for byte in rest:
             if stop.wait(0.5):
