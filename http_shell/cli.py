@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import ipaddress
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from updater_fsm.config import Config, ConfigError, ServiceControl, load_config
 from updater_fsm.control import UpdaterError
@@ -69,7 +73,7 @@ def ensure_sandbox(config: Config) -> None:
 
 # ---- commands: the daemon and the device layout --------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from http_shell.daemon import AlreadyRunning, serve
+    from http_shell.daemon import AlreadyRunning, CannotListen, serve
 
     base = sandbox_config(args.sandbox) if args.sandbox else None
     config = _config_from(args, base)
@@ -81,6 +85,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except AlreadyRunning as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_LOCKED
+    except CannotListen as exc:
+        print(f"tope-updater: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -101,7 +108,7 @@ def cmd_verify_setup(args: argparse.Namespace) -> int:
     problems = snapshots.verify_setup(layout)
     links = snapshots.read_links(layout)
     if args.json:
-        print(json.dumps({"ok": not problems, "problems": problems, "links": links.__dict__}))
+        print(json.dumps({"ok": not problems, "problems": problems, "links": attrs.asdict(links)}))
     else:
         print(f"root: {config.root}")
         for name in ("current", "previous", "factory"):
@@ -164,8 +171,38 @@ def cmd_package_keygen(args: argparse.Namespace) -> int:
 
 
 # ---- commands: clients of a running updater -------------------------------------------
+def _client_config(args: argparse.Namespace) -> Config:
+    """The configuration ``serve`` would use here: ``--config``, ``TOPE_UPDATER_*``."""
+    return load_config(file=args.config, env=os.environ)
+
+
 def _api_url(args: argparse.Namespace) -> str:
-    return str(args.url)
+    """``--url``, else where ``serve`` listens with the same configuration."""
+    if args.url:
+        return str(args.url)
+    config = _client_config(args)
+    return f"http://{_connect_host(config.host)}:{config.port}"
+
+
+def _connect_host(host: str) -> str:
+    """The address to connect to for a listen address (a wildcard means this machine)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass  # a host name
+    return host
+
+
+def _api_token(args: argparse.Namespace) -> str | None:
+    """``--token``, else the configured ``api_token`` (the same one ``serve`` checks)."""
+    if args.token:
+        return str(args.token)
+    return _client_config(args).api_token
 
 
 def _print_envelope(args: argparse.Namespace, env: dict[str, Any]) -> int:
@@ -186,15 +223,17 @@ def _human(data: Any) -> str:
 def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
     from http_shell.cli_client import ApiClient
 
+    url = _api_url(args)
+
     async def run() -> int:
-        async with ApiClient(_api_url(args), token=args.token) as client:
+        async with ApiClient(url, token=_api_token(args)) as client:
             result: int = await fn(client)
             return result
 
     try:
         return asyncio.run(run())
     except OSError as exc:
-        print(f"tope-updater: cannot reach the updater at {args.url}: {exc}", file=sys.stderr)
+        print(f"tope-updater: cannot reach the updater at {url}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -275,6 +314,40 @@ def cmd_progress(args: argparse.Namespace) -> int:
         return EXIT_OK if env.get("code") == 200 else EXIT_FAILED
 
     return _client_call(args, go)
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        env = await client.get("/versions")
+        if args.json or env.get("code") != 200:
+            return _print_envelope(args, env)
+        print(versions_table(env.get("data") or {}))
+        return EXIT_OK
+
+    return _client_call(args, go)
+
+
+def versions_table(data: dict[str, Any]) -> str:
+    """``GET /versions`` for people: one row per snapshot, which links name it, its size."""
+    rows = [("VERSION", "LINKS", "SIZE")]
+    for item in data.get("installed") or []:
+        links = ", ".join(item.get("links") or []) or "-"
+        rows.append((f"v{item.get('version')}", links, _size(item.get("size_bytes") or 0)))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{v:<{widths[0]}}  {links:<{widths[1]}}  {size:>9}" for v, links, size in rows]
+    for name in ("current", "previous", "factory"):
+        if data.get(name) is None:
+            lines.append(f"({name}: none)")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if value < 1000:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
 
 
 def _simple(
@@ -359,8 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
-        c.add_argument("--url", default="http://127.0.0.1:12315", help="the updater's address")
-        c.add_argument("--token", help="API bearer token")
+        c.add_argument(
+            "--url",
+            help="the updater's address (default: host and port from --config and"
+            " TOPE_UPDATER_HOST/TOPE_UPDATER_PORT, as serve uses them; else"
+            " http://127.0.0.1:12315)",
+        )
+        c.add_argument("--config", type=Path, help="TOML configuration file (as for serve)")
+        c.add_argument("--token", help="API bearer token (default: the configured api_token)")
         c.add_argument("--json", action="store_true", help="machine-readable output")
         return c
 
@@ -386,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_progress)
 
     p = client("versions", "list installed versions")
-    p.set_defaults(func=_simple("GET", "/versions"))
+    p.set_defaults(func=cmd_versions)
 
     p = client("rollback", "roll back by hand to the previous or the factory version")
     p.add_argument("--to", choices=("previous", "factory"), default="previous")

@@ -43,6 +43,10 @@ class AlreadyRunning(RuntimeError):
     """Another updater holds the lock of this state directory."""
 
 
+class CannotListen(RuntimeError):
+    """The API's address cannot be bound (port in use, no such address, no permission)."""
+
+
 @contextlib.contextmanager
 def instance_lock(state_dir: Path) -> Iterator[None]:
     """Hold ``<state_dir>/updater.lock`` (flock) for the life of the process.
@@ -166,7 +170,13 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> Non
         )
         await runner.setup()
         site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise CannotListen(
+                f"cannot listen on {config.host}:{config.port}: {_reason(exc)}"
+            ) from None
         _log.info("listening", url=f"http://{config.host}:{config.port}/api/v1.0")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -181,3 +191,8 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> Non
         finally:
             sd_notify.notify("STOPPING=1")
             await runner.cleanup()
+
+
+def _reason(exc: OSError) -> str:
+    """``Address already in use`` rather than asyncio's wrapped bind message."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)

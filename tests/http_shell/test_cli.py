@@ -1,0 +1,163 @@
+"""The ``tope-updater`` command line against a real ``serve`` process.
+
+Client commands must find the updater the way ``serve`` is configured (``--config``,
+``TOPE_UPDATER_HOST``/``TOPE_UPDATER_PORT``), print tables for people and JSON with
+``--json``; configuration problems are one line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from http_shell.cli import _connect_host, versions_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOPE_UPDATER_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["TOPE_UPDATER_DEVICE_API_URL"] = "http://127.0.0.1:9"
+    env.update(extra)
+    return env
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "http_shell.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A sandbox ``serve`` on a free port; yields the environment that names that port."""
+    env = _env(TOPE_UPDATER_PORT=str(_free_port()))
+    argv = [sys.executable, "-m", "http_shell.cli", "serve", "--sandbox", str(tmp_path / "sb")]
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", int(env["TOPE_UPDATER_PORT"])), 1):
+                    break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline, "serve did not listen"
+                time.sleep(0.05)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_client_commands_find_the_updater_from_the_environment(served: dict[str, str]) -> None:
+    result = cli("progress", "--json", env=served)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["data"]["stage"] == "idle"
+
+
+def test_client_commands_find_the_updater_from_the_config_file(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "updater.toml"
+    config.write_text(f"port = {served['TOPE_UPDATER_PORT']}\n")
+    result = cli("progress", "--json", "--config", str(config), env=_env())
+    assert result.returncode == 0, result.stderr
+
+
+def test_url_flag_wins(served: dict[str, str]) -> None:
+    url = f"http://127.0.0.1:{served['TOPE_UPDATER_PORT']}"
+    result = cli("progress", "--json", "--url", url, env=_env(TOPE_UPDATER_PORT="9"))
+    assert result.returncode == 0, result.stderr
+    unreachable = cli("progress", env=_env(TOPE_UPDATER_PORT="9"))
+    assert unreachable.returncode == 1
+    assert "cannot reach the updater at http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_versions_prints_a_table_and_json(served: dict[str, str]) -> None:
+    table = cli("versions", env=served)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["VERSION", "LINKS", "SIZE"]
+    assert lines[1].startswith("v1.0.0") and "current, factory" in lines[1]
+    assert "(previous: none)" in lines
+    assert "None" not in table.stdout and "{" not in table.stdout
+    data = json.loads(cli("versions", "--json", env=served).stdout)["data"]
+    assert data["current"] == "1.0.0" and data["previous"] is None
+
+
+def test_versions_table_sizes() -> None:
+    data = {
+        "current": "1.1.0",
+        "previous": "1.0.0",
+        "factory": "1.0.0",
+        "installed": [
+            {"version": "1.0.0", "size_bytes": 512, "links": ["previous", "factory"]},
+            {"version": "1.1.0", "size_bytes": 12_345_678, "links": ["current"]},
+        ],
+    }
+    assert versions_table(data).splitlines() == [
+        "VERSION  LINKS                   SIZE",
+        "v1.0.0   previous, factory      512 B",
+        "v1.1.0   current              12.3 MB",
+    ]
+
+
+def test_verify_setup_json(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    init = cli("init", "--root", str(root), "--version", "1.0.0", env=_env())
+    assert init.returncode == 0, init.stderr
+    result = cli("verify-setup", "--json", "--root", str(root), env=_env())
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["links"] == {"current": "1.0.0", "previous": None, "factory": "1.0.0"}
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli("serve", "--sandbox", str(tmp_path / "sb"), "--port", str(port), env=_env())
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("tope-updater:")]
+    assert errors == [f"tope-updater: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("::", "[::1]"),
+        ("::1", "[::1]"),
+        ("printer.local", "printer.local"),
+    ],
+)
+def test_connect_host(host: str, expected: str) -> None:
+    assert _connect_host(host) == expected
