@@ -396,7 +396,7 @@ def mermaid(current: State | None = None) -> str:
     out.append("")
     for group, members in GROUPS.items():
         out.append(
-            f"  note left of {members[0].value} : {group} group: "
+            f"  note left of {members[0].value} : {group} group = "
             + ", ".join(s.value for s in members)
         )
     return "\n".join(out) + "\n"

@@ -85,7 +85,7 @@ def test_groups_are_drawn_in_both_charts() -> None:
         assert [s.value for s in State if f"    {s.value} [" in cluster] == [
             s.value for s in members
         ]
-        assert f"{group} group: " + ", ".join(s.value for s in members) in chart
+        assert f"{group} group = " + ", ".join(s.value for s in members) in chart
         for state in members:
             assert render.group_of(state) == group
             assert f"class {state.value} g_{group}" in chart
