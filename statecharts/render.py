@@ -93,7 +93,9 @@ Pair = tuple[int, State]  # (row index in TRANSITIONS, one of its sources)
 
 
 def _name(item: object) -> str:
-    """The name of a guard or action, whether the table holds a string or a callable."""
+    """The name of a guard or action (``""`` for a row without an action)."""
+    if item is None:
+        return ""
     return str(getattr(item, "__name__", item))
 
 

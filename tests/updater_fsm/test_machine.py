@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
+from updater_fsm.core.decisions import Decisions
 from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.machine import UpdaterMachine
 from updater_fsm.core.manifest import HealthProbe, ServiceUnit
@@ -19,14 +22,31 @@ def kinds(decision: object) -> list[str]:
     return [type(e).__name__ for e in decision.effects]  # type: ignore[attr-defined]
 
 
-def test_table_guards_and_actions_exist_on_the_model() -> None:
-    from updater_fsm.core.machine import _Model
+def _event_classes() -> dict[Trigger, type[ev.Event]]:
+    found: dict[Trigger, type[ev.Event]] = {}
+    todo = list(ev.Event.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        found[cls.trigger] = cls
+    return found
 
+
+def test_every_guard_and_action_takes_the_event_of_its_row() -> None:
+    """What the asserts inside every action used to check at run time, checked once for the
+    whole table: each guard and action is a Decisions method whose ``event`` parameter is
+    annotated with (a union including) the event class of its row's trigger."""
+    classes = _event_classes()
+    assert set(classes) == set(Trigger)
     for row in TRANSITIONS:
-        for guard in row.conditions:
-            assert callable(getattr(_Model, guard)), guard
-        if row.action:
-            assert callable(getattr(_Model, row.action)), row.action
+        event_cls = classes[row.trigger]
+        for fn in (*row.conditions, *([row.action] if row.action else [])):
+            assert getattr(Decisions, fn.__name__) is fn, fn
+            accepted = typing.get_type_hints(fn)["event"]
+            options = typing.get_args(accepted) or (accepted,)
+            assert any(issubclass(event_cls, option) for option in options), (
+                f"{row.trigger}: {fn.__name__} takes {accepted}, not {event_cls.__name__}"
+            )
 
 
 def test_every_state_is_reachable_and_every_trigger_used() -> None:

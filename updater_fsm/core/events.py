@@ -15,7 +15,7 @@ import attrs
 
 from updater_fsm.core.errors import Failure
 from updater_fsm.core.manifest import ServiceUnit
-from updater_fsm.core.table import Trigger
+from updater_fsm.core.states import Trigger
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import attrs
 
 from updater_fsm.core.events import LinkVersions
 from updater_fsm.core.record import JobKind, Record
-from updater_fsm.core.table import STAGE_OF, Stage, State
+from updater_fsm.core.states import STAGE_OF, Stage, State
 from updater_fsm.core.urls import redact_url
 
 #: Fixed progress of the install states, increasing so ``installing`` never goes backwards.

@@ -13,7 +13,7 @@ import attrs
 from updater_fsm.core.errors import ErrorCode
 from updater_fsm.core.events import DownloadRequest
 from updater_fsm.core.manifest import ServiceUnit
-from updater_fsm.core.table import INITIAL, State
+from updater_fsm.core.states import INITIAL, State
 
 #: A verified package may be installed for this long (contract §1: 410 after 24 h).
 PACKAGE_TTL_S = 24 * 3600.0

@@ -1,111 +1,75 @@
-"""The single source of truth: states, triggers and transitions of the updater.
+"""The single source of truth: every transition of the updater, one row each.
 
 Read this file top to bottom to know everything the updater can do. The runtime machine
 (:mod:`updater_fsm.core.machine`), the statechart renderer (:mod:`statecharts.render`) and the
-property-based fuzzer all consume :data:`TRANSITIONS` as-is.
+property-based fuzzer all consume :data:`TRANSITIONS` as-is; ``transitions`` evaluates it at
+run time.
 
 Each row is ``(trigger, sources, dest, conditions, action)``:
 
 * ``dest`` ``None`` means an *internal* transition: the state stays, the action still runs
   (idempotent re-requests, download checkpoints, restart resumption in place).
-* ``conditions`` name guard methods of the machine model; the first row whose guards all
-  pass wins, so rows for the same trigger and source are ordered from specific to general.
-* ``action`` names the model method that collects the transition's effects (pure: it only
-  appends effect objects and edits the job record).
+* ``conditions`` are guards of :class:`~updater_fsm.core.decisions.Decisions` (pure
+  predicates on the record and the event); the first row whose guards all pass wins, so
+  rows for the same trigger and source are ordered from specific to general.
+* ``action`` is the :class:`~updater_fsm.core.decisions.Decisions` method that collects the
+  transition's effects (pure: it only appends effect objects and edits the job record).
+
+Guards and actions are referenced as functions, not names, so "find references" and
+renames reach every row. Each takes the event of its row's trigger
+(``tests/updater_fsm/test_machine.py`` checks the annotations against the table).
 """
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Callable
+from typing import Any, cast
 
 import attrs
+from transitions import EventData
 
-
-class State(enum.StrEnum):
-    """Fine-grained FSM states."""
-
-    IDLE = "idle"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    READY = "ready"
-    DEPLOYING = "deploying"
-    SWITCHING = "switching"
-    HEALTH_CHECK = "health_check"
-    ROLLBACK_PREVIOUS = "rollback_previous"
-    ROLLBACK_FACTORY = "rollback_factory"
-    SUCCESS = "success"
-    FAILED = "failed"
-
-
-class Stage(enum.StrEnum):
-    """The legacy ``stage`` names device-api and the GUI know (contract §1)."""
-
-    IDLE = "idle"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    TO_INSTALL = "toInstall"
-    INSTALLING = "installing"
-    SUCCESS = "success"
-    FAILED = "failed"
-
-
-#: The only place the fine states are mapped onto the legacy ``stage`` (contract §1).
-STAGE_OF: dict[State, Stage] = {
-    State.IDLE: Stage.IDLE,
-    State.DOWNLOADING: Stage.DOWNLOADING,
-    State.VERIFYING: Stage.VERIFYING,
-    State.READY: Stage.TO_INSTALL,
-    State.DEPLOYING: Stage.INSTALLING,
-    State.SWITCHING: Stage.INSTALLING,
-    State.HEALTH_CHECK: Stage.INSTALLING,
-    State.ROLLBACK_PREVIOUS: Stage.INSTALLING,
-    State.ROLLBACK_FACTORY: Stage.INSTALLING,
-    State.SUCCESS: Stage.SUCCESS,
-    State.FAILED: Stage.FAILED,
-}
-
-#: States in which a download or install job is running (a different job must wait: 409).
-BUSY_STATES = frozenset(
-    {
-        State.DOWNLOADING,
-        State.VERIFYING,
-        State.DEPLOYING,
-        State.SWITCHING,
-        State.HEALTH_CHECK,
-        State.ROLLBACK_PREVIOUS,
-        State.ROLLBACK_FACTORY,
-    }
+from updater_fsm.core.decisions import Decisions
+from updater_fsm.core.states import (
+    BUSY_STATES,
+    INITIAL,
+    INSTALL_STATES,
+    STAGE_OF,
+    TERMINAL_STATES,
+    Stage,
+    State,
+    Trigger,
 )
 
-#: States from which the services may already be running a different version.
-INSTALL_STATES = frozenset(s for s, stage in STAGE_OF.items() if stage is Stage.INSTALLING)
+__all__ = [
+    "BUSY_STATES",
+    "INITIAL",
+    "INSTALL_STATES",
+    "STAGE_OF",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Action",
+    "Guard",
+    "Stage",
+    "State",
+    "Transition",
+    "Trigger",
+]
 
-TERMINAL_STATES = frozenset({State.SUCCESS, State.FAILED})
+#: A guard: ``(decisions, event) -> bool``; the event is the one of the row's trigger.
+Guard = Callable[[Decisions, Any], bool]
+#: An action: ``(decisions, event) -> None``; it edits the record and appends effects.
+Action = Callable[[Decisions, Any], None]
 
 
-class Trigger(enum.StrEnum):
-    """Every event the machine understands."""
+def _bound(fn: Callable[[Decisions, Any], Any]) -> Callable[[EventData], Any]:
+    """``fn`` in the form ``transitions`` calls (``send_event=True``): one ``EventData``."""
 
-    DOWNLOAD_REQUESTED = "download_requested"
-    DOWNLOAD_CHECKPOINT = "download_checkpoint"
-    DOWNLOAD_DONE = "download_done"
-    DOWNLOAD_FAILED = "download_failed"
-    VERIFIED = "verified"
-    VERIFY_FAILED = "verify_failed"
-    UPDATE_REQUESTED = "update_requested"
-    STAGED = "staged"
-    STAGE_FAILED = "stage_failed"
-    SWITCHED = "switched"
-    SWITCH_FAILED = "switch_failed"
-    POST_CMD_DONE = "post_cmd_done"
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-    ROLLBACK_REQUESTED = "rollback_requested"
-    ROLLBACK_OK = "rollback_ok"
-    ROLLBACK_FAILED = "rollback_failed"
-    CANCEL = "cancel"
-    RESUME = "resume"
-    RESET = "reset"
+    def call(data: EventData) -> Any:
+        return fn(cast(Decisions, data.model), data.kwargs["event"])
+
+    call.__name__ = fn.__name__
+    call.__qualname__ = fn.__qualname__
+    return call
 
 
 @attrs.frozen
@@ -115,8 +79,8 @@ class Transition:
     trigger: Trigger
     sources: tuple[State, ...]
     dest: State | None
-    conditions: tuple[str, ...] = ()
-    action: str = ""
+    conditions: tuple[Guard, ...] = ()
+    action: Action | None = None
 
     def as_transitions_kwargs(self) -> dict[str, object]:
         """The row in the dict form ``transitions.Machine`` accepts."""
@@ -126,119 +90,120 @@ class Transition:
             "dest": self.dest.value if self.dest else None,
         }
         if self.conditions:
-            row["conditions"] = list(self.conditions)
-        if self.action:
-            row["after"] = self.action
+            row["conditions"] = [_bound(guard) for guard in self.conditions]
+        if self.action is not None:
+            row["after"] = _bound(self.action)
         return row
 
 
 S = State
 T = Trigger
+D = Decisions
 _NEW_DOWNLOAD_FROM = (S.IDLE, S.READY, S.SUCCESS, S.FAILED)
 _CANCELLABLE = (S.DOWNLOADING, S.VERIFYING, S.READY, S.DEPLOYING)
 
 TRANSITIONS: tuple[Transition, ...] = (
     # --- download -------------------------------------------------------------------
     # Same package again while it downloads, verifies or waits verified: 200, no restart.
-    Transition(T.DOWNLOAD_REQUESTED, (S.DOWNLOADING, S.VERIFYING), None, ("same_package",)),
-    Transition(T.DOWNLOAD_REQUESTED, (S.READY,), None, ("same_package", "package_fresh")),
+    Transition(T.DOWNLOAD_REQUESTED, (S.DOWNLOADING, S.VERIFYING), None, (D.same_package,)),
+    Transition(T.DOWNLOAD_REQUESTED, (S.READY,), None, (D.same_package, D.package_fresh)),
     # A verified package kept after a full disk while staging: no new download.
     Transition(
         T.DOWNLOAD_REQUESTED,
         (S.FAILED,),
         S.VERIFYING,
-        ("same_package", "package_kept", "package_fresh"),
-        "reverify_kept_package",
+        (D.same_package, D.package_kept, D.package_fresh),
+        D.reverify_kept_package,
     ),
     # A new package replaces whatever was verified, installed or failed before.
-    Transition(T.DOWNLOAD_REQUESTED, _NEW_DOWNLOAD_FROM, S.DOWNLOADING, (), "begin_download"),
-    Transition(T.DOWNLOAD_CHECKPOINT, (S.DOWNLOADING,), None, ("current_job",), "checkpoint"),
-    Transition(T.DOWNLOAD_DONE, (S.DOWNLOADING,), S.VERIFYING, ("current_job",), "begin_verify"),
-    Transition(T.DOWNLOAD_FAILED, (S.DOWNLOADING,), S.FAILED, ("current_job",), "fail_download"),
-    Transition(T.VERIFIED, (S.VERIFYING,), S.READY, ("current_job",), "mark_verified"),
-    Transition(T.VERIFY_FAILED, (S.VERIFYING,), S.FAILED, ("current_job",), "fail_download"),
+    Transition(T.DOWNLOAD_REQUESTED, _NEW_DOWNLOAD_FROM, S.DOWNLOADING, (), D.begin_download),
+    Transition(T.DOWNLOAD_CHECKPOINT, (S.DOWNLOADING,), None, (D.current_job,), D.checkpoint),
+    Transition(T.DOWNLOAD_DONE, (S.DOWNLOADING,), S.VERIFYING, (D.current_job,), D.begin_verify),
+    Transition(T.DOWNLOAD_FAILED, (S.DOWNLOADING,), S.FAILED, (D.current_job,), D.fail_download),
+    Transition(T.VERIFIED, (S.VERIFYING,), S.READY, (D.current_job,), D.mark_verified),
+    Transition(T.VERIFY_FAILED, (S.VERIFYING,), S.FAILED, (D.current_job,), D.fail_download),
     # --- install --------------------------------------------------------------------
     Transition(
         T.UPDATE_REQUESTED,
         (S.READY,),
         S.DEPLOYING,
-        ("requested_version", "package_fresh"),
-        "begin_deploy",
+        (D.requested_version, D.package_fresh),
+        D.begin_deploy,
     ),
     Transition(
         T.UPDATE_REQUESTED,
         (S.FAILED,),
         S.DEPLOYING,
-        ("requested_version", "package_kept", "package_fresh"),
-        "redeploy_kept_package",
+        (D.requested_version, D.package_kept, D.package_fresh),
+        D.redeploy_kept_package,
     ),
     # An expired package is deleted and the request answered 410 (contract §1).
-    Transition(T.UPDATE_REQUESTED, (S.READY,), S.IDLE, ("requested_version",), "expire"),
-    Transition(T.STAGED, (S.DEPLOYING,), S.SWITCHING, ("current_job",), "begin_switch"),
-    Transition(T.STAGE_FAILED, (S.DEPLOYING,), S.FAILED, ("current_job",), "fail_stage"),
+    Transition(T.UPDATE_REQUESTED, (S.READY,), S.IDLE, (D.requested_version,), D.expire),
+    Transition(T.STAGED, (S.DEPLOYING,), S.SWITCHING, (D.current_job,), D.begin_switch),
+    Transition(T.STAGE_FAILED, (S.DEPLOYING,), S.FAILED, (D.current_job,), D.fail_stage),
     # Each finished post_cmd is journaled, so a resumed switch runs only the ones left.
-    Transition(T.POST_CMD_DONE, (S.SWITCHING,), None, ("current_job",), "note_post_cmd"),
-    Transition(T.SWITCHED, (S.SWITCHING,), S.HEALTH_CHECK, ("current_job",), "begin_health"),
-    Transition(T.HEALTHY, (S.HEALTH_CHECK,), S.SUCCESS, ("current_job",), "finish_success"),
+    Transition(T.POST_CMD_DONE, (S.SWITCHING,), None, (D.current_job,), D.note_post_cmd),
+    Transition(T.SWITCHED, (S.SWITCHING,), S.HEALTH_CHECK, (D.current_job,), D.begin_health),
+    Transition(T.HEALTHY, (S.HEALTH_CHECK,), S.SUCCESS, (D.current_job,), D.finish_success),
     # Any failure once the switch has begun climbs the rollback ladder (contract §4).
     Transition(
         T.SWITCH_FAILED,
         (S.SWITCHING,),
         S.ROLLBACK_PREVIOUS,
-        ("current_job", "can_roll_back"),
-        "begin_rollback",
+        (D.current_job, D.can_roll_back),
+        D.begin_rollback,
     ),
     Transition(
         T.UNHEALTHY,
         (S.HEALTH_CHECK,),
         S.ROLLBACK_PREVIOUS,
-        ("current_job", "can_roll_back"),
-        "begin_rollback",
+        (D.current_job, D.can_roll_back),
+        D.begin_rollback,
     ),
-    Transition(T.SWITCH_FAILED, (S.SWITCHING,), S.FAILED, ("current_job",), "give_up"),
-    Transition(T.UNHEALTHY, (S.HEALTH_CHECK,), S.FAILED, ("current_job",), "give_up"),
+    Transition(T.SWITCH_FAILED, (S.SWITCHING,), S.FAILED, (D.current_job,), D.give_up),
+    Transition(T.UNHEALTHY, (S.HEALTH_CHECK,), S.FAILED, (D.current_job,), D.give_up),
     # --- rollback ladder ------------------------------------------------------------
     Transition(
         T.ROLLBACK_REQUESTED,
         (S.IDLE, S.SUCCESS, S.FAILED),
         S.ROLLBACK_PREVIOUS,
-        ("to_previous",),
-        "begin_manual_rollback",
+        (D.to_previous,),
+        D.begin_manual_rollback,
     ),
     Transition(
         T.ROLLBACK_REQUESTED,
         (S.IDLE, S.SUCCESS, S.FAILED),
         S.ROLLBACK_FACTORY,
-        ("to_factory",),
-        "begin_manual_rollback",
+        (D.to_factory,),
+        D.begin_manual_rollback,
     ),
     Transition(
         T.ROLLBACK_OK,
         (S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY),
         S.FAILED,
-        ("current_job", "automatic"),
-        "finish_rollback",
+        (D.current_job, D.automatic),
+        D.finish_rollback,
     ),
     # A manual rollback that worked is not a failure: back to idle, the device is healthy.
     Transition(
         T.ROLLBACK_OK,
         (S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY),
         S.IDLE,
-        ("current_job",),
-        "finish_rollback",
+        (D.current_job,),
+        D.finish_rollback,
     ),
     Transition(
         T.ROLLBACK_FAILED,
         (S.ROLLBACK_PREVIOUS,),
         S.ROLLBACK_FACTORY,
-        ("current_job", "has_factory"),
-        "escalate_rollback",
+        (D.current_job, D.has_factory),
+        D.escalate_rollback,
     ),
-    Transition(T.ROLLBACK_FAILED, (S.ROLLBACK_PREVIOUS,), S.FAILED, ("current_job",), "give_up"),
-    Transition(T.ROLLBACK_FAILED, (S.ROLLBACK_FACTORY,), S.FAILED, ("current_job",), "give_up"),
+    Transition(T.ROLLBACK_FAILED, (S.ROLLBACK_PREVIOUS,), S.FAILED, (D.current_job,), D.give_up),
+    Transition(T.ROLLBACK_FAILED, (S.ROLLBACK_FACTORY,), S.FAILED, (D.current_job,), D.give_up),
     # --- operator -------------------------------------------------------------------
-    Transition(T.CANCEL, _CANCELLABLE, S.IDLE, (), "cancel_job"),
-    Transition(T.RESET, (S.IDLE, S.SUCCESS, S.FAILED), S.IDLE, (), "clear"),
+    Transition(T.CANCEL, _CANCELLABLE, S.IDLE, (), D.cancel_job),
+    Transition(T.RESET, (S.IDLE, S.SUCCESS, S.FAILED), S.IDLE, (), D.clear),
     # --- crash-loop breaker ----------------------------------------------------------
     # A step that took the process down `resume_limit` times in a row (no progress in
     # between) has failed: before the switch the job fails cleanly, after it the rollback
@@ -247,45 +212,42 @@ TRANSITIONS: tuple[Transition, ...] = (
         T.RESUME,
         (S.DOWNLOADING, S.VERIFYING, S.DEPLOYING),
         S.FAILED,
-        ("resume_limit_reached",),
-        "fail_interrupted",
+        (D.resume_limit_reached,),
+        D.fail_interrupted,
     ),
     Transition(
         T.RESUME,
         (S.SWITCHING, S.HEALTH_CHECK),
         S.ROLLBACK_PREVIOUS,
-        ("resume_limit_reached", "can_roll_back"),
-        "roll_back_interrupted",
+        (D.resume_limit_reached, D.can_roll_back),
+        D.roll_back_interrupted,
     ),
     Transition(
         T.RESUME,
         (S.ROLLBACK_PREVIOUS,),
         S.ROLLBACK_FACTORY,
-        ("resume_limit_reached", "has_factory"),
-        "escalate_interrupted",
+        (D.resume_limit_reached, D.has_factory),
+        D.escalate_interrupted,
     ),
     Transition(
         T.RESUME,
         (S.SWITCHING, S.HEALTH_CHECK, S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY),
         S.FAILED,
-        ("resume_limit_reached",),
-        "give_up_interrupted",
+        (D.resume_limit_reached,),
+        D.give_up_interrupted,
     ),
     # A finished outcome whose clean-up keeps dying is only reported.
-    Transition(T.RESUME, (S.SUCCESS, S.FAILED), None, ("resume_limit_reached",), "report_only"),
+    Transition(T.RESUME, (S.SUCCESS, S.FAILED), None, (D.resume_limit_reached,), D.report_only),
     # --- restart recovery (contract §6; one rule per state, see recovery.py) ---------
-    Transition(T.RESUME, (S.IDLE,), None, (), "resume_idle"),
-    Transition(T.RESUME, (S.DOWNLOADING,), None, (), "resume_download"),
-    Transition(T.RESUME, (S.VERIFYING,), None, ("package_on_disk",), "resume_verify"),
-    Transition(T.RESUME, (S.VERIFYING,), S.DOWNLOADING, (), "resume_download"),
-    Transition(T.RESUME, (S.READY,), None, ("package_on_disk", "package_fresh"), "resume_ready"),
-    Transition(T.RESUME, (S.READY,), S.IDLE, (), "expire"),
-    Transition(T.RESUME, (S.DEPLOYING,), None, (), "resume_deploy"),
-    Transition(T.RESUME, (S.SWITCHING,), None, (), "resume_switch"),
-    Transition(T.RESUME, (S.HEALTH_CHECK,), None, (), "resume_health"),
-    Transition(T.RESUME, (S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY), None, (), "resume_rollback"),
-    Transition(T.RESUME, (S.SUCCESS, S.FAILED), None, (), "resume_terminal"),
+    Transition(T.RESUME, (S.IDLE,), None, (), D.resume_idle),
+    Transition(T.RESUME, (S.DOWNLOADING,), None, (), D.resume_download),
+    Transition(T.RESUME, (S.VERIFYING,), None, (D.package_on_disk,), D.resume_verify),
+    Transition(T.RESUME, (S.VERIFYING,), S.DOWNLOADING, (), D.resume_download),
+    Transition(T.RESUME, (S.READY,), None, (D.package_on_disk, D.package_fresh), D.resume_ready),
+    Transition(T.RESUME, (S.READY,), S.IDLE, (), D.expire),
+    Transition(T.RESUME, (S.DEPLOYING,), None, (), D.resume_deploy),
+    Transition(T.RESUME, (S.SWITCHING,), None, (), D.resume_switch),
+    Transition(T.RESUME, (S.HEALTH_CHECK,), None, (), D.resume_health),
+    Transition(T.RESUME, (S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY), None, (), D.resume_rollback),
+    Transition(T.RESUME, (S.SUCCESS, S.FAILED), None, (), D.resume_terminal),
 )
-
-#: Initial state of a device that has never run an update.
-INITIAL = State.IDLE

@@ -1,0 +1,497 @@
+"""Guards and actions: what each row of the transition table checks and does.
+
+:class:`Decisions` is the model object ``transitions`` drives. Its guards are pure
+predicates on the journaled record, the event and ``now``; its actions edit the record and
+append effects. Nothing here reads a clock, the disk or the network, so every decision is
+reproducible from ``(record, event, now)``. The table (:mod:`.table`) refers to these
+methods directly; :mod:`.machine` runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from transitions import EventData
+
+from updater_fsm.core import effects as fx
+from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode, Failure
+from updater_fsm.core.events import RollbackTarget
+from updater_fsm.core.record import Job, JobKind, Record
+from updater_fsm.core.states import TERMINAL_STATES, State
+
+
+@attrs.frozen
+class Reply:
+    """How the machine answers the caller: 200, or a rejection the API maps to its code."""
+
+    code: int = 200
+    msg: str = "success"
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 200
+
+
+class Decisions:
+    """The object ``transitions`` drives: guards and actions, named by the table's rows.
+
+    Every guard and action takes the event its row's trigger carries (its parameter is
+    annotated with that event class; ``tests/updater_fsm/test_machine.py`` checks each row
+    against it), reads the journaled record and ``now``, and only edits the record and
+    appends effects. ``source`` is the state the chosen transition leaves.
+    """
+
+    state: str
+    trigger: Callable[..., bool]  # added by transitions.Machine
+
+    def __init__(self, record: Record, resume_limit: int) -> None:
+        self.record = record
+        self.resume_limit = resume_limit
+        self.now = 0.0
+        self.prior_interruptions = record.interruptions
+        self.effects: list[fx.Effect] = []
+        self.reply = Reply()
+        self.fired = False
+        self.source = State(record.state)
+
+    # ---- helpers -------------------------------------------------------------------
+    @property
+    def job(self) -> Job:
+        assert self.record.job is not None, "transition needs a job"
+        return self.record.job
+
+    def _set_job(self, **changes: Any) -> None:
+        self.record = attrs.evolve(
+            self.record, job=attrs.evolve(self.job, updated_at=self.now, **changes)
+        )
+
+    def _fail_job(self, failure: Failure, **changes: Any) -> None:
+        """End the job with ``failure``: its text for people, its code for decisions."""
+        self._set_job(error=str(failure), error_code=failure.code, **changes)
+
+    def _request(self) -> ev.DownloadRequest:
+        request = self.job.request
+        assert request is not None, "job has no download request"
+        return request
+
+    # ---- machine-wide callbacks ----------------------------------------------------
+    def on_accept(self, data: EventData) -> None:
+        self.fired = True
+        if data.transition is not None:
+            self.source = State(data.transition.source)
+        # A restart that resumes the step in place is one more interruption of it; anything
+        # else (a result, a checkpoint, a new step) is progress and starts the count again.
+        resumed_in_place = isinstance(data.kwargs["event"], ev.Resume) and (
+            data.transition is not None and data.transition.dest is None
+        )
+        self.record = attrs.evolve(
+            self.record,
+            seq=self.record.seq + 1,
+            interruptions=self._interrupted_times() if resumed_in_place else 0,
+        )
+
+    def on_state_change(self, data: EventData) -> None:
+        if data.transition is None or data.transition.dest is None:
+            return  # internal transition: nothing new to report
+        if not any(isinstance(e, fx.Report) for e in self.effects):
+            self.effects.append(fx.Report(terminal=State(self.state) in TERMINAL_STATES))
+
+    # ---- guards --------------------------------------------------------------------
+    def same_package(self, event: ev.DownloadRequested) -> bool:
+        job = self.record.job
+        return bool(job and job.request and job.request.same_package(event.request))
+
+    def package_fresh(self, event: ev.Event) -> bool:
+        return self.record.job is not None and not self.record.job.is_expired(self.now)
+
+    def current_job(self, event: ev.Event) -> bool:
+        job_id = getattr(event, "job_id", None)
+        return self.record.job is not None and job_id == self.record.job.job_id
+
+    def requested_version(self, event: ev.UpdateRequested) -> bool:
+        return self.record.job is not None and self.record.job.version == event.version
+
+    def package_kept(self, event: ev.Event) -> bool:
+        return self.record.job is not None and self.record.job.package_kept
+
+    def automatic(self, event: ev.Event) -> bool:
+        return self.record.job is not None and self.record.job.kind is JobKind.UPDATE
+
+    def has_factory(self, event: ev.Event) -> bool:
+        return self.record.job is not None and self.record.job.factory_version is not None
+
+    def can_roll_back(self, event: ev.Event) -> bool:
+        job = self.record.job
+        return job is not None and bool(job.from_version or job.factory_version)
+
+    def to_previous(self, event: ev.RollbackRequested) -> bool:
+        return event.target is RollbackTarget.PREVIOUS and event.links.previous is not None
+
+    def to_factory(self, event: ev.RollbackRequested) -> bool:
+        return event.target is RollbackTarget.FACTORY and event.links.factory is not None
+
+    def resume_limit_reached(self, event: ev.Event) -> bool:
+        """This restart is the ``resume_limit``-th in a row to find the step unfinished."""
+        return self._interrupted_times() >= self.resume_limit
+
+    def _interrupted_times(self) -> int:
+        """How many times the step has been interrupted, counting the restart at hand.
+
+        Read before ``on_accept`` updates the record (guards) or from the record as it
+        was when the event arrived (actions): ``handle`` keeps it in ``prior_interruptions``.
+        """
+        return self.prior_interruptions + 1
+
+    def package_on_disk(self, event: ev.Resume) -> bool:
+        return event.facts.package_present
+
+    # ---- actions: download ---------------------------------------------------------
+    def begin_download(self, event: ev.DownloadRequested) -> None:
+        old = self.record.job
+        job_id = self.record.last_job_id + 1
+        job = Job(job_id=job_id, request=event.request, created_at=self.now, updated_at=self.now)
+        if old is not None and old.request is not None:
+            if _resumable(old) and old.request.same_package(event.request):
+                # The same package failed mid-download before: keep its durable prefix.
+                job = attrs.evolve(
+                    job,
+                    bytes_durable=old.bytes_durable,
+                    etag=old.etag,
+                    last_modified=old.last_modified,
+                )
+            else:
+                self.effects.append(fx.DiscardPackage(old.request.package_name))
+        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
+        self.effects.append(
+            fx.StartDownload(job_id, event.request, job.bytes_durable, job.etag, job.last_modified)
+        )
+
+    def checkpoint(self, event: ev.DownloadCheckpoint) -> None:
+        self._set_job(
+            bytes_durable=event.offset, etag=event.etag, last_modified=event.last_modified
+        )
+
+    def begin_verify(self, event: ev.DownloadDone) -> None:
+        self._set_job(bytes_durable=event.size, md5=event.md5, sha256=event.sha256)
+        self.effects.append(
+            fx.VerifyPackage(self.job.job_id, self._request(), event.md5, event.sha256)
+        )
+
+    def fail_download(self, event: ev.DownloadFailed | ev.VerifyFailed) -> None:
+        self._fail_job(event.failure)
+        if isinstance(event, ev.VerifyFailed):
+            self.effects.append(fx.DiscardPackage(self._request().package_name))
+
+    def mark_verified(self, event: ev.Event) -> None:
+        # A kept package re-verified keeps its first verification time: the 24-hour
+        # window is not extended by checking the same bytes again.
+        self._set_job(verified_at=self.job.verified_at or self.now)
+
+    def _reuse_kept_package(self) -> Job:
+        """A new job for the kept, verified package of the failed one."""
+        old = self.job
+        job_id = self.record.last_job_id + 1
+        job = Job(
+            job_id=job_id,
+            request=old.request,
+            bytes_durable=old.bytes_durable,
+            md5=old.md5,
+            sha256=old.sha256,
+            verified_at=old.verified_at,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
+        return job
+
+    def reverify_kept_package(self, event: ev.Event) -> None:
+        """The same package again after a full disk: hash the kept file, do not download."""
+        job = self._reuse_kept_package()
+        self.effects.append(fx.VerifyPackage(job.job_id, self._request()))
+
+    def redeploy_kept_package(self, event: ev.Event) -> None:
+        """``POST /update`` again after a full disk: stage from the kept package."""
+        self._reuse_kept_package()
+        self.begin_deploy(event)
+
+    def expire(self, event: ev.Event) -> None:
+        request = self._request()
+        self._fail_job(
+            Failure(
+                ErrorCode.PACKAGE_EXPIRED,
+                f"v{request.version} was verified more than 24 h ago (or the clock moved"
+                " back); download it again",
+            )
+        )
+        self.reply = Reply(410, self.job.error or "")
+        self.effects.append(fx.DiscardPackage(request.package_name))
+
+    # ---- actions: install ----------------------------------------------------------
+    def begin_deploy(self, event: ev.Event) -> None:
+        request = self._request()
+        self.effects.append(
+            fx.StageSnapshot(self.job.job_id, request.version, request.package_name)
+        )
+
+    def begin_switch(self, event: ev.Staged) -> None:
+        self._set_job(
+            units=event.units,
+            from_version=event.links.current,
+            factory_version=event.links.factory,
+            previous_before=event.links.previous,
+        )
+        self.effects.append(self._switch_effect())
+
+    def _switch_effect(self) -> fx.SwitchVersion:
+        job = self.job
+        request = self._request()
+        return fx.SwitchVersion(
+            job.job_id,
+            request.version,
+            request.package_name,
+            job.from_version,
+            job.units,
+            job.post_cmds_done,
+        )
+
+    def note_post_cmd(self, event: ev.PostCmdDone) -> None:
+        self._set_job(post_cmds_done=event.done)
+
+    def fail_stage(self, event: ev.StageFailed) -> None:
+        request = self._request()
+        # Out of space is the device's problem, not the package's: keep the verified
+        # package so a retry once space is freed needs no new download.
+        keep = event.failure.code is ErrorCode.DISK_FULL
+        self._fail_job(event.failure, package_kept=keep)
+        self.effects.append(fx.DiscardStaging(request.version))
+        if not keep:
+            self.effects.append(fx.DiscardPackage(request.package_name))
+
+    def begin_health(self, event: ev.Event) -> None:
+        self.effects.append(fx.CheckHealth(self.job.job_id, self.job.units))
+
+    def finish_success(self, event: ev.Event) -> None:
+        self.record = attrs.evolve(
+            self.record, last_units=self.job.units, last_version=self._request().version
+        )
+        self.effects += [
+            fx.DiscardPackage(self._request().package_name),
+            fx.CollectGarbage(),
+            fx.Report(terminal=True),
+        ]
+
+    # ---- actions: rollback ---------------------------------------------------------
+    def begin_rollback(self, event: ev.SwitchFailed | ev.Unhealthy) -> None:
+        job = self.job
+        self._set_job(cause=str(event.failure))
+        # Level 1 returns to the version that ran before; on a layout that had no `current`
+        # link the factory version is the only one that ever ran.
+        self._start_rollback(1, job.from_version or job.factory_version)
+
+    def begin_manual_rollback(self, event: ev.RollbackRequested) -> None:
+        old = self.record.job
+        if old is not None and old.package_kept and old.request is not None:
+            self.effects.append(fx.DiscardPackage(old.request.package_name))
+        job_id = self.record.last_job_id + 1
+        job = Job(
+            job_id=job_id,
+            kind=JobKind.MANUAL_ROLLBACK,
+            from_version=event.links.current,
+            factory_version=event.links.factory,
+            units=self.record.last_units or event.units,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
+        if event.target is RollbackTarget.PREVIOUS:
+            self._start_rollback(1, event.links.previous)
+        else:
+            self._start_rollback(2, event.links.factory)
+
+    def escalate_rollback(self, event: ev.RollbackFailed) -> None:
+        cause = self.job.cause or "manual rollback"
+        self._set_job(cause=f"{cause}; level 1: {event.failure}")
+        self._start_rollback(2, self.job.factory_version)
+
+    def _start_rollback(self, level: int, target: str | None) -> None:
+        assert target is not None, "guards ensure a rollback target exists"
+        self._set_job(rollback_level=level, rollback_target=target)
+        self.effects.append(self._rollback_effect())
+
+    def _rollback_effect(self) -> fx.RollBack:
+        job = self.job
+        target = job.rollback_target
+        assert target is not None
+        if job.kind is JobKind.UPDATE:
+            failed: str | None = self._request().version
+            # `previous` goes back to what it named before the switch, unless that is gone.
+            previous_after = job.previous_before or target
+            if previous_after == failed:
+                previous_after = target
+        else:
+            failed = None
+            previous_after = job.from_version or target  # the version we just left
+        # Probes are known for the target only if it is the version the last successful
+        # install put in place (they come from that version's manifest).
+        known = self.record.last_units if self.record.last_version == target else ()
+        return fx.RollBack(
+            job.job_id, job.rollback_level, target, failed, job.units, previous_after, known
+        )
+
+    def finish_rollback(self, event: ev.Event) -> None:
+        job = self.job
+        if job.kind is JobKind.UPDATE:
+            code = (
+                ErrorCode.ROLLBACK_LEVEL_2_SUCCESS
+                if job.rollback_level == 2
+                else ErrorCode.ROLLBACK_LEVEL_1_SUCCESS
+            )
+            self._fail_job(Failure(code, f"v{job.rollback_target} (cause: {job.cause})"))
+            request = self._request()
+            self.effects += [
+                fx.RemoveSnapshot(request.version),
+                fx.DiscardPackage(request.package_name),
+            ]
+        # Moving `current`/`previous` can orphan a snapshot (after a level-2 rollback, the
+        # version that was running before the update is named by no link any more).
+        self.effects += [fx.CollectGarbage(), fx.Report(terminal=True)]
+
+    def give_up(self, event: ev.RollbackFailed | ev.SwitchFailed | ev.Unhealthy) -> None:
+        if isinstance(event, ev.RollbackFailed):
+            detail = f"cause: {self.job.cause}; last rollback: {event.failure}"
+        else:
+            detail = f"cause: {event.failure}; no version to roll back to"
+        self._fail_job(
+            Failure(ErrorCode.ROLLBACK_FAILED, f"manual intervention required ({detail})")
+        )
+        self.effects.append(fx.Report(terminal=True))
+
+    # ---- actions: crash-loop breaker -------------------------------------------------
+    def _interrupted(self) -> Failure:
+        return Failure(
+            ErrorCode.RESUME_LIMIT,
+            f"{self.source} interrupted {self._interrupted_times()} times"
+            " (the updater died every time it ran this step)",
+        )
+
+    def fail_interrupted(self, event: ev.Event) -> None:
+        """Before the switch nothing runs a new version yet: the job simply fails."""
+        request = self._request()
+        self._fail_job(self._interrupted())
+        self.effects.append(fx.DiscardPackage(request.package_name))
+        if self.source is State.DEPLOYING:
+            self.effects += [fx.DiscardStaging(request.version), fx.CollectGarbage()]
+
+    def roll_back_interrupted(self, event: ev.Event) -> None:
+        job = self.job
+        self._set_job(cause=str(self._interrupted()))
+        self._start_rollback(1, job.from_version or job.factory_version)
+
+    def escalate_interrupted(self, event: ev.Event) -> None:
+        cause = self.job.cause or "manual rollback"
+        self._set_job(cause=f"{cause}; level 1: {self._interrupted()!s}")
+        self._start_rollback(2, self.job.factory_version)
+
+    def give_up_interrupted(self, event: ev.Event) -> None:
+        detail = str(self._interrupted())
+        if self.job.cause:
+            detail = f"cause: {self.job.cause}; last rollback: {detail}"
+        else:
+            detail = f"cause: {detail}; no version to roll back to"
+        self._fail_job(
+            Failure(ErrorCode.ROLLBACK_FAILED, f"manual intervention required ({detail})")
+        )
+
+    def report_only(self, event: ev.Event) -> None:
+        """Report the outcome again, without the clean-up that keeps taking the process down."""
+        self.effects.append(fx.Report(terminal=True))
+
+    # ---- actions: operator -----------------------------------------------------------
+    def cancel_job(self, event: ev.Event) -> None:
+        job = self.job
+        self._fail_job(Failure(ErrorCode.CANCELLED, "cancelled by request"))
+        self.effects.append(fx.StopJob(job.job_id))
+        if job.request is not None:
+            self.effects.append(fx.DiscardPackage(job.request.package_name))
+            if self.source is State.DEPLOYING:
+                # The stage may have finished its rename before the cancel took effect:
+                # collecting garbage removes that snapshot too (no link names it yet).
+                self.effects += [fx.DiscardStaging(job.request.version), fx.CollectGarbage()]
+
+    def clear(self, event: ev.Event) -> None:
+        job = self.record.job
+        if job is not None and job.request is not None:
+            self.effects.append(fx.DiscardPackage(job.request.package_name))
+        self.record = attrs.evolve(self.record, job=None)
+
+    # ---- actions: restart recovery (contract §6) -------------------------------------
+    def resume_idle(self, event: ev.Event) -> None:
+        """Nothing was running."""
+
+    def resume_download(self, event: ev.Resume) -> None:
+        """Continue from the last durable byte the ``.part`` file still has."""
+        job = self.job
+        on_disk = event.facts.part_size or 0
+        if event.facts.package_present:
+            # Died between publishing the finished package and journaling DownloadDone: the
+            # whole file is on disk (the downloader re-hashes it instead of fetching again).
+            on_disk = self._request().package_size
+        offset = min(job.bytes_durable, on_disk)
+        keep_validators = offset > 0
+        self._set_job(
+            bytes_durable=offset,
+            etag=job.etag if keep_validators else None,
+            last_modified=job.last_modified if keep_validators else None,
+            md5=None,
+            sha256=None,
+        )
+        job = self.job
+        self.effects.append(
+            fx.StartDownload(job.job_id, self._request(), offset, job.etag, job.last_modified)
+        )
+
+    def resume_verify(self, event: ev.Event) -> None:
+        """Digests computed before the restart are not trusted: hash the file again."""
+        self.effects.append(fx.VerifyPackage(self.job.job_id, self._request()))
+
+    def resume_ready(self, event: ev.Event) -> None:
+        """A verified package survives restarts until it expires."""
+
+    def resume_deploy(self, event: ev.Event) -> None:
+        """A half-staged snapshot is discarded and staged again."""
+        request = self._request()
+        self.effects += [
+            fx.DiscardStaging(request.version),
+            fx.StageSnapshot(self.job.job_id, request.version, request.package_name),
+        ]
+
+    def resume_switch(self, event: ev.Event) -> None:
+        """The switch is idempotent: running it again completes what the links show."""
+        self.effects.append(self._switch_effect())
+
+    def resume_health(self, event: ev.Event) -> None:
+        self.effects.append(fx.CheckHealth(self.job.job_id, self.job.units))
+
+    def resume_rollback(self, event: ev.Event) -> None:
+        """Pointing ``current`` and restarting units is idempotent: run the level again."""
+        self.effects.append(self._rollback_effect())
+
+    def resume_terminal(self, event: ev.Event) -> None:
+        """A finished outcome is reported again: device-api may never have received it.
+
+        The clean-up that followed the outcome (removing the failed snapshot, old ones) may
+        have died with the process too; collecting garbage again is idempotent.
+        """
+        self.effects += [fx.CollectGarbage(), fx.Report(terminal=True)]
+
+
+def _resumable(job: Job) -> bool:
+    """A failed download whose ``.part`` is worth continuing when the same package is asked."""
+    return (
+        job.verified_at is None
+        and job.bytes_durable > 0
+        and job.error_code in (ErrorCode.DOWNLOAD_FAILED, ErrorCode.DISK_FULL)
+    )
