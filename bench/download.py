@@ -174,12 +174,13 @@ def child(url: str, out_dir: str, size: str, md5: str, variant: str) -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    from updater_fsm.ops.download import DownloadSettings, DownloadSpec, download_package
+    from updater_fsm.core.events import DownloadRequest
+    from updater_fsm.ops.download import DownloadSettings, download_package
 
     base = vm_kb("VmRSS")
     dl = Path(out_dir) / "dl"
     dl.mkdir(parents=True, exist_ok=True)
-    spec = DownloadSpec(url=url, package_name="pkg.bin", size=int(size), md5=md5)
+    spec = DownloadRequest("1.0.0", url, "pkg.bin", int(size), md5)
     t0 = time.perf_counter()
     if variant == "aiofiles":
         got, lags = asyncio.run(with_lag_probe(aiofiles_variant(url, dl / "pkg.bin")))

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from updater_fsm.core.record import Record
 from updater_fsm.durable import fsync_dir
 from updater_fsm.strict_cattrs import make_strict_converter
 
-SCHEMA_VERSION = 1
+#: 2: a job's download position is one ``durable`` value (offset, etag, last_modified)
+#: instead of three fields. Schema-1 journals are read and migrated (see ``_MIGRATIONS``).
+SCHEMA_VERSION = 2
 _log = structlog.get_logger(__name__)
 _converter = make_strict_converter()
 
@@ -73,15 +76,37 @@ def decode(raw: bytes) -> Record:
         raise ValueError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ValueError("not a JSON object")
-    if doc.get("schema") != SCHEMA_VERSION:
-        raise ValueError(f"unknown schema {doc.get('schema')!r}")
+    schema = doc.get("schema")
+    if schema != SCHEMA_VERSION and schema not in _MIGRATIONS:
+        raise ValueError(f"unknown schema {schema!r}")
     body = doc.get("record")
     if hashlib.sha256(_canonical(body)).hexdigest() != doc.get("checksum"):
         raise ValueError("checksum mismatch")
+    while schema != SCHEMA_VERSION:
+        body, schema = _MIGRATIONS[schema](body), schema + 1
     record = record_from_dict(body)
     if record.seq != doc.get("seq"):
         raise ValueError("sequence number mismatch")
     return record
+
+
+def _v1_to_v2(body: Any) -> Any:
+    """Schema 1 kept a job's download position in three fields; schema 2 in one value."""
+    if not isinstance(body, dict) or not isinstance(body.get("job"), dict):
+        return body
+    job = dict(body["job"])
+    job["durable"] = {
+        "offset": job.pop("bytes_durable", 0),
+        "etag": job.pop("etag", None),
+        "last_modified": job.pop("last_modified", None),
+    }
+    return {**body, "job": job}
+
+
+#: ``schema N -> N + 1`` rewrites of a journal's record, applied in turn on load (the
+#: checksum is checked on the record as written). A journal is always written in the
+#: newest schema.
+_MIGRATIONS: dict[int, Callable[[Any], Any]] = {1: _v1_to_v2}
 
 
 @attrs.frozen

@@ -221,17 +221,6 @@ class OpsRunner:
 
     # ---- download & verify ---------------------------------------------------------
     async def _start_download(self, effect: fx.StartDownload) -> None:
-        request = effect.request
-        spec = download.DownloadSpec(
-            request.package_url,
-            request.package_name,
-            request.package_size,
-            request.package_md5,
-            request.package_sha256,
-        )
-        resume = None
-        if effect.resume_offset > 0:
-            resume = download.ResumePoint(effect.resume_offset, effect.etag, effect.last_modified)
         settings = download.DownloadSettings(
             connect_timeout_s=self._config.connect_timeout_s,
             read_timeout_s=self._config.read_timeout_s,
@@ -243,16 +232,14 @@ class OpsRunner:
                 Transfer(effect.job_id, p.bytes_done, p.total, p.speed_bps, p.eta_s)
             )
 
-        async def on_checkpoint(point: download.ResumePoint) -> None:
-            await self._engine.submit(
-                ev.DownloadCheckpoint(effect.job_id, point.offset, point.etag, point.last_modified)
-            )
+        async def on_checkpoint(point: ev.ResumePoint) -> None:
+            await self._engine.submit(ev.DownloadCheckpoint(effect.job_id, point))
 
         try:
             result = await download.download_package(
-                spec,
+                effect.request,
                 self._config.downloads_dir,
-                resume=resume,
+                resume=effect.resume if effect.resume.offset > 0 else None,
                 settings=settings,
                 on_progress=on_progress,
                 on_checkpoint=on_checkpoint,

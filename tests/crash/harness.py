@@ -757,7 +757,7 @@ def _run_trial(
     record = rig.journal_record()
     result.state_at_kill = str(record.state) if record else None
     durable_offset = (
-        record.job.bytes_durable
+        record.job.durable.offset
         if record and record.job and str(record.state) == "downloading"
         else 0
     )

@@ -79,7 +79,7 @@ def test_disk_full_during_download_fails_then_resumes(
             # Once an offset is journaled, so that there is something to resume.
             def journaled() -> bool:
                 record = rig.journal_record()
-                return bool(record and record.job and record.job.bytes_durable > 0)
+                return bool(record and record.job and record.job.durable.offset > 0)
 
             assert h.wait_until(journaled, 10)
             # Something else fills the disk, leaving room for the journal but not the data.

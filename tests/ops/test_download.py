@@ -18,11 +18,11 @@ import pytest
 
 from tests.support.package_server import Behaviour, PackageServer
 from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.events import DownloadRequest
 from updater_fsm.ops import download
 from updater_fsm.ops.download import (
     DownloadProgress,
     DownloadSettings,
-    DownloadSpec,
     ResumePoint,
     discard_download,
     download_package,
@@ -48,13 +48,14 @@ def blob(size: int = SIZE, seed: int = 1) -> bytes:
     return (hashlib.sha256(str(seed).encode()).digest() * (size // 32 + 1))[:size]
 
 
-def spec_for(url: str, data: bytes, name: str = "pkg.zip") -> DownloadSpec:
-    return DownloadSpec(
-        url=url,
+def spec_for(url: str, data: bytes, name: str = "pkg.zip") -> DownloadRequest:
+    return DownloadRequest(
+        version="1.0.0",
+        package_url=url,
         package_name=name,
-        size=len(data),
-        md5=hashlib.md5(data).hexdigest(),
-        sha256=hashlib.sha256(data).hexdigest(),
+        package_size=len(data),
+        package_md5=hashlib.md5(data).hexdigest(),
+        package_sha256=hashlib.sha256(data).hexdigest(),
     )
 
 
@@ -88,7 +89,7 @@ async def test_happy_path_returns_digests_and_checkpoints(
         spec, tmp_path, resume=None, settings=FAST, on_checkpoint=journal
     )
     assert result.path == package_path(tmp_path, "pkg.zip")
-    assert (result.size, result.md5, result.sha256) == (SIZE, spec.md5, spec.sha256)
+    assert (result.size, result.md5, result.sha256) == (SIZE, spec.package_md5, spec.package_sha256)
     assert_complete(tmp_path, data)
     # First checkpoint right after the headers: offset 0, validators known.
     assert journal.points[0] == ResumePoint(
@@ -106,7 +107,7 @@ async def test_follows_redirects(package_server: PackageServer, tmp_path: Path) 
     package_server.add("pkg.zip", data)
     spec = spec_for(package_server.url("pkg.zip", redirects=2), data)
     result = await download_package(spec, tmp_path, resume=None, settings=FAST)
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     assert_complete(tmp_path, data)
 
 
@@ -133,7 +134,7 @@ async def test_resume_after_dropped_connection_skips_durable_bytes(
 
     # "Restart": a new call with what the journal holds.
     result = await download_package(spec, tmp_path, resume=point, settings=FAST)
-    assert result.md5 == spec.md5 and result.sha256 == spec.sha256
+    assert result.md5 == spec.package_md5 and result.sha256 == spec.package_sha256
     assert_complete(tmp_path, data)
     second = package_server.requests("pkg.zip")[1]
     assert second.status == 206
@@ -152,7 +153,7 @@ async def test_resume_truncates_untrusted_tail(
     part_path(tmp_path, "pkg.zip").write_bytes(data[:offset] + b"\0" * 50_000)
     point = ResumePoint(offset, package_server.etag("pkg.zip"))
     result = await download_package(spec, tmp_path, resume=point, settings=FAST)
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     assert_complete(tmp_path, data)
     (req,) = package_server.requests("pkg.zip")
     assert req.range == f"bytes={offset}-" and req.bytes_sent == SIZE - offset
@@ -186,7 +187,7 @@ async def test_cancel_is_prompt_keeps_part_and_resumes(
     package_server.set_behaviour("pkg.zip", Behaviour())
     point = journal.last
     result = await download_package(spec, tmp_path, resume=point, settings=FAST)
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     assert_complete(tmp_path, data)
     assert package_server.requests("pkg.zip")[-1].range == f"bytes={point.offset}-"
     assert package_server.requests("pkg.zip")[-1].bytes_sent == SIZE - point.offset
@@ -206,7 +207,7 @@ async def test_server_ignoring_range_restarts_cleanly(
         settings=FAST,
         on_progress=seen.append,
     )
-    assert result.md5 == spec.md5 and result.sha256 == spec.sha256
+    assert result.md5 == spec.package_md5 and result.sha256 == spec.package_sha256
     assert_complete(tmp_path, data)
     (req,) = package_server.requests("pkg.zip")
     assert req.status == 200 and req.bytes_sent == SIZE
@@ -231,7 +232,7 @@ async def test_changed_file_restarts_from_zero_never_splices(
 
     spec = spec_for(url, new)
     result = await download_package(spec, tmp_path, resume=journal.last, settings=FAST)
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     assert_complete(tmp_path, new)
     reqs = package_server.requests("pkg.zip")
     if honour_if_range:
@@ -251,7 +252,7 @@ async def test_416_on_resume_restarts_from_zero(
     result = await download_package(
         spec, tmp_path, resume=ResumePoint(1000, package_server.etag("pkg.zip")), settings=FAST
     )
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     reqs = package_server.requests("pkg.zip")
     assert [(r.status, r.range) for r in reqs] == [(416, "bytes=1000-"), (200, None)]
 
@@ -265,7 +266,7 @@ async def test_drops_mid_stream_are_retried_with_range(
         "pkg.zip", Behaviour(drop_after=300_000), Behaviour(drop_after=300_000), Behaviour()
     )
     result = await download_package(spec, tmp_path, resume=None, settings=FAST)
-    assert result.md5 == spec.md5 and result.sha256 == spec.sha256
+    assert result.md5 == spec.package_md5 and result.sha256 == spec.package_sha256
     assert_complete(tmp_path, data)
     reqs = package_server.requests("pkg.zip")
     assert [r.status for r in reqs] == [200, 206, 206]
@@ -281,7 +282,7 @@ async def test_stall_times_out_and_retries(package_server: PackageServer, tmp_pa
     t0 = time.monotonic()
     result = await download_package(spec, tmp_path, resume=None, settings=settings)
     assert time.monotonic() - t0 < 2.5
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     reqs = package_server.requests("pkg.zip")
     assert len(reqs) == 2 and reqs[1].range is not None and reqs[1].status == 206
 
@@ -378,7 +379,7 @@ async def test_500_then_200_succeeds(package_server: PackageServer, tmp_path: Pa
     spec = spec_for(package_server.add("pkg.zip", data), data)
     package_server.script("pkg.zip", Behaviour(status=500), Behaviour(status=503))
     result = await download_package(spec, tmp_path, resume=None, settings=FAST)
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     assert [r.status for r in package_server.requests("pkg.zip")] == [500, 503, 200]
 
 
@@ -408,7 +409,7 @@ async def test_disk_space_is_checked_before_any_request(
     url = package_server.add("pkg.zip", b"x")
     st = os.statvfs(tmp_path)
     huge = st.f_bavail * st.f_frsize  # needs twice that
-    spec = DownloadSpec(url=url, package_name="pkg.zip", size=huge, md5="0" * 32)
+    spec = DownloadRequest("1.0.0", url, "pkg.zip", huge, "0" * 32)
     with pytest.raises(UpdaterError) as err:
         await download_package(spec, tmp_path, resume=None, settings=FAST)
     assert err.value.code is ErrorCode.DISK_FULL
@@ -479,7 +480,7 @@ async def test_finished_file_from_previous_run_is_returned(
     spec = spec_for(package_server.add("pkg.zip", data), data)
     package_path(tmp_path, "pkg.zip").write_bytes(data)  # renamed, then the crash
     result = await download_package(spec, tmp_path, resume=ResumePoint(SIZE), settings=FAST)
-    assert result.md5 == spec.md5 and result.sha256 == spec.sha256
+    assert result.md5 == spec.package_md5 and result.sha256 == spec.package_sha256
     assert package_server.requests("pkg.zip") == []
 
 
@@ -491,7 +492,7 @@ async def test_fresh_download_discards_stale_files(
     part_path(tmp_path, "pkg.zip").write_bytes(b"stale" * 1000)
     package_path(tmp_path, "pkg.zip").write_bytes(b"old package")
     result = await download_package(spec, tmp_path, resume=None, settings=FAST)
-    assert result.md5 == spec.md5
+    assert result.md5 == spec.package_md5
     assert_complete(tmp_path, data)
     assert package_server.requests("pkg.zip")[0].range is None
 

@@ -46,7 +46,11 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
     jid = st.sampled_from([job_id, job_id, job_id, job_id - 1, job_id + 1])
     return st.one_of(
         st.builds(ev.DownloadRequested, st.sampled_from(REQUESTS)),
-        st.builds(ev.DownloadCheckpoint, jid, st.integers(0, 1000), st.sampled_from([None, '"e"'])),
+        st.builds(
+            ev.DownloadCheckpoint,
+            jid,
+            st.builds(ev.ResumePoint, st.integers(0, 1000), st.sampled_from([None, '"e"'])),
+        ),
         st.builds(ev.DownloadDone, jid, st.just(1000), st.just(MD5), st.just(SHA)),
         st.builds(ev.DownloadFailed, jid, ERRORS),
         st.builds(ev.Verified, jid),

@@ -127,3 +127,38 @@ def test_a_record_journaled_before_last_version_existed_still_loads() -> None:
     del data["last_version"]
     record = record_from_dict(data)
     assert record.last_version is None and record.last_units[0].unit == "device-api.service"
+
+
+def test_a_schema_1_journal_is_read_and_its_download_position_kept(tmp_path: Path) -> None:
+    """An updater upgraded mid-download resumes from the offset the old one journaled."""
+    import hashlib
+
+    from updater_fsm.journal import SCHEMA_VERSION, Journal, _canonical, decode, encode
+
+    m = UpdaterMachine()
+    req = ev.DownloadRequest("1.2.3", "http://127.0.0.1:1/u.zip", "u.zip", 1000, "0" * 32)
+    m.handle(ev.DownloadRequested(req), 1.0)
+    m.handle(ev.DownloadCheckpoint(1, ev.ResumePoint(700, '"v1"', "Tue")), 2.0)
+    current = json.loads(encode(m.record))
+    assert current["schema"] == SCHEMA_VERSION == 2
+    # The same record as schema 1 wrote it: three flat fields instead of `durable`.
+    body = current["record"]
+    durable = body["job"].pop("durable")
+    body["job"] |= {
+        "bytes_durable": durable["offset"],
+        "etag": durable["etag"],
+        "last_modified": durable["last_modified"],
+    }
+    old = {
+        "schema": 1,
+        "seq": body["seq"],
+        "checksum": hashlib.sha256(_canonical(body)).hexdigest(),
+        "record": body,
+    }
+    (tmp_path / "journal.json").write_text(json.dumps(old))
+    loaded = Journal(tmp_path).load()
+    assert loaded.set_aside == () and loaded.record == m.record
+    assert loaded.record.job is not None
+    assert loaded.record.job.durable == ev.ResumePoint(700, '"v1"', "Tue")
+    with pytest.raises(ValueError, match="unknown schema 3"):
+        decode(json.dumps({**old, "schema": 3}).encode())

@@ -67,9 +67,9 @@ def test_happy_path_effects_in_order() -> None:
     req = request()
     d = drive(m, ev.DownloadRequested(req))
     assert kinds(d) == ["StartDownload", "Report"]
-    assert d.effects[0] == fx.StartDownload(1, req, 0, None, None)
-    drive(m, ev.DownloadCheckpoint(1, 400, etag='"e1"'))
-    assert m.record.job is not None and m.record.job.bytes_durable == 400
+    assert d.effects[0] == fx.StartDownload(1, req, ev.ResumePoint())
+    drive(m, ev.DownloadCheckpoint(1, ev.ResumePoint(400, '"e1"')))
+    assert m.record.job is not None and m.record.job.durable.offset == 400
     d = drive(m, ev.DownloadDone(1, 1000, MD5, SHA))
     assert d.effects[0] == fx.VerifyPackage(1, req, MD5, SHA)
     d = drive(m, ev.Verified(1))
@@ -159,7 +159,7 @@ def test_stale_results_of_an_old_job_are_ignored() -> None:
 
 def test_download_failure_keeps_part_and_same_request_resumes() -> None:
     m = UpdaterMachine()
-    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 600, etag='"x"'))
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, ev.ResumePoint(600, '"x"')))
     drive(
         m,
         ev.DownloadFailed(
@@ -168,7 +168,7 @@ def test_download_failure_keeps_part_and_same_request_resumes() -> None:
     )
     assert m.state is State.FAILED
     d = drive(m, ev.DownloadRequested(request()))
-    assert d.effects[0] == fx.StartDownload(2, request(), 600, '"x"', None)
+    assert d.effects[0] == fx.StartDownload(2, request(), ev.ResumePoint(600, '"x"'))
 
 
 def test_verify_failure_discards_the_package() -> None:

@@ -32,33 +32,35 @@ def test_idle_does_nothing() -> None:
 
 def test_downloading_resumes_from_the_durable_byte() -> None:
     m = UpdaterMachine()
-    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 700, etag='"v1"'))
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, ev.ResumePoint(700, '"v1"')))
     m, d = restart(m, ev.DiskFacts(part_size=900))
     assert m.state is State.DOWNLOADING
-    assert d.effects == (fx.StartDownload(1, request(), 700, '"v1"', None),)  # type: ignore[attr-defined]
+    assert d.effects == (fx.StartDownload(1, request(), ev.ResumePoint(700, '"v1"')),)  # type: ignore[attr-defined]
 
 
 def test_downloading_with_a_shorter_part_file_resumes_from_what_is_on_disk() -> None:
     # Power loss can revert the .part past the journal's checkpoint: trust the smaller.
     m = UpdaterMachine()
-    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 700, etag='"v1"'))
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, ev.ResumePoint(700, '"v1"')))
     m, d = restart(m, ev.DiskFacts(part_size=300))
-    assert d.effects[0].resume_offset == 300  # type: ignore[attr-defined]
+    assert d.effects[0].resume.offset == 300  # type: ignore[attr-defined]
 
 
 def test_downloading_without_part_file_restarts_from_zero_without_validators() -> None:
     m = UpdaterMachine()
-    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 700, etag='"v1"'))
+    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, ev.ResumePoint(700, '"v1"')))
     m, d = restart(m, ev.DiskFacts(part_size=None))
-    assert d.effects == (fx.StartDownload(1, request(), 0, None, None),)  # type: ignore[attr-defined]
+    assert d.effects == (fx.StartDownload(1, request(), ev.ResumePoint()),)  # type: ignore[attr-defined]
 
 
 def test_downloading_with_the_finished_package_on_disk_does_not_fetch_again() -> None:
     # Killed after the .part was renamed into place but before DownloadDone was journaled.
     m = UpdaterMachine()
-    drive(m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, 1000, etag='"v1"'))
+    drive(
+        m, ev.DownloadRequested(request()), ev.DownloadCheckpoint(1, ev.ResumePoint(1000, '"v1"'))
+    )
     m, d = restart(m, ev.DiskFacts(part_size=None, package_present=True))
-    assert d.effects == (fx.StartDownload(1, request(), 1000, '"v1"', None),)  # type: ignore[attr-defined]
+    assert d.effects == (fx.StartDownload(1, request(), ev.ResumePoint(1000, '"v1"')),)  # type: ignore[attr-defined]
 
 
 def test_verifying_rehashes_the_package() -> None:

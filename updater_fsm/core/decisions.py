@@ -18,7 +18,7 @@ from transitions import EventData
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure
-from updater_fsm.core.events import RollbackTarget
+from updater_fsm.core.events import ResumePoint, RollbackTarget
 from updater_fsm.core.record import Job, JobKind, Record
 from updater_fsm.core.states import TERMINAL_STATES, State
 
@@ -156,26 +156,21 @@ class Decisions:
         if old is not None and old.request is not None:
             if _resumable(old) and old.request.same_package(event.request):
                 # The same package failed mid-download before: keep its durable prefix.
-                job = attrs.evolve(
-                    job,
-                    bytes_durable=old.bytes_durable,
-                    etag=old.etag,
-                    last_modified=old.last_modified,
-                )
+                job = attrs.evolve(job, durable=old.durable)
             else:
                 self.effects.append(fx.DiscardPackage(old.request.package_name))
         self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
-        self.effects.append(
-            fx.StartDownload(job_id, event.request, job.bytes_durable, job.etag, job.last_modified)
-        )
+        self.effects.append(fx.StartDownload(job_id, event.request, job.durable))
 
     def checkpoint(self, event: ev.DownloadCheckpoint) -> None:
-        self._set_job(
-            bytes_durable=event.offset, etag=event.etag, last_modified=event.last_modified
-        )
+        self._set_job(durable=event.point)
 
     def begin_verify(self, event: ev.DownloadDone) -> None:
-        self._set_job(bytes_durable=event.size, md5=event.md5, sha256=event.sha256)
+        self._set_job(
+            durable=attrs.evolve(self.job.durable, offset=event.size),
+            md5=event.md5,
+            sha256=event.sha256,
+        )
         self.effects.append(
             fx.VerifyPackage(self.job.job_id, self._request(), event.md5, event.sha256)
         )
@@ -197,7 +192,7 @@ class Decisions:
         job = Job(
             job_id=job_id,
             request=old.request,
-            bytes_durable=old.bytes_durable,
+            durable=old.durable,
             md5=old.md5,
             sha256=old.sha256,
             verified_at=old.verified_at,
@@ -439,19 +434,11 @@ class Decisions:
             # Died between publishing the finished package and journaling DownloadDone: the
             # whole file is on disk (the downloader re-hashes it instead of fetching again).
             on_disk = self._request().package_size
-        offset = min(job.bytes_durable, on_disk)
-        keep_validators = offset > 0
-        self._set_job(
-            bytes_durable=offset,
-            etag=job.etag if keep_validators else None,
-            last_modified=job.last_modified if keep_validators else None,
-            md5=None,
-            sha256=None,
-        )
-        job = self.job
-        self.effects.append(
-            fx.StartDownload(job.job_id, self._request(), offset, job.etag, job.last_modified)
-        )
+        offset = min(job.durable.offset, on_disk)
+        # Nothing durable left: start over, and without validators of bytes we do not have.
+        resume = attrs.evolve(job.durable, offset=offset) if offset > 0 else ResumePoint()
+        self._set_job(durable=resume, md5=None, sha256=None)
+        self.effects.append(fx.StartDownload(job.job_id, self._request(), resume))
 
     def resume_verify(self, event: ev.Event) -> None:
         """Digests computed before the restart are not trusted: hash the file again."""
@@ -492,6 +479,6 @@ def _resumable(job: Job) -> bool:
     """A failed download whose ``.part`` is worth continuing when the same package is asked."""
     return (
         job.verified_at is None
-        and job.bytes_durable > 0
+        and job.durable.offset > 0
         and job.error_code in (ErrorCode.DOWNLOAD_FAILED, ErrorCode.DISK_FULL)
     )

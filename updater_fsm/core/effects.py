@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from updater_fsm.core.events import DownloadRequest
+from updater_fsm.core.events import DownloadRequest, ResumePoint
 from updater_fsm.core.manifest import ServiceUnit
 
 
@@ -24,9 +24,7 @@ class StartDownload(Effect):
 
     job_id: int
     request: DownloadRequest
-    resume_offset: int = 0
-    etag: str | None = None
-    last_modified: str | None = None
+    resume: ResumePoint = attrs.field(factory=ResumePoint)
 
 
 @attrs.frozen

@@ -50,6 +50,21 @@ class RollbackTarget(enum.StrEnum):
 
 
 @attrs.frozen
+class ResumePoint:
+    """How far a download is durable, and the validators to continue it with.
+
+    One type from the download loop to the journal: the downloader reports it after each
+    fsync of the ``.part``, the machine journals it in the job, and a resumed download
+    starts from it (``Range`` from ``offset``, ``If-Range`` with ``etag`` or
+    ``last_modified``). ``offset`` 0 means from the start.
+    """
+
+    offset: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@attrs.frozen
 class LinkVersions:
     """Which versions the ``current``/``previous``/``factory`` links name (None = missing)."""
 
@@ -87,13 +102,11 @@ class DownloadRequested(Event):
 
 @attrs.frozen
 class DownloadCheckpoint(Event):
-    """The first ``offset`` bytes of the ``.part`` file are fsynced."""
+    """The first ``point.offset`` bytes of the ``.part`` file are fsynced."""
 
     trigger = Trigger.DOWNLOAD_CHECKPOINT
     job_id: int
-    offset: int
-    etag: str | None = None
-    last_modified: str | None = None
+    point: ResumePoint
 
 
 @attrs.frozen

@@ -111,7 +111,7 @@ def build_snapshot(
     if job is not None and job.kind is JobKind.MANUAL_ROLLBACK:
         version = job.rollback_target
     total = job.request.package_size if job and job.request else 0
-    done = job.bytes_durable if job else 0
+    done = job.durable.offset if job else 0
     speed, eta = 0.0, None
     if transfer is not None and job is not None and transfer.job_id == job.job_id:
         done, speed, eta = max(done, transfer.bytes_done), transfer.speed_bps, transfer.eta_s

@@ -11,7 +11,7 @@ import enum
 import attrs
 
 from updater_fsm.core.errors import ErrorCode
-from updater_fsm.core.events import DownloadRequest
+from updater_fsm.core.events import DownloadRequest, ResumePoint
 from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.core.states import INITIAL, State
 
@@ -36,8 +36,8 @@ class Job:
         job_id: unique, increasing; results of other jobs are ignored.
         kind: an install (``update``) or a rollback asked for by hand.
         request: the download request (None for a manual rollback).
-        bytes_durable: length of the fsynced prefix of the ``.part`` file.
-        etag, last_modified: the server's validators for resuming with If-Range.
+        durable: the fsynced prefix of the ``.part`` file and the server's validators for
+            resuming it with If-Range.
         md5, sha256: digests computed while streaming (None until the download is done).
         verified_at: UNIX time the package passed verification.
         package_kept: the job failed but its verified package stays on disk (staging ran
@@ -59,9 +59,7 @@ class Job:
     job_id: int
     kind: JobKind = JobKind.UPDATE
     request: DownloadRequest | None = None
-    bytes_durable: int = 0
-    etag: str | None = None
-    last_modified: str | None = None
+    durable: ResumePoint = attrs.field(factory=ResumePoint)
     md5: str | None = None
     sha256: str | None = None
     verified_at: float | None = None

@@ -1,7 +1,7 @@
 """Streaming, resumable, validated package download, hashed on the fly.
 
-One call of :func:`download_package` fetches ``spec.url`` into ``<dir>/<name>.part`` and, once
-complete, renames it durably to ``<dir>/<name>``. Along the way:
+One call of :func:`download_package` fetches ``request.package_url`` into
+``<dir>/<name>.part`` and, once complete, renames it durably to ``<dir>/<name>``. Along the way:
 
 * the body is hashed (MD5 and SHA-256) and written in a dedicated worker thread fed through a
   bounded pipeline, so the event loop only moves buffers and stays responsive, no second
@@ -12,10 +12,10 @@ complete, renames it durably to ``<dir>/<name>``. Along the way:
   truncated to it first: later bytes were never promised to be on disk);
 * a server that ignores the range or a changed file (``200`` instead of ``206``, a new ETag,
   ``416``) restarts cleanly from zero, so two different files are never spliced;
-* status, announced length and streamed length are checked against ``spec.size`` before and
-  while writing; transient failures (resets, timeouts, 5xx, 408, 429) retry with exponential
-  backoff and jitter (honouring ``Retry-After``), each retry resuming where the last one
-  stopped.
+* status, announced length and streamed length are checked against
+  ``request.package_size`` before and while writing; transient failures (resets, timeouts,
+  5xx, 408, 429) retry with exponential backoff and jitter (honouring ``Retry-After``), each
+  retry resuming where the last one stopped.
 
 Digest comparison is not done here but in :mod:`updater_fsm.ops.verify`.
 """
@@ -45,6 +45,7 @@ import structlog
 
 from updater_fsm import durable, faults
 from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.events import DownloadRequest, ResumePoint
 from updater_fsm.core.urls import redact_url
 from updater_fsm.ops.verify import hash_file
 from updater_fsm.state_layout import package_path, part_path
@@ -55,40 +56,6 @@ KiB = 1024
 MiB = 1024 * KiB
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
-@attrs.frozen
-class DownloadSpec:
-    """What to download and what the request promised about it.
-
-    Attributes:
-        url: http(s) URL of the package.
-        package_name: plain file name used under the downloads directory.
-        size: exact size in bytes (the server must agree).
-        md5: expected MD5 (hex); checked by verify, not here.
-        sha256: expected SHA-256 (hex) if the request gave one; checked by verify.
-    """
-
-    url: str
-    package_name: str
-    size: int
-    md5: str
-    sha256: str | None = None
-
-
-@attrs.frozen
-class ResumePoint:
-    """A durable position in the ``.part`` file, for the caller to journal.
-
-    Attributes:
-        offset: bytes of the ``.part`` that are fsynced and trusted.
-        etag: the server's ``ETag`` for those bytes, if it sent one.
-        last_modified: the server's ``Last-Modified`` for those bytes, if it sent one.
-    """
-
-    offset: int
-    etag: str | None = None
-    last_modified: str | None = None
 
 
 @attrs.frozen
@@ -447,9 +414,11 @@ def _mb(n: int | float) -> str:
     return f"{n / 1e6:.1f}"
 
 
-def _check_disk_space(directory: Path, spec: DownloadSpec, have: int, s: DownloadSettings) -> None:
+def _check_disk_space(
+    directory: Path, request: DownloadRequest, have: int, s: DownloadSettings
+) -> None:
     """Refuse to start unless the filesystem has room for the package and its staging."""
-    need = math.ceil((spec.size - have) * s.disk_space_factor) + s.disk_headroom_bytes
+    need = math.ceil((request.package_size - have) * s.disk_space_factor) + s.disk_headroom_bytes
     st = os.statvfs(directory)
     free = st.f_bavail * st.f_frsize
     if free < need:
@@ -479,7 +448,7 @@ class _Download:
 
     def __init__(
         self,
-        spec: DownloadSpec,
+        request: DownloadRequest,
         part: Path,
         settings: DownloadSettings,
         on_progress: Callable[[DownloadProgress], None],
@@ -487,15 +456,15 @@ class _Download:
         etag: str | None,
         last_modified: str | None,
     ) -> None:
-        self.spec = spec
+        self.request = request
         self.part = part
         self.s = settings
         self.on_checkpoint = on_checkpoint
         self.etag = etag
         self.last_modified = last_modified
         self.sink = _Sink(part, settings.pipeline_depth)
-        self.meter = _Meter(spec.size, settings, on_progress)
-        self.log = _log.bind(package=spec.package_name, url=redact_url(spec.url))
+        self.meter = _Meter(request.package_size, settings, on_progress)
+        self.log = _log.bind(package=request.package_name, url=redact_url(request.package_url))
         self._last_ckpt_time = time.monotonic()
         self._reported: ResumePoint | None = None
         self._bg: asyncio.Task[None] | None = None
@@ -586,7 +555,7 @@ class _Download:
             sock_read=self.s.read_timeout_s,
         )
         async with session.get(
-            self.spec.url,
+            self.request.package_url,
             headers=headers,
             timeout=timeout,
             allow_redirects=True,
@@ -599,15 +568,17 @@ class _Download:
     async def _accept(self, resp: aiohttp.ClientResponse, offset: int) -> None:
         """Validate status and lengths before a byte is written; set validators."""
         status = resp.status
-        url = redact_url(self.spec.url)  # for error details: shown in /progress and the log
+        url = redact_url(
+            self.request.package_url
+        )  # for error details: shown in /progress and the log
         if status == 416:
             if offset == 0:
                 raise UpdaterError(ErrorCode.DOWNLOAD_FAILED, f"HTTP 416 for {url} without Range")
             total = resp.headers.get("Content-Range", "").rpartition("/")[2].strip()
-            if total.isdigit() and int(total) != self.spec.size:
+            if total.isdigit() and int(total) != self.request.package_size:
                 raise UpdaterError(
                     ErrorCode.PACKAGE_SIZE_MISMATCH,
-                    f"server announces {total} bytes, expected {self.spec.size}",
+                    f"server announces {total} bytes, expected {self.request.package_size}",
                 )
             await self.restart_from_zero("server answered 416 to the resume range")
             exc = _Transient(f"HTTP 416 for {url}")
@@ -622,7 +593,7 @@ class _Download:
             raise UpdaterError(ErrorCode.DOWNLOAD_FAILED, f"HTTP {status} {resp.reason} for {url}")
         etag = resp.headers.get("ETag")
         last_modified = resp.headers.get("Last-Modified")
-        size = self.spec.size
+        size = self.request.package_size
         if status == 206:
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if match is None:
@@ -663,7 +634,7 @@ class _Download:
 
     async def _stream(self, resp: aiohttp.ClientResponse) -> None:
         """Copy the body into the sink with size guard, checkpoints and progress."""
-        s, sink, size = self.s, self.sink, self.spec.size
+        s, sink, size = self.s, self.sink, self.request.package_size
         batch: list[bytes] = []
         batch_len = 0
         since_ckpt = 0
@@ -709,16 +680,17 @@ class _Download:
         self.meter.update(sink.queued)
 
     async def run(self, session: aiohttp.ClientSession) -> None:
-        """Attempt until the .part holds ``spec.size`` bytes or the retry budget is spent."""
+        """Attempt until the .part holds the package's size or the retry budget is spent."""
         attempts = 0
-        while self.sink.queued < self.spec.size:
+        while self.sink.queued < self.request.package_size:
             attempts += 1
             try:
                 await self.attempt(session)
-                if self.sink.queued >= self.spec.size:
+                if self.sink.queued >= self.request.package_size:
                     break
                 raise _Transient(
-                    f"connection closed after {self.sink.queued} of {self.spec.size} bytes",
+                    f"connection closed after {self.sink.queued} of"
+                    f" {self.request.package_size} bytes",
                     incomplete=True,
                 )
             except _Transient as exc:
@@ -765,7 +737,7 @@ class _Download:
 
 
 async def download_package(
-    spec: DownloadSpec,
+    request: DownloadRequest,
     downloads_dir: Path,
     *,
     resume: ResumePoint | None,
@@ -774,10 +746,10 @@ async def download_package(
     on_checkpoint: Callable[[ResumePoint], Awaitable[None]] = _ignore_checkpoint,
     session: aiohttp.ClientSession | None = None,
 ) -> DownloadResult:
-    """Download ``spec.url`` to ``package_path(downloads_dir, spec.package_name)``.
+    """Download ``request.package_url`` to ``package_path(downloads_dir, request.package_name)``.
 
     Args:
-        spec: URL, file name and expected size (digests are checked by verify, not here).
+        request: URL, file name and expected size (digests are checked by verify, not here).
         downloads_dir: directory for the ``.part`` and the final file (created if missing).
         resume: the last :class:`ResumePoint` the caller journaled for this same package, or
             None for a fresh download (any stale ``.part``/final file is then discarded). The
@@ -795,29 +767,32 @@ async def download_package(
     Raises:
         UpdaterError: ``DOWNLOAD_FAILED`` (fatal HTTP status, or the retry budget spent:
             ``retryable=True``), ``INCOMPLETE_DOWNLOAD`` (body kept ending short; retryable),
-            ``PACKAGE_SIZE_MISMATCH`` (server size differs from ``spec.size``; the ``.part`` is
-            removed), ``DISK_FULL`` (before starting, or ENOSPC while writing; the ``.part`` is
-            kept for a resume).
+            ``PACKAGE_SIZE_MISMATCH`` (server size differs from ``request.package_size``; the
+            ``.part`` is removed), ``DISK_FULL`` (before starting, or ENOSPC while writing; the
+            ``.part`` is kept for a resume).
         asyncio.CancelledError: promptly; the ``.part`` is kept (see :func:`discard_download`).
     """
-    part = part_path(downloads_dir, spec.package_name)
-    final = package_path(downloads_dir, spec.package_name)
-    log = _log.bind(package=spec.package_name, url=redact_url(spec.url))
+    part = part_path(downloads_dir, request.package_name)
+    final = package_path(downloads_dir, request.package_name)
+    log = _log.bind(package=request.package_name, url=redact_url(request.package_url))
     await asyncio.to_thread(downloads_dir.mkdir, parents=True, exist_ok=True)
 
     if await asyncio.to_thread(final.exists):
         # A previous run of this same job finished the rename but died before the caller
         # recorded it: the package is complete (verify re-checks its digests).
-        if resume is not None and (await asyncio.to_thread(final.stat)).st_size == spec.size:
+        if (
+            resume is not None
+            and (await asyncio.to_thread(final.stat)).st_size == request.package_size
+        ):
             log.info("download.already_complete", path=str(final))
             digests = await hash_file(final)
             return DownloadResult(final, digests.size, digests.md5, digests.sha256)
         await asyncio.to_thread(durable.remove_file, final)
 
-    want = resume.offset if resume is not None and 0 < resume.offset <= spec.size else 0
+    want = resume.offset if resume is not None and 0 < resume.offset <= request.package_size else 0
     etag = resume.etag if resume is not None and want else None
     last_modified = resume.last_modified if resume is not None and want else None
-    job = _Download(spec, part, settings, on_progress, on_checkpoint, etag, last_modified)
+    job = _Download(request, part, settings, on_progress, on_checkpoint, etag, last_modified)
     try:
         try:
             offset = await job.sink.open(want)
@@ -826,8 +801,8 @@ async def download_package(
         if offset != want:
             log.warning("download.resume_lost", wanted=want, part_size_short=True)
             job.etag = job.last_modified = None
-        _check_disk_space(downloads_dir, spec, offset, settings)
-        log.info("download.start", offset=offset, size=spec.size)
+        _check_disk_space(downloads_dir, request, offset, settings)
+        log.info("download.start", offset=offset, size=request.package_size)
         job.meter.update(offset, force=True)
 
         own_session = session is None
@@ -860,9 +835,9 @@ async def download_package(
     faults.crash_point("download:before_rename")
     await asyncio.to_thread(_publish, part, final)
     faults.crash_point("download:after_rename")
-    job.meter.update(spec.size, force=True)
-    log.info("download.done", path=str(final), size=spec.size, md5=md5)
-    return DownloadResult(final, spec.size, md5, sha256)
+    job.meter.update(request.package_size, force=True)
+    log.info("download.done", path=str(final), size=request.package_size, md5=md5)
+    return DownloadResult(final, request.package_size, md5, sha256)
 
 
 def _publish(part: Path, final: Path) -> None:
