@@ -226,6 +226,52 @@ def _check_host_name(name: str) -> None:
         raise ConfigError(f"config key 'allowed_hosts': {name!r} {problem}")
 
 
+def _from_file(file: Path) -> dict[str, Any]:
+    """The typed values of a TOML file."""
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    values = {}
+    for key, value in data.items():  # in file order: the first problem is reported
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"config file {file}: unknown key {key!r}")
+        values[key] = _typed(key, value, from_text=False)
+    return values
+
+
+#: ``TOPE_UPDATER_*`` variables that are not config keys: ``--config`` itself and the
+#: fault-injection hooks.
+_NOT_CONFIG_KEYS = ("config", "crash_at", "crash_trace")
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The values of the ``TOPE_UPDATER_<KEY>`` variables (text)."""
+    values = {}
+    for name, value in env.items():
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if not name.startswith(ENV_PREFIX) or key in _NOT_CONFIG_KEYS:
+            continue
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"environment variable {name}: unknown key {key!r}")
+        values[key] = _typed(key, value, from_text=True)
+    return values
+
+
+def _from_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """CLI flag values: text, or already-typed values; None means not given."""
+    values = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"unknown option {key!r}")
+        values[key] = _typed(key, value, from_text=isinstance(value, str))
+    return values
+
+
 def load_config(
     *,
     file: Path | None = None,
@@ -238,33 +284,11 @@ def load_config(
 
     ``overrides`` holds CLI flag values (strings or already-typed values; None = not given).
     """
-    values: dict[str, Any] = {}
-    if file is not None:
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-        for key, value in data.items():
-            if key not in _FIELD_TYPES:
-                raise ConfigError(f"config file {file}: unknown key {key!r}")
-            values[key] = _typed(key, value, from_text=False)
-    for name, value in (env if env is not None else os.environ).items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        key = name[len(ENV_PREFIX) :].lower()
-        if key in ("config", "crash_at", "crash_trace"):
-            continue  # not config keys: --config itself and the fault-injection hooks
-        if key not in _FIELD_TYPES:
-            raise ConfigError(f"environment variable {name}: unknown key {key!r}")
-        values[key] = _typed(key, value, from_text=True)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in _FIELD_TYPES:
-            raise ConfigError(f"unknown option {key!r}")
-        values[key] = _typed(key, value, from_text=isinstance(value, str))
+    values = {
+        **(_from_file(file) if file is not None else {}),
+        **_from_environment(env if env is not None else os.environ),
+        **_from_overrides(overrides or {}),
+    }
     config = attrs.evolve(base or Config(), **values)
     if "allow_downgrade" not in values and config.trusted_key is not None:
         # Signed packages stay valid forever: without anti-rollback anyone who can reach
