@@ -28,7 +28,7 @@ from updater_fsm.control import (
     RollbackTarget,
     Version,
 )
-from updater_fsm.strict_cattrs import make_strict_converter
+from updater_fsm.strict_converter import STRICT_CONVERTER
 
 #: Largest request body accepted (reading stops there; the answer is code 400).
 MAX_BODY_BYTES = 64 * 1024
@@ -57,7 +57,6 @@ _SIGNATURE_RE = re.compile(SIGNATURE_PATTERN)
 _NAME_RE = re.compile(NAME_PATTERN)
 _URL_RE = re.compile(URL_PATTERN)
 
-_converter = make_strict_converter()
 _T = TypeVar("_T")
 
 
@@ -92,7 +91,7 @@ class UpdateBody:
 class RollbackBody:
     """``POST /rollback`` (an empty body means ``previous``)."""
 
-    target: str = "previous"
+    target: RollbackTarget = RollbackTarget.PREVIOUS
 
 
 #: Longest integer literal parsed (no field needs more than 19 digits; Python's own limit
@@ -192,7 +191,7 @@ def structure(data: Any, cls: type[_T]) -> _T:
     if not isinstance(data, dict):
         raise BodyError("body", f"must be a JSON object, not {_json_type(data)}")
     try:
-        return _converter.structure(data, cls)
+        return STRICT_CONVERTER.structure(data, cls)
     except cattrs.ClassValidationError as exc:
         raise _first_problem(exc, cls) from None
 
@@ -210,7 +209,7 @@ def _first_problem(exc: cattrs.ClassValidationError, cls: type) -> BodyError:
             continue
         if isinstance(problem, KeyError):
             return BodyError(field.name, "is required")
-        return BodyError(field.name, str(problem))  # the strict hooks name both types
+        return BodyError(field.name, str(problem))  # the strict hooks say what and what not
     return BodyError("body", "does not match the schema")
 
 
@@ -339,7 +338,4 @@ def validate_update(data: Any) -> str:
 
 def validate_rollback(data: Any) -> RollbackTarget:
     """The target of a ``POST /rollback`` body (``{}`` or no body: ``previous``)."""
-    target = structure(data, RollbackBody).target
-    if target not in ROLLBACK_TARGETS:
-        raise BodyError("target", "must be 'previous' or 'factory'")
-    return RollbackTarget(target)
+    return structure(data, RollbackBody).target

@@ -12,11 +12,15 @@ import ipaddress
 import os
 import shlex
 import tomllib
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from updater_fsm.strict_converter import STRICT_CONVERTER, ValueRefused
 
 ENV_PREFIX = "TOPE_UPDATER_"
 
@@ -116,72 +120,78 @@ class Config:
         return self.state_path / "backups"
 
 
-_FIELDS = {f.name: f for f in attrs.fields(Config)}
+_FIELD_TYPES: dict[str, Any] = {
+    field.name: field.type for field in attrs.fields(attrs.resolve_types(Config))
+}
 _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
 }
 
 
+# ---- text: environment variables and command-line flags ------------------------------------
 _BOOL_TEXT = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(
     ("false", "0", "no", "off"), False
 )
 
 
-def _convert(key: str, value: Any, *, from_text: bool) -> Any:
-    """Turn a TOML value (or an env/flag string when ``from_text``) into the field's type."""
-    field = _FIELDS[key]
-    kind = str(field.type)  # annotations are strings (postponed evaluation)
+def _bool_from_text(text: str) -> object:
+    if text.lower() not in _BOOL_TEXT:
+        raise ValueRefused("must be true or false (also 1/0, yes/no, on/off)")
+    return _BOOL_TEXT[text.lower()]
+
+
+def _int_from_text(text: str) -> object:
     try:
-        if kind in ("Path", "Path | None"):
-            if not isinstance(value, str) or not value:
-                raise TypeError("must be a non-empty path")
-            return Path(value)
-        if kind == "bool":
-            if from_text and isinstance(value, str):
-                if value.lower() not in _BOOL_TEXT:
-                    raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
-                return _BOOL_TEXT[value.lower()]
-            if not isinstance(value, bool):
-                raise TypeError("must be true or false")
-            return value
-        if kind == "int":
-            if from_text:
-                return int(value)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError("must be an integer")
-            return value
-        if kind == "float":
-            if from_text:
-                return float(value)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError("must be a number")
-            return float(value)
-        if kind == "ServiceControl":
-            choices = [c.value for c in ServiceControl]
-            if not isinstance(value, str) or value not in choices:
-                raise ValueError(f"must be one of {', '.join(choices)}")
-            return ServiceControl(value)
-        if kind in ("str", "str | None"):
-            if not isinstance(value, str):
-                raise TypeError("must be a string")
-            if key in _CHOICES and value not in _CHOICES[key]:
-                raise ValueError(f"must be one of {', '.join(_CHOICES[key])}")
-            return value
-        if kind == "tuple[str, ...]":
-            if from_text and isinstance(value, str):
-                return tuple(shlex.split(value))
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise TypeError("must be a list of strings")
-            return tuple(value)
-        if kind == "tuple[Path, ...]":
-            if from_text and isinstance(value, str):
-                return tuple(Path(v) for v in value.split(os.pathsep) if v)
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise TypeError("must be a list of paths")
-            return tuple(Path(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config key {key!r}: {exc} (got {value!r})") from None
-    raise AssertionError(f"unhandled config type {kind} for {key}")
+        return int(text)
+    except ValueError:
+        raise ValueRefused("must be an integer") from None
+
+
+def _float_from_text(text: str) -> object:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueRefused("must be a number") from None
+
+
+def _words_from_text(text: str) -> object:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ValueRefused(f"must be shell-quoted words ({exc})") from None
+
+
+def _paths_from_text(text: str) -> object:
+    return [part for part in text.split(os.pathsep) if part]
+
+
+#: How text becomes the typed value a TOML file would hold, per declared type (without
+#: ``| None``); text for any other type (strings, paths, enums) is taken as it is.
+_FROM_TEXT: dict[object, Callable[[str], object]] = {
+    bool: _bool_from_text,
+    int: _int_from_text,
+    float: _float_from_text,
+    tuple[str, ...]: _words_from_text,
+    tuple[Path, ...]: _paths_from_text,
+}
+
+
+def _without_none(type_: Any) -> Any:
+    args = [arg for arg in typing.get_args(type_) if arg is not type(None)]
+    return args[0] if isinstance(type_, types.UnionType) and len(args) == 1 else type_
+
+
+def _typed(key: str, value: Any, *, from_text: bool) -> Any:
+    """A TOML value (or env/flag text when ``from_text``) as the type ``key`` declares."""
+    type_ = _FIELD_TYPES[key]
+    try:
+        toml_value = _FROM_TEXT.get(_without_none(type_), str)(value) if from_text else value
+        typed = STRICT_CONVERTER.structure(toml_value, type_)
+        if key in _CHOICES and typed not in _CHOICES[key]:
+            raise ValueRefused(f"must be one of {', '.join(_CHOICES[key])}")
+    except ValueRefused as exc:
+        raise ConfigError(f"config key {key!r}: {exc.requirement} (got {value!r})") from None
+    return typed
 
 
 def _validate(config: Config) -> Config:
@@ -216,6 +226,52 @@ def _check_host_name(name: str) -> None:
         raise ConfigError(f"config key 'allowed_hosts': {name!r} {problem}")
 
 
+def _from_file(file: Path) -> dict[str, Any]:
+    """The typed values of a TOML file."""
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    values = {}
+    for key, value in data.items():  # in file order: the first problem is reported
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"config file {file}: unknown key {key!r}")
+        values[key] = _typed(key, value, from_text=False)
+    return values
+
+
+#: ``TOPE_UPDATER_*`` variables that are not config keys: ``--config`` itself and the
+#: fault-injection hooks.
+_NOT_CONFIG_KEYS = ("config", "crash_at", "crash_trace")
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The values of the ``TOPE_UPDATER_<KEY>`` variables (text)."""
+    values = {}
+    for name, value in env.items():
+        key = name.removeprefix(ENV_PREFIX).lower()
+        if not name.startswith(ENV_PREFIX) or key in _NOT_CONFIG_KEYS:
+            continue
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"environment variable {name}: unknown key {key!r}")
+        values[key] = _typed(key, value, from_text=True)
+    return values
+
+
+def _from_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """CLI flag values: text, or already-typed values; None means not given."""
+    values = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in _FIELD_TYPES:
+            raise ConfigError(f"unknown option {key!r}")
+        values[key] = _typed(key, value, from_text=isinstance(value, str))
+    return values
+
+
 def load_config(
     *,
     file: Path | None = None,
@@ -228,33 +284,11 @@ def load_config(
 
     ``overrides`` holds CLI flag values (strings or already-typed values; None = not given).
     """
-    values: dict[str, Any] = {}
-    if file is not None:
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
-        for key, value in data.items():
-            if key not in _FIELDS:
-                raise ConfigError(f"config file {file}: unknown key {key!r}")
-            values[key] = _convert(key, value, from_text=False)
-    for name, value in (env if env is not None else os.environ).items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        key = name[len(ENV_PREFIX) :].lower()
-        if key in ("config", "crash_at", "crash_trace"):
-            continue  # not config keys: --config itself and the fault-injection hooks
-        if key not in _FIELDS:
-            raise ConfigError(f"environment variable {name}: unknown key {key!r}")
-        values[key] = _convert(key, value, from_text=True)
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in _FIELDS:
-            raise ConfigError(f"unknown option {key!r}")
-        values[key] = _convert(key, value, from_text=isinstance(value, str))
+    values = {
+        **(_from_file(file) if file is not None else {}),
+        **_from_environment(env if env is not None else os.environ),
+        **_from_overrides(overrides or {}),
+    }
     config = attrs.evolve(base or Config(), **values)
     if "allow_downgrade" not in values and config.trusted_key is not None:
         # Signed packages stay valid forever: without anti-rollback anyone who can reach

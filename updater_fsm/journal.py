@@ -28,18 +28,17 @@ import structlog
 from updater_fsm import faults
 from updater_fsm.core.record import Record
 from updater_fsm.durable import fsync_dir
-from updater_fsm.strict_cattrs import make_strict_converter
+from updater_fsm.strict_converter import STRICT_CONVERTER
 
 #: 2: a job's download position is one ``durable`` value (offset, etag, last_modified)
 #: instead of three fields. Schema-1 journals are read and migrated (see ``_MIGRATIONS``).
 SCHEMA_VERSION = 2
 _log = structlog.get_logger(__name__)
-_converter = make_strict_converter()
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
     """The record as plain JSON-able data."""
-    data = _converter.unstructure(record)
+    data = STRICT_CONVERTER.unstructure(record)
     assert isinstance(data, dict)
     return data
 
@@ -47,7 +46,7 @@ def record_to_dict(record: Record) -> dict[str, Any]:
 def record_from_dict(data: Any) -> Record:
     """Parse a record, strictly; raises ``ValueError`` on any mismatch."""
     try:
-        return _converter.structure(data, Record)
+        return STRICT_CONVERTER.structure(data, Record)
     except Exception as exc:  # cattrs raises ExceptionGroups of many kinds
         raise ValueError(f"record does not match the schema: {exc!r}") from exc
 

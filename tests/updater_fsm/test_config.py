@@ -70,7 +70,7 @@ def test_lists_and_booleans_from_each_source(tmp_path: Path) -> None:
         ("port = true\n", "config key 'port': must be an integer"),
         ('allow_downgrade = "no"\n', "config key 'allow_downgrade': must be true or false"),
         ("allow_downgrade = 0\n", "config key 'allow_downgrade': must be true or false"),
-        ('units = "device-api"\n', "config key 'units': must be a list of strings"),
+        ('units = "device-api"\n', "config key 'units': must be an array of strings"),
         ('log_level = "loud"\n', "config key 'log_level': must be one of debug, info"),
         ('service_control = "init"\n', "config key 'service_control': must be one of"),
         ('device_api_url = "ftp://x"\n', "config key 'device_api_url': must be an http(s) URL"),
@@ -142,7 +142,7 @@ def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        ('"printer.local"', "must be a list of strings"),
+        ('"printer.local"', "must be an array of strings"),
         ('["printer.local:12315"]', "'printer.local:12315' must be a host name or IP address"),
         ('["http://printer.local"]', "'http://printer.local' must be a host name or IP address"),
         ('["*.local"]', "'*.local' must be a host name or IP address"),

@@ -8,6 +8,7 @@ is :mod:`updater_fsm.ops.package_build`. The job journal stores the installed mo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import attrs
@@ -30,6 +31,33 @@ class HealthProbe:
     kind: str
     target: str
     timeout_s: float = 5.0
+
+
+@attrs.frozen
+class HealthProbeNotation:
+    """A health probe as ``manifest.json`` writes it: exactly one of ``http``/``command``.
+
+    The strict converter structures a module's ``health`` object into this (types checked
+    field by field) and then calls :meth:`probe`.
+    """
+
+    http: str | None = None
+    command: str | None = None
+    timeout_s: float = 5.0
+
+    def probe(self) -> HealthProbe:
+        """The probe this notation describes; raises ``ValueError`` naming the problem."""
+        if (self.http is None) == (self.command is None):
+            raise ValueError('must have exactly one of "http" or "command"')
+        kind, target = ("http", self.http) if self.http is not None else ("command", self.command)
+        assert target is not None
+        if not target.strip():
+            raise ValueError(f"{kind} must be a non-empty string")
+        if kind == "http" and not target.startswith(("http://", "https://")):
+            raise ValueError("http must be an http:// or https:// URL")
+        if not math.isfinite(self.timeout_s) or not 0 < self.timeout_s <= 3600:
+            raise ValueError("timeout_s must be a number in (0, 3600]")
+        return HealthProbe(kind=kind, target=target, timeout_s=self.timeout_s)
 
 
 @attrs.frozen

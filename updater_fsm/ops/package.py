@@ -2,9 +2,10 @@
 
 A package is a ZIP with ``manifest.json`` at its root. :func:`read_package` checks the
 archive's structure (entry names, types, sizes, compression ratios), parses the manifest
-with a strict cattrs converter into :class:`~updater_fsm.core.manifest.Manifest` and validates
-every field; it only reads. :func:`extract_module` streams one module's file out of the ZIP
-into a destination, counting bytes and verifying size/md5/sha256 as it goes.
+with the strict converter (:mod:`updater_fsm.strict_converter`) into
+:class:`~updater_fsm.core.manifest.Manifest` and validates every field; it only reads.
+:func:`extract_module` streams one module's file out of the ZIP into a destination, counting
+bytes and verifying size/md5/sha256 as it goes.
 
 Every rejection is ``UpdaterError(INVALID_MANIFEST, "<field path>: <reason>")`` (or
 ``VERSION_MISMATCH``), never another exception type, so callers need one ``except``.
@@ -32,7 +33,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
 import posixpath
 import re
@@ -48,9 +48,10 @@ import cattrs
 import structlog
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError
-from updater_fsm.core.manifest import HealthProbe, Manifest, Module
+from updater_fsm.core.manifest import Manifest, Module
 from updater_fsm.core.versions import InvalidVersion, Version
 from updater_fsm.ops.zip_bounds import judge_central_directory
+from updater_fsm.strict_converter import STRICT_CONVERTER, ValueRefused, json_type_name
 
 log = structlog.get_logger(__name__)
 
@@ -106,94 +107,11 @@ def _invalid(detail: str) -> NoReturn:
     raise UpdaterError(ErrorCode.INVALID_MANIFEST, detail)
 
 
-# --------------------------------------------------------------------------- cattrs
-
-
-class _FieldError(ValueError):
-    """A type/shape problem found by a structure hook; its message is shown verbatim."""
-
-
-def _type_name(value: object) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
-
-
-def _s_str(value: object, _: object) -> str:
-    if not isinstance(value, str):
-        raise _FieldError(f"must be a string, got {_type_name(value)}")
-    return value
-
-
-def _s_int(value: object, _: object) -> int:
-    # bool is a subclass of int in Python; JSON true/false are not integers here.
-    if type(value) is not int:
-        raise _FieldError(f"must be an integer, got {_type_name(value)}")
-    return value
-
-
-def _s_str_tuple(value: object, _: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _FieldError(f"must be an array of strings, got {_type_name(value)}")
-    bad = [i for i, item in enumerate(value) if not isinstance(item, str)]
-    if bad:
-        raise _FieldError(f"item {bad[0]} must be a string, got {_type_name(value[bad[0]])}")
-    return tuple(value)
-
-
-def _s_health(value: object, _: object) -> HealthProbe:
-    if not isinstance(value, dict):
-        raise _FieldError(f"must be an object, got {_type_name(value)}")
-    kinds = [k for k in ("http", "command") if k in value]
-    if len(kinds) != 1:
-        raise _FieldError('must have exactly one of "http" or "command"')
-    kind = kinds[0]
-    target = value[kind]
-    if not isinstance(target, str) or not target.strip():
-        raise _FieldError(f"{kind} must be a non-empty string")
-    if kind == "http" and not target.startswith(("http://", "https://")):
-        raise _FieldError("http must be an http:// or https:// URL")
-    timeout = value.get("timeout_s", 5.0)
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or not 0 < timeout <= 3600
-    ):
-        raise _FieldError("timeout_s must be a number in (0, 3600]")
-    return HealthProbe(kind=kind, target=target, timeout_s=float(timeout))
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(detailed_validation=True, forbid_extra_keys=False)
-    conv.register_structure_hook(str, _s_str)
-    conv.register_structure_hook(int, _s_int)
-    # Generic aliases are not classes, so they are matched with a predicate.
-    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _s_str_tuple)
-    conv.register_structure_hook(HealthProbe, _s_health)
-    module_hook = conv.gen_structure_attrs_fromdict(Module)
-
-    def s_module(value: object, cls: type[Module]) -> Module:
-        if not isinstance(value, dict):
-            raise _FieldError(f"must be an object, got {_type_name(value)}")
-        return module_hook(value, cls)
-
-    conv.register_structure_hook(Module, s_module)
-    return conv
-
-
-_converter = _make_converter()
+# --------------------------------------------------------------------------- structuring
 
 
 def _format_exc(exc: BaseException, _type: object) -> str:
-    if isinstance(exc, _FieldError):
+    if isinstance(exc, ValueRefused):
         return str(exc)
     if isinstance(exc, KeyError):
         return "required field missing"
@@ -202,8 +120,8 @@ def _format_exc(exc: BaseException, _type: object) -> str:
 
 def _structure_module(value: object, where: str) -> Module:
     try:
-        return _converter.structure(value, Module)
-    except _FieldError as exc:  # raised by the top-level "must be an object" check
+        return STRICT_CONVERTER.structure(value, Module)
+    except ValueRefused as exc:  # raised by the top-level "must be an object" check
         _invalid(f"{where}: {exc}")
     except Exception as exc:  # cattrs wraps hook errors in (nested) exception groups
         messages = cattrs.transform_error(exc, path=where, format_exception=_format_exc)
@@ -215,7 +133,7 @@ def _structure_module(value: object, where: str) -> Module:
 def _structure_manifest(version: str, modules: object) -> Manifest:
     """Build the Manifest; the version was checked by the caller, modules are typed here."""
     if not isinstance(modules, list):
-        _invalid(f"modules: must be an array of objects, got {_type_name(modules)}")
+        _invalid(f"modules: must be an array of objects, got {json_type_name(modules)}")
     return Manifest(
         version=version,
         modules=tuple(_structure_module(m, f"modules[{i}]") for i, m in enumerate(modules)),
@@ -499,15 +417,23 @@ def parse_manifest_json(raw: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:
         _invalid(f"{MANIFEST_NAME}: malformed JSON ({str(exc)[:200]})")
     if not isinstance(doc, dict):
-        _invalid(f"manifest: must be a JSON object, got {_type_name(doc)}")
+        _invalid(f"manifest: must be a JSON object, got {json_type_name(doc)}")
     return doc
 
 
-def _normalise(doc: dict[str, Any]) -> dict[str, Any]:
-    """Apply the ``dest`` alias and log unknown keys (tolerated, see module docstring)."""
-    unknown = sorted(set(doc) - _TOP_KEYS)
+def _known(doc: dict[str, Any], keys: frozenset[str], where: str) -> dict[str, Any]:
+    """``doc`` without the keys this agent does not know, which are logged (tolerated, see
+    the module docstring) so that the strict converter, which refuses them, never sees them."""
+    unknown = sorted(set(doc) - keys)
     if unknown:
-        log.warning("manifest_unknown_keys", where="manifest", keys=unknown)
+        log.warning("manifest_unknown_keys", where=where, keys=unknown)
+    return {key: value for key, value in doc.items() if key in keys}
+
+
+def _normalise(doc: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's own notations, undone before strict structuring: unknown keys are
+    dropped (and logged), ``dest`` becomes ``dst``."""
+    doc = _known(doc, _TOP_KEYS, "manifest")
     modules = doc.get("modules")
     if not isinstance(modules, list):
         return doc
@@ -516,22 +442,14 @@ def _normalise(doc: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(mod, dict):
             out.append(mod)
             continue
-        mod = dict(mod)
+        mod = _known(mod, _MODULE_KEYS, f"modules[{index}]")
         if "dest" in mod:
             dest = mod.pop("dest")
             if "dst" in mod and mod["dst"] != dest:
                 _invalid(f"modules[{index}].dest: differs from dst (give one of them)")
             mod.setdefault("dst", dest)
-        unknown = sorted(set(mod) - _MODULE_KEYS)
-        if unknown:
-            log.warning("manifest_unknown_keys", where=f"modules[{index}]", keys=unknown)
-        health = mod.get("health")
-        if isinstance(health, dict) and set(health) - _HEALTH_KEYS:
-            log.warning(
-                "manifest_unknown_keys",
-                where=f"modules[{index}].health",
-                keys=sorted(set(health) - _HEALTH_KEYS),
-            )
+        if isinstance(mod.get("health"), dict):
+            mod["health"] = _known(mod["health"], _HEALTH_KEYS, f"modules[{index}].health")
         out.append(mod)
     return {**doc, "modules": out}
 
