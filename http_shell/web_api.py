@@ -39,9 +39,14 @@ def _answer(decision: Decision, data: dict[str, Any]) -> web.Response:
 
 
 async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
-    """The request body as JSON (``{}`` for an empty body when ``optional``)."""
+    """The request body as JSON (``{}`` for no body at all when ``optional``).
+
+    Only a body of zero bytes counts as "no body": whitespace alone is not JSON, and is
+    refused like any other malformed body (schemathesis found ``b"\\t"`` accepted as a
+    rollback to previous).
+    """
     raw = await request.read()
-    if optional and not raw.strip():
+    if optional and not raw:
         return {}
     return b.parse_json(raw)
 

@@ -349,3 +349,11 @@ async def test_bearer_token_guards_mutating_endpoints(make_client: ClientFactory
     assert doc["paths"]["/download"]["post"]["security"] == [{"bearerAuth": []}]
     assert "401" in doc["paths"]["/cancel"]["post"]["responses"]
     assert "security" not in doc["paths"]["/progress"]["get"]
+
+
+@pytest.mark.parametrize("raw", [b"\t", b" ", b"\r\n"])
+async def test_a_whitespace_body_is_not_an_empty_one(client: Client, raw: bytes) -> None:
+    """Found by schemathesis: whitespace is not JSON, and must not start a rollback."""
+    headers = {"Content-Type": "application/json"}
+    env = await call(client, "POST", "/rollback", data=raw, headers=headers)
+    assert env["code"] == 400 and env["msg"].startswith("VALIDATION_ERROR"), env
