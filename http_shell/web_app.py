@@ -34,7 +34,7 @@ from http_shell.web_events import MAX_EVENT_STREAMS, SHUTDOWN, SLOTS, StreamSlot
 from http_shell.web_guard import SAFE_METHODS, edge_guard, json_only, served_host_names
 from http_shell.web_openapi import PREFIX, openapi_document
 from updater_fsm.config import Config
-from updater_fsm.control import UpdaterControl, redact_url
+from updater_fsm.control import RequestError, UpdaterControl, redact_url
 
 _log = structlog.get_logger(__name__)
 
@@ -50,7 +50,9 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
     except BodyError as exc:
         return envelope(400, str(exc))
     except web.HTTPRequestEntityTooLarge:
-        return envelope(400, f"VALIDATION_ERROR: body is larger than {MAX_BODY_BYTES} bytes")
+        return envelope(
+            400, f"{RequestError.VALIDATION_ERROR}: body is larger than {MAX_BODY_BYTES} bytes"
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -64,7 +66,9 @@ async def envelope_errors(request: web.Request, handler: Handler) -> web.StreamR
         raise  # the client is gone or the server is stopping: nobody to answer
     except Exception as exc:
         _log.exception("request failed", method=request.method, path=request.path)
-        return envelope(500, redact_url(f"INTERNAL_ERROR: {type(exc).__name__}: {exc}"))
+        return envelope(
+            500, redact_url(f"{RequestError.INTERNAL_ERROR}: {type(exc).__name__}: {exc}")
+        )
 
 
 def bearer_auth(token: str, protected_reads: frozenset[str] = frozenset()) -> Middleware:
@@ -80,7 +84,8 @@ def bearer_auth(token: str, protected_reads: frozenset[str] = frozenset()) -> Mi
                 return web.json_response(
                     {
                         "code": 401,
-                        "msg": "UNAUTHORIZED: this endpoint needs Authorization: Bearer <token>",
+                        "msg": f"{RequestError.UNAUTHORIZED}: this endpoint needs"
+                        " Authorization: Bearer <token>",
                         "data": None,
                     },
                     status=401,

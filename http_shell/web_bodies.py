@@ -25,6 +25,7 @@ from yarl import URL
 from updater_fsm.control import (
     VERSION_PATTERN,
     DownloadRequest,
+    RequestError,
     RollbackTarget,
     Version,
 )
@@ -69,7 +70,7 @@ class BodyError(ValueError):
     """
 
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"VALIDATION_ERROR: {field} {problem}")
+        super().__init__(f"{RequestError.VALIDATION_ERROR}: {field} {problem}")
         self.field = field
         self.problem = problem
 

@@ -27,7 +27,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from http_shell.web_bodies import envelope
 from updater_fsm.config import Config
-from updater_fsm.control import ErrorCode
+from updater_fsm.control import ErrorCode, RequestError
 
 #: Names every updater answers to: it always listens on loopback.
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -118,6 +118,7 @@ async def json_only(request: web.Request, handler: Handler) -> web.StreamRespons
         given = "none" if declared is None else _quote(declared)
         return envelope(
             400,
-            f"VALIDATION_ERROR: body must be sent with Content-Type: {JSON_TYPE} (got {given})",
+            f"{RequestError.VALIDATION_ERROR}: body must be sent with Content-Type: {JSON_TYPE}"
+            f" (got {given})",
         )
     return await handler(request)

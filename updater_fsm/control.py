@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, RequestError, UpdaterError
 from updater_fsm.core.events import (
     Cancel,
     DownloadRequest,
@@ -44,6 +44,7 @@ __all__ = [
     "Event",
     "LinkVersions",
     "Reply",
+    "RequestError",
     "Reset",
     "RollbackRequested",
     "RollbackTarget",

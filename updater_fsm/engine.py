@@ -19,6 +19,7 @@ import attrs
 import structlog
 
 from updater_fsm.core.effects import Effect
+from updater_fsm.core.errors import RequestError
 from updater_fsm.core.events import DiskFacts, Event, LinkVersions, Resume
 from updater_fsm.core.machine import Decision, Reply, UpdaterMachine
 from updater_fsm.core.progress import Snapshot, Transfer, build_snapshot
@@ -190,7 +191,7 @@ class Engine:
                     self._machine.state,
                     self._machine.record,
                     (),
-                    Reply(500, f"INTERNAL_ERROR: {exc}"),
+                    Reply(500, f"{RequestError.INTERNAL_ERROR}: {exc}"),
                 )
             if item.reply is not None and not item.reply.done():
                 item.reply.set_result(decision)
@@ -217,7 +218,7 @@ class Engine:
                 accepted=False,
                 record=before,
                 effects=(),
-                reply=Reply(500, f"JOURNAL_WRITE_FAILED: {exc.strerror or exc}"),
+                reply=Reply(500, f"{RequestError.JOURNAL_WRITE_FAILED}: {exc.strerror or exc}"),
             )
         # Journaled but no effect started yet: the crash tests kill here too.
         crash_point("engine:journaled")

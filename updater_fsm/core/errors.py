@@ -41,6 +41,24 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_CLIENTS = "TOO_MANY_CLIENTS"
 
 
+class RequestError(enum.StrEnum):
+    """Why a request was refused: the prefix of an API answer's ``msg`` (not a job's error).
+
+    A job's outcome carries an :class:`ErrorCode`; these answer the request itself
+    (docs/ERRORS.md, "API-level messages").
+    """
+
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    PACKAGE_NOT_FOUND = "PACKAGE_NOT_FOUND"
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
+    OPERATION_IN_PROGRESS = "OPERATION_IN_PROGRESS"
+    NOTHING_TO_CANCEL = "NOTHING_TO_CANCEL"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    JOURNAL_WRITE_FAILED = "JOURNAL_WRITE_FAILED"
+    IGNORED = "IGNORED"
+
+
 @attrs.frozen
 class Failure:
     """A failure as the machine sees it: a stable code to decide on, a detail for people.

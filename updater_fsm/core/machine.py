@@ -15,6 +15,7 @@ from transitions import Machine, MachineError
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.decisions import Decisions, Reply
+from updater_fsm.core.errors import RequestError
 from updater_fsm.core.record import Record
 from updater_fsm.core.states import BUSY_STATES, INSTALL_STATES, State
 from updater_fsm.core.table import TRANSITIONS
@@ -45,7 +46,7 @@ class Decision:
         return self.accepted and self.before != self.record.state
 
 
-_BUSY_MSG = "OPERATION_IN_PROGRESS"
+_BUSY_MSG = RequestError.OPERATION_IN_PROGRESS
 
 
 class UpdaterMachine:
@@ -123,17 +124,19 @@ def rejection(state: State, event: ev.Event, record: Record) -> Reply:
             return Reply(409, f"{_BUSY_MSG}: installing {running}")
         if same and state in (State.DOWNLOADING, State.VERIFYING):
             return Reply(409, f"{_BUSY_MSG}: v{event.version} is still {state}")
-        return Reply(404, f"PACKAGE_NOT_FOUND: {event.version}")
+        return Reply(404, f"{RequestError.PACKAGE_NOT_FOUND}: {event.version}")
     if isinstance(event, ev.RollbackRequested):
         if state in BUSY_STATES:
             return Reply(409, f"{_BUSY_MSG}: {state} {running} is in progress")
         if state == State.READY:
             return Reply(409, f"{_BUSY_MSG}: a verified package is waiting; cancel it first")
-        return Reply(404, f"VERSION_NOT_FOUND: no {event.target} version to roll back to")
+        return Reply(
+            404, f"{RequestError.VERSION_NOT_FOUND}: no {event.target} version to roll back to"
+        )
     if isinstance(event, ev.Cancel):
         if state in INSTALL_STATES:
             return Reply(409, f"{_BUSY_MSG}: cannot cancel while {state}; the switch must finish")
-        return Reply(409, f"NOTHING_TO_CANCEL: the updater is {state}")
+        return Reply(409, f"{RequestError.NOTHING_TO_CANCEL}: the updater is {state}")
     if isinstance(event, ev.Reset):
         return Reply(409, f"{_BUSY_MSG}: cannot reset while {state}")
-    return Reply(409, f"IGNORED: {event.trigger} is not valid in state {state}")
+    return Reply(409, f"{RequestError.IGNORED}: {event.trigger} is not valid in state {state}")
