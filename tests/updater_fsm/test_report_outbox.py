@@ -9,33 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.report_outbox import OutgoingReport, ReportOutbox, worth_reporting
-from updater_fsm.core.table import STAGE_OF, State
+from updater_fsm.core.table import State
 
-
-def snap(
-    state: State, progress: int = 0, *, error: str | None = None, version: str | None = "1.2.3"
-) -> Snapshot:
-    """A snapshot as the engine would publish it (only what reports show matters)."""
-    return Snapshot(
-        stage=STAGE_OF[state],
-        progress=progress,
-        message=f"{state.value} {progress} {error}",
-        error=error,
-        state=state,
-        version=version,
-        bytes_downloaded=progress,
-        total_bytes=100,
-        speed_bps=0.0,
-        eta_s=None,
-        current_version="1.0.0",
-        previous_version=None,
-        factory_version="1.0.0",
-        rollback_level=0,
-        seq=0,
-    )
-
+from .helpers import snap
 
 DOWNLOADING = snap(State.DOWNLOADING)
 FAILED = snap(State.FAILED, error="DOWNLOAD_FAILED: connection refused")
