@@ -4,8 +4,10 @@ A hypothesis state machine plays the updater and device-api around one
 :class:`ReportOutbox`: it offers snapshots (a plausible updater walking download → verify →
 install → success/failed, cancels and new jobs included, plus arbitrary snapshots), kicks
 (ordinary and terminal), moves time forward, hands reports out and has device-api accept or
-refuse them at random — offers and kicks also arrive while a report is in flight. A model
-kept beside the outbox checks, after every step:
+refuse them at random or stay down for several attempts — offers and kicks also arrive
+while a report is in flight. ``hypothesis.event`` counts the interesting paths (promotions,
+refused reports kept or dropped, the backoff cap; ``--hypothesis-show-statistics``). A
+model kept beside the outbox checks, after every step:
 
 - **Never backwards**: every queued report has a ``seq``, one more than the report queued
   before it. Delivered ``seq`` numbers strictly increase, so a report is never delivered
@@ -29,7 +31,7 @@ kept beside the outbox checks, after every step:
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
+from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -158,6 +160,9 @@ class ReportOutboxMachine(RuleBasedStateMachine):
             assert report.seq in {r.seq for r in pending}
             if self.in_flight is not None and self.in_flight.seq == report.seq:
                 self.in_flight = report
+                event("an ordinary report in flight promoted to must-deliver")
+            else:
+                event("the waiting ordinary report promoted to must-deliver")
         self.queued[report.seq] = report
 
     # ---- device-api's side and the clock ----------------------------------------------------
@@ -195,13 +200,35 @@ class ReportOutboxMachine(RuleBasedStateMachine):
             self.outbox.min_backoff_s * 2 ** (self.failures_in_a_row - 1),
             self.outbox.max_backoff_s,
         )
+        coalesced = self.outbox.coalesced
         self.outbox.failed(report, self.now, reason)
         self.failures += 1
+        if self.outbox.coalesced > coalesced:
+            event("a refused ordinary report dropped: something newer is queued")
+        elif not report.must_deliver:
+            event("a refused ordinary report kept: still the newest")
+        if (
+            backoff == self.outbox.max_backoff_s
+            and self.outbox.max_backoff_s > self.outbox.min_backoff_s
+        ):
+            event("the backoff reached its cap")
         assert self.outbox.retry_at == self.now + backoff
         assert self.outbox.last_error == reason
         if self.outbox.pending:
             assert self.outbox.delay_until_next(self.now) == pytest.approx(backoff)
         assert self.outbox.backoff_s == min(backoff * 2, self.outbox.max_backoff_s)
+
+    @rule(attempts=st.integers(1, 8))
+    def device_api_stays_down(self, attempts: int) -> None:
+        """Several refused attempts in a row, each as soon as the backoff allows."""
+        for _ in range(attempts):
+            if self.in_flight is None:
+                delay = self.outbox.delay_until_next(self.now)
+                if delay is None:
+                    return
+                self.now += delay
+                self.sender_asks()
+            self.device_api_answers(accepted=False, reason="ClientConnectorError: refused")
 
     def _deliver(self, report: OutgoingReport) -> None:
         self.outbox.delivered(report, self.now)
@@ -234,6 +261,8 @@ class ReportOutboxMachine(RuleBasedStateMachine):
             assert report is not None
             self._deliver(report)
         assert self.outbox.pending == 0
+        if any(r.must_deliver for r in self.queued.values()):
+            event("a run with must-deliver reports, drained")
         delivered = self._delivered_seqs()
         assert all(s in delivered for s, r in self.queued.items() if r.must_deliver)
         if self.queued:
