@@ -1,34 +1,35 @@
-"""Progress reports to device-api (contract §2).
+"""Progress reports to device-api (contract §2): the aiohttp sender around the policy.
 
-The reporter listens to the engine's snapshots in its own task and decides what is worth
-sending: every stage or state change, every new multiple of 5 % of download progress, and
-any new error at once. A second task delivers them with
-``POST {device_api_url}/api/v1.0/ota/report``, one at a time, retrying with exponential
-backoff while device-api is unreachable or answers anything but HTTP 200 — device-api is
-often one of the services being restarted by the very update being reported.
-
-Pending reports never pile up: ordinary reports share one slot that always holds the newest
-(older ones are obsolete), while reports that must not be lost — ``success``/``failed``
-outcomes and those forced by :meth:`Reporter.kick` with ``terminal=True`` — wait in their
-own FIFO and are always delivered first. Nothing here ever blocks the engine: snapshots
-arrive through a bounded subscription and the engine never awaits the reporter.
+What is worth a report, which report goes next, what is dropped and when to retry is
+decided by the pure :class:`~updater_fsm.control.ReportOutbox` (``updater_fsm/core/
+report_outbox.py``): the cadence (every stage or state change, every new multiple of 5 % of
+download progress, any new error), ordinary reports coalescing in one newest-wins slot,
+``success``/``failed`` outcomes and :meth:`Reporter.kick` with ``terminal=True`` waiting in a
+FIFO that is delivered first and never dropped, never going backwards, and the exponential
+backoff. This module only feeds it and carries out its answers: one task turns the engine's
+snapshots into :meth:`~updater_fsm.control.ReportOutbox.offer` calls, another asks it what to
+send, ``POST {device_api_url}/api/v1.0/ota/report`` one at a time, and tells it how that went
+(only HTTP 200 counts) — device-api is often one of the services being restarted by the very
+update being reported. Nothing here ever blocks the engine: snapshots arrive through a
+bounded subscription and the engine never awaits the reporter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import attrs
 import structlog
 
-from updater_fsm.control import Snapshot, Stage
+from updater_fsm.control import OutgoingReport, ReportOutbox, Snapshot, worth_reporting
 
 if TYPE_CHECKING:
     from updater_fsm.control import Subscription, UpdaterControl
+
+__all__ = ["MAX_ANSWER_BYTES", "REPORT_PATH", "Reporter", "ReporterStats", "worth_reporting"]
 
 _log = structlog.get_logger(__name__)
 
@@ -36,11 +37,6 @@ REPORT_PATH = "/api/v1.0/ota/report"
 #: Most of device-api's answer ever read: only its status counts, the body is ignored. A
 #: bigger body is not drained either; the connection is closed instead (it cannot be reused).
 MAX_ANSWER_BYTES = 4096
-#: Download progress is reported each time it reaches a new multiple of this many percent.
-PROGRESS_STEP = 5
-_TERMINAL_STAGES = frozenset({Stage.SUCCESS, Stage.FAILED})
-
-Report = dict[str, Any]
 
 
 @attrs.frozen
@@ -60,38 +56,6 @@ class ReporterStats:
     pending: int
     coalesced: int
     last_error: str | None
-
-
-@attrs.frozen
-class _Key:
-    """What a snapshot is compared on to decide whether it is worth a report."""
-
-    stage: Stage
-    state: str
-    version: str | None
-    error: str | None
-    bucket: int
-
-
-def _key(snap: Snapshot) -> _Key:
-    bucket = snap.progress // PROGRESS_STEP if snap.stage is Stage.DOWNLOADING else 0
-    return _Key(snap.stage, snap.state.value, snap.version, snap.error, bucket)
-
-
-def worth_reporting(last: Snapshot | None, snap: Snapshot) -> bool:
-    """The contract §2 cadence: does ``snap`` need a report, given the ``last`` reported one?
-
-    True on a stage, state or job (version) change, on a new or changed error, and when a
-    download's progress reaches a multiple of 5 % it had not reached before.
-    """
-    if last is None:
-        return True
-    old, new = _key(last), _key(snap)
-    if (old.stage, old.state, old.version) != (new.stage, new.state, new.version):
-        return True
-    if new.error != old.error and new.error is not None:
-        return True
-    return new.bucket > old.bucket
 
 
 class Reporter:
@@ -117,28 +81,15 @@ class Reporter:
         self.url = device_api_url.rstrip("/") + REPORT_PATH
         self._session = session
         self._own_session = session is None
-        self._min_backoff = min_backoff_s
-        self._max_backoff = max_backoff_s
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._outbox = ReportOutbox(min_backoff_s=min_backoff_s, max_backoff_s=max_backoff_s)
         self._engine: UpdaterControl | None = None
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # Ordinary reports: one slot, always the newest. Must-deliver reports: FIFO.
-        self._latest: Report | None = None
-        self._must: collections.deque[Report] = collections.deque()
-        self._inflight: Report | None = None  # the ordinary report being sent right now
-        self._inflight_must = False  # ...which kick(terminal=True) asked to never drop
-        self._last_enqueued: Report | None = None
-        self._last_sent: Report | None = None
-        self._last_snapshot: Snapshot | None = None
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
+        self._wake = asyncio.Event()  # something was queued
+        self._idle = asyncio.Event()  # nothing pending, the sender waits for a report
         self._idle.set()
         self._stopping = asyncio.Event()
-        self._sent = 0
-        self._failed = 0
-        self._coalesced = 0
-        self._last_error: str | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
     def start(self, engine: UpdaterControl) -> None:
@@ -151,7 +102,7 @@ class Reporter:
         if self._tasks:
             return
         self._engine = engine
-        self._last_snapshot = engine.snapshot
+        self._outbox.seen(engine.snapshot)
         self._subscription = engine.subscribe()
         self._tasks = [
             asyncio.create_task(self._watch(self._subscription), name="reporter-watch"),
@@ -199,57 +150,33 @@ class Reporter:
         """
         if self._engine is None:
             return
-        self._enqueue(self._engine.snapshot.report(), must_deliver=terminal)
+        self._queued(self._outbox.kick(self._engine.snapshot, terminal=terminal))
 
     def consider(self, snap: Snapshot) -> None:
         """Queue a report for ``snap`` when the cadence says so (the watcher's decision)."""
-        if not worth_reporting(self._last_snapshot, snap):
-            return
-        self._last_snapshot = snap
-        self._enqueue(snap.report(), must_deliver=snap.stage in _TERMINAL_STAGES)
+        self._queued(self._outbox.offer(snap))
 
-    def _enqueue(self, report: Report, *, must_deliver: bool) -> None:
-        if must_deliver:
-            if report in self._must:
-                return
-            if report == self._inflight:
-                # Being sent right now; should that attempt fail it must not be coalesced.
-                self._inflight_must = True
-                return
-            if self._latest is not None:
-                if report != self._latest:
-                    self._coalesced += 1  # an older ordinary report is obsolete now
-                self._latest = None
-            elif not self.pending and report == self._last_sent:
-                return
-            self._must.append(report)
-        else:
-            if report in (self._last_enqueued, self._inflight) or report in self._must:
-                return
-            if not self.pending and report == self._last_sent:
-                return
-            if self._latest is not None:
-                self._coalesced += 1
-            self._latest = report
-        self._last_enqueued = report
-        self._idle.clear()
-        self._wake.set()
+    def _queued(self, report: OutgoingReport | None) -> None:
+        if report is not None:
+            self._idle.clear()
+            self._wake.set()
 
     # ---- outputs -------------------------------------------------------------------------
     @property
     def pending(self) -> int:
-        """How many reports wait to be delivered."""
-        return len(self._must) + (self._latest is not None) + (self._inflight is not None)
+        """How many reports wait to be delivered (the one being sent included)."""
+        return self._outbox.pending
 
     @property
     def stats(self) -> ReporterStats:
         """A copy of the counters."""
+        box = self._outbox
         return ReporterStats(
-            sent=self._sent,
-            failed_attempts=self._failed,
-            pending=self.pending,
-            coalesced=self._coalesced,
-            last_error=self._last_error,
+            sent=box.sent,
+            failed_attempts=box.failed_attempts,
+            pending=box.pending,
+            coalesced=box.coalesced,
+            last_error=box.last_error,
         )
 
     # ---- tasks ---------------------------------------------------------------------------
@@ -257,80 +184,47 @@ class Reporter:
         async for snap in subscription:
             self.consider(snap)
 
-    def _take(self) -> tuple[Report, bool] | None:
-        """The next report to send and whether it is a must-deliver one.
-
-        A must-deliver report stays at the head of its FIFO until delivered; an ordinary one
-        leaves the slot while in flight, so a newer one can take the slot meanwhile.
-        """
-        if self._must:
-            return self._must[0], True
-        if self._latest is not None:
-            self._inflight, self._latest = self._latest, None
-            self._inflight_must = False
-            return self._inflight, False
-        return None
-
-    def _finish(self, report: Report, must: bool, delivered: bool) -> None:
-        if must:
-            if delivered:
-                self._must.popleft()
-        else:
-            self._inflight = None
-            if not delivered:
-                if self._inflight_must:
-                    self._must.appendleft(report)  # older than anything else pending
-                elif self._latest is None and not self._must:
-                    self._latest = report  # retry it
-                else:
-                    # Something newer is queued: retrying this one after it would tell
-                    # device-api the update went backwards (e.g. 'downloading' after 'failed').
-                    self._coalesced += 1
-        if delivered:
-            self._last_sent = report
-
     async def _deliver(self) -> None:
-        backoff = self._min_backoff
+        """Send what the outbox says, when it says, and tell it how each attempt went."""
+        loop = asyncio.get_running_loop()
         # Checking ``_stopping`` (not only relying on cancellation) matters: on Python 3.11
         # ``wait_for`` can swallow a cancel that races its inner wait, and the loop would spin.
         while not self._stopping.is_set():
-            taken = self._take()
-            if taken is None:
+            now = loop.time()
+            report = self._outbox.next_report(now)
+            if report is not None:
+                error = await self._post(report)
+                if error is None:
+                    self._outbox.delivered(report, loop.time())
+                else:
+                    self._outbox.failed(report, loop.time(), error)
+                    if self._outbox.failed_attempts % 20 == 1:
+                        _log.warning("device-api report failed, will retry", error=error)
+                continue
+            delay = self._outbox.delay_until_next(now)
+            if delay is None:  # nothing pending: sleep until something is queued
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            report, must = taken
-            delivered = await self._post(report)
-            self._finish(report, must, delivered)
-            if delivered:
-                self._sent += 1
-                self._last_error = None
-                backoff = self._min_backoff
-                continue
-            self._failed += 1
-            # Wait before retrying; the retry sends whatever is the newest by then.
+            # Backing off after a failed attempt; the retry sends whatever is first by then.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
+                async with asyncio.timeout(delay):
                     await self._stopping.wait()
-            backoff = min(backoff * 2, self._max_backoff)
 
-    async def _post(self, report: Report) -> bool:
+    async def _post(self, report: OutgoingReport) -> str | None:
+        """POST ``report``; None when device-api accepted it (HTTP 200), else why not."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
+        body = report.body
         try:
-            async with self._session.post(self.url, json=report, timeout=self._timeout) as resp:
+            async with self._session.post(self.url, json=body, timeout=self._timeout) as resp:
                 # Bounded, never resp.read()/text()/json(): a misbehaving device-api could
                 # answer with hundreds of MB (300 MB took the RSS from 44 to 658 MB).
                 await resp.content.read(MAX_ANSWER_BYTES)
                 if resp.status == 200:
-                    _log.debug(
-                        "reported", stage=report.get("stage"), progress=report.get("progress")
-                    )
-                    return True
-                self._last_error = f"device-api answered HTTP {resp.status}"
+                    _log.debug("reported", stage=body.get("stage"), progress=body.get("progress"))
+                    return None
+                return f"device-api answered HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._last_error = f"{type(exc).__name__}: {exc}"
-        if self._failed == 0 or self._failed % 20 == 0:
-            _log.warning("device-api report failed, will retry", error=self._last_error)
-        return False
+            return f"{type(exc).__name__}: {exc}"

@@ -6,7 +6,8 @@ the machine's decision back), it **reads** the latest progress snapshot (and the
 and it **subscribes** to snapshots as they change. :class:`UpdaterControl` is that
 interface; :class:`~updater_fsm.engine.Engine` implements it. The values a source needs to
 build commands and read answers are re-exported here, so ``http_shell`` never imports the
-decision core directly (an import contract in ``pyproject.toml`` checks it).
+decision core directly (an import contract in ``pyproject.toml`` checks it) — so is the
+device-api reporter's delivery policy (:class:`ReportOutbox`), which the reporter only drives.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from updater_fsm.core.events import (
 from updater_fsm.core.machine import Decision, Reply
 from updater_fsm.core.manifest import units_named
 from updater_fsm.core.progress import Snapshot
+from updater_fsm.core.report_outbox import OutgoingReport, ReportOutbox, worth_reporting
 from updater_fsm.core.table import Stage, State
 from updater_fsm.core.urls import redact_url
 from updater_fsm.core.versions import VERSION_MAX_LENGTH, VERSION_PATTERN, Version
@@ -43,7 +45,9 @@ __all__ = [
     "ErrorCode",
     "Event",
     "LinkVersions",
+    "OutgoingReport",
     "Reply",
+    "ReportOutbox",
     "RequestError",
     "Reset",
     "RollbackRequested",
@@ -58,6 +62,7 @@ __all__ = [
     "Version",
     "redact_url",
     "units_named",
+    "worth_reporting",
 ]
 
 

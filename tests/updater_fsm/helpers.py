@@ -5,6 +5,8 @@ from __future__ import annotations
 from updater_fsm.core import events as ev
 from updater_fsm.core.machine import Decision, UpdaterMachine
 from updater_fsm.core.manifest import ServiceUnit
+from updater_fsm.core.progress import Snapshot
+from updater_fsm.core.table import STAGE_OF, State
 
 T0 = 1_800_000_000.0
 MD5 = "0" * 32
@@ -46,3 +48,27 @@ def at_health_check(links: ev.LinkVersions = LINKS) -> UpdaterMachine:
     m = at_ready()
     drive(m, ev.UpdateRequested("1.2.3"), ev.Staged(1, UNITS, links), ev.Switched(1))
     return m
+
+
+def snap(
+    state: State, progress: int = 0, *, error: str | None = None, version: str | None = "1.2.3"
+) -> Snapshot:
+    """A snapshot as the engine would publish it (for the reporter's policy: only what
+    reports show matters; the message tells the state, progress and error apart)."""
+    return Snapshot(
+        stage=STAGE_OF[state],
+        progress=progress,
+        message=f"{state.value} {progress} {error}",
+        error=error,
+        state=state,
+        version=version,
+        bytes_downloaded=progress,
+        total_bytes=100,
+        speed_bps=0.0,
+        eta_s=None,
+        current_version="1.0.0",
+        previous_version=None,
+        factory_version="1.0.0",
+        rollback_level=0,
+        seq=0,
+    )
