@@ -15,7 +15,8 @@ import contextlib
 import fcntl
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +25,11 @@ import structlog
 from aiohttp import web
 
 from updater_fsm.config import Config
+from updater_fsm.control import PrinterStatus
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
 from updater_fsm.ops import snapshots
+from updater_fsm.ops.printer_probe import probe_printer
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.recovery import disk_facts, load_record, sweep_downloads
 from updater_fsm.runner import OpsRunner
@@ -96,13 +99,14 @@ async def running_updater(
     recovered = load_record(journal)
     config.downloads_dir.mkdir(parents=True, exist_ok=True)
     sweep_downloads(recovered.record, config.downloads_dir)
-    kwargs = {"clock": clock} if clock is not None else {}
     engine = Engine(
         recovered.record,
         journal,
         resume_limit=config.resume_limit,
         read_links=lambda: snapshots.read_links(layout),
-        **kwargs,
+        clock=clock or time.time,
+        gate=config.printer_gate,
+        ask_printer=_printer_probe(config),
     )
     reporter = None
     if report:
@@ -128,6 +132,18 @@ async def running_updater(
         await engine.stop()
         if reporter is not None:
             await reporter.stop()
+
+
+def _printer_probe(config: Config) -> Callable[[], Awaitable[PrinterStatus]] | None:
+    """The configured busy probe, as the engine asks it (None without one)."""
+    command = config.busy_probe
+    if not command:
+        return None
+
+    async def ask() -> PrinterStatus:
+        return await probe_printer(command, timeout_s=config.busy_probe_timeout_s)
+
+    return ask
 
 
 async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> None:

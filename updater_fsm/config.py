@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from updater_fsm.core.printer import BusyPolicy, PrinterGate
 from updater_fsm.strict_converter import STRICT_CONVERTER, ValueRefused
 
 ENV_PREFIX = "TOPE_UPDATER_"
@@ -72,6 +73,13 @@ class Config:
         resume_limit: a step (download, staging, switch, health check, a rollback level)
             that the updater has been restarted in this many times in a row without it
             making progress is treated as failed: the crash-loop breaker (``RESUME_LIMIT``).
+        busy_probe: a shell command telling whether the printer is free: exit status 0 is
+            free; any other status, a timeout or a failure to start is busy (fail safe).
+            Its first output line is the reason shown to people. Unset: no busy gate.
+        busy_poll_s: how often an install waiting for the printer asks again.
+        busy_probe_timeout_s: how long one answer may take (longer: busy).
+        busy_policy: ``wait`` (an install waits in ``waiting_idle``) or ``refuse`` (it is
+            answered 409 ``PRINTER_BUSY``).
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -100,7 +108,18 @@ class Config:
     max_package_bytes: int = 2 * 1024**3
     max_zip_ratio: float = 200.0
     resume_limit: int = 3
+    busy_probe: str | None = None
+    busy_poll_s: float = 10.0
+    busy_probe_timeout_s: float = 10.0
+    busy_policy: BusyPolicy = attrs.field(default=BusyPolicy.WAIT, converter=BusyPolicy)
     log_level: str = "info"
+
+    @property
+    def printer_gate(self) -> PrinterGate:
+        """How installs and manual rollbacks treat a busy printer."""
+        if not self.busy_probe:
+            return PrinterGate.NONE
+        return PrinterGate(self.busy_policy.value)
 
     @property
     def state_path(self) -> Path:
@@ -203,7 +222,14 @@ def _validate(config: Config) -> Config:
         raise ConfigError("config key 'systemctl': must not be empty")
     if config.resume_limit < 1:
         raise ConfigError(f"config key 'resume_limit': must be >= 1 (got {config.resume_limit})")
-    for key in ("stop_timeout_s", "start_timeout_s", "post_cmd_timeout_s", "read_timeout_s"):
+    for key in (
+        "stop_timeout_s",
+        "start_timeout_s",
+        "post_cmd_timeout_s",
+        "read_timeout_s",
+        "busy_poll_s",
+        "busy_probe_timeout_s",
+    ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0")
     for name in config.allowed_hosts:

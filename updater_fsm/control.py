@@ -28,6 +28,7 @@ from updater_fsm.core.events import (
 )
 from updater_fsm.core.machine import Decision, Reply
 from updater_fsm.core.manifest import units_named
+from updater_fsm.core.printer import BusyPolicy, PrinterStatus
 from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.report_outbox import OutgoingReport, ReportOutbox, worth_reporting
 from updater_fsm.core.table import Stage, State
@@ -38,6 +39,7 @@ from updater_fsm.engine import Subscription
 __all__ = [
     "VERSION_MAX_LENGTH",
     "VERSION_PATTERN",
+    "BusyPolicy",
     "Cancel",
     "Decision",
     "DownloadRequest",
@@ -46,6 +48,7 @@ __all__ = [
     "Event",
     "LinkVersions",
     "OutgoingReport",
+    "PrinterStatus",
     "Reply",
     "ReportOutbox",
     "RequestError",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import attrs
@@ -20,8 +20,16 @@ import structlog
 
 from updater_fsm.core.effects import Effect
 from updater_fsm.core.errors import RequestError
-from updater_fsm.core.events import DiskFacts, Event, LinkVersions, Resume
+from updater_fsm.core.events import (
+    DiskFacts,
+    Event,
+    LinkVersions,
+    Resume,
+    RollbackRequested,
+    UpdateRequested,
+)
 from updater_fsm.core.machine import Decision, Reply, UpdaterMachine
+from updater_fsm.core.printer import PrinterGate, PrinterStatus
 from updater_fsm.core.progress import Snapshot, Transfer, build_snapshot
 from updater_fsm.core.record import Record
 from updater_fsm.core.table import STAGE_OF, Stage
@@ -89,6 +97,10 @@ class Engine:
         resume_limit: the crash-loop breaker's limit (config ``resume_limit``).
         read_links: returns the versions the symlinks name (cheap; called after decisions).
         clock: UNIX time source (tests pass a fake one to exercise expiry).
+        gate: how installs and manual rollbacks treat a busy printer.
+        ask_printer: runs the busy probe (never on the event loop); required unless
+            ``gate`` is ``NONE``. Commands that would stop the printer's services at once
+            carry its answer into the machine (see :meth:`submit`).
     """
 
     def __init__(
@@ -99,8 +111,15 @@ class Engine:
         resume_limit: int = 3,
         read_links: Callable[[], LinkVersions] = LinkVersions,
         clock: Callable[[], float] = time.time,
+        gate: PrinterGate = PrinterGate.NONE,
+        ask_printer: Callable[[], Awaitable[PrinterStatus]] | None = None,
     ) -> None:
-        machine = UpdaterMachine(record, resume_limit=resume_limit)
+        if gate is not PrinterGate.NONE and ask_printer is None:
+            raise ValueError("a printer gate needs a busy probe to ask")
+        machine = UpdaterMachine(record, resume_limit=resume_limit, gate=gate)
+        self._gate = gate
+        self._ask_printer = ask_printer
+        self._printer: PrinterStatus | None = None
         self._machine = machine
         self._journal = journal
         self._read_links = read_links
@@ -137,7 +156,17 @@ class Engine:
 
     # ---- inputs ----------------------------------------------------------------------
     async def submit(self, event: Event) -> Decision:
-        """Queue ``event`` and wait for its decision (journaled, effects started)."""
+        """Queue ``event`` and wait for its decision (journaled, effects started).
+
+        A command that would stop the printer's services at once — a manual rollback, or
+        an install under ``busy_policy = refuse`` — first asks the busy probe and carries
+        its answer, so the (pure) machine can refuse it while the printer is busy. An
+        install under ``wait`` asks nothing here: it enters ``waiting_idle`` and the
+        runner asks.
+        """
+        if self._ask_printer is not None and self._asks_printer_first(event):
+            status = await self._ask_printer()
+            event = attrs.evolve(event, printer=status)  # type: ignore[misc]
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Item(event, future))
         return await future
@@ -145,6 +174,16 @@ class Engine:
     def post(self, event: Event) -> None:
         """Queue ``event`` without waiting (effect results)."""
         self._queue.put_nowait(_Item(event, None))
+
+    def _asks_printer_first(self, event: Event) -> bool:
+        if isinstance(event, RollbackRequested):
+            return self._gate is not PrinterGate.NONE
+        return isinstance(event, UpdateRequested) and self._gate is PrinterGate.REFUSE
+
+    def update_printer(self, status: PrinterStatus) -> None:
+        """Fold the busy probe's latest answer into the snapshot (no journal write)."""
+        self._printer = status
+        self._publish()
 
     def update_transfer(self, transfer: Transfer) -> None:
         """Fold live download figures into the snapshot (no journal write)."""
@@ -241,7 +280,9 @@ class Engine:
         record = self._machine.record
         key = (record.job.job_id if record.job else 0, STAGE_OF[record.state])
         floor = self._snapshot.progress if key == self._floor_key else 0
-        snap = build_snapshot(record, self._transfer, self._links, floor=floor)
+        snap = build_snapshot(
+            record, self._transfer, self._links, floor=floor, printer=self._printer
+        )
         self._floor_key = key
         if snap == self._snapshot:
             return

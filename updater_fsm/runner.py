@@ -27,11 +27,13 @@ from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure, UpdaterError
 from updater_fsm.core.manifest import Manifest, ServiceUnit, units_of
+from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.progress import Transfer
 from updater_fsm.faults import crash_point
 from updater_fsm.ops import download, external_files, package, snapshots, verify
 from updater_fsm.ops.commands import run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
+from updater_fsm.ops.printer_probe import probe_printer
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.state_layout import package_path
 
@@ -46,6 +48,7 @@ _log = structlog.get_logger(__name__)
 #: Effects that run long and answer with a result event: each gets its own task.
 _JOB_EFFECTS = (
     fx.StartDownload,
+    fx.WaitForPrinter,
     fx.VerifyPackage,
     fx.StageSnapshot,
     fx.SwitchVersion,
@@ -172,6 +175,8 @@ class OpsRunner:
                 await self._start_download(effect)
             case fx.StopJob():
                 await self._stop_job(effect)
+            case fx.WaitForPrinter():
+                await self._wait_for_printer(effect)
             case fx.DiscardPackage():
                 await self._discard_package(effect)
             case fx.VerifyPackage():
@@ -291,6 +296,32 @@ class OpsRunner:
         for task in victims:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    # ---- the busy gate ---------------------------------------------------------------
+    async def _wait_for_printer(self, effect: fx.WaitForPrinter) -> None:
+        """Ask the busy probe until the printer is free or the package's window closes.
+
+        Runs as a task of the waiting job (a cancel or a restart stops it; a restart asks
+        again at once). Each answer only updates /progress: nothing is journaled per poll.
+        """
+        probe = self._config.busy_probe
+        while True:
+            if not probe:  # the probe was removed from the configuration: nothing to wait for
+                status = PrinterStatus(True, "no busy_probe configured")
+            else:
+                status = await probe_printer(probe, timeout_s=self._config.busy_probe_timeout_s)
+            self._engine.update_printer(status)
+            if status.free:
+                _log.info("printer.free", reason=status.reason)
+                self._engine.post(ev.PrinterFree(effect.job_id))
+                return
+            left = effect.expires_at - time.time()
+            if left <= 0:
+                _log.warning("printer.busy_past_package_window", reason=status.reason)
+                self._engine.post(ev.WaitExpired(effect.job_id))
+                return
+            _log.info("printer.busy", reason=status.reason)
+            await asyncio.sleep(min(self._config.busy_poll_s, left))
 
     # ---- install -------------------------------------------------------------------
     def _read_manifest(self, version: str, package_name: str) -> Manifest:

@@ -91,7 +91,8 @@ async def test_no_post_cmds_is_fine() -> None:
 
 async def test_run_command_argv_and_output() -> None:
     result = await run_command(["/bin/sh", "-c", "echo out; echo err >&2; exit 7"], timeout_s=5)
-    assert result == (7, "out\n", "err\n")
+    assert result[:3] == (7, "out\n", "err\n")
+    assert (result.stdout_bytes, result.stderr_bytes) == (4, 4)
     assert describe_exit(result) == "exit 7: err"
 
 

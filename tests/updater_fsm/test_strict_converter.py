@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from updater_fsm.config import Config, ConfigError, ServiceControl, load_config
 from updater_fsm.control import RollbackTarget
 from updater_fsm.core.manifest import HealthProbe, Module
+from updater_fsm.core.printer import BusyPolicy
 from updater_fsm.strict_converter import STRICT_CONVERTER, ValueRefused, json_type_name
 
 
@@ -162,6 +163,7 @@ _KINDS_ACCEPTED: dict[Any, set[str]] = {
     Path: {"string"},
     Path | None: {"string"},
     ServiceControl: {"string"},  # only its values, but that is the enum tests' business
+    BusyPolicy: {"string"},
     int: {"integer"},
     float: {"integer", "float"},
     bool: {"boolean"},

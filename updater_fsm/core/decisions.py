@@ -19,7 +19,8 @@ from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.events import ResumePoint, RollbackTarget
-from updater_fsm.core.record import Job, JobKind, Record
+from updater_fsm.core.printer import PrinterGate
+from updater_fsm.core.record import PACKAGE_TTL_S, Job, JobKind, Record
 from updater_fsm.core.states import TERMINAL_STATES, State
 
 
@@ -47,9 +48,12 @@ class Decisions:
     state: str
     trigger: Callable[..., bool]  # added by transitions.Machine
 
-    def __init__(self, record: Record, resume_limit: int) -> None:
+    def __init__(
+        self, record: Record, resume_limit: int, gate: PrinterGate = PrinterGate.NONE
+    ) -> None:
         self.record = record
         self.resume_limit = resume_limit
+        self.gate = gate
         self.now = 0.0
         self.prior_interruptions = record.interruptions
         self.effects: list[fx.Effect] = []
@@ -103,6 +107,17 @@ class Decisions:
     def same_package(self, event: ev.DownloadRequested) -> bool:
         job = self.record.job
         return bool(job and job.request and job.request.same_package(event.request))
+
+    def package_expired(self, event: ev.Event) -> bool:
+        return self.record.job is not None and self.record.job.is_expired(self.now)
+
+    def gate_waits(self, event: ev.Event) -> bool:
+        """A busy probe is configured with ``busy_policy = wait``: installs wait for it."""
+        return self.gate is PrinterGate.WAIT
+
+    def printer_free(self, event: ev.UpdateRequested | ev.RollbackRequested) -> bool:
+        """Nobody asked the probe (there is none), or it said free."""
+        return event.printer is None or event.printer.free
 
     def package_fresh(self, event: ev.Event) -> bool:
         return self.record.job is not None and not self.record.job.is_expired(self.now)
@@ -207,6 +222,11 @@ class Decisions:
         job = self._reuse_kept_package()
         self.effects.append(fx.VerifyPackage(job.job_id, self._request()))
 
+    def rewait_kept_package(self, event: ev.Event) -> None:
+        """``POST /update`` again after a full disk, with installs waiting for the printer."""
+        self._reuse_kept_package()
+        self.begin_waiting(event)
+
     def redeploy_kept_package(self, event: ev.Event) -> None:
         """``POST /update`` again after a full disk: stage from the kept package."""
         self._reuse_kept_package()
@@ -225,6 +245,19 @@ class Decisions:
         self.effects.append(fx.DiscardPackage(request.package_name))
 
     # ---- actions: install ----------------------------------------------------------
+    def begin_waiting(self, event: ev.Event) -> None:
+        """Wait for the printer: nothing is stopped, staged or switched meanwhile."""
+        self.effects.append(self._wait_effect())
+
+    def _wait_effect(self) -> fx.WaitForPrinter:
+        job = self.job
+        verified_at = job.verified_at if job.verified_at is not None else self.now
+        return fx.WaitForPrinter(job.job_id, verified_at + PACKAGE_TTL_S)
+
+    def stop_waiting(self, event: ev.Event) -> None:
+        """Cancelled while waiting: stop asking; the verified package stays installable."""
+        self.effects.append(fx.StopJob(self.job.job_id))
+
     def begin_deploy(self, event: ev.Event) -> None:
         request = self._request()
         self.effects.append(
@@ -443,6 +476,10 @@ class Decisions:
     def resume_verify(self, event: ev.Event) -> None:
         """Digests computed before the restart are not trusted: hash the file again."""
         self.effects.append(fx.VerifyPackage(self.job.job_id, self._request()))
+
+    def resume_waiting(self, event: ev.Event) -> None:
+        """Still waiting after a restart: ask the probe again."""
+        self.effects.append(self._wait_effect())
 
     def resume_ready(self, event: ev.Event) -> None:
         """A verified package survives restarts until it expires."""

@@ -52,6 +52,16 @@ class VerifyPackage(Effect):
 
 
 @attrs.frozen
+class WaitForPrinter(Effect):
+    """Ask the busy probe every ``busy_poll_s`` until the printer is free (``PrinterFree``),
+    or until ``expires_at`` (UNIX time, the package's trust window: ``WaitExpired``).
+    Nothing is stopped, staged or switched meanwhile; each answer only updates /progress."""
+
+    job_id: int
+    expires_at: float
+
+
+@attrs.frozen
 class StageSnapshot(Effect):
     """Build ``versions/v<version>/`` from the current snapshot plus the package."""
 

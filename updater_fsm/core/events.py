@@ -15,6 +15,7 @@ import attrs
 
 from updater_fsm.core.errors import Failure
 from updater_fsm.core.manifest import ServiceUnit
+from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.states import Trigger
 
 
@@ -140,8 +141,28 @@ class VerifyFailed(Event):
 
 @attrs.frozen
 class UpdateRequested(Event):
+    """``POST /update``; ``printer`` is the busy probe's answer when the engine asked it
+    (``busy_policy = refuse``), None when nobody asked (no probe, or an install that waits)."""
+
     trigger = Trigger.UPDATE_REQUESTED
     version: str
+    printer: PrinterStatus | None = None
+
+
+@attrs.frozen
+class PrinterFree(Event):
+    """The busy probe said the printer is free: the waiting install may start."""
+
+    trigger = Trigger.PRINTER_FREE
+    job_id: int
+
+
+@attrs.frozen
+class WaitExpired(Event):
+    """The printer stayed busy until the package's trust window closed."""
+
+    trigger = Trigger.WAIT_EXPIRED
+    job_id: int
 
 
 @attrs.frozen
@@ -207,12 +228,15 @@ class RollbackRequested(Event):
         links: the versions the symlinks name right now.
         units: the configured units (config ``units``); restarted only when the journal
             knows none from a successful install, whose units (with their probes) win.
+        printer: the busy probe's answer (None without a probe): a rollback stops the
+            printer's services too, so it is refused while the printer is busy.
     """
 
     trigger = Trigger.ROLLBACK_REQUESTED
     target: RollbackTarget = attrs.field(converter=RollbackTarget)
     links: LinkVersions
     units: tuple[ServiceUnit, ...] = ()
+    printer: PrinterStatus | None = None
 
 
 @attrs.frozen

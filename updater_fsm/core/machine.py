@@ -15,7 +15,8 @@ from transitions import Machine, MachineError
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.decisions import Decisions, Reply
-from updater_fsm.core.errors import RequestError
+from updater_fsm.core.errors import ErrorCode, RequestError
+from updater_fsm.core.printer import PrinterGate
 from updater_fsm.core.record import Record
 from updater_fsm.core.states import BUSY_STATES, INSTALL_STATES, State
 from updater_fsm.core.table import TRANSITIONS
@@ -58,13 +59,22 @@ class UpdaterMachine:
             :class:`~updater_fsm.core.events.Resume` to continue explicitly.
         resume_limit: the restart that finds the same step unfinished for the
             ``resume_limit``-th time in a row fails that step (the crash-loop breaker).
+        gate: how installs and manual rollbacks treat a busy printer (from ``busy_probe``
+            and ``busy_policy``).
     """
 
-    def __init__(self, record: Record | None = None, *, resume_limit: int = 3) -> None:
+    def __init__(
+        self,
+        record: Record | None = None,
+        *,
+        resume_limit: int = 3,
+        gate: PrinterGate = PrinterGate.NONE,
+    ) -> None:
         if resume_limit < 1:
             raise ValueError("resume_limit must be at least 1")
         self.resume_limit = resume_limit
-        self._model = Decisions(record or Record(), resume_limit)
+        self.gate = gate
+        self._model = Decisions(record or Record(), resume_limit, gate)
         self._machine = Machine(
             model=self._model,
             states=[s.value for s in State],
@@ -118,14 +128,19 @@ def rejection(state: State, event: ev.Event, record: Record) -> Reply:
     running = f"v{job.version}" if job and job.version else "a job"
     if isinstance(event, ev.DownloadRequested):
         return Reply(409, f"{_BUSY_MSG}: {state} {running} is in progress; cancel it first")
+    busy = _printer_busy(event)
     if isinstance(event, ev.UpdateRequested):
         same = job is not None and job.version == event.version
+        if busy and same and state in (State.READY, State.FAILED):
+            return Reply(409, busy)
         if state in INSTALL_STATES:
             return Reply(409, f"{_BUSY_MSG}: installing {running}")
         if same and state in (State.DOWNLOADING, State.VERIFYING):
             return Reply(409, f"{_BUSY_MSG}: v{event.version} is still {state}")
         return Reply(404, f"{RequestError.PACKAGE_NOT_FOUND}: {event.version}")
     if isinstance(event, ev.RollbackRequested):
+        if busy and state in (State.IDLE, State.SUCCESS, State.FAILED):
+            return Reply(409, busy)
         if state in BUSY_STATES:
             return Reply(409, f"{_BUSY_MSG}: {state} {running} is in progress")
         if state == State.READY:
@@ -140,3 +155,11 @@ def rejection(state: State, event: ev.Event, record: Record) -> Reply:
     if isinstance(event, ev.Reset):
         return Reply(409, f"{_BUSY_MSG}: cannot reset while {state}")
     return Reply(409, f"{RequestError.IGNORED}: {event.trigger} is not valid in state {state}")
+
+
+def _printer_busy(event: ev.Event) -> str:
+    """``PRINTER_BUSY: <reason>`` when ``event`` carries a busy probe answer, else ``""``."""
+    printer = getattr(event, "printer", None)
+    if printer is None or printer.free:
+        return ""
+    return f"{ErrorCode.PRINTER_BUSY}: {printer.reason or 'the busy probe says so'}"

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from updater_fsm.core.events import LinkVersions
+from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.record import JobKind, Record
 from updater_fsm.core.states import STAGE_OF, Stage, State
 from updater_fsm.core.urls import redact_url
@@ -93,7 +94,12 @@ def _mb(n: int) -> str:
 
 
 def build_snapshot(
-    record: Record, transfer: Transfer | None, links: LinkVersions, *, floor: int = 0
+    record: Record,
+    transfer: Transfer | None,
+    links: LinkVersions,
+    *,
+    floor: int = 0,
+    printer: PrinterStatus | None = None,
 ) -> Snapshot:
     """Compose the snapshot.
 
@@ -103,6 +109,8 @@ def build_snapshot(
         links: the versions the symlinks name now.
         floor: the last progress shown in this stage; the result never goes below it, so a
             download that resumes from its last durable byte does not make the bar jump back.
+        printer: the busy probe's latest answer while an install waits for the printer
+            (live, like ``transfer``: not journaled).
     """
     state = record.state
     stage = STAGE_OF[state]
@@ -115,7 +123,7 @@ def build_snapshot(
     speed, eta = 0.0, None
     if transfer is not None and job is not None and transfer.job_id == job.job_id:
         done, speed, eta = max(done, transfer.bytes_done), transfer.speed_bps, transfer.eta_s
-    if state in (State.VERIFYING, State.READY) or state in _INSTALL_PROGRESS:
+    if state in (State.VERIFYING, State.READY, State.WAITING_IDLE) or state in _INSTALL_PROGRESS:
         done = total
     error = job.error if job is not None and state in (State.FAILED, State.IDLE) else None
     if error is not None:
@@ -128,6 +136,10 @@ def build_snapshot(
         progress, message = 50, f"Verifying package v{version}..."
     elif state is State.READY:
         progress, message = 100, f"Package v{version} verified, ready to install"
+    elif state is State.WAITING_IDLE:
+        reason = printer.reason if printer is not None and not printer.free else ""
+        progress = 100
+        message = f"Waiting for the printer to be free: {reason or 'asking the printer'}"
     elif state is State.DEPLOYING:
         progress, message = _INSTALL_PROGRESS[state], f"Staging v{version}..."
     elif state is State.SWITCHING:

@@ -16,6 +16,7 @@ class State(enum.StrEnum):
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     READY = "ready"
+    WAITING_IDLE = "waiting_idle"
     DEPLOYING = "deploying"
     SWITCHING = "switching"
     HEALTH_CHECK = "health_check"
@@ -43,6 +44,7 @@ STAGE_OF: dict[State, Stage] = {
     State.DOWNLOADING: Stage.DOWNLOADING,
     State.VERIFYING: Stage.VERIFYING,
     State.READY: Stage.TO_INSTALL,
+    State.WAITING_IDLE: Stage.TO_INSTALL,
     State.DEPLOYING: Stage.INSTALLING,
     State.SWITCHING: Stage.INSTALLING,
     State.HEALTH_CHECK: Stage.INSTALLING,
@@ -57,6 +59,7 @@ BUSY_STATES = frozenset(
     {
         State.DOWNLOADING,
         State.VERIFYING,
+        State.WAITING_IDLE,
         State.DEPLOYING,
         State.SWITCHING,
         State.HEALTH_CHECK,
@@ -81,6 +84,8 @@ class Trigger(enum.StrEnum):
     VERIFIED = "verified"
     VERIFY_FAILED = "verify_failed"
     UPDATE_REQUESTED = "update_requested"
+    PRINTER_FREE = "printer_free"
+    WAIT_EXPIRED = "wait_expired"
     STAGED = "staged"
     STAGE_FAILED = "stage_failed"
     SWITCHED = "switched"

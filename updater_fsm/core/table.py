@@ -106,7 +106,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     # --- download -------------------------------------------------------------------
     # Same package again while it downloads, verifies or waits verified: 200, no restart.
     Transition(T.DOWNLOAD_REQUESTED, (S.DOWNLOADING, S.VERIFYING), None, (D.same_package,)),
-    Transition(T.DOWNLOAD_REQUESTED, (S.READY,), None, (D.same_package, D.package_fresh)),
+    Transition(
+        T.DOWNLOAD_REQUESTED, (S.READY, S.WAITING_IDLE), None, (D.same_package, D.package_fresh)
+    ),
     # A verified package kept after a full disk while staging: no new download.
     Transition(
         T.DOWNLOAD_REQUESTED,
@@ -123,22 +125,54 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(T.VERIFIED, (S.VERIFYING,), S.READY, (D.current_job,), D.mark_verified),
     Transition(T.VERIFY_FAILED, (S.VERIFYING,), S.FAILED, (D.current_job,), D.fail_download),
     # --- install --------------------------------------------------------------------
+    # With a busy probe and `busy_policy = wait`, an install first waits for the printer:
+    # nothing is stopped, staged or switched until the probe says it is free.
+    Transition(
+        T.UPDATE_REQUESTED,
+        (S.READY,),
+        S.WAITING_IDLE,
+        (D.requested_version, D.package_fresh, D.gate_waits),
+        D.begin_waiting,
+    ),
+    # Without a probe, or with `refuse` and a free printer, it starts at once (busy and
+    # `refuse`: no row matches, the answer is 409 PRINTER_BUSY).
     Transition(
         T.UPDATE_REQUESTED,
         (S.READY,),
         S.DEPLOYING,
-        (D.requested_version, D.package_fresh),
+        (D.requested_version, D.package_fresh, D.printer_free),
         D.begin_deploy,
     ),
     Transition(
         T.UPDATE_REQUESTED,
         (S.FAILED,),
+        S.WAITING_IDLE,
+        (D.requested_version, D.package_kept, D.package_fresh, D.gate_waits),
+        D.rewait_kept_package,
+    ),
+    Transition(
+        T.UPDATE_REQUESTED,
+        (S.FAILED,),
         S.DEPLOYING,
-        (D.requested_version, D.package_kept, D.package_fresh),
+        (D.requested_version, D.package_kept, D.package_fresh, D.printer_free),
         D.redeploy_kept_package,
     ),
     # An expired package is deleted and the request answered 410 (contract §1).
-    Transition(T.UPDATE_REQUESTED, (S.READY,), S.IDLE, (D.requested_version,), D.expire),
+    Transition(
+        T.UPDATE_REQUESTED, (S.READY,), S.IDLE, (D.requested_version, D.package_expired), D.expire
+    ),
+    # The same install asked again while it waits: 200, it keeps waiting.
+    Transition(T.UPDATE_REQUESTED, (S.WAITING_IDLE,), None, (D.requested_version,)),
+    Transition(
+        T.PRINTER_FREE,
+        (S.WAITING_IDLE,),
+        S.DEPLOYING,
+        (D.current_job, D.package_fresh),
+        D.begin_deploy,
+    ),
+    # The trust window closed while waiting: ends as any expiry does.
+    Transition(T.PRINTER_FREE, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
+    Transition(T.WAIT_EXPIRED, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
     Transition(T.STAGED, (S.DEPLOYING,), S.SWITCHING, (D.current_job,), D.begin_switch),
     Transition(T.STAGE_FAILED, (S.DEPLOYING,), S.FAILED, (D.current_job,), D.fail_stage),
     # Each finished post_cmd is journaled, so a resumed switch runs only the ones left.
@@ -167,14 +201,14 @@ TRANSITIONS: tuple[Transition, ...] = (
         T.ROLLBACK_REQUESTED,
         (S.IDLE, S.SUCCESS, S.FAILED),
         S.ROLLBACK_PREVIOUS,
-        (D.to_previous,),
+        (D.to_previous, D.printer_free),
         D.begin_manual_rollback,
     ),
     Transition(
         T.ROLLBACK_REQUESTED,
         (S.IDLE, S.SUCCESS, S.FAILED),
         S.ROLLBACK_FACTORY,
-        (D.to_factory,),
+        (D.to_factory, D.printer_free),
         D.begin_manual_rollback,
     ),
     Transition(
@@ -203,6 +237,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(T.ROLLBACK_FAILED, (S.ROLLBACK_FACTORY,), S.FAILED, (D.current_job,), D.give_up),
     # --- operator -------------------------------------------------------------------
     Transition(T.CANCEL, _CANCELLABLE, S.IDLE, (), D.cancel_job),
+    # A waiting install is cancelled back to its verified package (kept, still installable).
+    Transition(T.CANCEL, (S.WAITING_IDLE,), S.READY, (), D.stop_waiting),
     Transition(T.RESET, (S.IDLE, S.SUCCESS, S.FAILED), S.IDLE, (), D.clear),
     # --- crash-loop breaker ----------------------------------------------------------
     # A step that took the process down `resume_limit` times in a row (no progress in
@@ -210,7 +246,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     # ladder takes over, a rollback level that keeps dying escalates.
     Transition(
         T.RESUME,
-        (S.DOWNLOADING, S.VERIFYING, S.DEPLOYING),
+        (S.DOWNLOADING, S.VERIFYING, S.WAITING_IDLE, S.DEPLOYING),
         S.FAILED,
         (D.resume_limit_reached,),
         D.fail_interrupted,
@@ -245,6 +281,15 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(T.RESUME, (S.VERIFYING,), S.DOWNLOADING, (), D.resume_download),
     Transition(T.RESUME, (S.READY,), None, (D.package_on_disk, D.package_fresh), D.resume_ready),
     Transition(T.RESUME, (S.READY,), S.IDLE, (), D.expire),
+    # A restart while waiting keeps waiting (and asks the probe again at once).
+    Transition(
+        T.RESUME,
+        (S.WAITING_IDLE,),
+        None,
+        (D.package_on_disk, D.package_fresh),
+        D.resume_waiting,
+    ),
+    Transition(T.RESUME, (S.WAITING_IDLE,), S.IDLE, (), D.expire),
     Transition(T.RESUME, (S.DEPLOYING,), None, (), D.resume_deploy),
     Transition(T.RESUME, (S.SWITCHING,), None, (), D.resume_switch),
     Transition(T.RESUME, (S.HEALTH_CHECK,), None, (), D.resume_health),

@@ -35,11 +35,14 @@ class CommandResult(NamedTuple):
         stdout: the end of standard output (at most ``max_output_bytes``), decoded as
             UTF-8 (invalid bytes replaced).
         stderr: the end of standard error, likewise.
+        stdout_bytes, stderr_bytes: how many bytes each stream carried in all.
     """
 
     returncode: int
     stdout: str
     stderr: str
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
 
 
 class CommandTimeout(TimeoutError):
@@ -162,7 +165,7 @@ async def run_command(
         raise
     assert proc.returncode is not None
     _note_dropped(shown, out, err)
-    return CommandResult(proc.returncode, out.text(), err.text())
+    return CommandResult(proc.returncode, out.text(), err.text(), out.total, err.total)
 
 
 def _note_dropped(command: str, out: _OutputTail, err: _OutputTail) -> None:
