@@ -166,3 +166,25 @@ def test_trusted_key_turns_downgrades_off_unless_set_explicitly(tmp_path: Path) 
     from_env = {"TOPE_UPDATER_TRUSTED_KEY": "k", "TOPE_UPDATER_ALLOW_DOWNGRADE": "yes"}
     assert load_config(env=from_env).allow_downgrade is True
     assert load_config(env={}).allow_downgrade is True  # no key: unchanged default
+
+
+def test_busy_gate_keys(tmp_path: Path) -> None:
+    from updater_fsm.core.printer import BusyPolicy, PrinterGate
+
+    default = load_config(env={})
+    assert default.busy_probe is None and default.printer_gate is PrinterGate.NONE
+    assert (default.busy_poll_s, default.busy_probe_timeout_s) == (10.0, 10.0)
+    env = {
+        "TOPE_UPDATER_BUSY_PROBE": "/usr/lib/tope/busy-probe",
+        "TOPE_UPDATER_BUSY_POLL_S": "2.5",
+        "TOPE_UPDATER_BUSY_POLICY": "refuse",
+    }
+    config = load_config(env=env)
+    assert config.busy_policy is BusyPolicy.REFUSE and config.busy_poll_s == 2.5
+    assert config.printer_gate is PrinterGate.REFUSE
+    file = write(tmp_path, 'busy_probe = "true"\nbusy_policy = "wait"\n')
+    assert load_config(file=file, env={}).printer_gate is PrinterGate.WAIT
+    with pytest.raises(ConfigError, match="'busy_policy'"):
+        load_config(env={"TOPE_UPDATER_BUSY_POLICY": "later"})
+    with pytest.raises(ConfigError, match="'busy_poll_s': must be > 0"):
+        load_config(env={"TOPE_UPDATER_BUSY_POLL_S": "0"})

@@ -14,11 +14,18 @@ from pathlib import Path
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.machine import UpdaterMachine
+from updater_fsm.core.printer import PrinterGate, PrinterStatus
 from updater_fsm.core.record import PACKAGE_TTL_S, Record
 from updater_fsm.core.table import BUSY_STATES, State
 from updater_fsm.journal import Journal, decode
@@ -42,6 +49,10 @@ FACTS = st.builds(
 )
 
 
+#: What the engine may attach to a command that would stop services (None: nobody asked).
+PRINTER = st.sampled_from([None, PrinterStatus(True, "standby"), PrinterStatus(False, "printing")])
+
+
 def events(job_id: int) -> st.SearchStrategy[ev.Event]:
     jid = st.sampled_from([job_id, job_id, job_id, job_id - 1, job_id + 1])
     return st.one_of(
@@ -55,7 +66,9 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
         st.builds(ev.DownloadFailed, jid, ERRORS),
         st.builds(ev.Verified, jid),
         st.builds(ev.VerifyFailed, jid, ERRORS),
-        st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS)),
+        st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS), PRINTER),
+        st.builds(ev.PrinterFree, jid),
+        st.builds(ev.WaitExpired, jid),
         st.builds(ev.Staged, jid, st.just(UNITS), LINKS),
         st.builds(ev.StageFailed, jid, ERRORS),
         st.builds(ev.PostCmdDone, jid, st.integers(1, 3)),
@@ -63,7 +76,13 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
         st.builds(ev.SwitchFailed, jid, ERRORS),
         st.builds(ev.Healthy, jid),
         st.builds(ev.Unhealthy, jid, ERRORS),
-        st.builds(ev.RollbackRequested, st.sampled_from(["previous", "factory"]), LINKS),
+        st.builds(
+            ev.RollbackRequested,
+            st.sampled_from(["previous", "factory"]),
+            LINKS,
+            st.just(()),
+            PRINTER,
+        ),
         st.builds(ev.RollbackOk, jid),
         st.builds(ev.RollbackFailed, jid, ERRORS),
         st.just(ev.Cancel()),
@@ -92,7 +111,7 @@ def expected_after_resume(record: Record, facts: ev.DiskFacts, now: float) -> St
         return State.FAILED
     if state is State.VERIFYING and not facts.package_present:
         return State.DOWNLOADING
-    if state is State.READY:
+    if state in (State.READY, State.WAITING_IDLE):
         assert record.job is not None
         if not facts.package_present or record.job.is_expired(now):
             return State.IDLE
@@ -110,9 +129,15 @@ class UpdaterFuzz(RuleBasedStateMachine):
         super().__init__()
         self.dir = _scratch_dir()
         self.journal = Journal(self.dir)
+        self.gate = PrinterGate.NONE
         self.machine = UpdaterMachine()
         self.journal.save(self.machine.record)
         self.now = T0
+
+    @initialize(gate=st.sampled_from(list(PrinterGate)))
+    def configure_the_busy_gate(self, gate: PrinterGate) -> None:
+        self.gate = gate
+        self.machine = UpdaterMachine(self.machine.record, gate=gate)
 
     def teardown(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -144,6 +169,14 @@ class UpdaterFuzz(RuleBasedStateMachine):
             assert decision.before in (State.SWITCHING, State.HEALTH_CHECK) or isinstance(
                 event, ev.RollbackRequested
             )
+        if entered is State.WAITING_IDLE:
+            # Only a configured gate with `busy_policy = wait` ever makes an install wait.
+            assert self.gate is PrinterGate.WAIT and isinstance(event, ev.UpdateRequested)
+        if entered is State.DEPLOYING:
+            # Nothing is staged (then stopped) while the printer is known to be busy.
+            printer = getattr(event, "printer", None)
+            assert printer is None or printer.free
+            assert self.gate is not PrinterGate.WAIT or isinstance(event, ev.PrinterFree)
         if decision.reply.code == 410:
             assert isinstance(event, ev.UpdateRequested) and decision.record.state is State.IDLE
 
@@ -170,7 +203,7 @@ class UpdaterFuzz(RuleBasedStateMachine):
     def _resume(self, record: Record | None, facts: ev.DiskFacts) -> None:
         # With nothing valid left the engine rebuilds an idle record from the disk.
         record = record or Record(last_job_id=self._job_id())
-        machine = UpdaterMachine(record)
+        machine = UpdaterMachine(record, gate=self.gate)
         assert machine.state is record.state  # restoring runs no on_enter
         decision = machine.handle(ev.Resume(facts), self.now)
         assert decision.accepted
