@@ -13,6 +13,8 @@ waiting are covered too; one test runs under a real systemd.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import time
 from collections.abc import Iterator
@@ -24,11 +26,18 @@ import pytest
 
 from tests.crash import harness as h
 from tests.support.package_server import ThreadedPackageServer
+from tests.support.systemd_sandbox import SystemdSandbox
+from updater_fsm import journal as journal_mod
+from updater_fsm.core.record import PACKAGE_TTL_S
 
 REASON = "printing benchy.gcode, 43 %"
 WAITING = f"Waiting for the printer to be free: {REASON}"
 #: How long the tests watch a waiting install for anything that should not happen.
 WATCH_S = 2.0
+#: The ``engine:journaled`` hit that journals the entry into ``waiting_idle`` (the download
+#: and its 2 checkpoints, verifying and ``ready`` come first); the next one journals the
+#: ``printer_free`` transition to ``deploying``. Checked against a trace by the first test.
+WAIT_ENTRY_HIT = 7
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +170,16 @@ def test_install_waits_while_printing_and_completes_once_free(
     tmp_path: Path, server: ThreadedPackageServer
 ) -> None:
     rig, printer = busy_rig(tmp_path, server)
+    trace = tmp_path / "trace.txt"
     try:
-        proc = rig.start()
+        proc = rig.start(trace=trace)
         download(rig)
         env = request_update(rig)
         assert env["code"] == 200, env
         wait_for_waiting(rig)
         assert rig.journal_record().state == "waiting_idle"  # type: ignore[union-attr]
+        # The kill points of test_killed_while_waiting_resumes_waiting are still right.
+        assert trace.read_text().split().count("engine:journaled") == WAIT_ENTRY_HIT
         assert_untouched_while_waiting(rig, printer, WATCH_S)
         # device-api heard about the wait once, not once per poll.
         assert len(waiting_reports(rig)) == 1, waiting_reports(rig)
@@ -175,6 +187,268 @@ def test_install_waits_while_printing_and_completes_once_free(
         final = finish(rig, proc)
         h.check_invariants(rig, final)
         assert len(waiting_reports(rig)) == 1, waiting_reports(rig)
+        # A manual rollback stops the services too: refused while printing.
+        printer.busy()
+        env = rig.call("POST", "/rollback", {"target": "previous"})
+        assert (env["code"], env["msg"]) == (409, f"PRINTER_BUSY: {REASON}"), env
+        assert rig.links().current == h.GOOD_VERSION
+        assert rig.progress()["stage"] == "success"
+        assert proc.terminate() == 0
+    finally:
+        rig.close()
+
+
+# ---- 2. the same under a real systemd --------------------------------------------------------
+
+
+def unit_state(sandbox: SystemdSandbox) -> dict[str, str]:
+    props = "ActiveState,SubState,MainPID,ExecMainStartTimestampMonotonic,NRestarts"
+    out = sandbox.systemctl("show", "-p", props, h.HELLO_UNIT, check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+@pytest.mark.systemd
+def test_waiting_install_leaves_the_running_unit_alone_under_systemd(
+    tmp_path: Path, server: ThreadedPackageServer, systemd_sandbox: SystemdSandbox
+) -> None:
+    root = tmp_path / "rig" / "root"
+    systemd_sandbox.install_unit(h.HELLO_UNIT, h.hello_unit_text(root))
+    systemd_sandbox.daemon_reload()
+    systemctl = " ".join(systemd_sandbox.systemctl_prefix)
+    rig, printer = busy_rig(tmp_path, server, service_control="systemd", systemctl=systemctl)
+    try:
+        systemd_sandbox.systemctl("start", h.HELLO_UNIT, check=True)
+        assert h.wait_until(lambda: unit_state(systemd_sandbox)["ActiveState"] == "active", 5)
+        before = unit_state(systemd_sandbox)
+        assert before["MainPID"] != "0", before
+        proc = rig.start()
+        download(rig)
+        assert request_update(rig)["code"] == 200
+        wait_for_waiting(rig)
+        deadline = time.monotonic() + WATCH_S
+        while time.monotonic() < deadline:
+            assert unit_state(systemd_sandbox) == before
+            assert rig.links().current == h.FACTORY_VERSION
+            assert rig.progress()["state"] == "waiting_idle"
+            time.sleep(0.1)
+        printer.free()
+        final = finish(rig, proc)
+        h.check_invariants(rig, final)
+        # Once free the install did stop and start the unit, on the new version.
+        after = unit_state(systemd_sandbox)
+        assert after["ActiveState"] == "active", after
+        assert after["MainPID"] != before["MainPID"], after
+        assert proc.terminate() == 0
+    finally:
+        rig.close()
+
+
+# ---- 3. kills while waiting ------------------------------------------------------------------
+
+KILLS = [
+    pytest.param(None, id="sigkill-while-waiting"),
+    pytest.param(f"engine:journaled#{WAIT_ENTRY_HIT}", id="journaled-entry-into-waiting_idle"),
+    pytest.param(f"engine:journaled#{WAIT_ENTRY_HIT + 1}", id="journaled-printer_free"),
+]
+
+
+@pytest.mark.parametrize("crash_at", KILLS)
+def test_killed_while_waiting_resumes_waiting(
+    tmp_path: Path, server: ThreadedPackageServer, crash_at: str | None
+) -> None:
+    rig, printer = busy_rig(tmp_path, server)
+    at_printer_free = crash_at == f"engine:journaled#{WAIT_ENTRY_HIT + 1}"
+    try:
+        proc = rig.start(crash_at=crash_at)
+        download(rig)
+        with contextlib.suppress(OSError, ValueError):  # the process may die answering
+            request_update(rig)
+        if crash_at is None:
+            wait_for_waiting(rig)
+            proc.kill()
+        elif at_printer_free:
+            wait_for_waiting(rig)
+            printer.free()
+        assert proc.wait_exit(10) is not None, "the updater did not die"
+        record = rig.journal_record()
+        assert record is not None
+        assert record.state == ("deploying" if at_printer_free else "waiting_idle"), record
+        assert rig.links().current == h.FACTORY_VERSION
+        assert staged_versions(rig) == []
+        proc = rig.start()
+        if not at_printer_free:
+            # Still waiting after the restart, and the probe is asked again.
+            wait_for_waiting(rig)
+            assert_untouched_while_waiting(rig, printer, 1.0)
+            printer.free()
+        final = finish(rig, proc)
+        h.check_invariants(rig, final)
+        assert proc.terminate() == 0
+    finally:
+        rig.close()
+
+
+# ---- 4. busy_policy = refuse -----------------------------------------------------------------
+
+
+def test_refuse_policy_answers_printer_busy_and_changes_nothing(
+    tmp_path: Path, server: ThreadedPackageServer
+) -> None:
+    rig, printer = busy_rig(tmp_path, server, policy="refuse")
+    try:
+        proc = rig.start()
+        download(rig)
+        seq = journal_seq(rig)
+        env = request_update(rig)
+        assert (env["code"], env["msg"]) == (409, f"PRINTER_BUSY: {REASON}"), env
+        data = rig.progress()
+        assert (data["stage"], data["state"], data["error"]) == ("toInstall", "ready", None)
+        assert journal_seq(rig) == seq
+        assert rig.links().current == h.FACTORY_VERSION and staged_versions(rig) == []
+        assert (rig.state / "downloads" / rig.package_name).is_file()
+        # Refused, not queued: nothing starts by itself once the printer is free.
+        printer.free()
+        time.sleep(0.5)
+        assert rig.progress()["state"] == "ready"
+        assert request_update(rig)["code"] == 200
+        final = finish(rig, proc)
+        h.check_invariants(rig, final)
+        assert waiting_reports(rig) == []
+        printer.busy()
+        env = rig.call("POST", "/rollback", {})
+        assert (env["code"], env["msg"]) == (409, f"PRINTER_BUSY: {REASON}"), env
+        assert rig.links().current == h.GOOD_VERSION
+        assert proc.terminate() == 0
+    finally:
+        rig.close()
+
+
+# ---- 5. cancel while waiting -----------------------------------------------------------------
+
+
+def test_cancel_while_waiting_keeps_the_package_and_a_new_update_waits_again(
+    tmp_path: Path, server: ThreadedPackageServer
+) -> None:
+    rig, printer = busy_rig(tmp_path, server)
+    try:
+        proc = rig.start()
+        download(rig)
+        assert request_update(rig)["code"] == 200
+        wait_for_waiting(rig)
+        env = rig.call("POST", "/cancel")
+        assert env["code"] == 200, env
+        data = rig.progress()
+        assert (data["stage"], data["state"], data["error"]) == ("toInstall", "ready", None), data
+        assert (rig.state / "downloads" / rig.package_name).is_file()
+        assert rig.journal_record().state == "ready"  # type: ignore[union-attr]
+        # The probe is no longer asked.
+        time.sleep(0.3)
+        asked = printer.probed
+        time.sleep(0.6)
+        assert printer.probed == asked
+        n_requests = len(rig.package_requests())
+        assert request_update(rig)["code"] == 200
+        wait_for_waiting(rig)
+        assert_untouched_while_waiting(rig, printer, 1.0)
+        printer.free()
+        final = finish(rig, proc)
+        h.check_invariants(rig, final)
+        assert len(rig.package_requests()) == n_requests, "the package was fetched again"
+        assert proc.terminate() == 0
+    finally:
+        rig.close()
+
+
+# ---- 6. a probe that hangs -------------------------------------------------------------------
+
+
+def _probe_groups(marker: str) -> set[int]:
+    """Process groups of the running processes whose command line names ``marker``: one per
+    probe still running (each runs in its own session)."""
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    groups.add(int(stat.rsplit(")", 1)[1].split()[2]))
+    return groups
+
+
+def test_hanging_probe_counts_as_busy_and_progress_stays_fast(
+    tmp_path: Path, server: ThreadedPackageServer
+) -> None:
+    hang = tmp_path / "hanging-busy-probe"
+    hang.write_text("#!/bin/sh\nsleep 100\n")
+    hang.chmod(0o755)
+    rig, _printer = busy_rig(
+        tmp_path, server, probe=str(hang), env={"TOPE_UPDATER_BUSY_PROBE_TIMEOUT_S": "0.5"}
+    )
+    try:
+        proc = rig.start()
+        download(rig)
+        assert request_update(rig)["code"] == 200
+        reason = "the busy probe did not answer within 0.5 s"
+        wait_for_waiting(rig, f"Waiting for the printer to be free: {reason}")
+        latencies = []
+        states = set()
+        for _ in range(200):
+            t0 = time.perf_counter()
+            data = rig.progress()
+            latencies.append(time.perf_counter() - t0)
+            states.add((data["state"], data["message"]))
+            time.sleep(0.01)
+        latencies.sort()
+        p99_ms = latencies[int(len(latencies) * 0.99) - 1] * 1000
+        print(f"/progress p99 {p99_ms:.1f} ms, max {latencies[-1] * 1000:.1f} ms (hanging probe)")
+        assert p99_ms < 100, latencies[-5:]
+        assert states == {("waiting_idle", f"Waiting for the printer to be free: {reason}")}
+        assert rig.links().current == h.FACTORY_VERSION and staged_versions(rig) == []
+        # The probe is killed at each timeout: never more than the one being asked now.
+        assert len(_probe_groups(str(hang))) <= 1
+        # Stopped while a probe hangs: the stop does not wait for it, nor leave it behind.
+        t0 = time.monotonic()
+        assert proc.terminate() == 0
+        assert time.monotonic() - t0 < 3
+        assert h.wait_until(lambda: not _probe_groups(str(hang)), 3), _probe_groups(str(hang))
+    finally:
+        rig.close()
+
+
+# ---- 7. the package expires while waiting ----------------------------------------------------
+
+
+def test_package_expiring_while_waiting_is_deleted_and_nothing_installed(
+    tmp_path: Path, server: ThreadedPackageServer
+) -> None:
+    rig, printer = busy_rig(tmp_path, server)
+    try:
+        proc = rig.start()
+        download(rig)
+        assert request_update(rig)["code"] == 200
+        wait_for_waiting(rig)
+        proc.kill()
+        # As if the package had been verified 25 h ago (the clock jumped, or the print ran
+        # past the package's trust window while the updater was down).
+        record = rig.journal_record()
+        assert record is not None and record.state == "waiting_idle", record
+        assert record.job is not None and record.job.verified_at is not None
+        job = attrs.evolve(record.job, verified_at=record.job.verified_at - PACKAGE_TTL_S - 3600)
+        rig.journal_path.write_bytes(journal_mod.encode(attrs.evolve(record, job=job)))
+        (rig.state / "journal.prev.json").unlink(missing_ok=True)
+        asked = printer.probed
+        proc = rig.start()
+        data = rig.progress()
+        assert data["state"] == "idle", data
+        assert str(data["error"]).startswith("PACKAGE_EXPIRED"), data
+        assert h.wait_until(lambda: not (rig.state / "downloads" / rig.package_name).exists(), 5)
+        env = request_update(rig)
+        assert env["code"] in (404, 410), env
+        printer.free()
+        time.sleep(0.5)
+        assert printer.probed == asked, "the expired install still asked the printer"
+        assert rig.links().current == h.FACTORY_VERSION and staged_versions(rig) == []
+        assert rig.journal_record().state == "idle"  # type: ignore[union-attr]
         assert proc.terminate() == 0
     finally:
         rig.close()
