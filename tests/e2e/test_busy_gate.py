@@ -36,8 +36,11 @@ WAITING = f"Waiting for the printer to be free: {REASON}"
 WATCH_S = 2.0
 #: The ``engine:journaled`` hit that journals the entry into ``waiting_idle`` (the download
 #: and its 2 checkpoints, verifying and ``ready`` come first); the next one journals the
+#: probe's first answer (``printer_answered``, once per wait), the one after that the
 #: ``printer_free`` transition to ``deploying``. Checked against a trace by the first test.
 WAIT_ENTRY_HIT = 7
+ANSWERED_HIT = WAIT_ENTRY_HIT + 1
+PRINTER_FREE_HIT = WAIT_ENTRY_HIT + 2
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,9 @@ def staged_versions(rig: h.Rig) -> list[str]:
 def assert_untouched_while_waiting(rig: h.Rig, printer: Printer, seconds: float) -> int:
     """For ``seconds``: still waiting, ``current`` on v1.0.0, nothing staged, nothing
     journaled, while the probe keeps being asked. Returns how often it was asked."""
+    # The first answer of a wait is journaled once (printer_answered); from then on, nothing.
+    runs0 = printer.probed
+    assert h.wait_until(lambda: printer.probed >= runs0 + 2, 5)
     seq = journal_seq(rig)
     runs0 = printer.probed
     deadline = time.monotonic() + seconds
@@ -179,11 +185,16 @@ def test_install_waits_while_printing_and_completes_once_free(
         wait_for_waiting(rig)
         assert rig.journal_record().state == "waiting_idle"  # type: ignore[union-attr]
         # The kill points of test_killed_while_waiting_resumes_waiting are still right.
-        assert trace.read_text().split().count("engine:journaled") == WAIT_ENTRY_HIT
+        journaled = lambda: trace.read_text().split().count("engine:journaled")  # noqa: E731
+        assert h.wait_until(lambda: journaled() >= ANSWERED_HIT, 5)
+        assert rig.journal_record().state == "waiting_idle"  # type: ignore[union-attr]
+        assert journaled() == ANSWERED_HIT
         assert_untouched_while_waiting(rig, printer, WATCH_S)
         # device-api heard about the wait once, not once per poll.
         assert len(waiting_reports(rig)) == 1, waiting_reports(rig)
         printer.free()
+        assert h.wait_until(lambda: journaled() >= PRINTER_FREE_HIT, 5)
+        assert rig.journal_record().state != "waiting_idle"  # type: ignore[union-attr]
         final = finish(rig, proc)
         h.check_invariants(rig, final)
         assert len(waiting_reports(rig)) == 1, waiting_reports(rig)
@@ -248,7 +259,8 @@ def test_waiting_install_leaves_the_running_unit_alone_under_systemd(
 KILLS = [
     pytest.param(None, id="sigkill-while-waiting"),
     pytest.param(f"engine:journaled#{WAIT_ENTRY_HIT}", id="journaled-entry-into-waiting_idle"),
-    pytest.param(f"engine:journaled#{WAIT_ENTRY_HIT + 1}", id="journaled-printer_free"),
+    pytest.param(f"engine:journaled#{ANSWERED_HIT}", id="journaled-printer_answered"),
+    pytest.param(f"engine:journaled#{PRINTER_FREE_HIT}", id="journaled-printer_free"),
 ]
 
 
@@ -257,7 +269,7 @@ def test_killed_while_waiting_resumes_waiting(
     tmp_path: Path, server: ThreadedPackageServer, crash_at: str | None
 ) -> None:
     rig, printer = busy_rig(tmp_path, server)
-    at_printer_free = crash_at == f"engine:journaled#{WAIT_ENTRY_HIT + 1}"
+    at_printer_free = crash_at == f"engine:journaled#{PRINTER_FREE_HIT}"
     try:
         proc = rig.start(crash_at=crash_at)
         download(rig)
@@ -449,6 +461,34 @@ def test_package_expiring_while_waiting_is_deleted_and_nothing_installed(
         assert printer.probed == asked, "the expired install still asked the printer"
         assert rig.links().current == h.FACTORY_VERSION and staged_versions(rig) == []
         assert rig.journal_record().state == "idle"  # type: ignore[union-attr]
+        assert proc.terminate() == 0
+    finally:
+        rig.close()
+
+
+# ---- restarts while a long print goes on ---------------------------------------------------
+
+
+def test_restarts_during_a_long_print_keep_the_install_waiting(
+    tmp_path: Path, server: ThreadedPackageServer
+) -> None:
+    """Each restart the probe answers busy from is not a step that died: a print longer than
+    ``resume_limit`` clean restarts of the updater must not fail the install."""
+    rig, printer = busy_rig(tmp_path, server)
+    try:
+        proc = rig.start()
+        download(rig)
+        assert request_update(rig)["code"] == 200
+        wait_for_waiting(rig)
+        for _ in range(4):  # resume_limit is 3
+            asked = printer.probed
+            assert h.wait_until(lambda asked=asked: printer.probed > asked, 5)
+            assert proc.terminate() == 0
+            proc = rig.start()
+            wait_for_waiting(rig)
+        printer.free()
+        final = finish(rig, proc)
+        h.check_invariants(rig, final)
         assert proc.terminate() == 0
     finally:
         rig.close()
