@@ -247,7 +247,9 @@ class Engine:
         except OSError as exc:
             # Not durable means not decided: restore the old record, run nothing.
             _log.error("journal write failed; event rejected", error=str(exc))
-            self._machine = UpdaterMachine(before, resume_limit=self._machine.resume_limit)
+            self._machine = UpdaterMachine(
+                before, resume_limit=self._machine.resume_limit, gate=self._gate
+            )
             if _is_result(event):
                 # An effect's result has nobody to retry it: losing it would leave the
                 # state (e.g. downloading) waiting forever for a task that has ended.

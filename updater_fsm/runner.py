@@ -305,6 +305,7 @@ class OpsRunner:
         again at once). Each answer only updates /progress: nothing is journaled per poll.
         """
         probe = self._config.busy_probe
+        answered = False
         while True:
             if not probe:  # the probe was removed from the configuration: nothing to wait for
                 status = PrinterStatus(True, "no busy_probe configured")
@@ -321,6 +322,9 @@ class OpsRunner:
                 self._engine.post(ev.WaitExpired(effect.job_id))
                 return
             _log.info("printer.busy", reason=status.reason)
+            if not answered:  # once per wait: a restart's count of interruptions ends here
+                answered = True
+                self._engine.post(ev.PrinterAnswered(effect.job_id))
             await asyncio.sleep(min(self._config.busy_poll_s, left))
 
     # ---- install -------------------------------------------------------------------

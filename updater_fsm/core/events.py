@@ -158,6 +158,16 @@ class PrinterFree(Event):
 
 
 @attrs.frozen
+class PrinterAnswered(Event):
+    """The busy probe answered (busy) and the updater survived it: waiting is progress, so
+    restarts during a long print are not counted by the crash-loop breaker. Posted once per
+    wait (per start of the updater), not per poll."""
+
+    trigger = Trigger.PRINTER_ANSWERED
+    job_id: int
+
+
+@attrs.frozen
 class WaitExpired(Event):
     """The printer stayed busy until the package's trust window closed."""
 

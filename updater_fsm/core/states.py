@@ -85,6 +85,7 @@ class Trigger(enum.StrEnum):
     VERIFY_FAILED = "verify_failed"
     UPDATE_REQUESTED = "update_requested"
     PRINTER_FREE = "printer_free"
+    PRINTER_ANSWERED = "printer_answered"
     WAIT_EXPIRED = "wait_expired"
     STAGED = "staged"
     STAGE_FAILED = "stage_failed"

@@ -170,6 +170,9 @@ TRANSITIONS: tuple[Transition, ...] = (
         (D.current_job, D.package_fresh),
         D.begin_deploy,
     ),
+    # The first answer after entering (or resuming) the wait is journaled once: the updater
+    # survived the probe, so the restarts of a long print do not trip the crash-loop breaker.
+    Transition(T.PRINTER_ANSWERED, (S.WAITING_IDLE,), None, (D.current_job,)),
     # The trust window closed while waiting: ends as any expiry does.
     Transition(T.PRINTER_FREE, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
     Transition(T.WAIT_EXPIRED, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
