@@ -32,7 +32,7 @@ from updater_fsm.core.machine import Decision, Reply, UpdaterMachine
 from updater_fsm.core.printer import PrinterGate, PrinterStatus
 from updater_fsm.core.progress import Snapshot, Transfer, build_snapshot
 from updater_fsm.core.record import Record
-from updater_fsm.core.table import STAGE_OF, Stage
+from updater_fsm.core.table import STAGE_OF, Stage, State
 from updater_fsm.faults import crash_point
 from updater_fsm.journal import Journal
 
@@ -263,6 +263,8 @@ class Engine:
             )
         # Journaled but no effect started yet: the crash tests kill here too.
         crash_point("engine:journaled")
+        if decision.state_changed and decision.record.state is State.WAITING_IDLE:
+            self._printer = None  # a new wait: the last one's answer is not this one's
         if decision.state_changed:
             _log.info(
                 "transition",

@@ -324,7 +324,7 @@ class OpsRunner:
             _log.info("printer.busy", reason=status.reason)
             if not answered:  # once per wait: a restart's count of interruptions ends here
                 answered = True
-                self._engine.post(ev.PrinterAnswered(effect.job_id))
+                self._engine.post(ev.PrinterAnswered(effect.job_id, status))
             await asyncio.sleep(min(self._config.busy_poll_s, left))
 
     # ---- install -------------------------------------------------------------------

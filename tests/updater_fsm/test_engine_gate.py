@@ -87,7 +87,7 @@ def test_restarts_while_waiting_are_not_a_crash_loop_once_the_probe_answered() -
         machine = UpdaterMachine(machine.record, gate=PrinterGate.WAIT)  # a restart
         helpers.drive(machine, ev.Resume(facts))
         assert machine.state is State.WAITING_IDLE and machine.record.interruptions == 1
-        helpers.drive(machine, ev.PrinterAnswered(1))
+        helpers.drive(machine, ev.PrinterAnswered(1, PrinterStatus(False, "printing")))
         assert machine.record.interruptions == 0
     # Without an answer in between (a probe that kills the updater) the breaker still trips.
     for _ in range(3):

@@ -115,7 +115,7 @@ class Decisions:
         """A busy probe is configured with ``busy_policy = wait``: installs wait for it."""
         return self.gate is PrinterGate.WAIT
 
-    def printer_free(self, event: ev.UpdateRequested | ev.RollbackRequested) -> bool:
+    def printer_not_busy(self, event: ev.UpdateRequested | ev.RollbackRequested) -> bool:
         """Nobody asked the probe (there is none), or it said free."""
         return event.printer is None or event.printer.free
 
@@ -253,6 +253,11 @@ class Decisions:
         job = self.job
         verified_at = job.verified_at if job.verified_at is not None else self.now
         return fx.WaitForPrinter(job.job_id, verified_at + PACKAGE_TTL_S)
+
+    def note_printer(self, event: ev.PrinterAnswered) -> None:
+        """Keep why the printer is busy (journaled) and tell device-api once."""
+        self._set_job(printer_reason=event.status.reason)
+        self.effects.append(fx.Report())
 
     def stop_waiting(self, event: ev.Event) -> None:
         """Cancelled while waiting: stop asking; the verified package stays installable."""

@@ -160,11 +160,13 @@ class PrinterFree(Event):
 @attrs.frozen
 class PrinterAnswered(Event):
     """The busy probe answered (busy) and the updater survived it: waiting is progress, so
-    restarts during a long print are not counted by the crash-loop breaker. Posted once per
-    wait (per start of the updater), not per poll."""
+    restarts during a long print are not counted by the crash-loop breaker, and the reason is
+    journaled and reported to device-api. Posted once per wait (per start of the updater), not
+    per poll."""
 
     trigger = Trigger.PRINTER_ANSWERED
     job_id: int
+    status: PrinterStatus
 
 
 @attrs.frozen

@@ -137,9 +137,12 @@ def build_snapshot(
     elif state is State.READY:
         progress, message = 100, f"Package v{version} verified, ready to install"
     elif state is State.WAITING_IDLE:
-        reason = printer.reason if printer is not None and not printer.free else ""
         progress = 100
-        message = f"Waiting for the printer to be free: {reason or 'asking the printer'}"
+        if printer is not None and printer.free:
+            message = "The printer is free: starting the install"
+        else:
+            reason = printer.reason if printer is not None else job.printer_reason if job else ""
+            message = f"Waiting for the printer to be free: {reason or 'asking the printer'}"
     elif state is State.DEPLOYING:
         progress, message = _INSTALL_PROGRESS[state], f"Staging v{version}..."
     elif state is State.SWITCHING:

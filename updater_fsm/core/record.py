@@ -48,6 +48,8 @@ class Job:
         units: the systemd units this job stops, starts and checks.
         rollback_level: 0, then 1 (previous) or 2 (factory).
         rollback_target: the version the current rollback level points ``current`` at.
+        printer_reason: why the busy probe last said the printer is busy, while an
+            install waits for it (journaled with the first answer of each wait).
         post_cmds_done: how many of the switch's post_cmds (all units, in order) finished;
             a resumed switch runs only the rest.
         cause: the failure that started the rollback ladder.
@@ -71,6 +73,7 @@ class Job:
     rollback_level: int = 0
     rollback_target: str | None = None
     post_cmds_done: int = 0
+    printer_reason: str | None = None
     cause: str | None = None
     error: str | None = None
     error_code: ErrorCode | None = None

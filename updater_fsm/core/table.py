@@ -140,7 +140,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         T.UPDATE_REQUESTED,
         (S.READY,),
         S.DEPLOYING,
-        (D.requested_version, D.package_fresh, D.printer_free),
+        (D.requested_version, D.package_fresh, D.printer_not_busy),
         D.begin_deploy,
     ),
     Transition(
@@ -154,7 +154,7 @@ TRANSITIONS: tuple[Transition, ...] = (
         T.UPDATE_REQUESTED,
         (S.FAILED,),
         S.DEPLOYING,
-        (D.requested_version, D.package_kept, D.package_fresh, D.printer_free),
+        (D.requested_version, D.package_kept, D.package_fresh, D.printer_not_busy),
         D.redeploy_kept_package,
     ),
     # An expired package is deleted and the request answered 410 (contract §1).
@@ -172,7 +172,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     # The first answer after entering (or resuming) the wait is journaled once: the updater
     # survived the probe, so the restarts of a long print do not trip the crash-loop breaker.
-    Transition(T.PRINTER_ANSWERED, (S.WAITING_IDLE,), None, (D.current_job,)),
+    Transition(T.PRINTER_ANSWERED, (S.WAITING_IDLE,), None, (D.current_job,), D.note_printer),
     # The trust window closed while waiting: ends as any expiry does.
     Transition(T.PRINTER_FREE, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
     Transition(T.WAIT_EXPIRED, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
@@ -204,14 +204,14 @@ TRANSITIONS: tuple[Transition, ...] = (
         T.ROLLBACK_REQUESTED,
         (S.IDLE, S.SUCCESS, S.FAILED),
         S.ROLLBACK_PREVIOUS,
-        (D.to_previous, D.printer_free),
+        (D.to_previous, D.printer_not_busy),
         D.begin_manual_rollback,
     ),
     Transition(
         T.ROLLBACK_REQUESTED,
         (S.IDLE, S.SUCCESS, S.FAILED),
         S.ROLLBACK_FACTORY,
-        (D.to_factory, D.printer_free),
+        (D.to_factory, D.printer_not_busy),
         D.begin_manual_rollback,
     ),
     Transition(
