@@ -6,8 +6,9 @@
 #                   no root privileges, no systemd)
 #   ./dev.sh test   set up .venv with the test tools, then lint, type-check and run the
 #                   whole test suite (the exact command CI runs)
-#   ./dev.sh demo   set up, then run a complete visible OTA cycle (download, install,
-#                   broken update, automatic rollback) on a throwaway sandbox
+#   ./dev.sh demo   set up, then run a complete visible OTA cycle (download, install
+#                   once a simulated print is over, broken update, automatic rollback)
+#                   on a throwaway sandbox
 #
 # Extra arguments are passed on: `./dev.sh run --port 8080`, `./dev.sh test -k journal`.
 set -euo pipefail

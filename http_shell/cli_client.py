@@ -109,7 +109,8 @@ async def watch_progress(
     """Draw the progress bar from the event stream; return the last snapshot.
 
     With ``until_terminal`` it returns once the stage is ``success`` or ``failed`` (or
-    ``idle`` after work was seen, e.g. a cancel or a manual rollback).
+    ``idle``/``toInstall`` after work was seen, e.g. a cancel or a manual rollback); an
+    install waiting for the printer (state ``waiting_idle``) is followed until it goes on.
     """
     tty = out.isatty()
     last: dict[str, Any] = {}
@@ -124,8 +125,11 @@ async def watch_progress(
             out.write(line + "\n")
         out.flush()
         stage = data.get("stage")
-        busy_seen = busy_seen or stage not in ("idle", "toInstall", *TERMINAL_STAGES)
-        settled = stage in TERMINAL_STAGES or stage in ("idle", "toInstall")
+        # An install waiting for the printer shows the stage toInstall too, but it is not
+        # settled: it goes on by itself when the printer is free.
+        waiting = data.get("state") == "waiting_idle"
+        busy_seen = busy_seen or waiting or stage not in ("idle", "toInstall", *TERMINAL_STAGES)
+        settled = not waiting and stage in (*TERMINAL_STAGES, "idle", "toInstall")
         if until_terminal and settled and (busy_seen or first):
             break
     if tty:

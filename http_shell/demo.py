@@ -4,13 +4,16 @@ It seeds a sandbox root with factory v1.0.0, builds two packages with the real p
 builder (v1.1.0, healthy; v1.2.0, whose health probe fails), serves them from a local,
 throttled HTTP server, starts the real updater with its HTTP API on a free loopback port,
 and drives it through the API exactly as device-api would: download with a progress bar,
-install, show the switch, then install the broken package and show the automatic rollback.
+install — while a (simulated) print is running, so the install visibly waits for the
+printer to be free (the busy gate, ``busy_probe``) — show the switch, then install the
+broken package and show the automatic rollback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -28,6 +31,10 @@ from updater_fsm.ops import package_build, snapshots
 MARKER = ".tope-demo"
 PAYLOAD_BYTES = 24 * 1024 * 1024
 SERVE_RATE_BPS = 12 * 1024 * 1024
+#: The simulated print the first install has to wait for.
+PRINT_FILE = "demo_benchy.gcode"
+PRINT_SECONDS = 4.0
+PRINT_STEP_S = 0.25
 
 
 def _free_port() -> int:
@@ -102,9 +109,54 @@ def _run_hello(root: Path) -> str:
     return out.stdout.strip() or f"(exit {out.returncode})"
 
 
+class SimulatedPrint:
+    """A print job the busy probe can see: a marker file holding its progress in percent.
+
+    The demo's ``busy_probe`` (see :func:`busy_probe_command`) is busy while the file exists
+    and shows the percentage; :meth:`run` counts it up and removes the file at 100 %.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.marker = directory / "printing"
+
+    def start(self) -> None:
+        self.marker.write_text("0\n")
+
+    async def run(self, seconds: float | None = None) -> None:
+        seconds = PRINT_SECONDS if seconds is None else seconds
+        steps = max(1, round(seconds / PRINT_STEP_S))
+        try:
+            for step in range(1, steps):
+                await asyncio.sleep(seconds / steps)
+                tmp = self.marker.with_suffix(".tmp")
+                tmp.write_text(f"{100 * step // steps}\n")
+                tmp.replace(self.marker)  # the probe never reads a half-written file
+            await asyncio.sleep(seconds / steps)
+        finally:
+            self.marker.unlink(missing_ok=True)
+
+
+def busy_probe_command(job: SimulatedPrint) -> str:
+    """A shell ``busy_probe`` that reads the simulated print (exit 0 = free)."""
+    marker = shlex.quote(str(job.marker))
+    return (
+        f"if [ -e {marker} ]; then"
+        f' echo "printing {PRINT_FILE}, $(cat {marker} 2>/dev/null || echo 0) %"; exit 1;'
+        ' fi; echo "printer idle"'
+    )
+
+
 async def _install(
-    client: ApiClient, url: str, result: package_build.BuildResult
-) -> dict[str, Any]:
+    client: ApiClient,
+    url: str,
+    result: package_build.BuildResult,
+    printing: SimulatedPrint | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Download and install ``result``; with ``printing``, a print runs meanwhile.
+
+    Returns the last snapshot and whether the install was seen waiting for the printer
+    (always True without ``printing``).
+    """
     version = result.manifest.version
     _say(f"POST /download v{version} ({result.size / 1e6:.1f} MB)")
     body = {
@@ -118,10 +170,39 @@ async def _install(
     env = await client.post("/download", body)
     print(f"    answer: {env}")
     await watch_progress(client)
+    task = None
+    if printing is not None:
+        printing.start()
+        task = asyncio.create_task(printing.run())
+        _say(f"A print is running: {PRINT_FILE} (simulated; it ends in {PRINT_SECONDS:g} s)")
     _say(f"POST /update v{version}")
     env = await client.post("/update", {"version": version})
     print(f"    answer: {env}")
-    return await watch_progress(client)
+    waited = True
+    try:
+        if task is not None:
+            waited = await _show_wait(client)
+            _say("The print finished: the install goes ahead on its own")
+        last = await watch_progress(client)
+    finally:
+        if task is not None:
+            await task
+    return last, waited
+
+
+async def _show_wait(client: ApiClient) -> bool:
+    """Print each answer of the busy probe while the install waits; was it seen waiting?"""
+    seen = False
+    shown = ""
+    async for data in client.events():
+        if data.get("state") != "waiting_idle":
+            break
+        seen = True
+        message = str(data.get("message") or "")
+        if message != shown:
+            print(f"    {data.get('stage')}/{data.get('state')}  {message}", flush=True)
+            shown = message
+    return seen
 
 
 def run_demo(directory: Path, *, keep: bool = False) -> int:
@@ -152,6 +233,9 @@ def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
         service_control=ServiceControl.NONE,
         port=_free_port(),
         settle_s=0.5,
+        busy_probe=busy_probe_command(SimulatedPrint(directory)),
+        busy_poll_s=0.5,
+        busy_probe_timeout_s=5.0,
     )
     _say(f"Seeding a sandbox device at {root} with factory version v1.0.0")
     factory_src = directory / "factory"
@@ -160,6 +244,8 @@ def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
     (factory_src / "bin" / "hello").chmod(0o755)
     snapshots.init_layout(root, "1.0.0", factory_src)
     print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
+    print("    busy gate: an install waits while busy_probe exits non-zero:")
+    print(f"      {config.busy_probe}")
 
     _say("Building packages with `tope-updater package build`")
     built = []
@@ -188,12 +274,13 @@ async def _drive(config: Config, built: list[package_build.BuildResult]) -> bool
                 print(f"\n    updater API on http://{config.host}:{config.port}/api/v1.0")
                 try:
                     async with ApiClient(f"http://{config.host}:{config.port}") as client:
-                        last = await _install(client, url, built[0])
-                        ok &= last.get("stage") == "success"
+                        printing = SimulatedPrint(config.root.parent)
+                        last, waited = await _install(client, url, built[0], printing)
+                        ok &= waited and last.get("stage") == "success"
                         _say("Switched")
                         print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
 
-                        last = await _install(client, url, built[1])
+                        last, _ = await _install(client, url, built[1])
                         ok &= str(last.get("error", "")).startswith("ROLLBACK_LEVEL_1_SUCCESS")
                         _say("The broken v1.2.0 failed its health check and was rolled back")
                         print(f"    error: {last.get('error')}")

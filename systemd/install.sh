@@ -145,6 +145,7 @@ read -r -a PIP_ARGV <<<"$PIP_ARGS"
     "${PIP_ARGV[@]}" "$BUILD_DIR"
 "$UPDATER" --help >/dev/null || die "$UPDATER does not run"
 cp -f "$SRC/systemd/uninstall.sh" "$PREFIX/uninstall.sh"
+cp -f "$SRC/systemd/busy-probe-moonraker.sh" "$PREFIX/busy-probe-moonraker.sh"
 mkdir -p "$PREFIX/docs"
 cp -f "$SRC"/docs/*.md "$PREFIX/docs/" 2>/dev/null || true
 
@@ -207,6 +208,8 @@ if [[ ! -e "$CONFIG" ]]; then
         echo "# api_token = \"…\"          # require Authorization: Bearer <token> to mutate"
         echo "# allowed_hosts = [\"printer.local\"]   # Host names accepted besides loopback"
         echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""
+        echo "# Never stop the printer mid-print (exit 0 = free); see docs/DEPLOYMENT.md:"
+        echo "# busy_probe = \"$PREFIX/busy-probe-moonraker.sh http://127.0.0.1:7125\""
         echo "log_level = \"info\""
     } >"$CONFIG.tmp"
     chmod 0640 "$CONFIG.tmp"

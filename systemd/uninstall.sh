@@ -105,7 +105,7 @@ fi
 # --- 3. the venv -------------------------------------------------------------------------
 step "venv $PREFIX"
 rm -rf "$PREFIX/venv" "$PREFIX/docs"
-rm -f "$PREFIX/installed-links" "$PREFIX/uninstall.sh"
+rm -f "$PREFIX/installed-links" "$PREFIX/uninstall.sh" "$PREFIX/busy-probe-moonraker.sh"
 if [[ -d "$PREFIX" ]]; then rmdir "$PREFIX" 2>/dev/null || echo "    kept $PREFIX (not empty)"; fi
 
 # --- 4. data -----------------------------------------------------------------------------

@@ -272,6 +272,9 @@ def test_install_serve_update_restart_and_uninstall(
     out = run(install)
     assert "config.toml (kept)" in out and "setup OK" in out, out
     assert config.read_text().endswith("settle_s = 1.0\n")
+    # The Moonraker busy probe ships beside the venv, named (commented out) in the config.
+    assert os.access(site.prefix / "busy-probe-moonraker.sh", os.X_OK)
+    assert f'# busy_probe = "{site.prefix}/busy-probe-moonraker.sh' in config.read_text()
 
     # Type=notify: "active" means READY=1 arrived, i.e. the API listens.
     props = show(sandbox, UNIT)
