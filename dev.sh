@@ -7,7 +7,8 @@
 #   ./dev.sh test   set up .venv with the test tools, then lint, type-check and run the
 #                   whole test suite (the exact command CI runs)
 #   ./dev.sh demo   set up, then run a complete visible OTA cycle (download, install,
-#                   broken update, automatic rollback) on a throwaway sandbox
+#                   broken update, automatic rollback) on a throwaway sandbox; with a
+#                   display (DISPLAY or WAYLAND_DISPLAY) the progress screen opens too
 #
 # Extra arguments are passed on: `./dev.sh run --port 8080`, `./dev.sh test -k journal`.
 set -euo pipefail
@@ -26,7 +27,7 @@ setup() {
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         if [ "$extras" = test ]; then
-            "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+            "$VENV/bin/python" -m pip install --quiet -e '.[test,screen]'
         else
             "$VENV/bin/python" -m pip install --quiet -e .
         fi

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from screen.view import Link, View, is_work, view_of
+from screen.view import Link, View, is_install, view_of
 
 #: Frames per second while something moves (the indeterminate bar); otherwise the loop
 #: sleeps until a snapshot arrives, an input event, or the next countdown second.
@@ -158,7 +158,7 @@ def run(options: Options) -> int:
                     return 0
             for snap_in, link_in in inbox.drain():
                 snap, link = snap_in, link_in
-                if snap is not None and is_work(snap):
+                if snap is not None and is_install(snap):
                     seen_work = True
     finally:
         pygame.quit()

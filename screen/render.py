@@ -84,18 +84,9 @@ def find_cjk_font(configured: Path | None = None) -> Path | None:
     if configured is not None:
         candidates.append(configured)
     else:
-        try:
-            found = subprocess.run(
-                ["fc-match", "-f", "%{file}", ":lang=zh-cn"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            found = ""
-        if found:
-            candidates.append(Path(found))
+        found = _fontconfig(":lang=zh-cn")
+        if found is not None:
+            candidates.append(found)
     for path in candidates:
         if path.is_file() and has_glyphs(path, CJK_PROBE):
             return path
@@ -132,12 +123,41 @@ class Fonts:
                 lang = EN
         elif font_path is not None and font_path.is_file():
             path = font_path
+        else:
+            path = _fontconfig("sans-serif:lang=en")
         self.lang = lang
         self.path = path
         name = str(path) if path is not None else None
         self.title = pygame.font.Font(name, lay.title_size)
         self.body = pygame.font.Font(name, lay.body_size)
         self.small = pygame.font.Font(name, lay.small_size)
+        #: typographic characters this face lacks, drawn as ASCII instead of boxes
+        self.missing = {ch for ch in _SUBSTITUTES if self.body.metrics(ch)[0] is None}
+
+    def fit(self, line: str) -> str:
+        """``line`` with the characters the face lacks replaced by ASCII look-alikes."""
+        for ch in self.missing:
+            line = line.replace(ch, _SUBSTITUTES[ch])
+        return line
+
+
+_SUBSTITUTES = {"→": "->", "—": "-", "…": "...", "·": "-"}
+
+
+def _fontconfig(pattern: str) -> Path | None:
+    """The font file fontconfig chooses for ``pattern``, or None (no fontconfig)."""
+    try:
+        found = subprocess.run(
+            ["fc-match", "-f", "%{file}", pattern],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = Path(found) if found else None
+    return path if path is not None and path.is_file() else None
 
 
 def wrap(font: pygame.font.Font, line: str, width: int) -> list[str]:
@@ -194,14 +214,14 @@ def draw(
     surface.fill(BACKGROUND)
     x, width = lay.margin, lay.width - 2 * lay.margin
     y = lay.title_y
-    title = wrap(fonts.title, view.title, width)
+    title = wrap(fonts.title, fonts.fit(view.title), width)
     if len(title) > 2:
         title = [*title[:1], title[1] + "…"]
     colour = FOREGROUND if view.outcome in (Outcome.WORKING, Outcome.NEUTRAL) else accent
     y = _blit_lines(surface, fonts.title, title, colour, x, y)
     if view.versions:
         y += lay.line_gap
-        _blit_lines(surface, fonts.body, [view.versions], MUTED, x, y)
+        _blit_lines(surface, fonts.body, [fonts.fit(view.versions)], MUTED, x, y)
     bar = lay.bar
     radius = bar.height // 2
     if view.fraction is not None:
@@ -232,13 +252,23 @@ def draw(
     y = bar.bottom + lay.px(18)
     if view.detail:
         y = _blit_lines(
-            surface, fonts.body, wrap(fonts.body, view.detail, width)[:2], FOREGROUND, x, y
+            surface,
+            fonts.body,
+            wrap(fonts.body, fonts.fit(view.detail), width)[:2],
+            FOREGROUND,
+            x,
+            y,
         )
     if view.note:
         y += lay.line_gap // 2
         note_colour = accent if view.outcome is Outcome.WORKING else MUTED
         _blit_lines(
-            surface, fonts.small, wrap(fonts.small, view.note, width)[:1], note_colour, x, y
+            surface,
+            fonts.small,
+            wrap(fonts.small, fonts.fit(view.note), width)[:1],
+            note_colour,
+            x,
+            y,
         )
     if view.ended:
         button = lay.button
@@ -246,10 +276,12 @@ def draw(
         label = fonts.body.render(text(lang, "done"), True, BACKGROUND)
         surface.blit(label, label.get_rect(center=button.center))
         if seconds_left is not None:
-            info = fonts.small.render(text(lang, "closes_in", n=seconds_left), True, MUTED)
+            info = fonts.small.render(
+                fonts.fit(text(lang, "closes_in", n=seconds_left)), True, MUTED
+            )
             surface.blit(info, (x, button.centery - info.get_height() // 2))
     if view.banner:
-        image = fonts.small.render(view.banner, True, BACKGROUND)
+        image = fonts.small.render(fonts.fit(view.banner), True, BACKGROUND)
         pad = lay.px(8)
         box = image.get_rect(topright=(lay.width - pad, pad)).inflate(2 * pad, pad)
         box.topright = (lay.width - pad, pad)

@@ -133,9 +133,9 @@ class View:
         return ACCENT[self.outcome]
 
 
-def is_work(snapshot: Mapping[str, Any]) -> bool:
-    """True while an update or a rollback is under way (not idle, ready or finished)."""
-    return snapshot.get("state") in _WORK_STATES
+def is_install(snapshot: Mapping[str, Any]) -> bool:
+    """True while an install or a rollback is under way (the screen's reason to be)."""
+    return snapshot.get("state") in ("waiting_idle", *_CRITICAL_STATES)
 
 
 def _v(version: object) -> str | None:
@@ -187,7 +187,7 @@ def _ended(lang: str, snap: Mapping[str, Any]) -> View:
         key = "restored" if restored.group(1) == "1" else "restored_factory"
         return View(
             title=text(lang, key, version=restored.group(2)),
-            versions=_versions(lang, None, new),
+            versions=None,
             fraction=None,
             percent=None,
             detail=text(lang, "reason", reason=text(lang, _reason_key(error))),
@@ -198,7 +198,7 @@ def _ended(lang: str, snap: Mapping[str, Any]) -> View:
     if code == "ROLLBACK_FAILED":
         return View(
             title=text(lang, "attention"),
-            versions=_versions(lang, None, new),
+            versions=None,
             fraction=None,
             percent=None,
             detail=text(lang, "attention_detail"),
@@ -242,8 +242,9 @@ def view_of(
         lang: a catalogue language (``en``, ``zh-CN``).
         link: the connection to the updater; ``reconnecting`` keeps the last view and adds a
             banner (an updater restarting mid-install is not an error).
-        seen_work: this screen saw an update or rollback under way; an ``idle`` or ``ready``
-            after it is then an end (a cancel, a manual rollback) rather than a quiet state.
+        seen_work: this screen saw an install or a rollback under way (:func:`is_install`);
+            an ``idle`` or ``ready`` after it is then an end (a cancel while waiting for the
+            printer, a manual rollback) rather than a quiet state.
     """
     view = _view(snap, lang, seen_work=seen_work)
     if link is Link.RECONNECTING and snap is not None:

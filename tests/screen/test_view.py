@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from screen.catalogue import CATALOGUE, EN, ZH_CN, language_from_environment, normalise_language
-from screen.view import Link, Outcome, view_of
+from screen.view import Link, Outcome, is_install, view_of
 
 BASE: dict[str, Any] = {
     "stage": "idle",
@@ -249,3 +249,8 @@ def test_no_state_name_is_ever_shown(lang: str, kw: dict[str, Any]) -> None:
     for line in (v.title, v.versions, v.detail, v.note, v.percent):
         assert line is None or not STATE_NAMES.search(line), line
     assert v.title
+
+
+def test_only_an_install_or_a_rollback_counts_as_work() -> None:
+    assert not is_install(snap(state="downloading")) and not is_install(snap(state="ready"))
+    assert is_install(snap(state="waiting_idle")) and is_install(snap(state="rollback_factory"))
