@@ -214,11 +214,13 @@ def draw(
     surface.fill(BACKGROUND)
     x, width = lay.margin, lay.width - 2 * lay.margin
     y = lay.title_y
-    title = wrap(fonts.title, fonts.fit(view.title), width)
-    if len(title) > 2:
-        title = [*title[:1], title[1] + "…"]
+    title_font = fonts.title
+    title = wrap(title_font, fonts.fit(view.title), width)
+    if len(title) > 2:  # a long outcome: smaller, rather than cut (it is the message)
+        title_font = fonts.body
+        title = wrap(title_font, fonts.fit(view.title), width)[:3]
     colour = FOREGROUND if view.outcome in (Outcome.WORKING, Outcome.NEUTRAL) else accent
-    y = _blit_lines(surface, fonts.title, title, colour, x, y)
+    y = _blit_lines(surface, title_font, title, colour, x, y)
     if view.versions:
         y += lay.line_gap
         _blit_lines(surface, fonts.body, [fonts.fit(view.versions)], MUTED, x, y)
