@@ -80,12 +80,6 @@ class Config:
         busy_probe_timeout_s: how long one answer may take (longer: busy).
         busy_policy: ``wait`` (an install waits in ``waiting_idle``) or ``refuse`` (it is
             answered 409 ``PRINTER_BUSY``).
-        screen_unit: a systemd unit (``tope-updater-screen.service``) started with
-            ``systemctl start --no-block`` when an install or a rollback begins: the
-            full-screen progress display at the printer. Unset: none.
-        screen_command: where there is no systemd, a command (words) spawned detached
-            instead, when ``screen_unit`` is unset. Empty: none. The updater never waits for
-            either, and their failure changes nothing in the update.
         screen_lang: the display's language, ``en`` or ``zh-CN`` (unset: the locale's).
         screen_font: a font file for the display (for Chinese: one with CJK glyphs);
             unset: fontconfig's choice.
@@ -121,8 +115,6 @@ class Config:
     busy_poll_s: float = 10.0
     busy_probe_timeout_s: float = 10.0
     busy_policy: BusyPolicy = attrs.field(default=BusyPolicy.WAIT, converter=BusyPolicy)
-    screen_unit: str | None = None
-    screen_command: tuple[str, ...] = ()
     screen_lang: str | None = None
     screen_font: Path | None = None
     log_level: str = "info"
