@@ -27,7 +27,7 @@ setup() {
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         if [ "$extras" = test ]; then
-            "$VENV/bin/python" -m pip install --quiet -e '.[test]'
+            "$VENV/bin/python" -m pip install --quiet -e '.[test,screen]'
         else
             "$VENV/bin/python" -m pip install --quiet -e .
         fi
@@ -55,7 +55,7 @@ case "$cmd" in
         exec "$VENV/bin/pytest" "$@"
         ;;
     *)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

@@ -80,6 +80,9 @@ class Config:
         busy_probe_timeout_s: how long one answer may take (longer: busy).
         busy_policy: ``wait`` (an install waits in ``waiting_idle``) or ``refuse`` (it is
             answered 409 ``PRINTER_BUSY``).
+        screen_lang: the display's language, ``en`` or ``zh-CN`` (unset: the locale's).
+        screen_font: a font file for the display (for Chinese: one with CJK glyphs);
+            unset: fontconfig's choice.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -112,6 +115,8 @@ class Config:
     busy_poll_s: float = 10.0
     busy_probe_timeout_s: float = 10.0
     busy_policy: BusyPolicy = attrs.field(default=BusyPolicy.WAIT, converter=BusyPolicy)
+    screen_lang: str | None = None
+    screen_font: Path | None = None
     log_level: str = "info"
 
     @property
@@ -144,6 +149,7 @@ _FIELD_TYPES: dict[str, Any] = {
 }
 _CHOICES = {
     "log_level": ("debug", "info", "warning", "error"),
+    "screen_lang": ("en", "zh-CN"),
 }
 
 

@@ -1,0 +1,143 @@
+"""Every string the screen shows, in every language it speaks: one catalogue.
+
+Keys are the same in each language; :func:`text` formats one. A missing key in a language
+falls back to English (a test checks that none is missing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+EN = "en"
+ZH_CN = "zh-CN"
+LANGUAGES = (EN, ZH_CN)
+
+CATALOGUE: Mapping[str, Mapping[str, str]] = {
+    EN: {
+        "connecting": "Connecting to the updater…",
+        "reconnecting": "Reconnecting…",
+        "idle": "No update in progress",
+        "idle_detail": "The printer is ready to use",
+        "downloading": "Downloading the update",
+        "verifying": "Checking the downloaded update",
+        "ready": "The update is ready to install",
+        "waiting_idle": "Waiting for the printer to be free",
+        "asking_printer": "asking the printer",
+        "deploying": "Preparing the new version",
+        "switching": "Installing the new version",
+        "health_check": "Checking that the new version works",
+        "rollback_previous": "Something went wrong: restoring {target}",
+        "rollback_factory": "Restoring the factory version {target}",
+        "do_not_power_off": "Please do not turn off the printer",
+        "versions": "{old} → {new}",
+        "version_only": "Version {new}",
+        "transfer": "{done} of {total}",
+        "speed": "{speed}/s",
+        "eta_s": "about {n} s left",
+        "eta_min": "about {n} min left",
+        "mb": "{n} MB",
+        "success": "Updated to {version}",
+        "success_detail": "The printer is ready to use",
+        "restored": "The update failed; the printer was restored to {version} — it is safe to use",
+        "restored_factory": (
+            "The update failed; the printer was restored to its factory version {version}"
+            " — it is safe to use"
+        ),
+        "unchanged": "The update could not be installed; the printer is unchanged on {version}"
+        " — it is safe to use",
+        "unchanged_no_version": "The update could not be installed; the printer is unchanged"
+        " — it is safe to use",
+        "cancelled": "The update was cancelled; the printer is unchanged — it is safe to use",
+        "manual_rollback": "The printer was restored to {version}",
+        "attention": "The update failed and the printer could not be restored",
+        "attention_detail": "Please contact service before using the printer",
+        "reason": "Reason: {reason}",
+        "code": "Code: {code}",
+        "reason_download": "the download did not succeed",
+        "reason_damaged": "the update package is damaged or not genuine",
+        "reason_space": "there is not enough storage space",
+        "reason_invalid": "the update package is not valid for this printer",
+        "reason_older": "the update is older than the installed version",
+        "reason_expired": "the downloaded update is too old; download it again",
+        "reason_start": "the new version did not start correctly",
+        "reason_other": "an unexpected problem",
+        "done": "Done",
+        "closes_in": "This screen closes in {n} s",
+    },
+    ZH_CN: {
+        "connecting": "正在连接更新程序…",
+        "reconnecting": "正在重新连接…",
+        "idle": "当前没有更新",
+        "idle_detail": "打印机可以正常使用",
+        "downloading": "正在下载更新",
+        "verifying": "正在检查下载的更新",
+        "ready": "更新已就绪，等待安装",
+        "waiting_idle": "正在等待打印机空闲",
+        "asking_printer": "正在询问打印机",
+        "deploying": "正在准备新版本",
+        "switching": "正在安装新版本",
+        "health_check": "正在检查新版本是否正常运行",
+        "rollback_previous": "出现问题：正在恢复到 {target}",
+        "rollback_factory": "正在恢复到出厂版本 {target}",
+        "do_not_power_off": "请勿关闭打印机电源",
+        "versions": "{old} → {new}",
+        "version_only": "版本 {new}",
+        "transfer": "{done} / {total}",
+        "speed": "{speed}/秒",
+        "eta_s": "剩余约 {n} 秒",
+        "eta_min": "剩余约 {n} 分钟",
+        "mb": "{n} MB",
+        "success": "已更新到 {version}",
+        "success_detail": "打印机可以正常使用",
+        "restored": "更新失败，打印机已恢复到 {version}，可以放心使用",
+        "restored_factory": "更新失败，打印机已恢复到出厂版本 {version}，可以放心使用",
+        "unchanged": "更新未能安装，打印机仍为 {version}，可以放心使用",
+        "unchanged_no_version": "更新未能安装，打印机未作更改，可以放心使用",
+        "cancelled": "更新已取消，打印机未作更改，可以放心使用",
+        "manual_rollback": "打印机已恢复到 {version}",
+        "attention": "更新失败，打印机未能恢复",
+        "attention_detail": "使用打印机前请联系售后服务",
+        "reason": "原因：{reason}",
+        "code": "代码：{code}",
+        "reason_download": "下载未成功",
+        "reason_damaged": "更新包已损坏或不是正版",
+        "reason_space": "存储空间不足",
+        "reason_invalid": "更新包不适用于这台打印机",
+        "reason_older": "更新的版本比已安装的版本旧",
+        "reason_expired": "下载的更新已过期，请重新下载",
+        "reason_start": "新版本未能正常启动",
+        "reason_other": "出现了意外问题",
+        "done": "完成",
+        "closes_in": "此屏幕将在 {n} 秒后关闭",
+    },
+}
+
+
+def normalise_language(value: str | None) -> str | None:
+    """``zh``, ``zh_CN.UTF-8``, ``zh-cn``, ``zh-Hans`` → ``zh-CN``; ``en_US`` → ``en``.
+
+    None when ``value`` names no language the catalogue has (``C``, ``POSIX``, ``fr_FR``).
+    """
+    if not value:
+        return None
+    tag = value.split(".", 1)[0].split("@", 1)[0].replace("_", "-").lower()
+    if tag == "zh" or tag.startswith(("zh-cn", "zh-hans", "zh-sg")):
+        return ZH_CN
+    if tag == "en" or tag.startswith("en-"):
+        return EN
+    return None
+
+
+def language_from_environment(env: Mapping[str, str]) -> str:
+    """The language of the locale (``LC_ALL`` > ``LC_MESSAGES`` > ``LANG``), else English."""
+    for name in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        value = env.get(name)
+        if value:
+            return normalise_language(value) or EN
+    return EN
+
+
+def text(lang: str, key: str, **values: object) -> str:
+    """The string ``key`` in ``lang`` (English if that language lacks it), formatted."""
+    template = CATALOGUE.get(lang, CATALOGUE[EN]).get(key) or CATALOGUE[EN][key]
+    return template.format(**values)
