@@ -137,3 +137,17 @@ def test_a_different_download_while_waiting_is_refused_until_cancelled() -> None
     assert d.reply.code == 409 and d.reply.msg.startswith("OPERATION_IN_PROGRESS")
     same = drive(m, ev.DownloadRequested(request()))
     assert same.effects == () and m.state is State.WAITING_IDLE
+
+
+def test_the_display_is_asked_for_when_an_install_or_a_rollback_begins() -> None:
+    """ShowScreen at the start of a wait, an install and a rollback; never on a restart."""
+    for gate in (PrinterGate.NONE, PrinterGate.WAIT):
+        m = at_ready(gate)
+        d = drive(m, ev.UpdateRequested("1.2.3"))
+        assert fx.ShowScreen() in d.effects
+        restored = UpdaterMachine(m.record, gate=gate)
+        d = restored.handle(ev.Resume(ev.DiskFacts(package_present=True, links=LINKS)), T0)
+        assert fx.ShowScreen() not in d.effects
+    m = UpdaterMachine()
+    d = drive(m, ev.RollbackRequested("previous", LINKS))
+    assert fx.ShowScreen() in d.effects

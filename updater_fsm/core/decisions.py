@@ -247,7 +247,7 @@ class Decisions:
     # ---- actions: install ----------------------------------------------------------
     def begin_waiting(self, event: ev.Event) -> None:
         """Wait for the printer: nothing is stopped, staged or switched meanwhile."""
-        self.effects.append(self._wait_effect())
+        self.effects += [self._wait_effect(), fx.ShowScreen()]
 
     def _wait_effect(self) -> fx.WaitForPrinter:
         job = self.job
@@ -265,9 +265,10 @@ class Decisions:
 
     def begin_deploy(self, event: ev.Event) -> None:
         request = self._request()
-        self.effects.append(
-            fx.StageSnapshot(self.job.job_id, request.version, request.package_name)
-        )
+        self.effects += [
+            fx.StageSnapshot(self.job.job_id, request.version, request.package_name),
+            fx.ShowScreen(),  # the printer's GUI is about to stop: say what is happening
+        ]
 
     def begin_switch(self, event: ev.Staged) -> None:
         self._set_job(
@@ -323,6 +324,7 @@ class Decisions:
         # Level 1 returns to the version that ran before; on a layout that had no `current`
         # link the factory version is the only one that ever ran.
         self._start_rollback(1, job.from_version or job.factory_version)
+        self.effects.append(fx.ShowScreen())
 
     def begin_manual_rollback(self, event: ev.RollbackRequested) -> None:
         old = self.record.job
@@ -343,6 +345,7 @@ class Decisions:
             self._start_rollback(1, event.links.previous)
         else:
             self._start_rollback(2, event.links.factory)
+        self.effects.append(fx.ShowScreen())
 
     def escalate_rollback(self, event: ev.RollbackFailed) -> None:
         cause = self.job.cause or "manual rollback"
