@@ -369,7 +369,15 @@ class OpsRunner:
             code = ErrorCode.DISK_FULL if err.errno == 28 else ErrorCode.DEPLOYMENT_FAILED
             self._engine.post(ev.StageFailed(effect.job_id, Failure(code, str(err))))
             return
-        self._engine.post(ev.Staged(effect.job_id, units, snapshots.read_links(self._layout)))
+        # The switch stops the printer's services: ask the busy probe again, a print may
+        # have started while the snapshot was built.
+        printer = None
+        if self._config.busy_probe:
+            printer = await probe_printer(
+                self._config.busy_probe, timeout_s=self._config.busy_probe_timeout_s
+            )
+        links = snapshots.read_links(self._layout)
+        self._engine.post(ev.Staged(effect.job_id, units, links, printer))
 
     async def _discard_staging(self, effect: fx.DiscardStaging) -> None:
         await asyncio.to_thread(snapshots.discard_staging, self._layout, effect.version)

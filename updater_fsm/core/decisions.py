@@ -115,7 +115,9 @@ class Decisions:
         """A busy probe is configured with ``busy_policy = wait``: installs wait for it."""
         return self.gate is PrinterGate.WAIT
 
-    def printer_not_busy(self, event: ev.UpdateRequested | ev.RollbackRequested) -> bool:
+    def printer_not_busy(
+        self, event: ev.UpdateRequested | ev.RollbackRequested | ev.Staged
+    ) -> bool:
         """Nobody asked the probe (there is none), or it said free."""
         return event.printer is None or event.printer.free
 
@@ -269,6 +271,24 @@ class Decisions:
             fx.StageSnapshot(self.job.job_id, request.version, request.package_name),
             fx.ShowScreen(),  # the printer's GUI is about to stop: say what is happening
         ]
+
+    def wait_again_before_switch(self, event: ev.Staged) -> None:
+        """Busy again after staging: drop the unused snapshot, wait, and stage again later."""
+        self._set_job(printer_reason=event.printer.reason if event.printer else None)
+        self.effects += [
+            fx.DiscardStaging(self._request().version),
+            fx.CollectGarbage(),  # the built snapshot: no link names it
+            self._wait_effect(),
+        ]
+
+    def refuse_switch(self, event: ev.Staged) -> None:
+        """Busy again after staging under ``refuse``: fail before anything is stopped."""
+        request = self._request()
+        reason = event.printer.reason if event.printer else ""
+        self._fail_job(
+            Failure(ErrorCode.PRINTER_BUSY, reason or "the busy probe says so"), package_kept=True
+        )
+        self.effects += [fx.DiscardStaging(request.version), fx.CollectGarbage()]
 
     def begin_switch(self, event: ev.Staged) -> None:
         self._set_job(
