@@ -282,7 +282,9 @@ def test_full_cycle_then_broken_update_with_a_restart(display: str, tmp_path: Pa
     updater = Updater(sandbox)
     updater.start()
     root = (sandbox / "root").resolve()
-    good, good_data = _package(tmp_path, root, "1.1.0", "#!/bin/sh\necho hello 1.1.0\n")
+    # The good version's self-test takes 3 s, so the install is on screen long enough to be
+    # drawn even on a loaded machine (the screen draws the latest snapshot, not every one).
+    good, good_data = _package(tmp_path, root, "1.1.0", "#!/bin/sh\nsleep 3\necho hello 1.1.0\n")
     # the broken one's probe takes 2 s and fails: time to kill the updater meanwhile
     bad, bad_data = _package(tmp_path, root, "1.2.0", "#!/bin/sh\nsleep 2\nexit 1\n")
     screens: list[Screen] = []
