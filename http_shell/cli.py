@@ -142,6 +142,8 @@ def cmd_package_build(args: argparse.Namespace) -> int:
             root=args.root,
             modules_config=args.modules_config,
             sign_key=args.sign_key,
+            delta_from=args.delta_from,
+            base_version=args.base_version,
         )
     except package_build.BuildError as exc:
         print(f"tope-updater: package build failed: {exc}", file=sys.stderr)
@@ -155,6 +157,8 @@ def cmd_package_build(args: argparse.Namespace) -> int:
         "package_signature": result.signature,
         "modules": len(result.manifest.modules),
     }
+    if result.manifest.base_version is not None:
+        fields["base_version"] = result.manifest.base_version
     if args.json:
         print(json.dumps(fields))
     else:
@@ -469,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--modules-config", type=Path, help="TOML with per-file service metadata")
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign with")
+    p.add_argument(
+        "--delta-from",
+        type=Path,
+        metavar="BASE",
+        help="write a delta package against BASE: the previous release's package or tree",
+    )
+    p.add_argument("--base-version", help="the version of BASE (required when BASE is a directory)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_package_build)
     p = pkg.add_parser("keygen", help="create an Ed25519 signing key pair")

@@ -91,6 +91,7 @@ _REASONS: Mapping[str, str] = {
     "VERSION_MISMATCH": "reason_invalid",
     "DEPLOYMENT_FAILED": "reason_invalid",
     "DOWNGRADE_REFUSED": "reason_older",
+    "DELTA_BASE_MISMATCH": "reason_invalid",
     "PACKAGE_EXPIRED": "reason_expired",
     "SERVICE_STOP_FAILED": "reason_start",
     "SERVICE_STOP_TIMEOUT": "reason_start",

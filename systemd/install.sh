@@ -34,6 +34,8 @@ usage: install.sh [options]
   --systemctl "CMD"   systemctl command prefix (default systemctl)
   --no-enable         do not `systemctl enable` (e.g. units in a runtime dir)
   --no-start          do not (re)start the service
+  --screen            install the progress display too (pip extra "screen"; a new
+                      config.toml names tope-updater-screen.service as screen_unit)
   -h, --help          this text
 USAGE
 }
@@ -60,6 +62,7 @@ VERSION=""
 PORT=""
 DEVICE_API_URL=http://127.0.0.1:9080
 EXTRA_ROOTS=()
+SCREEN=0
 UNITS=()
 PYTHON=python3
 PIP_ARGS=""
@@ -67,6 +70,7 @@ SYSTEMCTL=systemctl
 ENABLE=1
 START=1
 UNIT=tope-updater.service
+SCREEN_UNIT=tope-updater-screen.service
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -87,6 +91,7 @@ while [[ $# -gt 0 ]]; do
         --systemctl) SYSTEMCTL="$2"; shift 2 ;;
         --no-enable) ENABLE=0; shift ;;
         --no-start) START=0; shift ;;
+        --screen) SCREEN=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -141,8 +146,10 @@ tar -C "$SRC" --exclude='./.*' --exclude=./build --exclude=./dist --exclude=./va
 read -r -a PIP_ARGV <<<"$PIP_ARGS"
 # pip always reinstalls a project given as a directory, so a re-run upgrades the updater;
 # dependencies already satisfied are left alone.
+TARGET="$BUILD_DIR"
+[[ $SCREEN -eq 1 ]] && TARGET="$BUILD_DIR[screen]"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "${PIP_ARGV[@]}" "$BUILD_DIR"
+    "${PIP_ARGV[@]}" "$TARGET"
 "$UPDATER" --help >/dev/null || die "$UPDATER does not run"
 cp -f "$SRC/systemd/uninstall.sh" "$PREFIX/uninstall.sh"
 cp -f "$SRC/systemd/busy-probe-moonraker.sh" "$PREFIX/busy-probe-moonraker.sh"
@@ -210,6 +217,10 @@ if [[ ! -e "$CONFIG" ]]; then
         echo "# trusted_key = \"/etc/tope-updater/package-signing.pub\""
         echo "# Never stop the printer mid-print (exit 0 = free); see docs/DEPLOYMENT.md:"
         echo "# busy_probe = \"$PREFIX/busy-probe-moonraker.sh http://127.0.0.1:7125\""
+        if [[ $SCREEN -eq 1 ]]; then
+            echo "# The progress display at the printer, started when an install begins:"
+            echo "screen_unit = \"$SCREEN_UNIT\""
+        fi
         echo "log_level = \"info\""
     } >"$CONFIG.tmp"
     chmod 0640 "$CONFIG.tmp"
@@ -231,6 +242,12 @@ sed -e "s|^ExecStart=.*|ExecStart=$UPDATER serve --config $CONFIG|" \
     "$SRC/systemd/tope-updater.service" >"$UNIT_DIR/.$UNIT.tmp"
 chmod 0644 "$UNIT_DIR/.$UNIT.tmp"
 mv -f "$UNIT_DIR/.$UNIT.tmp" "$UNIT_DIR/$UNIT"
+# The display's unit: never enabled, tope-updater starts it (screen_unit).
+sed -e "s|^ExecStart=.*|ExecStart=$UPDATER screen --config $CONFIG|" \
+    -e "s|^Documentation=.*|Documentation=file://$PREFIX/docs/SCREEN.md|" \
+    "$SRC/systemd/$SCREEN_UNIT" >"$UNIT_DIR/.$SCREEN_UNIT.tmp"
+chmod 0644 "$UNIT_DIR/.$SCREEN_UNIT.tmp"
+mv -f "$UNIT_DIR/.$SCREEN_UNIT.tmp" "$UNIT_DIR/$SCREEN_UNIT"
 
 # --- 6. systemd --------------------------------------------------------------------------
 "${SYSTEMCTL_ARGV[@]}" daemon-reload

@@ -76,6 +76,8 @@ if [[ $DISABLE -eq 1 ]] && [[ "$("${SYSTEMCTL_ARGV[@]}" is-enabled "$UNIT" 2>/de
     "${SYSTEMCTL_ARGV[@]}" disable "$UNIT"
 fi
 rm -f "$UNIT_DIR/$UNIT"
+"${SYSTEMCTL_ARGV[@]}" stop tope-updater-screen.service 2>/dev/null || true
+rm -f "$UNIT_DIR/tope-updater-screen.service"
 "${SYSTEMCTL_ARGV[@]}" daemon-reload
 "${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" 2>/dev/null || true
 if [[ -d "$UNIT_DIR/$UNIT.d" ]]; then

@@ -80,6 +80,12 @@ class Config:
         busy_probe_timeout_s: how long one answer may take (longer: busy).
         busy_policy: ``wait`` (an install waits in ``waiting_idle``) or ``refuse`` (it is
             answered 409 ``PRINTER_BUSY``).
+        screen_unit: the systemd unit of the progress display at the printer
+            (``tope-updater-screen.service``), started with ``systemctl start --no-block``
+            when an install or a rollback begins. Unset: no display is started.
+        screen_command: a shell command that opens the display, spawned (detached, never
+            waited for) when there is no systemd (a sandbox, the demo); ignored when
+            ``screen_unit`` is set.
         screen_lang: the display's language, ``en`` or ``zh-CN`` (unset: the locale's).
         screen_font: a font file for the display (for Chinese: one with CJK glyphs);
             unset: fontconfig's choice.
@@ -115,6 +121,8 @@ class Config:
     busy_poll_s: float = 10.0
     busy_probe_timeout_s: float = 10.0
     busy_policy: BusyPolicy = attrs.field(default=BusyPolicy.WAIT, converter=BusyPolicy)
+    screen_unit: str | None = None
+    screen_command: str | None = None
     screen_lang: str | None = None
     screen_font: Path | None = None
     log_level: str = "info"

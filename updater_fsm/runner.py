@@ -31,7 +31,7 @@ from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.progress import Transfer
 from updater_fsm.faults import crash_point
 from updater_fsm.ops import download, external_files, package, snapshots, verify
-from updater_fsm.ops.commands import run_post_cmds
+from updater_fsm.ops.commands import CommandTimeout, describe_exit, run_command, run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
 from updater_fsm.ops.printer_probe import probe_printer
 from updater_fsm.ops.services import ServiceController
@@ -109,6 +109,7 @@ class OpsRunner:
         if config.trusted_key:
             self._trusted_key = verify.load_public_key(_read_key(config.trusted_key))
         self._tasks: dict[asyncio.Task[None], int | None] = {}
+        self._screen: asyncio.subprocess.Process | None = None
         self._tail: asyncio.Future[None] | None = None
 
     # ---- EffectRunner protocol -------------------------------------------------------
@@ -195,6 +196,8 @@ class OpsRunner:
                 await self._remove_snapshot(effect)
             case fx.CollectGarbage():
                 await self._collect_garbage(effect)
+            case fx.ShowScreen():
+                await self._show_screen(effect)
             case fx.Report():
                 await self._report(effect)
             case _:
@@ -366,7 +369,15 @@ class OpsRunner:
             code = ErrorCode.DISK_FULL if err.errno == 28 else ErrorCode.DEPLOYMENT_FAILED
             self._engine.post(ev.StageFailed(effect.job_id, Failure(code, str(err))))
             return
-        self._engine.post(ev.Staged(effect.job_id, units, snapshots.read_links(self._layout)))
+        # The switch stops the printer's services: ask the busy probe again, a print may
+        # have started while the snapshot was built.
+        printer = None
+        if self._config.busy_probe:
+            printer = await probe_printer(
+                self._config.busy_probe, timeout_s=self._config.busy_probe_timeout_s
+            )
+        links = snapshots.read_links(self._layout)
+        self._engine.post(ev.Staged(effect.job_id, units, links, printer))
 
     async def _discard_staging(self, effect: fx.DiscardStaging) -> None:
         await asyncio.to_thread(snapshots.discard_staging, self._layout, effect.version)
@@ -472,6 +483,34 @@ class OpsRunner:
         if self._config.backups_dir.is_dir():
             for backup in self._config.backups_dir.iterdir():
                 await asyncio.to_thread(external_files.drop_backups, backup)
+
+    async def _show_screen(self, effect: fx.ShowScreen) -> None:
+        """Start the progress display; never wait for it, never fail the update for it."""
+        unit, command = self._config.screen_unit, self._config.screen_command
+        try:
+            if unit:
+                result = await run_command(
+                    [*self._config.systemctl, "start", "--no-block", "--", unit],
+                    timeout_s=10,
+                    max_output_bytes=4096,
+                )
+                if result.returncode != 0:
+                    _log.warning("screen.start_failed", unit=unit, detail=describe_exit(result))
+            elif command:
+                if self._screen is not None and self._screen.returncode is None:
+                    return  # still open
+                self._screen = await asyncio.create_subprocess_exec(
+                    "/bin/sh",
+                    "-c",
+                    command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,  # its own session: it outlives nothing of ours
+                )
+                _log.info("screen.spawned", pid=self._screen.pid)
+        except (OSError, CommandTimeout) as exc:
+            _log.warning("screen.unavailable", error=str(exc))
 
     async def _report(self, effect: fx.Report) -> None:
         if self._reporter is not None:

@@ -495,3 +495,32 @@ def test_restarts_during_a_long_print_keep_the_install_waiting(
         assert proc.terminate() == 0
     finally:
         rig.close()
+
+
+def test_a_print_started_during_staging_is_not_interrupted(
+    tmp_path: Path, server: ThreadedPackageServer
+) -> None:
+    """The probe says free, the snapshot is built, and meanwhile a print starts: the probe is
+    asked again before the switch stops anything, and the install waits again."""
+    printer = Printer(tmp_path / "printing", tmp_path / "probe-runs")
+    first = tmp_path / "first-answer-given"
+    # Free at the first question (the wait ends, staging starts); then the print "starts".
+    probe = (
+        f"if [ ! -e {first} ]; then touch {first} {printer.flag}; echo standby; exit 0; fi; "
+        + printer.probe
+    )
+    rig, _ = busy_rig(tmp_path, server, probe=probe)
+    printer.free()
+    try:
+        proc = rig.start()
+        download(rig)
+        assert request_update(rig)["code"] == 200
+        wait_for_waiting(rig)  # asked again after staging: busy, waiting again
+        assert rig.links().current == h.FACTORY_VERSION
+        assert h.wait_until(lambda: staged_versions(rig) == [], 5), "unused snapshot kept"
+        printer.free()
+        final = finish(rig, proc)
+        h.check_invariants(rig, final)
+        assert proc.terminate() == 0
+    finally:
+        rig.close()

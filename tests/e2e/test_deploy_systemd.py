@@ -275,6 +275,11 @@ def test_install_serve_update_restart_and_uninstall(
     # The Moonraker busy probe ships beside the venv, named (commented out) in the config.
     assert os.access(site.prefix / "busy-probe-moonraker.sh", os.X_OK)
     assert f'# busy_probe = "{site.prefix}/busy-probe-moonraker.sh' in config.read_text()
+    # The progress display's unit, with this install's paths, known to systemd, not enabled.
+    screen_unit = (sandbox.unit_dir / "tope-updater-screen.service").read_text()
+    assert f"ExecStart={site.prefix}/venv/bin/tope-updater screen --config {config}" in screen_unit
+    screen = show(sandbox, "tope-updater-screen.service")
+    assert (screen["LoadState"], screen["ActiveState"]) == ("loaded", "inactive"), screen
 
     # Type=notify: "active" means READY=1 arrived, i.e. the API listens.
     props = show(sandbox, UNIT)
@@ -393,6 +398,7 @@ def test_install_serve_update_restart_and_uninstall(
     ])  # fmt: skip
     props = show(sandbox, UNIT)
     assert props["LoadState"] == "not-found" and props["ActiveState"] == "inactive", props
+    assert not (sandbox.unit_dir / "tope-updater-screen.service").exists()
     assert not site.prefix.exists() and not link.is_symlink(), out
     assert os.readlink(site.root / "versions" / "current") == "v1.0.0"
     assert os.readlink(site.root / "versions" / "previous") == "v1.1.0"

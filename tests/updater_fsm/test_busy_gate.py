@@ -137,3 +137,52 @@ def test_a_different_download_while_waiting_is_refused_until_cancelled() -> None
     assert d.reply.code == 409 and d.reply.msg.startswith("OPERATION_IN_PROGRESS")
     same = drive(m, ev.DownloadRequested(request()))
     assert same.effects == () and m.state is State.WAITING_IDLE
+
+
+def test_the_display_is_asked_for_when_an_install_or_a_rollback_begins() -> None:
+    """ShowScreen at the start of a wait, an install and a rollback; never on a restart."""
+    for gate in (PrinterGate.NONE, PrinterGate.WAIT):
+        m = at_ready(gate)
+        d = drive(m, ev.UpdateRequested("1.2.3"))
+        assert fx.ShowScreen() in d.effects
+        restored = UpdaterMachine(m.record, gate=gate)
+        d = restored.handle(ev.Resume(ev.DiskFacts(package_present=True, links=LINKS)), T0)
+        assert fx.ShowScreen() not in d.effects
+    m = UpdaterMachine()
+    d = drive(m, ev.RollbackRequested("previous", LINKS))
+    assert fx.ShowScreen() in d.effects
+
+
+def _staged(gate: PrinterGate) -> UpdaterMachine:
+    m = at_ready(gate)
+    drive(m, ev.UpdateRequested("1.2.3", printer=FREE if gate is PrinterGate.REFUSE else None))
+    if gate is PrinterGate.WAIT:
+        drive(m, ev.PrinterFree(1))
+    assert m.state is State.DEPLOYING
+    return m
+
+
+def test_busy_again_after_staging_waits_again_and_stops_nothing() -> None:
+    """A print started while the snapshot was built: the switch would stop it."""
+    m = _staged(PrinterGate.WAIT)
+    d = drive(m, ev.Staged(1, (), LINKS, printer=BUSY))
+    assert m.state is State.WAITING_IDLE
+    assert fx.DiscardStaging("1.2.3") in d.effects
+    assert fx.WaitForPrinter(1, T0 + PACKAGE_TTL_S) in d.effects
+    assert not any(isinstance(e, fx.SwitchVersion) for e in d.effects)
+    assert m.record.job is not None and m.record.job.printer_reason == BUSY.reason
+    # free again: staged again, then switched
+    drive(m, ev.PrinterFree(1), ev.Staged(1, (), LINKS, printer=FREE))
+    assert m.state is State.SWITCHING
+
+
+def test_busy_again_after_staging_under_refuse_fails_and_keeps_the_package() -> None:
+    m = _staged(PrinterGate.REFUSE)
+    d = drive(m, ev.Staged(1, (), LINKS, printer=BUSY))
+    assert m.state is State.FAILED
+    job = m.record.job
+    assert job is not None and job.error == "PRINTER_BUSY: printing benchy.gcode, 43 %"
+    assert job.package_kept and fx.DiscardStaging("1.2.3") in d.effects
+    assert not any(isinstance(e, fx.SwitchVersion | fx.DiscardPackage) for e in d.effects)
+    drive(m, ev.UpdateRequested("1.2.3", printer=FREE))
+    assert m.state is State.DEPLOYING

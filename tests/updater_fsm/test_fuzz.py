@@ -69,7 +69,7 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
         st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS), PRINTER),
         st.builds(ev.PrinterFree, jid),
         st.builds(ev.WaitExpired, jid),
-        st.builds(ev.Staged, jid, st.just(UNITS), LINKS),
+        st.builds(ev.Staged, jid, st.just(UNITS), LINKS, PRINTER),
         st.builds(ev.StageFailed, jid, ERRORS),
         st.builds(ev.PostCmdDone, jid, st.integers(1, 3)),
         st.builds(ev.Switched, jid),
@@ -171,7 +171,12 @@ class UpdaterFuzz(RuleBasedStateMachine):
             )
         if entered is State.WAITING_IDLE:
             # Only a configured gate with `busy_policy = wait` ever makes an install wait.
-            assert self.gate is PrinterGate.WAIT and isinstance(event, ev.UpdateRequested)
+            assert self.gate is PrinterGate.WAIT
+            assert isinstance(event, ev.UpdateRequested | ev.Staged)
+        if entered is State.SWITCHING:
+            # Services are stopped only when the probe, asked after staging, said free.
+            assert isinstance(event, ev.Staged)
+            assert event.printer is None or event.printer.free
         if entered is State.DEPLOYING:
             # Nothing is staged (then stopped) while the printer is known to be busy.
             printer = getattr(event, "printer", None)

@@ -115,7 +115,9 @@ class Decisions:
         """A busy probe is configured with ``busy_policy = wait``: installs wait for it."""
         return self.gate is PrinterGate.WAIT
 
-    def printer_not_busy(self, event: ev.UpdateRequested | ev.RollbackRequested) -> bool:
+    def printer_not_busy(
+        self, event: ev.UpdateRequested | ev.RollbackRequested | ev.Staged
+    ) -> bool:
         """Nobody asked the probe (there is none), or it said free."""
         return event.printer is None or event.printer.free
 
@@ -247,7 +249,7 @@ class Decisions:
     # ---- actions: install ----------------------------------------------------------
     def begin_waiting(self, event: ev.Event) -> None:
         """Wait for the printer: nothing is stopped, staged or switched meanwhile."""
-        self.effects.append(self._wait_effect())
+        self.effects += [self._wait_effect(), fx.ShowScreen()]
 
     def _wait_effect(self) -> fx.WaitForPrinter:
         job = self.job
@@ -265,9 +267,28 @@ class Decisions:
 
     def begin_deploy(self, event: ev.Event) -> None:
         request = self._request()
-        self.effects.append(
-            fx.StageSnapshot(self.job.job_id, request.version, request.package_name)
+        self.effects += [
+            fx.StageSnapshot(self.job.job_id, request.version, request.package_name),
+            fx.ShowScreen(),  # the printer's GUI is about to stop: say what is happening
+        ]
+
+    def wait_again_before_switch(self, event: ev.Staged) -> None:
+        """Busy again after staging: drop the unused snapshot, wait, and stage again later."""
+        self._set_job(printer_reason=event.printer.reason if event.printer else None)
+        self.effects += [
+            fx.DiscardStaging(self._request().version),
+            fx.CollectGarbage(),  # the built snapshot: no link names it
+            self._wait_effect(),
+        ]
+
+    def refuse_switch(self, event: ev.Staged) -> None:
+        """Busy again after staging under ``refuse``: fail before anything is stopped."""
+        request = self._request()
+        reason = event.printer.reason if event.printer else ""
+        self._fail_job(
+            Failure(ErrorCode.PRINTER_BUSY, reason or "the busy probe says so"), package_kept=True
         )
+        self.effects += [fx.DiscardStaging(request.version), fx.CollectGarbage()]
 
     def begin_switch(self, event: ev.Staged) -> None:
         self._set_job(
@@ -323,6 +344,7 @@ class Decisions:
         # Level 1 returns to the version that ran before; on a layout that had no `current`
         # link the factory version is the only one that ever ran.
         self._start_rollback(1, job.from_version or job.factory_version)
+        self.effects.append(fx.ShowScreen())
 
     def begin_manual_rollback(self, event: ev.RollbackRequested) -> None:
         old = self.record.job
@@ -343,6 +365,7 @@ class Decisions:
             self._start_rollback(1, event.links.previous)
         else:
             self._start_rollback(2, event.links.factory)
+        self.effects.append(fx.ShowScreen())
 
     def escalate_rollback(self, event: ev.RollbackFailed) -> None:
         cause = self.job.cause or "manual rollback"

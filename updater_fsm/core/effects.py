@@ -62,6 +62,15 @@ class WaitForPrinter(Effect):
 
 
 @attrs.frozen
+class ShowScreen(Effect):
+    """Open the progress display at the printer (``screen_unit`` or ``screen_command``).
+
+    Asked when an install or a rollback begins; never waited for, and whatever happens to
+    the display changes nothing in the update. Asking while it is open is harmless.
+    """
+
+
+@attrs.frozen
 class StageSnapshot(Effect):
     """Build ``versions/v<version>/`` from the current snapshot plus the package."""
 

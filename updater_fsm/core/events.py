@@ -179,12 +179,17 @@ class WaitExpired(Event):
 
 @attrs.frozen
 class Staged(Event):
-    """The new snapshot is complete on disk; ``links`` as they were before the switch."""
+    """The new snapshot is complete on disk; ``links`` as they were before the switch.
+
+    ``printer``: with a busy probe configured, its answer right after staging — the switch
+    stops the printer's services, and a print may have started while the snapshot was built.
+    """
 
     trigger = Trigger.STAGED
     job_id: int
     units: tuple[ServiceUnit, ...]
     links: LinkVersions
+    printer: PrinterStatus | None = None
 
 
 @attrs.frozen

@@ -8,6 +8,7 @@ is :mod:`updater_fsm.ops.package_build`. The job journal stores the installed mo
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 
@@ -60,13 +61,32 @@ class HealthProbeNotation:
         return HealthProbe(kind=kind, target=target, timeout_s=self.timeout_s)
 
 
+class DeltaKind(enum.StrEnum):
+    """How a delta package's module gets its file (``"delta"`` in a module).
+
+    * ``kept``: the base's file, unchanged (no ``src``; ``sha256`` is the base file's and
+      the result's digest).
+    * ``patched``: ``src`` is a zstd frame to decompress with the base file as a raw prefix
+      dictionary (``zstd --patch-from``); ``base_sha256`` is the base file's digest,
+      ``size``/``sha256`` the result's.
+    * ``added``: ``src`` holds the whole file, as in a full package (also the default).
+    """
+
+    KEPT = "kept"
+    PATCHED = "patched"
+    ADDED = "added"
+
+
 @attrs.frozen
 class Module:
-    """One file the package installs, and the service it belongs to."""
+    """One file the package installs, and the service it belongs to.
+
+    ``src`` is None only for a ``kept`` module of a delta package (checked by the reader).
+    """
 
     name: str
-    src: str
     dst: str
+    src: str | None = None
     process_name: str | None = None
     restart_order: int = 0
     md5: str | None = None
@@ -74,14 +94,36 @@ class Module:
     size: int | None = None
     post_cmds: tuple[str, ...] = ()
     health: HealthProbe | None = None
+    delta: DeltaKind | None = None
+    base_sha256: str | None = None
+
+    @property
+    def kind(self) -> DeltaKind:
+        """How the module's file is made (``added`` unless the manifest says otherwise)."""
+        return self.delta or DeltaKind.ADDED
 
 
 @attrs.frozen
 class Manifest:
-    """A parsed, validated ``manifest.json``."""
+    """A parsed, validated ``manifest.json``.
+
+    Attributes:
+        version: the version the package installs.
+        modules: the files, in manifest order.
+        base_version: set for a delta package: the version it must be applied to.
+        removed: a delta's files of the base that the new version no longer has
+            (absolute paths under the install root, like ``dst``).
+    """
 
     version: str
     modules: tuple[Module, ...]
+    base_version: str | None = None
+    removed: tuple[str, ...] = ()
+
+    @property
+    def is_delta(self) -> bool:
+        """Whether this is a delta package (it names a ``base_version``)."""
+        return self.base_version is not None
 
 
 @attrs.frozen

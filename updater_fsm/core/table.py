@@ -176,7 +176,20 @@ TRANSITIONS: tuple[Transition, ...] = (
     # The trust window closed while waiting: ends as any expiry does.
     Transition(T.PRINTER_FREE, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
     Transition(T.WAIT_EXPIRED, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
-    Transition(T.STAGED, (S.DEPLOYING,), S.SWITCHING, (D.current_job,), D.begin_switch),
+    Transition(
+        T.STAGED, (S.DEPLOYING,), S.SWITCHING, (D.current_job, D.printer_not_busy), D.begin_switch
+    ),
+    # A print started while the snapshot was being built: do not stop it. `wait` waits
+    # again (the snapshot is built again once the printer is free); `refuse` fails, keeping
+    # the verified package for a later POST /update.
+    Transition(
+        T.STAGED,
+        (S.DEPLOYING,),
+        S.WAITING_IDLE,
+        (D.current_job, D.gate_waits),
+        D.wait_again_before_switch,
+    ),
+    Transition(T.STAGED, (S.DEPLOYING,), S.FAILED, (D.current_job,), D.refuse_switch),
     Transition(T.STAGE_FAILED, (S.DEPLOYING,), S.FAILED, (D.current_job,), D.fail_stage),
     # Each finished post_cmd is journaled, so a resumed switch runs only the ones left.
     Transition(T.POST_CMD_DONE, (S.SWITCHING,), None, (D.current_job,), D.note_post_cmd),

@@ -48,8 +48,9 @@ import cattrs
 import structlog
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError
-from updater_fsm.core.manifest import Manifest, Module
+from updater_fsm.core.manifest import DeltaKind, Manifest, Module
 from updater_fsm.core.versions import InvalidVersion, Version
+from updater_fsm.ops.delta import ZstdDict, apply_patch, write_all
 from updater_fsm.ops.zip_bounds import judge_central_directory
 from updater_fsm.strict_converter import STRICT_CONVERTER, ValueRefused, json_type_name
 
@@ -62,9 +63,9 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,254}$")
 _MODULE_KEYS = frozenset(
     {"name", "src", "dst", "dest", "process_name", "restart_order", "md5", "sha256", "size"}
-    | {"post_cmds", "health"}
+    | {"post_cmds", "health", "delta", "base_sha256"}
 )
-_TOP_KEYS = frozenset({"version", "modules"})
+_TOP_KEYS = frozenset({"version", "modules", "base_version", "removed"})
 _HEALTH_KEYS = frozenset({"http", "command", "timeout_s"})
 _KEEP_MODE_BITS = 0o775  # drop setuid/setgid/sticky (not in 0o777) and world-write
 _DEFAULT_MODE = 0o644
@@ -90,6 +91,12 @@ class PackageLimits:
         max_name_length: longest accepted entry name / path string, in characters.
         max_modules: most modules in a manifest.
         chunk_size: read size while extracting.
+        max_patch_bytes: largest base file and largest result of a ``patched`` module of a
+            delta package. Applying a patch holds the base file (the zstd dictionary) and,
+            at most, a decoding window in memory; this bounds both (docs/PACKAGE_FORMAT.md
+            §7). The builder ships larger files in full.
+        patch_window_log_max: largest zstd window (log2 bytes) a patch may declare; a
+            frame asking for more is refused instead of allocated.
     """
 
     max_manifest_bytes: int = 1 << 20
@@ -101,6 +108,8 @@ class PackageLimits:
     max_name_length: int = 1024
     max_modules: int = 10_000
     chunk_size: int = 1 << 20
+    max_patch_bytes: int = 16 << 20
+    patch_window_log_max: int = 25
 
 
 def _invalid(detail: str) -> NoReturn:
@@ -130,13 +139,31 @@ def _structure_module(value: object, where: str) -> Module:
         _invalid(f"{path}: {reason}")
 
 
-def _structure_manifest(version: str, modules: object) -> Manifest:
-    """Build the Manifest; the version was checked by the caller, modules are typed here."""
+def _structure_manifest(version: str, doc: dict[str, Any]) -> Manifest:
+    """Build the Manifest; the version was checked by the caller, the rest is typed here."""
+    modules = doc.get("modules")
     if not isinstance(modules, list):
         _invalid(f"modules: must be an array of objects, got {json_type_name(modules)}")
+    base_version = doc.get("base_version")
+    if base_version is not None:
+        try:
+            Version.parse(base_version)
+        except InvalidVersion as exc:
+            _invalid(f"base_version: {exc}")
+        if base_version == version:
+            _invalid(f"base_version: a delta from {version} to itself")
+    removed = doc.get("removed")
+    if removed is not None and base_version is None:
+        _invalid("removed: only a delta package (with base_version) removes files")
+    try:
+        removed_paths = STRICT_CONVERTER.structure(removed or [], tuple[str, ...])
+    except ValueRefused as exc:
+        _invalid(f"removed: {exc}")
     return Manifest(
         version=version,
         modules=tuple(_structure_module(m, f"modules[{i}]") for i, m in enumerate(modules)),
+        base_version=base_version,
+        removed=removed_paths,
     )
 
 
@@ -462,22 +489,25 @@ def _validate_module(
     root: Path,
     extra_roots: Sequence[Path],
     limits: PackageLimits,
+    is_delta: bool,
 ) -> None:
     at = f"modules[{index}]"
     if not module.name.strip() or _bad_chars(module.name) or len(module.name) > 255:
         _invalid(f"{at}.name: must be 1-255 printable characters")
-    problem = _entry_name_problem(module.src, limits)
-    if problem:
-        _invalid(f"{at}.src: {problem}")
-    if module.src not in files:
-        if module.src.rstrip("/") in dirs:
-            _invalid(f"{at}.src: {module.src!r} is a directory, not a file")
-        _invalid(f"{at}.src: {module.src!r} is not in the archive")
+    if module.src is not None:
+        problem = _entry_name_problem(module.src, limits)
+        if problem:
+            _invalid(f"{at}.src: {problem}")
+        if module.src not in files:
+            if module.src.rstrip("/") in dirs:
+                _invalid(f"{at}.src: {module.src!r} is a directory, not a file")
+            _invalid(f"{at}.src: {module.src!r} is not in the archive")
     if len(module.dst) > limits.max_name_length:
         _invalid(f"{at}.dst: path too long")
     problem = check_dst(module.dst, root, extra_roots)
     if problem:
         _invalid(f"{at}.dst: {problem}")
+    _validate_delta_fields(at, module, root, is_delta, limits)
     if module.process_name is not None and not _UNIT_RE.match(module.process_name):
         _invalid(f"{at}.process_name: not a valid systemd unit name")
     if module.process_name is None:
@@ -492,10 +522,10 @@ def _validate_module(
         _invalid(f"{at}.md5: must be 32 hex characters")
     if module.sha256 is not None and not _SHA256_RE.match(module.sha256):
         _invalid(f"{at}.sha256: must be 64 hex characters")
-    info = files[module.src]
-    if module.size is not None:
-        if module.size < 0:
-            _invalid(f"{at}.size: must not be negative")
+    if module.size is not None and module.size < 0:
+        _invalid(f"{at}.size: must not be negative")
+    if module.size is not None and module.kind is DeltaKind.ADDED:
+        info = files[module.src or ""]
         if module.size != info.file_size:
             _invalid(
                 f"{at}.size: manifest says {module.size} bytes,"
@@ -506,6 +536,58 @@ def _validate_module(
     for i, cmd in enumerate(module.post_cmds):
         if not cmd.strip() or "\x00" in cmd:
             _invalid(f"{at}.post_cmds[{i}]: must be a non-empty command line")
+
+
+def _validate_delta_fields(
+    at: str, module: Module, root: Path, is_delta: bool, limits: PackageLimits
+) -> None:
+    """The rules of a module's ``delta``, ``base_sha256`` and (per kind) ``src``."""
+    kind = module.kind
+    if not is_delta and (module.delta is not None or module.base_sha256 is not None):
+        field = "delta" if module.delta is not None else "base_sha256"
+        _invalid(f"{at}.{field}: only a delta package (with base_version) has one")
+    if kind is not DeltaKind.ADDED and not is_internal(module, root):
+        _invalid(f"{at}.delta: a {kind} file must be under the install root ({root})")
+    if kind is DeltaKind.KEPT:
+        if module.src is not None:
+            _invalid(f"{at}.src: a kept file comes from the base, it has no src")
+        if module.sha256 is None:
+            _invalid(f"{at}.sha256: required for a kept file (the base file's digest)")
+        if module.base_sha256 is not None and module.base_sha256.lower() != module.sha256.lower():
+            _invalid(f"{at}.base_sha256: a kept file's must equal its sha256")
+        return
+    if module.src is None:
+        _invalid(f"{at}.src: required field missing")
+    if kind is DeltaKind.ADDED:
+        if module.base_sha256 is not None:
+            _invalid(f"{at}.base_sha256: an added file has no base")
+        return
+    for field, value in (("base_sha256", module.base_sha256), ("sha256", module.sha256)):
+        if value is None:
+            _invalid(f"{at}.{field}: required for a patched file")
+        if not _SHA256_RE.match(value):
+            _invalid(f"{at}.{field}: must be 64 hex characters")
+    if module.size is None:
+        _invalid(f"{at}.size: required for a patched file (the result's size)")
+    if module.size > limits.max_patch_bytes:
+        _invalid(
+            f"{at}.size: a patched file of {module.size} bytes exceeds the limit of"
+            f" {limits.max_patch_bytes} (ship it in full)"
+        )
+
+
+def _check_removed(manifest: Manifest, root: Path, dsts: dict[str, int]) -> None:
+    seen: set[str] = set()
+    for i, path in enumerate(manifest.removed):
+        problem = check_dst(path, root, ())
+        if problem:
+            _invalid(f"removed[{i}]: {problem}")
+        norm = posixpath.normpath(path)
+        if norm in dsts:
+            _invalid(f"removed[{i}]: {path} is also the dst of modules[{dsts[norm]}]")
+        if norm in seen:
+            _invalid(f"removed[{i}]: {path} is listed twice")
+        seen.add(norm)
 
 
 def read_package(
@@ -553,11 +635,11 @@ def read_package(
         _invalid("modules: at least one module is required")
     if isinstance(modules, list) and len(modules) > limits.max_modules:
         _invalid(f"modules: {len(modules)} modules, limit is {limits.max_modules}")
-    manifest = _structure_manifest(version, modules)
+    manifest = _structure_manifest(version, doc)
     names: dict[str, int] = {}
     dsts: dict[str, int] = {}
     for index, module in enumerate(manifest.modules):
-        _validate_module(index, module, files, dirs, root, extra_roots, limits)
+        _validate_module(index, module, files, dirs, root, extra_roots, limits, manifest.is_delta)
         if module.name in names:
             _invalid(f"modules[{index}].name: duplicate of modules[{names[module.name]}]")
         names[module.name] = index
@@ -566,6 +648,7 @@ def read_package(
             _invalid(f"modules[{index}].dst: same destination as modules[{dsts[dst]}]")
         dsts[dst] = index
     _check_nested_dsts(dsts)
+    _check_removed(manifest, root, dsts)
     return manifest
 
 
@@ -625,6 +708,8 @@ def extract_module(
             ``DISK_FULL`` when the disk fills up.
     """
     what = label or f"module {module.name}"
+    if module.src is None or module.kind is not DeltaKind.ADDED:
+        _invalid(f"{what}: a {module.kind} file is not extracted")
     try:
         info = zf.getinfo(module.src)
     except KeyError:
@@ -642,6 +727,73 @@ def extract_module(
         try:
             with zf.open(info) as src:
                 written = _copy_counted(src, fd, declared, md5, sha, what, limits.chunk_size)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _verify_digests(module, what, written, md5.hexdigest(), sha.hexdigest())
+        os.replace(tmp, dest_file)
+    except UpdaterError:
+        _remove_quietly(tmp)
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        _remove_quietly(tmp)
+        _invalid(f"{what}: corrupt archive entry {module.src!r} ({exc})")
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise os_error(exc, f"{what}: cannot write {dest_file}") from exc
+    return written
+
+
+def patch_module(
+    zf: zipfile.ZipFile,
+    module: Module,
+    base: bytes | ZstdDict | None,
+    dest_file: Path,
+    *,
+    label: str | None = None,
+    limits: PackageLimits = PackageLimits(),
+) -> int:
+    """Write a ``patched`` module's result to ``dest_file``: ``base`` + its zstd patch.
+
+    Like :func:`extract_module` (temporary sibling, verified, mode from the ZIP entry,
+    fsynced, renamed over ``dest_file``), but the bytes come from decoding ``module.src``
+    with ``base`` as the prefix dictionary (:func:`updater_fsm.ops.delta.apply_patch`),
+    bounded by the declared ``size``. The caller has checked ``base`` against
+    ``module.base_sha256`` (and may pass it as :func:`~updater_fsm.ops.delta.prefix_dict`,
+    so that only one copy of it is in memory).
+
+    Raises:
+        UpdaterError: ``INVALID_MANIFEST`` for a corrupt, oversized or mismatching patch;
+            ``DISK_FULL`` when the disk fills up.
+    """
+    what = label or f"module {module.name}"
+    if module.src is None or module.kind is not DeltaKind.PATCHED or module.size is None:
+        _invalid(f"{what}: not a patched file")
+    try:
+        info = zf.getinfo(module.src)
+    except KeyError:
+        _invalid(f"{what}: {module.src!r} is not in the archive")
+    mode = entry_mode(info)
+    tmp = dest_file.with_name(f".{dest_file.name}.extract-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha = hashlib.sha256()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with zf.open(info) as src:
+                written = apply_patch(
+                    base,
+                    src,
+                    write_all(fd),
+                    declared=module.size,
+                    what=what,
+                    chunk_size=limits.chunk_size,
+                    window_log_max=limits.patch_window_log_max,
+                    digests=(md5, sha),
+                )
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:

@@ -37,7 +37,8 @@ import os
 import stat
 import tomllib
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from updater_fsm import durable
 from updater_fsm.core.errors import UpdaterError
-from updater_fsm.core.manifest import Manifest
+from updater_fsm.core.manifest import DeltaKind, Manifest
 from updater_fsm.core.versions import InvalidVersion, Version
-from updater_fsm.ops.package import MANIFEST_NAME, read_package
+from updater_fsm.ops import delta as zdelta
+from updater_fsm.ops.package import (
+    MANIFEST_NAME,
+    PackageLimits,
+    dst_relative_to,
+    entry_mode,
+    open_package,
+    parse_manifest_json,
+    read_package,
+)
 
 CONFIG_NAME = "tope-package.toml"
 PAYLOAD_PREFIX = "files/"
+PATCH_PREFIX = "patches/"
+PATCH_SUFFIX = ".zst"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _META_KEYS = frozenset({"process_name", "restart_order", "post_cmds", "health"})
 _CHUNK = 1 << 20
@@ -179,20 +191,35 @@ def _module(file: _File, root: Path, config: Mapping[str, dict[str, Any]]) -> di
     return mod
 
 
-def _zinfo(name: str, mode: int) -> zipfile.ZipInfo:
+def _zinfo(name: str, mode: int, compress: int = zipfile.ZIP_DEFLATED) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = compress
     info.create_system = 3  # Unix, so readers honour the mode bits
     info.external_attr = (stat.S_IFREG | mode) << 16
     return info
 
 
-def _write_zip(tmp: Path, manifest: dict[str, Any], files: list[_File]) -> None:
+def _write_zip(
+    tmp: Path,
+    manifest: dict[str, Any],
+    files: list[_File],
+    patches: Mapping[str, tuple[bytes, int]] | None = None,
+) -> None:
     raw = json.dumps(manifest, indent=2).encode() + b"\n"
+    entries = sorted(
+        [(PAYLOAD_PREFIX + f.rel, f) for f in files] + [(name, None) for name in (patches or {})],
+        key=lambda item: item[0],
+    )
     with open(tmp, "wb") as fh:
         with zipfile.ZipFile(fh, "w") as zf:
             zf.writestr(_zinfo(MANIFEST_NAME, 0o644), raw)
-            for file in files:
+            for name, file in entries:
+                if file is None:
+                    data, mode = (patches or {})[name]
+                    # A zstd frame does not deflate: stored, so the reader's ratio check
+                    # and the download size are the patch's own.
+                    zf.writestr(_zinfo(name, mode, zipfile.ZIP_STORED), data)
+                    continue
                 info = _zinfo(PAYLOAD_PREFIX + file.rel, file.mode)
                 info.file_size = file.size
                 with (
@@ -213,6 +240,9 @@ def build_package(
     root: Path = Path("/opt/tope"),
     modules_config: Path | None = None,
     sign_key: Path | None = None,
+    delta_from: Path | None = None,
+    base_version: str | None = None,
+    limits: PackageLimits = PackageLimits(),
 ) -> BuildResult:
     """Build, self-check and optionally sign a package from a tree mirroring the root.
 
@@ -224,6 +254,13 @@ def build_package(
         modules_config: TOML with service metadata (default ``SRC/tope-package.toml``
             when it exists; that file is never packaged).
         sign_key: PEM Ed25519 private key (see :func:`generate_keypair`).
+        delta_from: build a delta package against this base: the previous release's
+            (full) package, or its unpacked tree (then ``base_version`` is required).
+            Unchanged files become ``kept``, changed ones ``patched`` (when both sides
+            are at most ``limits.max_patch_bytes`` and the patch is smaller than the
+            deflated file) or ``added``; files gone from the base are ``removed``.
+        base_version: the base's version (checked against a base package's manifest).
+        limits: the device's limits (``max_patch_bytes``).
 
     Raises:
         BuildError: bad source tree, config, version, key, or a package the device would
@@ -246,11 +283,22 @@ def build_package(
     for pattern in config:
         if not any(fnmatch.fnmatchcase(f.rel, pattern) for f in files):
             raise BuildError(f"modules config pattern {pattern!r} matches no file")
-    manifest = {"version": version, "modules": [_module(f, root, config) for f in files]}
+    patches: dict[str, tuple[bytes, int]] = {}
+    if delta_from is None:
+        manifest: dict[str, Any] = {
+            "version": version,
+            "modules": [_module(f, root, config) for f in files],
+        }
+        payload = files
+    else:
+        base = _load_base(delta_from, base_version, root)
+        if base.version == version:
+            raise BuildError(f"the base {delta_from} is already v{version}")
+        manifest, payload, patches = _delta_manifest(version, files, base, root, config, limits)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     try:
-        _write_zip(tmp, manifest, files)
+        _write_zip(tmp, manifest, payload, patches)
         parsed = read_package(tmp, expected_version=version, root=root)
     except UpdaterError as exc:
         tmp.unlink(missing_ok=True)
@@ -263,6 +311,133 @@ def build_package(
     size, md5, sha = _hash_file(output)
     signature = base64.b64encode(key.sign(_sha256_raw(output))).decode("ascii") if key else None
     return BuildResult(output, size, md5, sha, signature, parsed)
+
+
+# --------------------------------------------------------------------------- delta
+
+
+@attrs.frozen
+class _BaseFile:
+    mode: int
+    size: int
+    sha256: str
+    read: Callable[[], bytes]
+
+
+@attrs.frozen
+class _Base:
+    version: str
+    dst: str
+    files: Mapping[str, _BaseFile]
+
+
+def _load_base(base: Path, base_version: str | None, root: Path) -> _Base:
+    """The base release's files under the root, from its package or its unpacked tree."""
+    if base.is_dir():
+        if base_version is None:
+            raise BuildError(f"{base} is a tree: give its version (--base-version)")
+        try:
+            Version.parse(base_version)
+        except InvalidVersion as exc:
+            raise BuildError(f"base version {exc}") from None
+        scanned = _scan(base, base / CONFIG_NAME)
+        return _Base(
+            base_version,
+            str(base),
+            {f.rel: _BaseFile(f.mode, f.size, f.sha256, f.path.read_bytes) for f in scanned},
+        )
+    try:
+        with open_package(base) as zf:
+            doc = parse_manifest_json(zf.read(MANIFEST_NAME))
+        found = doc.get("version")
+        manifest = read_package(base, expected_version=str(found), root=root)
+    except (UpdaterError, KeyError) as exc:
+        raise BuildError(f"{base}: not a readable base package ({exc})") from exc
+    if manifest.is_delta:
+        raise BuildError(f"{base}: a delta package cannot be a base (use the full package)")
+    if base_version is not None and base_version != manifest.version:
+        raise BuildError(f"{base} is v{manifest.version}, not v{base_version}")
+    files: dict[str, _BaseFile] = {}
+    with open_package(base) as zf:
+        for module in manifest.modules:
+            rel = dst_relative_to(module.dst, root)
+            if rel is None or module.src is None:
+                continue
+            info = zf.getinfo(module.src)
+            size, sha = info.file_size, module.sha256
+            if sha is None:
+                sha = hashlib.sha256(zf.read(info)).hexdigest()
+
+            def read(src: str = module.src) -> bytes:
+                with open_package(base) as again:
+                    return again.read(src)
+
+            files[rel.as_posix()] = _BaseFile(entry_mode(info) & 0o775, size, sha.lower(), read)
+    return _Base(manifest.version, str(base), files)
+
+
+def _delta_manifest(
+    version: str,
+    files: list[_File],
+    base: _Base,
+    root: Path,
+    config: Mapping[str, dict[str, Any]],
+    limits: PackageLimits,
+) -> tuple[dict[str, Any], list[_File], dict[str, tuple[bytes, int]]]:
+    """The delta manifest, the files shipped in full, and the patch entries."""
+    modules: list[dict[str, Any]] = []
+    full: list[_File] = []
+    patches: dict[str, tuple[bytes, int]] = {}
+    for file in files:
+        mod = _module(file, root, config)
+        old = base.files.get(file.rel)
+        if old is not None and old.sha256 == file.sha256 and old.mode == file.mode:
+            del mod["src"]
+            mod["delta"] = DeltaKind.KEPT.value
+            modules.append(mod)
+            continue
+        patch = _patch_for(file, old, limits) if old is not None else None
+        if patch is None or old is None:
+            mod["delta"] = DeltaKind.ADDED.value
+            full.append(file)
+        else:
+            name = PATCH_PREFIX + file.rel + PATCH_SUFFIX
+            mod.update(src=name, delta=DeltaKind.PATCHED.value, base_sha256=old.sha256)
+            patches[name] = (patch, file.mode)
+        modules.append(mod)
+    new_rels = {f.rel for f in files}
+    removed = [
+        f"{root.as_posix().rstrip('/')}/{rel}" for rel in sorted(base.files) if rel not in new_rels
+    ]
+    manifest = {
+        "version": version,
+        "base_version": base.version,
+        "removed": removed,
+        "modules": modules,
+    }
+    return manifest, full, patches
+
+
+def _patch_for(file: _File, old: _BaseFile, limits: PackageLimits) -> bytes | None:
+    """A checked patch from ``old`` to ``file``, or None when shipping it whole is better."""
+    if max(old.size, file.size) > limits.max_patch_bytes:
+        return None  # the device holds the base in memory: bounded by max_patch_bytes
+    if zdelta.window_log_for(old.size, file.size) > limits.patch_window_log_max:
+        return None
+    base = old.read()
+    new = file.path.read_bytes()
+    if hashlib.sha256(base).hexdigest() != old.sha256 or hashlib.sha256(new).hexdigest() != (
+        file.sha256
+    ):
+        raise BuildError(f"{file.rel}: changed while the delta was being built")
+    patch = zdelta.make_patch(base, new)
+    if len(patch) >= len(zlib.compress(new, 6)):
+        return None
+    # Prove the patch with the device's own decoder before shipping it.
+    check = zdelta.decode_in_memory(base, patch, len(new), limits)
+    if check != new:
+        raise BuildError(f"{file.rel}: the zstd patch does not reproduce the file")
+    return patch
 
 
 # --------------------------------------------------------------------------- signing

@@ -38,10 +38,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import stat
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -51,9 +53,10 @@ import structlog
 from updater_fsm import durable
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.events import LinkVersions
-from updater_fsm.core.manifest import Manifest
+from updater_fsm.core.manifest import DeltaKind, Manifest, Module
 from updater_fsm.core.versions import Version
 from updater_fsm.faults import crash_point
+from updater_fsm.ops.delta import prefix_dict, read_base
 from updater_fsm.ops.package import (
     PackageLimits,
     check_dst,
@@ -61,6 +64,7 @@ from updater_fsm.ops.package import (
     extract_module,
     open_package,
     os_error,
+    patch_module,
     real_dst_problem,
 )
 
@@ -423,6 +427,126 @@ def _check_space(layout: Layout, current_dir: Path, incoming: int) -> None:
         )
 
 
+def _mismatch(detail: str) -> UpdaterError:
+    return UpdaterError(ErrorCode.DELTA_BASE_MISMATCH, detail)
+
+
+def _base_file(current_dir: Path, rel: PurePosixPath) -> Path:
+    """``current_dir/rel`` when it is a regular file reached without leaving the snapshot.
+
+    Raises ``DELTA_BASE_MISMATCH`` otherwise (missing, a directory, a symlink, or a
+    component that resolves outside the running snapshot).
+    """
+    path = current_dir / rel
+    real_dir = os.path.realpath(current_dir)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_dir, real]) != real_dir or real != os.path.join(
+        real_dir, *rel.parts
+    ):
+        raise _mismatch(f"{rel}: reached through a symlink in the running snapshot")
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _mismatch(f"{rel}: missing from the running snapshot") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _mismatch(f"{rel}: not a regular file in the running snapshot")
+    return path
+
+
+def _sha256_of(path: Path) -> str:
+    sha = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def check_delta_base(
+    manifest: Manifest, current: str, current_dir: Path, root: Path
+) -> dict[int, PurePosixPath]:
+    """Refuse a delta whose base is not the running snapshot, before anything is touched.
+
+    The running version must be ``base_version``; every ``kept`` file must have its
+    ``sha256`` and every ``patched`` file's base its ``base_sha256`` in the running
+    snapshot (read only, never through a symlink).
+
+    Returns:
+        The relative path of every kept or patched module, by module index.
+
+    Raises:
+        UpdaterError: ``DELTA_BASE_MISMATCH: <file>: …`` (or naming the versions).
+    """
+    if manifest.base_version != current:
+        raise _mismatch(
+            f"the delta is against v{manifest.base_version}, the device runs v{current}"
+        )
+    based: dict[int, PurePosixPath] = {}
+    for index, module in enumerate(manifest.modules):
+        if module.kind is DeltaKind.ADDED:
+            continue
+        rel = dst_relative_to(module.dst, root)
+        if rel is None:  # the reader refuses this; never read outside the snapshot
+            raise UpdaterError(
+                ErrorCode.INVALID_MANIFEST, f"modules[{index}].dst: not under {root}"
+            )
+        want = module.sha256 if module.kind is DeltaKind.KEPT else module.base_sha256
+        assert want is not None  # the reader requires it
+        got = _sha256_of(_base_file(current_dir, rel))
+        if got != want.lower():
+            raise _mismatch(f"{rel}: sha256 is {got}, the delta's base has {want.lower()}")
+        based[index] = rel
+    return based
+
+
+def _remove_paths(staging: Path, manifest: Manifest, root: Path) -> set[Path]:
+    """Delete a delta's ``removed`` files from the staging copy; return the dirs touched."""
+    touched: set[Path] = set()
+    for i, path in enumerate(manifest.removed):
+        rel = dst_relative_to(path, root)
+        if rel is None:
+            raise UpdaterError(ErrorCode.INVALID_MANIFEST, f"removed[{i}]: not under {root}")
+        target = staging / rel
+        real_parent = os.path.realpath(target.parent)
+        if real_parent != os.path.join(os.path.realpath(staging), *rel.parent.parts):
+            raise UpdaterError(
+                ErrorCode.INVALID_MANIFEST,
+                f"removed[{i}]: {rel.parent} is a symlink in the current snapshot",
+            )
+        try:
+            st = os.lstat(target)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # already gone: the result is the same
+        if stat.S_ISDIR(st.st_mode):
+            raise UpdaterError(ErrorCode.INVALID_MANIFEST, f"removed[{i}]: {rel} is a directory")
+        target.unlink()
+        touched.add(target.parent)
+    return touched
+
+
+def _write_module(
+    zf: zipfile.ZipFile,
+    module: Module,
+    target: Path,
+    base_path: Path | None,
+    where: str,
+    limits: PackageLimits,
+) -> None:
+    label = f"{where} ({module.name})"
+    if module.kind is DeltaKind.ADDED:
+        extract_module(zf, module, target, label=label, limits=limits)
+        return
+    assert base_path is not None and module.base_sha256 is not None
+    # Read again (bounded) and re-check: this is the copy the patch is applied to.
+    found = read_base(base_path, limit=limits.max_patch_bytes)
+    if found is None or found[1] != module.base_sha256.lower():
+        raise _mismatch(f"{base_path.name}: changed in the running snapshot while staging")
+    zdict = prefix_dict(found[0])
+    del found  # the dictionary holds its own copy: keep one base in memory, not two
+    patch_module(zf, module, zdict, target, label=label, limits=limits)
+    crash_point("stage:delta_patched")
+
+
 def stage_snapshot(
     layout: Layout,
     manifest: Manifest,
@@ -493,6 +617,9 @@ def stage_snapshot(
             raise UpdaterError(ErrorCode.INVALID_MANIFEST, f"modules[{index}].dst: {problem}")
         rels.append(rel)
     current_dir = layout.snapshot_dir(links.current)
+    based: dict[int, PurePosixPath] = {}
+    if manifest.is_delta:
+        based = check_delta_base(manifest, links.current, current_dir, layout.root)
     started = time.monotonic()
     staging = layout.staging_dir(version)
     try:
@@ -501,14 +628,17 @@ def stage_snapshot(
         _check_space(layout, current_dir, incoming)
         _copy_tree(current_dir, staging, writable=True)
         crash_point("stage:copied")
-        touched: set[Path] = set()
+        touched: set[Path] = _remove_paths(staging, manifest, layout.root)
+        if manifest.removed:
+            crash_point("stage:delta_removed")
         with open_package(package_path, limits) as zf:
             for index, (module, rel) in enumerate(zip(manifest.modules, rels, strict=True)):
-                if rel is None:
-                    continue
+                if rel is None or module.kind is DeltaKind.KEPT:
+                    continue  # kept: the copy of the running snapshot, checked above
                 where = f"modules[{index}]"
                 target = _ensure_parents(staging, rel, where)
-                extract_module(zf, module, target, label=f"{where} ({module.name})", limits=limits)
+                base_path = current_dir / based[index] if index in based else None
+                _write_module(zf, module, target, base_path, where, limits)
                 parent = target.parent
                 while parent != staging:
                     touched.add(parent)

@@ -1,0 +1,410 @@
+"""Delta packages: the builder, the reader and staging from the running snapshot + patches.
+
+Real trees, real ZIPs, real zstd (pyzstd), real snapshot stores under tmp_path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import pyzstd
+
+from tests.ops.test_snapshots import tree_digest
+from tests.support.packages import Entry, write_zip
+from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.manifest import DeltaKind
+from updater_fsm.ops import delta
+from updater_fsm.ops.package import PackageLimits, read_package
+from updater_fsm.ops.package_build import BuildError, build_package
+from updater_fsm.ops.snapshots import Layout, init_layout, read_links, stage_snapshot
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _blob(seed: int, size: int) -> bytes:
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+def _write(tree: Path, files: dict[str, bytes], exe: tuple[str, ...] = ()) -> Path:
+    for rel, data in files.items():
+        path = tree / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        path.chmod(0o755 if rel in exe else 0o644)
+    return tree
+
+
+LIB_V1 = _blob(1, 200_000)
+LIB_V2 = LIB_V1[:50_000] + b"a small change" + LIB_V1[50_100:]
+V1 = {
+    "bin/app": b"#!/bin/sh\necho 1.1.0\n",
+    "lib/core.so": LIB_V1,
+    "lib/same.py": b"print('unchanged')\n" * 50,
+    "lib/gone.py": b"removed in 1.2.0\n",
+}
+V2 = {
+    "bin/app": b"#!/bin/sh\necho 1.2.0\n",
+    "lib/core.so": LIB_V2,
+    "lib/same.py": V1["lib/same.py"],
+    "lib/new.py": _blob(2, 3000),
+}
+
+
+@pytest.fixture
+def trees(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(root, v1 tree, v2 tree); root's store has v1.1.0 as factory and current."""
+    v1 = _write(tmp_path / "v1", V1, exe=("bin/app",))
+    v2 = _write(tmp_path / "v2", V2, exe=("bin/app",))
+    root = tmp_path / "root"
+    init_layout(root, "1.1.0", from_dir=v1)
+    return root, v1, v2
+
+
+def _kinds(pkg: Path, root: Path) -> dict[str, DeltaKind]:
+    manifest = read_package(pkg, expected_version="1.2.0", root=root)
+    return {m.name: m.kind for m in manifest.modules}
+
+
+def test_builder_classifies_kept_patched_added_removed(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, v1, v2 = trees
+    out = tmp_path / "delta.zip"
+    result = build_package(
+        v2, version="1.2.0", output=out, root=root, delta_from=v1, base_version="1.1.0"
+    )
+    manifest = result.manifest
+    assert manifest.base_version == "1.1.0"
+    assert manifest.removed == (f"{root}/lib/gone.py",)
+    assert _kinds(out, root) == {
+        "bin/app": DeltaKind.PATCHED,  # even 21 bytes: the patch beats deflate
+        "lib/core.so": DeltaKind.PATCHED,
+        "lib/new.py": DeltaKind.ADDED,
+        "lib/same.py": DeltaKind.KEPT,
+    }
+    core = next(m for m in manifest.modules if m.name == "lib/core.so")
+    assert core.base_sha256 == hashlib.sha256(LIB_V1).hexdigest()
+    assert core.sha256 == hashlib.sha256(LIB_V2).hexdigest()
+    assert core.size == len(LIB_V2)
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        assert "patches/lib/core.so.zst" in names
+        assert "files/lib/same.py" not in names
+        assert zf.getinfo("patches/lib/core.so.zst").compress_type == zipfile.ZIP_STORED
+    full = build_package(v2, version="1.2.0", output=tmp_path / "full.zip", root=root)
+    assert result.size < full.size / 5
+
+
+def test_builder_from_the_base_package_matches_the_tree(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, v1, v2 = trees
+    base = build_package(v1, version="1.1.0", output=tmp_path / "base.zip", root=root)
+    from_pkg = build_package(
+        v2, version="1.2.0", output=tmp_path / "a.zip", root=root, delta_from=base.path
+    )
+    from_tree = build_package(
+        v2,
+        version="1.2.0",
+        output=tmp_path / "b.zip",
+        root=root,
+        delta_from=v1,
+        base_version="1.1.0",
+    )
+    assert from_pkg.md5 == from_tree.md5  # deterministic, whatever form the base takes
+    with pytest.raises(BuildError, match=r"not v1\.0\.0"):
+        build_package(
+            v2,
+            version="1.2.0",
+            output=tmp_path / "c.zip",
+            root=root,
+            delta_from=base.path,
+            base_version="1.0.0",
+        )
+    with pytest.raises(BuildError, match="base-version"):
+        build_package(v2, version="1.2.0", output=tmp_path / "d.zip", root=root, delta_from=v1)
+    with pytest.raises(BuildError, match="cannot be a base"):
+        build_package(
+            v2, version="1.3.0", output=tmp_path / "e.zip", root=root, delta_from=from_pkg.path
+        )
+
+
+def test_large_files_ship_in_full(tmp_path: Path, trees: tuple[Path, Path, Path]) -> None:
+    root, v1, v2 = trees
+    small = PackageLimits(max_patch_bytes=100_000)
+    out = tmp_path / "delta.zip"
+    build_package(
+        v2,
+        version="1.2.0",
+        output=out,
+        root=root,
+        delta_from=v1,
+        base_version="1.1.0",
+        limits=small,
+    )
+    assert _kinds(out, root)["lib/core.so"] is DeltaKind.ADDED
+
+
+def test_delta_stages_the_same_tree_as_the_new_release(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, v1, v2 = trees
+    out = tmp_path / "delta.zip"
+    build_package(v2, version="1.2.0", output=out, root=root, delta_from=v1, base_version="1.1.0")
+    layout = Layout(root)
+    running = tree_digest(layout.snapshot_dir("1.1.0"))
+    manifest = read_package(out, expected_version="1.2.0", root=root)
+    staged = stage_snapshot(layout, manifest, out)
+    assert tree_digest(layout.snapshot_dir("1.1.0")) == running  # only read
+    got = {
+        p.relative_to(staged).as_posix(): p.read_bytes() for p in staged.rglob("*") if p.is_file()
+    }
+    assert got == V2
+    assert os.stat(staged / "bin/app").st_mode & 0o777 == 0o755
+    assert os.stat(staged / "lib/core.so").st_mode & 0o777 == 0o644
+
+
+def _delta(tmp_path: Path, root: Path, v1: Path, v2: Path) -> Path:
+    out = tmp_path / "delta.zip"
+    build_package(v2, version="1.2.0", output=out, root=root, delta_from=v1, base_version="1.1.0")
+    return out
+
+
+def _refused(
+    layout: Layout, pkg: Path, code: ErrorCode, limits: PackageLimits = PackageLimits()
+) -> str:
+    before = tree_digest(layout.versions)
+    manifest = read_package(pkg, expected_version="1.2.0", root=layout.root, limits=limits)
+    with pytest.raises(UpdaterError) as err:
+        stage_snapshot(layout, manifest, pkg, limits=limits)
+    assert err.value.code == code, err.value.error
+    assert tree_digest(layout.versions) == before  # nothing touched, no staging left
+    return err.value.detail
+
+
+def test_wrong_base_version_is_refused_before_anything(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, v1, v2 = trees
+    out = tmp_path / "delta.zip"
+    build_package(v2, version="1.2.0", output=out, root=root, delta_from=v1, base_version="1.0.5")
+    detail = _refused(Layout(root), out, ErrorCode.DELTA_BASE_MISMATCH)
+    assert detail == "the delta is against v1.0.5, the device runs v1.1.0"
+
+
+@pytest.mark.parametrize("victim", ["lib/same.py", "lib/core.so"])
+def test_a_hand_edited_base_file_is_refused_naming_it(
+    tmp_path: Path, trees: tuple[Path, Path, Path], victim: str
+) -> None:
+    root, v1, v2 = trees
+    out = _delta(tmp_path, root, v1, v2)
+    target = Layout(root).snapshot_dir("1.1.0") / victim
+    target.chmod(0o644)
+    target.write_bytes(target.read_bytes() + b"# edited on the device\n")
+    detail = _refused(Layout(root), out, ErrorCode.DELTA_BASE_MISMATCH)
+    assert detail.startswith(f"{victim}: sha256 is ")
+
+
+def test_a_missing_or_symlinked_base_file_is_a_mismatch(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, v1, v2 = trees
+    out = _delta(tmp_path, root, v1, v2)
+    snap = Layout(root).snapshot_dir("1.1.0")
+    (snap / "lib").chmod(0o755)
+    outside = tmp_path / "outside.so"
+    outside.write_bytes(LIB_V1)  # the right content, but outside the snapshot
+    (snap / "lib/core.so").unlink()
+    (snap / "lib/core.so").symlink_to(outside)
+    detail = _refused(Layout(root), out, ErrorCode.DELTA_BASE_MISMATCH)
+    assert detail == "lib/core.so: reached through a symlink in the running snapshot"
+    (snap / "lib/core.so").unlink()
+    detail = _refused(Layout(root), out, ErrorCode.DELTA_BASE_MISMATCH)
+    assert detail == "lib/core.so: missing from the running snapshot"
+
+
+# --------------------------------------------------------------------------- hostile
+
+
+def _hostile(
+    tmp_path: Path, root: Path, patch: bytes, *, size: int, extra: dict[str, object] | None = None
+) -> Path:
+    module = {
+        "name": "lib/core.so",
+        "src": "patches/core.zst",
+        "dst": f"{root}/lib/core.so",
+        "delta": "patched",
+        "size": size,
+        "sha256": hashlib.sha256(LIB_V2).hexdigest(),
+        "base_sha256": hashlib.sha256(LIB_V1).hexdigest(),
+        **(extra or {}),
+    }
+    manifest = {"version": "1.2.0", "base_version": "1.1.0", "modules": [module]}
+    return write_zip(
+        tmp_path / "hostile.zip",
+        [Entry("patches/core.zst", patch, compress=zipfile.ZIP_STORED)],
+        manifest=manifest,
+    )
+
+
+def test_a_patch_expanding_past_its_declared_size_is_refused(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, _v1, _v2 = trees
+    patch = delta.make_patch(LIB_V1, LIB_V2)
+    pkg = _hostile(tmp_path, root, patch, size=len(LIB_V2) - 1)
+    detail = _refused(Layout(root), pkg, ErrorCode.INVALID_MANIFEST)
+    assert "expands beyond the declared" in detail
+
+
+def test_a_bomb_is_stopped_at_the_declared_size(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    """1 GiB of zeros in a ~32 KiB frame: decoding stops one byte past the declared size."""
+    root, _v1, _v2 = trees
+    bomb = pyzstd.compress(b"\0" * (1 << 30), {pyzstd.CParameter.windowLog: 20})
+    assert len(bomb) < 100_000
+    pkg = _hostile(tmp_path, root, bomb, size=len(LIB_V2))
+    detail = _refused(Layout(root), pkg, ErrorCode.INVALID_MANIFEST)
+    assert "expands beyond the declared" in detail
+
+
+def test_a_frame_asking_for_a_huge_window_is_refused(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, _v1, _v2 = trees
+    # Streamed, so the size is unknown and the frame keeps its 1 GiB window.
+    compressor = pyzstd.ZstdCompressor({pyzstd.CParameter.windowLog: 30})
+    big_window = compressor.compress(_blob(3, 1000)) + compressor.flush()
+    assert pyzstd.get_frame_info(big_window).decompressed_size is None
+    pkg = _hostile(tmp_path, root, big_window, size=len(LIB_V2))
+    detail = _refused(Layout(root), pkg, ErrorCode.INVALID_MANIFEST)
+    assert "corrupt patch" in detail
+
+
+def test_garbage_and_truncated_patches_are_refused(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, _v1, _v2 = trees
+    patch = delta.make_patch(LIB_V1, LIB_V2)
+    for bad in (b"not zstd at all", patch[: len(patch) // 2], patch + b"trailing"):
+        pkg = _hostile(tmp_path, root, bad, size=len(LIB_V2))
+        _refused(Layout(root), pkg, ErrorCode.INVALID_MANIFEST)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        ({"dst": "/opt/tope/../etc/passwd"}, "must not contain '..'"),
+        ({"size": (16 << 20) + 1}, "exceeds the limit of 16777216"),
+        ({"base_sha256": None}, "base_sha256: required for a patched file"),
+        ({"delta": "kept"}, "a kept file comes from the base, it has no src"),
+        ({"delta": "moved"}, "must be one of kept, patched, added"),
+    ],
+)
+def test_hostile_delta_manifests_are_refused_by_the_reader(
+    tmp_path: Path, trees: tuple[Path, Path, Path], extra: dict[str, object], expect: str
+) -> None:
+    root, _v1, _v2 = trees
+    pkg = _hostile(tmp_path, root, b"x", size=10, extra=extra)
+    with pytest.raises(UpdaterError) as err:
+        read_package(pkg, expected_version="1.2.0", root=root)
+    assert err.value.code == ErrorCode.INVALID_MANIFEST
+    assert expect in err.value.detail
+
+
+def test_delta_fields_need_a_base_version_and_removed_paths_stay_in_the_root(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    root, _v1, _v2 = trees
+    entry = [Entry("files/a", b"a")]
+    mod = {"name": "a", "src": "files/a", "dst": f"{root}/a"}
+    cases = [
+        ({"modules": [{**mod, "delta": "added"}]}, "only a delta package"),
+        ({"removed": [f"{root}/x"], "modules": [mod]}, "removed: only a delta package"),
+        (
+            {"base_version": "1.1.0", "removed": ["/etc/passwd"], "modules": [mod]},
+            "removed[0]: /etc/passwd is outside the install root",
+        ),
+        (
+            {"base_version": "1.1.0", "removed": [f"{root}/versions/v1.1.0/x"], "modules": [mod]},
+            "removed[0]: must not be under",
+        ),
+        ({"base_version": "1.2.0", "modules": [mod]}, "base_version: a delta from 1.2.0"),
+    ]
+    for doc, expect in cases:
+        pkg = write_zip(tmp_path / "m.zip", entry, manifest={"version": "1.2.0", **doc})
+        with pytest.raises(UpdaterError, match=expect.replace("[", r"\[").replace("]", r"\]")):
+            read_package(pkg, expected_version="1.2.0", root=root)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_applying_a_16_mib_patch_stays_far_below_memory_max(tmp_path: Path) -> None:
+    """The largest patch the device accepts, applied in a fresh process: peak RSS (VmHWM)."""
+    size = 16 << 20
+    base_tree = _write(tmp_path / "v1", {"lib/big.bin": _blob(7, size)})
+    new = bytearray((base_tree / "lib/big.bin").read_bytes())
+    for offset in range(0, size, 1 << 20):
+        new[offset : offset + 64] = _blob(offset, 64)
+    new_tree = _write(tmp_path / "v2", {"lib/big.bin": bytes(new)})
+    root = tmp_path / "root"
+    init_layout(root, "1.1.0", from_dir=base_tree)
+    pkg = tmp_path / "delta.zip"
+    build_package(
+        new_tree,
+        version="1.2.0",
+        output=pkg,
+        root=root,
+        delta_from=base_tree,
+        base_version="1.1.0",
+    )
+    assert _kinds(pkg, root)["lib/big.bin"] is DeltaKind.PATCHED
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from pathlib import Path
+        from updater_fsm.ops.package import read_package
+        from updater_fsm.ops.snapshots import Layout, stage_snapshot
+
+        def peak_kb():
+            with open("/proc/self/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+
+        before = peak_kb()
+        root = Path({str(root)!r})
+        pkg = Path({str(pkg)!r})
+        manifest = read_package(pkg, expected_version="1.2.0", root=root)
+        stage_snapshot(Layout(root), manifest, pkg)
+        json.dump({{"before_kb": before, "after_kb": peak_kb()}}, sys.stdout)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, check=True, timeout=120
+    )
+    figures = json.loads(proc.stdout.splitlines()[-1])
+    assert (root / "versions/v1.2.0/lib/big.bin").read_bytes() == bytes(new)
+    grown_mb = (figures["after_kb"] - figures["before_kb"]) / 1024
+    print("delta apply peak", figures)
+    # The base as the dictionary (16 MiB, one copy) + the decoder's buffer (<= the result,
+    # 16 MiB) + a chunk or two: measured 35 MB over the interpreter's 33 MB. MemoryMax: 128M.
+    assert grown_mb < 40, figures
+    assert figures["after_kb"] / 1024 < 80, figures
+    assert read_links(Layout(root)).current == "1.1.0"
