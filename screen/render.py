@@ -274,11 +274,23 @@ def draw(
             surface.blit(info, (x, button.centery - info.get_height() // 2))
     if view.banner:
         image = fonts.small.render(fonts.fit(view.banner), True, BACKGROUND)
-        pad = lay.px(8)
-        box = image.get_rect(topright=(lay.width - pad, pad)).inflate(2 * pad, pad)
-        box.topright = (lay.width - pad, pad)
+        box = banner_box(image, fonts, lay)
         pygame.draw.rect(surface, ACCENT_BANNER, box, border_radius=lay.px(8))
         surface.blit(image, image.get_rect(center=box.center))
+
+
+def banner_box(image: pygame.Surface, fonts: Fonts, lay: Layout) -> pygame.Rect:
+    """Where the banner (``Reconnecting…``) goes: top right, in the margin above the title.
+
+    Its height follows the glyphs (ascent and descent), not the rendered line (a CJK face's
+    line has a large leading), so it ends above the title's first line at every scale.
+    """
+    pad = lay.px(8)
+    glyphs = fonts.small.get_ascent() - fonts.small.get_descent()
+    height = min(image.get_height(), glyphs) + lay.px(6)
+    box = pygame.Rect(0, 0, image.get_width() + 2 * pad, height)
+    box.topright = (lay.width - pad, lay.px(3))
+    return box
 
 
 def draw_moving(surface: pygame.Surface, view: View, lay: Layout, phase: float) -> pygame.Rect:
