@@ -21,8 +21,10 @@ from typing import Any
 import attrs
 
 from updater_fsm.config import Config, ConfigError, ServiceControl, load_config
-from updater_fsm.control import UpdaterError
-from updater_fsm.log_setup import configure_logging
+
+# updater_fsm.control (the engine, the journal, transitions) and the logging setup
+# (structlog, rich) are imported where needed: `tope-updater screen` runs beside the
+# updater on a small device and needs neither (about 8 MB of RSS).
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 SANDBOX_DEFAULT = Path("var")
@@ -74,6 +76,7 @@ def ensure_sandbox(config: Config) -> None:
 # ---- commands: the daemon and the device layout --------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from http_shell.daemon import AlreadyRunning, CannotListen, serve
+    from updater_fsm.log_setup import configure_logging
 
     base = sandbox_config(args.sandbox) if args.sandbox else None
     config = _config_from(args, base)
@@ -419,6 +422,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from http_shell.demo import run_demo
+    from updater_fsm.log_setup import configure_logging
 
     configure_logging(None, level="warning")  # the demo narrates; logs would drown it
     return run_demo(args.dir, keep=args.keep)
@@ -571,10 +575,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except UpdaterError as exc:
-        print(f"tope-updater: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as exc:
+        from updater_fsm.control import UpdaterError
+
+        if not isinstance(exc, UpdaterError):
+            raise
+        print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return result
 

@@ -12,11 +12,14 @@ broken package and show the automatic rollback.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shlex
 import shutil
 import socket
 import subprocess
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +149,20 @@ def busy_probe_command(job: SimulatedPrint) -> str:
     )
 
 
+def screen_command(url: str, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The demo's ``screen_command`` when a display is present and pygame-ce importable:
+    ``tope-updater screen`` in an 800x480 window (of this checkout), closing 10 s after the
+    outcome; the updater opens it when each install and each rollback begins. None
+    otherwise: the demo then runs in the terminal only, as before."""
+    if not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
+        return None
+    if importlib.util.find_spec("pygame") is None:
+        return None
+    checkout = Path(__file__).resolve().parents[1]
+    argv = ["env", f"PYTHONPATH={checkout}", sys.executable, "-m", "http_shell.cli", "screen"]
+    return shlex.join([*argv, "--window", "800x480", "--close-after", "10", "--url", url])
+
+
 async def _install(
     client: ApiClient,
     url: str,
@@ -227,11 +244,13 @@ def run_demo(directory: Path, *, keep: bool = False) -> int:
 
 def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
     root = directory / "root"
+    port = _free_port()
     config = Config(
         root=root,
         state_dir=directory / "state",
         service_control=ServiceControl.NONE,
-        port=_free_port(),
+        port=port,
+        screen_command=screen_command(f"http://127.0.0.1:{port}"),
         settle_s=0.5,
         busy_probe=busy_probe_command(SimulatedPrint(directory)),
         busy_poll_s=0.5,
@@ -246,6 +265,9 @@ def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
     print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
     print("    busy gate: an install waits while busy_probe exits non-zero:")
     print(f"      {config.busy_probe}")
+    if config.screen_command:
+        print("    the progress screen opens in a window at each install (screen_command):")
+        print(f"      {config.screen_command}")
 
     _say("Building packages with `tope-updater package build`")
     built = []

@@ -24,10 +24,12 @@ import attrs
 
 from screen.view import Link, View, is_install, view_of
 
-#: Frames per second while something moves (the indeterminate bar); otherwise the loop
-#: sleeps until a snapshot arrives, an input event, or the next countdown second.
+#: Frames per second while something moves (the indeterminate bar); otherwise nothing is
+#: drawn until the view changes (a snapshot, the countdown's next second).
 ANIMATION_FPS = 30
-IDLE_WAIT_MS = 250
+#: How often input (a tap on "Done") is looked at while nothing moves: SDL cannot wake a
+#: sleeping thread for it without polling, so the loop sleeps this long at most.
+INPUT_POLL_S = 0.1
 
 
 @attrs.frozen
@@ -56,18 +58,25 @@ class Options:
 
 
 class _Inbox:
-    """Snapshots from the follower's thread to the drawing loop (latest wins)."""
+    """Snapshots from the follower's thread to the drawing loop (latest wins).
 
-    def __init__(self, wake: int) -> None:
+    The drawing loop blocks on :meth:`wait`, not on ``pygame.event.wait(timeout)``: with a
+    timeout, pygame-ce polls SDL's queue about every millisecond (2 % of a core on a
+    static screen, measured by ``bench/screen.py``); a ``threading.Event`` sleeps.
+    """
+
+    def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[Mapping[str, Any] | None, Link]] = queue.SimpleQueue()
-        self._wake = wake
+        self._wake = threading.Event()
 
     def put(self, snap: Mapping[str, Any] | None, link: Link) -> None:
-        import pygame
-
         self._queue.put((snap, link))
-        with contextlib.suppress(pygame.error):  # pygame.error: the display is closing
-            pygame.event.post(pygame.event.Event(self._wake))  # SDL's queue is thread-safe
+        self._wake.set()
+
+    def wait(self, timeout_s: float) -> None:
+        """Until a snapshot arrives or ``timeout_s`` passes."""
+        self._wake.wait(timeout_s)
+        self._wake.clear()
 
     def drain(self) -> list[tuple[Mapping[str, Any] | None, Link]]:
         out = []
@@ -94,9 +103,14 @@ def run(options: Options) -> int:
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
 
-    from screen.render import Fonts, draw, layout
+    from screen.render import Fonts, draw, draw_moving, layout
 
     pygame.display.init()
+    if pygame.display.get_driver() == "x11":
+        # SDL would draw the window through OpenGL (on a machine without a GPU driver:
+        # Mesa's llvmpipe, +90 MB RSS); a frame this simple is cheaper as an XShm image.
+        # Read when the window is created; KMS/DRM and Wayland have no such path.
+        os.environ.setdefault("SDL_FRAMEBUFFER_ACCELERATION", "0")
     pygame.font.init()
     if options.window is not None:
         surface = pygame.display.set_mode(options.window)
@@ -109,8 +123,7 @@ def run(options: Options) -> int:
     pygame.display.set_caption("tope-updater")
     lay = layout(*surface.get_size())
     fonts = Fonts(options.lang, lay, font_path=options.font)
-    wake = pygame.event.custom_type()
-    inbox = _Inbox(wake)
+    inbox = _Inbox()
     threading.Thread(target=_follow, args=(options, inbox), daemon=True, name="follower").start()
 
     snap: Mapping[str, Any] | None = None
@@ -135,8 +148,10 @@ def run(options: Options) -> int:
                 if remaining <= 0:
                     return 0
                 left = int(remaining + 0.999)
-            if animating or shown != (view, left):
-                phase = (now * 0.6) % 1.0
+            phase = (now * 0.6) % 1.0
+            if shown == (view, left) and animating:  # only the moving segment changed
+                pygame.display.update(draw_moving(surface, view, lay, phase))
+            elif shown != (view, left):
                 draw(surface, view, fonts, lay, seconds_left=left, phase=phase)
                 pygame.display.flip()
                 if frames == 0:
@@ -150,10 +165,12 @@ def run(options: Options) -> int:
                 if recorder is not None and (shown is None or shown[0] != view):
                     recorder.save(surface, view, snap, lay)
                 shown = (view, left)
-            timeout = 1000 // ANIMATION_FPS if animating else IDLE_WAIT_MS
-            for event in [pygame.event.wait(timeout), *pygame.event.get()]:
+            inbox.wait(1 / ANIMATION_FPS if animating else INPUT_POLL_S)
+            for event in pygame.event.get():
                 if event.type == pygame.QUIT:
                     return 0
+                if event.type in (pygame.VIDEOEXPOSE, pygame.WINDOWEXPOSED):
+                    pygame.display.flip()  # uncovered: show the last frame again
                 if view.ended and _pressed(event, lay.button, lay.width, lay.height):
                     return 0
             for snap_in, link_in in inbox.drain():

@@ -240,17 +240,7 @@ def draw(
                 (bar.right + lay.px(16), bar.centery - image.get_height() // 2),
             )
     elif view.outcome is Outcome.WORKING:  # busy without a percentage: a moving segment
-        pygame.draw.rect(surface, BAR_TRACK, bar, border_radius=radius)
-        seg = bar.width // 4
-        start = round((bar.width + seg) * phase) - seg
-        left, right = max(0, start), min(bar.width, start + seg)
-        if right > left:
-            pygame.draw.rect(
-                surface,
-                accent,
-                pygame.Rect(bar.x + left, bar.y, right - left, bar.height),
-                border_radius=radius,
-            )
+        draw_moving(surface, view, lay, phase)
     y = bar.bottom + lay.px(18)
     if view.detail:
         y = _blit_lines(
@@ -284,11 +274,44 @@ def draw(
             surface.blit(info, (x, button.centery - info.get_height() // 2))
     if view.banner:
         image = fonts.small.render(fonts.fit(view.banner), True, BACKGROUND)
-        pad = lay.px(8)
-        box = image.get_rect(topright=(lay.width - pad, pad)).inflate(2 * pad, pad)
-        box.topright = (lay.width - pad, pad)
+        box = banner_box(image, fonts, lay)
         pygame.draw.rect(surface, ACCENT_BANNER, box, border_radius=lay.px(8))
         surface.blit(image, image.get_rect(center=box.center))
+
+
+def banner_box(image: pygame.Surface, fonts: Fonts, lay: Layout) -> pygame.Rect:
+    """Where the banner (``Reconnecting…``) goes: top right, in the margin above the title.
+
+    Its height follows the glyphs (ascent and descent), not the rendered line (a CJK face's
+    line has a large leading), so it ends above the title's first line at every scale.
+    """
+    pad = lay.px(8)
+    glyphs = fonts.small.get_ascent() - fonts.small.get_descent()
+    height = min(image.get_height(), glyphs) + lay.px(6)
+    box = pygame.Rect(0, 0, image.get_width() + 2 * pad, height)
+    box.topright = (lay.width - pad, lay.px(3))
+    return box
+
+
+def draw_moving(surface: pygame.Surface, view: View, lay: Layout, phase: float) -> pygame.Rect:
+    """Paint only the indeterminate bar (a segment at ``phase``, 0..1, of its course) over
+    the last frame; returns the rectangle to update. Nothing else on the screen moves, so
+    an animation frame costs this bar, not a whole frame of text."""
+    bar = lay.bar
+    radius = bar.height // 2
+    pygame.draw.rect(surface, BACKGROUND, bar)
+    pygame.draw.rect(surface, BAR_TRACK, bar, border_radius=radius)
+    seg = bar.width // 4
+    start = round((bar.width + seg) * phase) - seg
+    left, right = max(0, start), min(bar.width, start + seg)
+    if right > left:
+        pygame.draw.rect(
+            surface,
+            view.accent,
+            pygame.Rect(bar.x + left, bar.y, right - left, bar.height),
+            border_radius=radius,
+        )
+    return bar
 
 
 ACCENT_BANNER = (255, 214, 10)

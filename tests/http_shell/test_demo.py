@@ -50,3 +50,19 @@ def test_demo_waits_for_the_print_then_installs_and_rolls_back(tmp_path: Path) -
     assert "ROLLBACK_LEVEL_1_SUCCESS: v1.1.0" in out
     assert out.rstrip().endswith("==> Demo complete")
     assert not (tmp_path / "demo").exists()  # cleaned up
+
+
+def test_the_demo_opens_the_screen_only_with_a_display() -> None:
+    from http_shell.demo import screen_command
+
+    url = "http://127.0.0.1:4242"
+    assert screen_command(url, {}) is None
+    command = screen_command(url, {"DISPLAY": ":0"})
+    try:
+        import pygame  # noqa: F401
+    except ImportError:
+        assert command is None
+        return
+    assert command is not None
+    assert f"-m http_shell.cli screen --window 800x480 --close-after 10 --url {url}" in command
+    assert screen_command(url, {"WAYLAND_DISPLAY": "wayland-0"}) == command

@@ -62,3 +62,29 @@ def test_wrap_breaks_at_spaces_and_between_chinese_characters() -> None:
         text = "更新失败，打印机已恢复到 1.1.0，可以放心使用"  # noqa: RUF001
         lines = wrap(zh, text, 200)
         assert len(lines) > 1 and "".join(lines).replace(" ", "") == text.replace(" ", "")
+
+
+@pytest.mark.parametrize("size", [(800, 480), (1920, 440), (1920, 1080), (1024, 600)])
+@pytest.mark.parametrize("lang", [EN, ZH_CN])
+def test_the_reconnecting_banner_stays_above_a_two_line_title(
+    size: tuple[int, int], lang: str
+) -> None:
+    import attrs
+
+    from screen.render import banner_box, draw
+    from screen.view import BACKGROUND, Link, view_of
+
+    snap = {"state": "health_check", "progress": 70, "from_version": "1.1.0"}
+    lay = layout(*size)
+    fonts = Fonts(lang, lay)
+    view = view_of(snap, fonts.lang, link=Link.RECONNECTING, seen_work=True)
+    assert view.banner
+    surface = pygame.Surface(size)
+    draw(surface, attrs.evolve(view, banner=None), fonts, lay)
+    ink_top = next(
+        y
+        for y in range(size[1])
+        if any(tuple(surface.get_at((x, y)))[:3] != BACKGROUND for x in range(size[0]))
+    )
+    image = fonts.small.render(fonts.fit(view.banner), True, BACKGROUND)
+    assert banner_box(image, fonts, lay).bottom < ink_top - 2
