@@ -218,8 +218,11 @@ class SandboxUpdater:
             self.log_level,
         ]
         self.started_at = time.perf_counter()
+        # The checkout this bench is in, not whatever tree the venv's editable install maps.
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
         self.proc = subprocess.Popen(
-            argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
 
     def wait_ready(self, timeout: float = 20.0, poll_s: float = 0.005) -> float:

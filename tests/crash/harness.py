@@ -10,8 +10,8 @@ drives it to the end and checks every invariant with :func:`check_invariants`.
 What the "client" does (:func:`drive`), in every phase and after every restart — it only
 looks at ``GET /progress``, as device-api does:
 
-* ``idle`` (nothing journaled yet, or the request was lost with the process): ``POST
-  /download`` again;
+* ``idle`` (nothing journaled yet, or the request was lost with the process), or the
+  end of an earlier update (another version): ``POST /download`` again;
 * ``toInstall``: ``POST /update`` (the install request may have died with the process);
 * ``downloading``/``verifying``/``installing``: wait;
 * ``success``/``failed`` for the scenario's version: done.
@@ -226,6 +226,9 @@ class Scenario:
         error_prefix: the final ``error`` must start with this (``""`` = must be null).
         final_version: the version ``current`` must name at the end.
         post_cmds: the module's post_cmds (each completion is a journaled step).
+        base_files: files installed on top of the factory before this update (a delta's
+            base release; root-relative key -> (data, mode)).
+        removed: root-relative files the update deletes (a delta's ``removed``).
     """
 
     name: str
@@ -235,6 +238,8 @@ class Scenario:
     error_prefix: str
     final_version: str
     post_cmds: tuple[str, ...] = ()
+    base_files: Mapping[str, tuple[bytes, int]] = attrs.field(factory=dict)
+    removed: tuple[str, ...] = ()
 
 
 def scenario(name: str, blob_size: int = 64 * 1024, seed: int = 0) -> Scenario:
@@ -259,8 +264,11 @@ def tree_of(files: Mapping[str, tuple[bytes, int]]) -> FileTree:
 def expected_tree(sc: Scenario) -> FileTree:
     """What ``current`` must contain once ``sc`` is over."""
     tree = tree_of(FACTORY_FILES)
+    tree.update(tree_of(sc.base_files))
     if sc.outcome == "success":
         tree.update(tree_of(sc.files))
+        for rel in sc.removed:
+            tree.pop(rel, None)
     return tree
 
 
@@ -350,9 +358,8 @@ class Rig:
         snapshots.init_layout(self.root, FACTORY_VERSION, factory_src)
         shutil.rmtree(factory_src)
         self.factory_digest = tree_digest(self.root / "versions" / "factory")
-        self.package_name = f"{base.name}-{sc.name}.zip"
         pkg = make_package(
-            base / self.package_name,
+            base / f"{base.name}-{sc.name}.zip",
             sc.version,
             sc.files,
             root=self.root,
@@ -360,9 +367,18 @@ class Rig:
             health=health or {"command": f"{self.root}/versions/current/bin/hello"},
             post_cmds=post_cmds if post_cmds is not None else list(sc.post_cmds),
         )
+        self.serve(pkg, sc, behaviour)
+
+    def serve(self, pkg: Path, sc: Scenario, behaviour: Behaviour | None = None) -> None:
+        """Serve ``pkg`` as the rig's package and make ``sc`` the update to drive and check
+        (e.g. a delta built against the package installed before)."""
         data = pkg.read_bytes()
+        self.sc = sc
+        self.package_name = pkg.name
         self.package_size = len(data)
-        self.package_url = str(server.call(server.server.add, self.package_name, data, behaviour))
+        self.package_url = str(
+            self.server.call(self.server.server.add, self.package_name, data, behaviour)
+        )
         self.request = {
             "version": sc.version,
             "package_url": self.package_url,
@@ -560,7 +576,7 @@ def drive(
         with contextlib.suppress(OSError, ValueError):
             if stage in TERMINAL_STAGES and data.get("version") in (version, f"v{version}"):
                 return data
-            if stage == "idle":
+            if stage == "idle" or stage in TERMINAL_STAGES:  # (a previous update's end)
                 rig.call("POST", "/download", rig.request)
             elif stage == "toInstall":
                 rig.call("POST", "/update", {"version": version})

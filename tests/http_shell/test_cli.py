@@ -137,6 +137,66 @@ def test_verify_setup_json(tmp_path: Path) -> None:
     assert report["links"] == {"current": "1.0.0", "previous": None, "factory": "1.0.0"}
 
 
+def _tree(path: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_bytes(data)
+    return path
+
+
+def test_package_build_delta_from_a_package_and_from_a_tree(tmp_path: Path) -> None:
+    """``package build --delta-from`` with the base's package, or its tree + --base-version."""
+    core = b"".join(b"def f%d(x):\n    return x * %d\n" % (i, i) for i in range(2000))
+    v1 = _tree(tmp_path / "v1", {"lib/core.py": core, "lib/same.py": b"same\n" * 50})
+    v2 = _tree(
+        tmp_path / "v2",
+        {"lib/core.py": core.replace(b"x * 7\n", b"x * 7 + 1\n"), "lib/same.py": b"same\n" * 50},
+    )
+    root = str(tmp_path / "root")
+    base = tmp_path / "full-1.1.0.zip"
+    build = ("package", "build", "--root", root, "--json")
+    full = cli(*build, str(v1), "--version", "1.1.0", "-o", str(base), env=_env())
+    assert full.returncode == 0, full.stderr
+    assert "base_version" not in json.loads(full.stdout)
+
+    out = tmp_path / "delta-a.zip"
+    from_pkg = cli(
+        *build, str(v2), "--version", "1.2.0", "-o", str(out), "--delta-from", str(base), env=_env()
+    )
+    assert from_pkg.returncode == 0, from_pkg.stderr
+    fields = json.loads(from_pkg.stdout)
+    assert fields["base_version"] == "1.1.0"
+    assert fields["modules"] == 2
+    assert fields["package_size"] == out.stat().st_size < base.stat().st_size
+
+    tree_out = tmp_path / "delta-b.zip"
+    args = (str(v2), "--version", "1.2.0", "-o", str(tree_out), "--delta-from", str(v1))
+    no_version = cli(*build, *args, env=_env())
+    assert no_version.returncode != 0
+    assert no_version.stderr.strip() == (
+        f"tope-updater: package build failed: {v1} is a tree: give its version (--base-version)"
+    )
+    assert not tree_out.exists()
+    from_tree = cli(*build, *args, "--base-version", "1.1.0", env=_env())
+    assert from_tree.returncode == 0, from_tree.stderr
+    # The same delta, whatever form the base takes (the build is deterministic).
+    assert json.loads(from_tree.stdout)["package_sha256"] == fields["package_sha256"]
+
+    plain = ("package", "build", "--root", root, str(v2), "--version", "1.2.0", "-o")
+    text = cli(*plain, str(tmp_path / "c.zip"), "--delta-from", str(base), env=_env())
+    assert text.returncode == 0, text.stderr
+    assert "  base_version: 1.1.0" in text.stdout.splitlines()
+    mismatch = cli(
+        *plain, str(tmp_path / "d.zip"), "--delta-from", str(base), "--base-version", "1.0.9",
+        env=_env(),
+    )  # fmt: skip
+    assert mismatch.returncode != 0
+    assert mismatch.stderr.strip() == (
+        f"tope-updater: package build failed: {base} is v1.1.0, not v1.0.9"
+    )
+    assert not (tmp_path / "d.zip").exists()
+
+
 def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -99,11 +99,16 @@ def test_builder_classifies_kept_patched_added_removed(
     assert core.base_sha256 == hashlib.sha256(LIB_V1).hexdigest()
     assert core.sha256 == hashlib.sha256(LIB_V2).hexdigest()
     assert core.size == len(LIB_V2)
+    assert core.md5 is None and core.base is None  # sha256 is the result's check
+    same = next(m for m in manifest.modules if m.name == "lib/same.py")
+    assert (same.src, same.md5, same.size) == (None, None, None)  # name, dst, sha256 only
+    assert same.sha256 == hashlib.sha256(V1["lib/same.py"]).hexdigest()
     with zipfile.ZipFile(out) as zf:
         names = zf.namelist()
-        assert "patches/lib/core.so.zst" in names
+        assert core.src is not None and core.src.startswith("patches/")
+        assert core.src in names
         assert "files/lib/same.py" not in names
-        assert zf.getinfo("patches/lib/core.so.zst").compress_type == zipfile.ZIP_STORED
+        assert zf.getinfo(core.src).compress_type == zipfile.ZIP_STORED
     full = build_package(v2, version="1.2.0", output=tmp_path / "full.zip", root=root)
     assert result.size < full.size / 5
 
@@ -175,6 +180,72 @@ def test_delta_stages_the_same_tree_as_the_new_release(
     assert got == V2
     assert os.stat(staged / "bin/app").st_mode & 0o777 == 0o755
     assert os.stat(staged / "lib/core.so").st_mode & 0o777 == 0o644
+
+
+#: A release that renames a directory (as a wheel's ``<name>-<version>.dist-info`` does):
+#: the moved files have no base at their own path.
+MOVED_V1 = {
+    "lib/app-1.1.0.dist-info/RECORD": b"".join(
+        b"app/m%d.py,sha256=%d\n" % (i, i) for i in range(3000)
+    ),
+    "lib/app-1.1.0.dist-info/LICENSE": _blob(4, 20_000),
+    "lib/app/__init__.py": b"VERSION = '1.1.0'\n",
+}
+MOVED_V2 = {
+    "lib/app-1.2.0.dist-info/RECORD": MOVED_V1["lib/app-1.1.0.dist-info/RECORD"].replace(
+        b"m7.py,sha256=7", b"m7.py,sha256=77"
+    ),
+    "lib/app-1.2.0.dist-info/licenses/LICENSE": MOVED_V1["lib/app-1.1.0.dist-info/LICENSE"],
+    "lib/app/__init__.py": b"VERSION = '1.2.0'\n",
+}
+
+
+def test_a_moved_file_is_patched_from_its_old_path(tmp_path: Path) -> None:
+    v1 = _write(tmp_path / "v1", MOVED_V1)
+    v2 = _write(tmp_path / "v2", MOVED_V2)
+    root = tmp_path / "root"
+    init_layout(root, "1.1.0", from_dir=v1)
+    out = tmp_path / "delta.zip"
+    result = build_package(
+        v2, version="1.2.0", output=out, root=root, delta_from=v1, base_version="1.1.0"
+    )
+    by_name = {m.name: m for m in result.manifest.modules}
+    record = by_name["lib/app-1.2.0.dist-info/RECORD"]
+    license_ = by_name["lib/app-1.2.0.dist-info/licenses/LICENSE"]
+    assert record.kind is license_.kind is DeltaKind.PATCHED
+    assert record.base == f"{root}/lib/app-1.1.0.dist-info/RECORD"
+    assert license_.base == f"{root}/lib/app-1.1.0.dist-info/LICENSE"  # same content
+    assert by_name["lib/app/__init__.py"].base is None  # patched at its own path
+    assert sorted(result.manifest.removed) == [
+        f"{root}/lib/app-1.1.0.dist-info/LICENSE",
+        f"{root}/lib/app-1.1.0.dist-info/RECORD",
+    ]
+    with zipfile.ZipFile(out) as zf:
+        assert not any(n.startswith("files/") for n in zf.namelist())
+    assert result.size < 2000
+    layout = Layout(root)
+    running = tree_digest(layout.snapshot_dir("1.1.0"))
+    staged = stage_snapshot(layout, read_package(out, expected_version="1.2.0", root=root), out)
+    assert tree_digest(layout.snapshot_dir("1.1.0")) == running
+    got = {
+        p.relative_to(staged).as_posix(): p.read_bytes() for p in staged.rglob("*") if p.is_file()
+    }
+    assert got == MOVED_V2
+
+
+def test_a_moved_files_base_is_checked_at_its_old_path(tmp_path: Path) -> None:
+    v1 = _write(tmp_path / "v1", MOVED_V1)
+    v2 = _write(tmp_path / "v2", MOVED_V2)
+    root = tmp_path / "root"
+    init_layout(root, "1.1.0", from_dir=v1)
+    out = tmp_path / "delta.zip"
+    build_package(v2, version="1.2.0", output=out, root=root, delta_from=v1, base_version="1.1.0")
+    old = Layout(root).snapshot_dir("1.1.0") / "lib/app-1.1.0.dist-info/RECORD"
+    old.parent.chmod(0o755)
+    old.chmod(0o644)
+    old.write_bytes(old.read_bytes() + b"edited\n")
+    detail = _refused(Layout(root), out, ErrorCode.DELTA_BASE_MISMATCH)
+    assert detail.startswith("lib/app-1.1.0.dist-info/RECORD: sha256 is ")
 
 
 def _delta(tmp_path: Path, root: Path, v1: Path, v2: Path) -> Path:
@@ -313,12 +384,18 @@ def test_garbage_and_truncated_patches_are_refused(
         ({"base_sha256": None}, "base_sha256: required for a patched file"),
         ({"delta": "kept"}, "a kept file comes from the base, it has no src"),
         ({"delta": "moved"}, "must be one of kept, patched, added"),
+        ({"base": "/etc/shadow"}, "base: /etc/shadow is outside the install root"),
+        ({"base": "/opt/tope/../etc/shadow"}, "base: must not contain '..'"),
+        ({"base": "{root}/versions/v1.1.0/lib/core.so"}, "base: must not be under"),
+        ({"base": "lib/core.so"}, "base: must be an absolute path"),
+        ({"delta": "added", "base": "{root}/lib/x"}, "only a patched file has a base"),
     ],
 )
 def test_hostile_delta_manifests_are_refused_by_the_reader(
     tmp_path: Path, trees: tuple[Path, Path, Path], extra: dict[str, object], expect: str
 ) -> None:
     root, _v1, _v2 = trees
+    extra = {k: v.format(root=root) if isinstance(v, str) else v for k, v in extra.items()}
     pkg = _hostile(tmp_path, root, b"x", size=10, extra=extra)
     with pytest.raises(UpdaterError) as err:
         read_package(pkg, expected_version="1.2.0", root=root)
@@ -334,6 +411,7 @@ def test_delta_fields_need_a_base_version_and_removed_paths_stay_in_the_root(
     mod = {"name": "a", "src": "files/a", "dst": f"{root}/a"}
     cases = [
         ({"modules": [{**mod, "delta": "added"}]}, "only a delta package"),
+        ({"modules": [{**mod, "base": f"{root}/b"}]}, r"\.base: only a delta package"),
         ({"removed": [f"{root}/x"], "modules": [mod]}, "removed: only a delta package"),
         (
             {"base_version": "1.1.0", "removed": ["/etc/passwd"], "modules": [mod]},

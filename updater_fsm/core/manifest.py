@@ -96,11 +96,17 @@ class Module:
     health: HealthProbe | None = None
     delta: DeltaKind | None = None
     base_sha256: str | None = None
+    base: str | None = None
 
     @property
     def kind(self) -> DeltaKind:
         """How the module's file is made (``added`` unless the manifest says otherwise)."""
         return self.delta or DeltaKind.ADDED
+
+    @property
+    def base_path(self) -> str:
+        """Where a ``patched`` module's base file is in the running snapshot (default: dst)."""
+        return self.base if self.base is not None else self.dst
 
 
 @attrs.frozen

@@ -63,7 +63,7 @@ _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@][A-Za-z0-9:_.\\@-]{0,254}$")
 _MODULE_KEYS = frozenset(
     {"name", "src", "dst", "dest", "process_name", "restart_order", "md5", "sha256", "size"}
-    | {"post_cmds", "health", "delta", "base_sha256"}
+    | {"post_cmds", "health", "delta", "base_sha256", "base"}
 )
 _TOP_KEYS = frozenset({"version", "modules", "base_version", "removed"})
 _HEALTH_KEYS = frozenset({"http", "command", "timeout_s"})
@@ -543,9 +543,18 @@ def _validate_delta_fields(
 ) -> None:
     """The rules of a module's ``delta``, ``base_sha256`` and (per kind) ``src``."""
     kind = module.kind
-    if not is_delta and (module.delta is not None or module.base_sha256 is not None):
-        field = "delta" if module.delta is not None else "base_sha256"
-        _invalid(f"{at}.{field}: only a delta package (with base_version) has one")
+    if not is_delta:
+        for field in ("delta", "base_sha256", "base"):
+            if getattr(module, field) is not None:
+                _invalid(f"{at}.{field}: only a delta package (with base_version) has one")
+    if module.base is not None:
+        if kind is not DeltaKind.PATCHED:
+            _invalid(f"{at}.base: only a patched file has a base path")
+        if len(module.base) > limits.max_name_length:
+            _invalid(f"{at}.base: path too long")
+        problem = check_dst(module.base, root, ())
+        if problem:
+            _invalid(f"{at}.base: {problem}")
     if kind is not DeltaKind.ADDED and not is_internal(module, root):
         _invalid(f"{at}.delta: a {kind} file must be under the install root ({root})")
     if kind is DeltaKind.KEPT:

@@ -30,10 +30,12 @@ Signing: Ed25519 over the *raw* 32-byte SHA-256 digest of the finished ZIP, base
 from __future__ import annotations
 
 import base64
+import difflib
 import fnmatch
 import hashlib
 import json
 import os
+import posixpath
 import stat
 import tomllib
 import zipfile
@@ -384,7 +386,18 @@ def _delta_manifest(
     config: Mapping[str, dict[str, Any]],
     limits: PackageLimits,
 ) -> tuple[dict[str, Any], list[_File], dict[str, tuple[bytes, int]]]:
-    """The delta manifest, the files shipped in full, and the patch entries."""
+    """The delta manifest, the files shipped in full, and the patch entries.
+
+    Kept and patched modules carry no ``md5`` (their ``sha256`` is required and is what the
+    device checks) and kept ones no ``size`` (the file is the base's, already checked): each
+    kept module costs its name, dst and one digest. A file with no base at its own path is
+    patched from a base file of the same name elsewhere when that beats deflate (a renamed
+    directory: ``OctoPrint-1.10.2.dist-info/RECORD`` → ``OctoPrint-1.10.3.dist-info/RECORD``),
+    its manifest ``base`` naming that path. Patch entries are named by number
+    (``patches/<n>.zst``): a ZIP holds each name twice, and the manifest maps them.
+    """
+    prefix = root.as_posix().rstrip("/")
+    renames = _RenameIndex(base)
     modules: list[dict[str, Any]] = []
     full: list[_File] = []
     patches: dict[str, tuple[bytes, int]] = {}
@@ -392,23 +405,35 @@ def _delta_manifest(
         mod = _module(file, root, config)
         old = base.files.get(file.rel)
         if old is not None and old.sha256 == file.sha256 and old.mode == file.mode:
-            del mod["src"]
+            for key in ("src", "md5", "size"):
+                del mod[key]
             mod["delta"] = DeltaKind.KEPT.value
             modules.append(mod)
             continue
-        patch = _patch_for(file, old, limits) if old is not None else None
-        if patch is None or old is None:
+        found: tuple[str, bytes] | None = None
+        if old is not None:
+            patch = _patch_for(file, old, limits)
+            found = (file.rel, patch) if patch is not None else None
+        else:
+            found = _renamed_patch(file, renames, limits)
+        if found is None:
             mod["delta"] = DeltaKind.ADDED.value
             full.append(file)
         else:
-            name = PATCH_PREFIX + file.rel + PATCH_SUFFIX
-            mod.update(src=name, delta=DeltaKind.PATCHED.value, base_sha256=old.sha256)
+            base_rel, patch = found
+            name = f"{PATCH_PREFIX}{len(patches)}{PATCH_SUFFIX}"
+            del mod["md5"]
+            mod.update(
+                src=name,
+                delta=DeltaKind.PATCHED.value,
+                base_sha256=base.files[base_rel].sha256,
+            )
+            if base_rel != file.rel:
+                mod["base"] = f"{prefix}/{base_rel}"
             patches[name] = (patch, file.mode)
         modules.append(mod)
     new_rels = {f.rel for f in files}
-    removed = [
-        f"{root.as_posix().rstrip('/')}/{rel}" for rel in sorted(base.files) if rel not in new_rels
-    ]
+    removed = [f"{prefix}/{rel}" for rel in sorted(base.files) if rel not in new_rels]
     manifest = {
         "version": version,
         "base_version": base.version,
@@ -416,6 +441,46 @@ def _delta_manifest(
         "modules": modules,
     }
     return manifest, full, patches
+
+
+#: How many same-named base files a file without a base at its own path is patched against.
+_RENAME_CANDIDATES = 3
+
+
+class _RenameIndex:
+    """Base files by digest and by file name, to patch a file the new release moved."""
+
+    def __init__(self, base: _Base) -> None:
+        self.base = base
+        self.by_sha: dict[str, str] = {}
+        self.by_name: dict[str, list[str]] = {}
+        for rel, old in sorted(base.files.items()):
+            self.by_sha.setdefault(old.sha256, rel)
+            self.by_name.setdefault(posixpath.basename(rel), []).append(rel)
+
+    def candidates(self, file: _File) -> list[str]:
+        """Base paths to try, best first: the same content anywhere, else the same file
+        name at the most similar paths."""
+        same = self.by_sha.get(file.sha256)
+        if same is not None:
+            return [same]
+        named = self.by_name.get(posixpath.basename(file.rel), [])
+        ranked = sorted(
+            named, key=lambda rel: -difflib.SequenceMatcher(None, rel, file.rel).ratio()
+        )
+        return ranked[:_RENAME_CANDIDATES]
+
+
+def _renamed_patch(
+    file: _File, renames: _RenameIndex, limits: PackageLimits
+) -> tuple[str, bytes] | None:
+    """The smallest patch of ``file`` against a moved base file, or None (ship it whole)."""
+    best: tuple[str, bytes] | None = None
+    for rel in renames.candidates(file):
+        patch = _patch_for(file, renames.base.files[rel], limits)
+        if patch is not None and (best is None or len(patch) < len(best[1])):
+            best = (rel, patch)
+    return best
 
 
 def _patch_for(file: _File, old: _BaseFile, limits: PackageLimits) -> bytes | None:

@@ -468,8 +468,8 @@ def check_delta_base(
     """Refuse a delta whose base is not the running snapshot, before anything is touched.
 
     The running version must be ``base_version``; every ``kept`` file must have its
-    ``sha256`` and every ``patched`` file's base its ``base_sha256`` in the running
-    snapshot (read only, never through a symlink).
+    ``sha256`` and every ``patched`` file's base (at its ``base`` path, default ``dst``)
+    its ``base_sha256`` in the running snapshot (read only, never through a symlink).
 
     Returns:
         The relative path of every kept or patched module, by module index.
@@ -485,7 +485,8 @@ def check_delta_base(
     for index, module in enumerate(manifest.modules):
         if module.kind is DeltaKind.ADDED:
             continue
-        rel = dst_relative_to(module.dst, root)
+        # A patched file's base may be another path of the base release (a renamed file).
+        rel = dst_relative_to(module.base_path, root)
         if rel is None:  # the reader refuses this; never read outside the snapshot
             raise UpdaterError(
                 ErrorCode.INVALID_MANIFEST, f"modules[{index}].dst: not under {root}"
