@@ -8,7 +8,6 @@ the end of the countdown, closes it. A new job before that cancels the countdown
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -92,7 +91,7 @@ def _follow(options: Options, inbox: _Inbox) -> None:
 
     follower = Follower(options.url, inbox.put, token=options.token, poll_s=options.poll_s)
     try:
-        asyncio.run(follower.run())
+        follower.run()
     except Exception as exc:  # never a traceback on the screen, and never a crash
         print(f"tope-updater screen: follower stopped: {exc!r}", file=sys.stderr)
 

@@ -1,7 +1,11 @@
 """Follow the updater: ``GET /events`` (SSE), reconnecting, polling ``/progress`` as a fallback.
 
-A small async client with one job: call ``on_update(snapshot, link)`` whenever the snapshot
-or the connection changes, forever (until cancelled).
+A small blocking client with one job, run in its own thread: call ``on_update(snapshot,
+link)`` whenever the snapshot or the connection changes, forever. It speaks HTTP/1.0 over
+a plain socket (one request per connection, the body runs to the end of the connection),
+not aiohttp nor even ``http.client``: the screen runs beside the updater on a small device,
+and aiohttp with asyncio, yarl and multidict cost it about 18 MB of RSS, ``http.client``
+(which loads ``ssl``) 6 MB, for one connection at a time (``bench/screen.py``).
 
 * The event stream is preferred: every ``event: progress`` carries the whole ``/progress``
   data object. The server sends a ``: ping`` comment when quiet, so a read timeout means a
@@ -17,18 +21,72 @@ or the connection changes, forever (until cancelled).
 
 from __future__ import annotations
 
-import asyncio
+import io
 import json
+import socket
 import time
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
-
-import aiohttp
 
 from screen.view import Link
 
 API_PREFIX = "/api/v1.0"
 Update = Callable[[Mapping[str, Any] | None, Link], None]
+#: a status line or header longer than this is not the updater
+_MAX_LINE = 64 * 1024
+
+
+class Response:
+    """One HTTP/1.0 answer being read: ``status``, ``headers`` (lower-case names), and
+    the body through :meth:`lines` or :meth:`read`."""
+
+    def __init__(self, sock: socket.socket, reader: io.BufferedReader) -> None:
+        self._sock, self._reader = sock, reader
+        status = self._line().split(None, 2)
+        if len(status) < 2 or not status[0].startswith(b"HTTP/") or not status[1].isdigit():
+            raise ValueError(f"not an HTTP status line: {status!r}")
+        self.status = int(status[1])
+        self.headers: dict[str, str] = {}
+        while line := self._line().rstrip(b"\r\n"):
+            name, _, value = line.decode("latin-1").partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self._chunked = self.headers.get("transfer-encoding", "").lower() == "chunked"
+
+    def _line(self) -> bytes:
+        line = self._reader.readline(_MAX_LINE)
+        if not line:
+            raise ConnectionError("the connection ended before the answer")
+        return line
+
+    def _chunks(self) -> Iterator[bytes]:
+        """The body's pieces as they arrive (to the end of the connection, or of the last
+        chunk should a server send chunks to an HTTP/1.0 request anyway)."""
+        if not self._chunked:
+            while piece := self._reader.read1(64 * 1024):
+                yield piece
+            return
+        while size := int(self._line().split(b";")[0], 16):
+            yield self._reader.read(size)
+            self._line()
+
+    def lines(self) -> Iterator[bytes]:
+        """The body, line by line, as it arrives."""
+        rest = b""
+        for piece in self._chunks():
+            rest += piece
+            *whole, rest = rest.split(b"\n")
+            for line in whole:
+                yield line + b"\n"
+        if rest:
+            yield rest
+
+    def read(self) -> bytes:
+        return b"".join(self._chunks())
+
+    def close(self) -> None:
+        self._reader.close()
+        self._sock.close()
 
 
 class StreamUnavailable(Exception):
@@ -47,6 +105,7 @@ class Follower:
         read_timeout_s: silence on the stream after which the connection counts as dead
             (the updater pings every 15 s).
         backoff_s: (first, longest) wait between attempts to reach an unreachable updater.
+        connect_timeout_s: how long a connection may take to open.
     """
 
     def __init__(
@@ -59,13 +118,21 @@ class Follower:
         retry_stream_s: float = 10.0,
         read_timeout_s: float = 40.0,
         backoff_s: tuple[float, float] = (0.25, 2.0),
+        connect_timeout_s: float = 3.0,
     ) -> None:
-        self.base = base_url.rstrip("/") + API_PREFIX
+        url = urllib.parse.urlsplit(base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self._https = url.scheme == "https"
+        self._host = url.hostname
+        self._port = url.port
+        self.prefix = url.path + API_PREFIX
         self._on_update = on_update
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.poll_s = poll_s
         self.retry_stream_s = retry_stream_s
         self.read_timeout_s = read_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.backoff_s = backoff_s
         self.last: Mapping[str, Any] | None = None
         self.link = Link.CONNECTING
@@ -81,36 +148,59 @@ class Follower:
     def _lost(self) -> None:
         self._publish(self.last, Link.RECONNECTING if self.last is not None else Link.CONNECTING)
 
-    async def run(self) -> None:
-        """Follow until cancelled."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=self.read_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
-            delay = self.backoff_s[0]
-            while True:
+    def run(self) -> None:
+        """Follow forever (blocking: run it in a daemon thread)."""
+        delay = self.backoff_s[0]
+        while True:
+            try:
                 try:
-                    try:
-                        self.mode = "events"
-                        await self._stream(session)
-                    except StreamUnavailable:
-                        self.mode = "poll"
-                        await self._poll(session)
-                        delay = self.backoff_s[0]
-                        continue  # polled for a while: try the stream again, still live
-                    delay = self.backoff_s[0]  # the stream ended (the updater stopped)
-                except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
-                    pass
-                self._lost()
-                await asyncio.sleep(delay)
-                delay = min(self.backoff_s[1], delay * 2)
+                    self.mode = "events"
+                    self._stream()
+                except StreamUnavailable:
+                    self.mode = "poll"
+                    self._poll()
+                    delay = self.backoff_s[0]
+                    continue  # polled for a while: try the stream again, still live
+                delay = self.backoff_s[0]  # the stream ended (the updater stopped)
+            except (OSError, ValueError):  # unreachable, gone, silent, or nonsense
+                pass
+            self._lost()
+            time.sleep(delay)
+            delay = min(self.backoff_s[1], delay * 2)
 
-    async def _stream(self, session: aiohttp.ClientSession) -> None:
+    def _get(self, path: str, accept: str) -> Response:
+        """Send ``GET path`` on a new connection; the answer's head is read.
+
+        Connecting may take ``connect_timeout_s``; each read ``read_timeout_s``.
+        """
+        address = (self._host, self._port or (443 if self._https else 80))
+        sock = socket.create_connection(address, timeout=self.connect_timeout_s)
+        try:
+            if self._https:  # not for the updater on the device; ssl is costly to load
+                import ssl
+
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self._host)
+            sock.settimeout(self.read_timeout_s)
+            host = self._host if ":" not in self._host else f"[{self._host}]"
+            if self._port:
+                host += f":{self._port}"
+            head = [f"GET {path} HTTP/1.0", f"Host: {host}", f"Accept: {accept}"]
+            head += [f"{k}: {v}" for k, v in self._headers.items()]
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+            return Response(sock, sock.makefile("rb"))
+        except BaseException:
+            sock.close()
+            raise
+
+    def _stream(self) -> None:
         """Read the event stream until it ends; StreamUnavailable if it is not offered."""
-        async with session.get(self.base + "/events") as resp:
-            kind = resp.headers.get("Content-Type", "")
+        resp = self._get(self.prefix + "/events", "text/event-stream")
+        try:
+            kind = resp.headers.get("content-type", "")
             if resp.status != 200 or not kind.startswith("text/event-stream"):
                 raise StreamUnavailable(f"HTTP {resp.status} {kind}")
             data: list[str] = []
-            async for raw in resp.content:
+            for raw in resp.lines():
                 line = raw.decode("utf-8").rstrip("\r\n")
                 if line.startswith("data:"):
                     data.append(line[5:].lstrip())
@@ -119,18 +209,23 @@ class Follower:
                     data = []
                     if isinstance(snap, dict):
                         self._publish(snap, Link.LIVE)
+        finally:
+            resp.close()
 
-    async def _poll(self, session: aiohttp.ClientSession) -> None:
+    def _poll(self) -> None:
         """Poll ``/progress`` every ``poll_s``; return to try the stream again now and then.
 
-        Raises the client error that ends it (the updater went away).
+        Raises the error that ends it (the updater went away).
         """
         until = time.monotonic() + self.retry_stream_s
         while time.monotonic() < until:
-            async with session.get(self.base + "/progress") as resp:
-                body = await resp.json(content_type=None)
+            resp = self._get(self.prefix + "/progress", "application/json")
+            try:
+                body = json.loads(resp.read())
+            finally:
+                resp.close()
             data = body.get("data") if isinstance(body, dict) else None
             if not isinstance(data, dict):
                 raise ValueError(f"no progress data in HTTP {resp.status}")
             self._publish(data, Link.LIVE)
-            await asyncio.sleep(self.poll_s)
+            time.sleep(self.poll_s)
