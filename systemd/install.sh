@@ -2,6 +2,7 @@
 # Install tope-updater on a device from this checkout (idempotent: re-run to upgrade).
 #
 #   sudo systemd/install.sh --version 1.0.0 --from /path/to/factory-tree
+#   sudo ./install.sh --bundle tope-updater-0.1.0-aarch64.tar.gz --version 1.0.0   # offline
 #
 # Steps: venv under --prefix with this checkout pip-installed; the versions/ layout and
 # the factory snapshot under --root (`tope-updater init`); links
@@ -31,6 +32,10 @@ usage: install.sh [options]
                       none (config `units`, start order = flag order); repeatable
   --python PY         interpreter that creates the venv (default python3)
   --pip-args "ARGS"   extra arguments for pip install (e.g. "--no-index --find-links W")
+  --bundle FILE       install from a release bundle (tope-updater-<version>-<arch>.tar.gz
+                      from systemd/bundle.py, or that file unpacked) with no network:
+                      pip --no-index from its wheels; its unit files, scripts and docs.
+                      A bundle built --with-screen implies --screen
   --systemctl "CMD"   systemctl command prefix (default systemctl)
   --no-enable         do not `systemctl enable` (e.g. units in a runtime dir)
   --no-start          do not (re)start the service
@@ -66,6 +71,7 @@ SCREEN=0
 UNITS=()
 PYTHON=python3
 PIP_ARGS=""
+BUNDLE=""
 SYSTEMCTL=systemctl
 ENABLE=1
 START=1
@@ -88,6 +94,7 @@ while [[ $# -gt 0 ]]; do
         --unit) UNITS+=("$2"); shift 2 ;;
         --python) PYTHON="$2"; shift 2 ;;
         --pip-args) PIP_ARGS="$2"; shift 2 ;;
+        --bundle) BUNDLE="$2"; shift 2 ;;
         --systemctl) SYSTEMCTL="$2"; shift 2 ;;
         --no-enable) ENABLE=0; shift ;;
         --no-start) START=0; shift ;;
@@ -124,8 +131,69 @@ done
 [[ -z "$PORT" || "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
 [[ "$DEVICE_API_URL" =~ ^https?://[^[:space:]\"\\]+$ ]] || die "--device-api-url must be an http(s) URL"
 
-SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-[[ -f "$SRC/pyproject.toml" ]] || die "$SRC is not a tope-updater checkout (no pyproject.toml)"
+TMP_DIRS=()
+cleanup() { [[ ${#TMP_DIRS[@]} -eq 0 ]] || rm -rf "${TMP_DIRS[@]}"; }
+trap cleanup EXIT
+
+# --- 0. a release bundle: unpack, check it fits this device ------------------------------
+BUNDLE_DIR=""
+if [[ -n "$BUNDLE" ]]; then
+    if [[ -d "$BUNDLE" ]]; then
+        BUNDLE_DIR="$(cd "$BUNDLE" && pwd)"
+    elif [[ -f "$BUNDLE" ]]; then
+        step "unpack $BUNDLE"
+        UNPACK_DIR="$(mktemp -d)"
+        TMP_DIRS+=("$UNPACK_DIR")
+        tar -C "$UNPACK_DIR" -xzf "$BUNDLE" || die "cannot unpack $BUNDLE"
+        for candidate in "$UNPACK_DIR"/*/; do BUNDLE_DIR="${candidate%/}"; done
+    else
+        die "--bundle $BUNDLE: no such file or directory"
+    fi
+    [[ -n "$BUNDLE_DIR" && -f "$BUNDLE_DIR/manifest.json" ]] \
+        || die "$BUNDLE is not a tope-updater bundle (no manifest.json)"
+    # One line per value; the wheels' SHA-256 are checked here too.
+    mapfile -t MANIFEST < <("$PYTHON" - "$BUNDLE_DIR" <<'PY'
+import hashlib, json, pathlib, sys
+top = pathlib.Path(sys.argv[1])
+m = json.loads((top / "manifest.json").read_text())
+for w in m["wheels"]:
+    data = (top / "wheels" / w["file"]).read_bytes()
+    if hashlib.sha256(data).hexdigest() != w["sha256"]:
+        sys.exit(f"install.sh: {w['file']}: SHA-256 does not match manifest.json")
+missing = " ".join(f"{x['name']}=={x['version']}" for x in m["missing"])
+print(m["arch"], m["python"], m["version"], m["project_wheel"], int(m["screen"]), sep="\n")
+print(missing)
+PY
+    ) || die "cannot read $BUNDLE_DIR/manifest.json"
+    [[ ${#MANIFEST[@]} -eq 6 ]] || die "cannot read $BUNDLE_DIR/manifest.json"
+    B_ARCH="${MANIFEST[0]}" B_PYTHON="${MANIFEST[1]}" B_VERSION="${MANIFEST[2]}"
+    B_WHEEL="${MANIFEST[3]}" B_SCREEN="${MANIFEST[4]}" B_MISSING="${MANIFEST[5]}"
+    [[ "$B_VERSION" =~ ^[A-Za-z0-9.+!-]+$ && "$B_WHEEL" =~ ^[A-Za-z0-9._+!-]+\.whl$ ]] \
+        || die "manifest.json: bad version or wheel name"
+    MACHINE="$(uname -m)"
+    [[ "$B_ARCH" == "$MACHINE" ]] \
+        || die "this bundle is for $B_ARCH, this machine is $MACHINE: use tope-updater-$B_VERSION-$MACHINE.tar.gz"
+    # The venv's interpreter when it exists (install.sh keeps it), else --python.
+    VENV_PY="${PREFIX%/}/venv/bin/python"
+    [[ -x "$VENV_PY" ]] || VENV_PY="$PYTHON"
+    HAVE_PYTHON="$("$VENV_PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')" \
+        || die "$VENV_PY does not run"
+    [[ "$B_PYTHON" == "$HAVE_PYTHON" ]] \
+        || die "this bundle's wheels are for $B_PYTHON, $VENV_PY is $HAVE_PYTHON (a new Python: remove the venv first, see docs/DEPLOYMENT.md)"
+    if [[ $SCREEN -eq 1 && $B_SCREEN -ne 1 ]]; then
+        die "--screen: this bundle has no screen extra (build it with bundle.py --with-screen)"
+    fi
+    [[ $B_SCREEN -eq 1 ]] && SCREEN=1
+    if [[ -n "$B_MISSING" ]]; then
+        echo "install.sh: warning: this bundle has no wheels for: $B_MISSING" >&2
+        echo "install.sh: pip must find them via --pip-args (see MISSING.txt in the bundle)" >&2
+    fi
+    step "bundle tope-updater $B_VERSION for $B_ARCH ($B_PYTHON)"
+    SRC="$BUNDLE_DIR"
+else
+    SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    [[ -f "$SRC/pyproject.toml" ]] || die "$SRC is not a tope-updater checkout (no pyproject.toml)"
+fi
 read -r -a SYSTEMCTL_ARGV <<<"$SYSTEMCTL"
 VENV="$PREFIX/venv"
 UPDATER="$VENV/bin/tope-updater"
@@ -137,19 +205,32 @@ mkdir -p "$PREFIX"
 if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
-# Build from a clean copy so pip never writes build/ or *.egg-info into the checkout.
-BUILD_DIR="$(mktemp -d)"
-trap 'rm -rf "$BUILD_DIR"' EXIT
-tar -C "$SRC" --exclude='./.*' --exclude=./build --exclude=./dist --exclude=./var \
-    --exclude=./tests --exclude=./bench --exclude='*.egg-info' --exclude=__pycache__ \
-    -cf - . | tar -C "$BUILD_DIR" -xf -
 read -r -a PIP_ARGV <<<"$PIP_ARGS"
-# pip always reinstalls a project given as a directory, so a re-run upgrades the updater;
-# dependencies already satisfied are left alone.
-TARGET="$BUILD_DIR"
-[[ $SCREEN -eq 1 ]] && TARGET="$BUILD_DIR[screen]"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "${PIP_ARGV[@]}" "$TARGET"
+EXTRAS=""
+[[ $SCREEN -eq 1 ]] && EXTRAS="[screen]"
+if [[ -n "$BUNDLE_DIR" ]]; then
+    # Offline: only the bundle's wheels (plus any --find-links given in --pip-args).
+    WHEELS="$BUNDLE_DIR/wheels"
+    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
+        --find-links "$WHEELS" "${PIP_ARGV[@]}" "tope-updater$EXTRAS==$B_VERSION"; then
+        [[ -z "$B_MISSING" ]] || die "pip failed; the bundle has no wheels for $B_MISSING (see MISSING.txt)"
+        die "pip install from $WHEELS failed"
+    fi
+    # The same version may be installed already (a rebuilt bundle): replace the updater.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
+        --no-deps --force-reinstall "$WHEELS/$B_WHEEL"
+else
+    # Build from a clean copy so pip never writes build/ or *.egg-info into the checkout.
+    BUILD_DIR="$(mktemp -d)"
+    TMP_DIRS+=("$BUILD_DIR")
+    tar -C "$SRC" --exclude='./.*' --exclude=./build --exclude=./dist --exclude=./var \
+        --exclude=./tests --exclude=./bench --exclude='*.egg-info' --exclude=__pycache__ \
+        -cf - . | tar -C "$BUILD_DIR" -xf -
+    # pip always reinstalls a project given as a directory, so a re-run upgrades the
+    # updater; dependencies already satisfied are left alone.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        "${PIP_ARGV[@]}" "$BUILD_DIR$EXTRAS"
+fi
 "$UPDATER" --help >/dev/null || die "$UPDATER does not run"
 cp -f "$SRC/systemd/uninstall.sh" "$PREFIX/uninstall.sh"
 cp -f "$SRC/systemd/busy-probe-moonraker.sh" "$PREFIX/busy-probe-moonraker.sh"
