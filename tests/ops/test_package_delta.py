@@ -486,3 +486,51 @@ def test_applying_a_16_mib_patch_stays_far_below_memory_max(tmp_path: Path) -> N
     assert grown_mb < 40, figures
     assert figures["after_kb"] / 1024 < 80, figures
     assert read_links(Layout(root)).current == "1.1.0"
+
+
+async def test_a_delta_is_signed_and_verified_like_any_package(
+    tmp_path: Path, trees: tuple[Path, Path, Path]
+) -> None:
+    """One URL, one MD5/SHA-256, one signature: the device checks a delta as any package."""
+    from updater_fsm.ops import verify
+    from updater_fsm.ops.package_build import generate_keypair
+
+    root, v1, v2 = trees
+    private, public = tmp_path / "sign.pem", tmp_path / "sign.pub"
+    generate_keypair(private, public)
+    out = tmp_path / "delta.zip"
+    result = build_package(
+        v2,
+        version="1.2.0",
+        output=out,
+        root=root,
+        delta_from=v1,
+        base_version="1.1.0",
+        sign_key=private,
+    )
+    assert result.signature is not None
+    key = verify.load_public_key(public.read_bytes())
+    digests = await verify.hash_file(out)
+    assert (digests.md5, digests.sha256) == (result.md5, result.sha256)
+    verify.verify_digests(
+        out,
+        digests,
+        size=result.size,
+        md5=result.md5,
+        sha256=result.sha256,
+        signature_b64=result.signature,
+        trusted_key=key,
+    )
+    other_private, other_public = tmp_path / "other.pem", tmp_path / "other.pub"
+    generate_keypair(other_private, other_public)
+    with pytest.raises(UpdaterError) as info:
+        verify.verify_digests(
+            out,
+            digests,
+            size=result.size,
+            md5=result.md5,
+            sha256=result.sha256,
+            signature_b64=result.signature,
+            trusted_key=verify.load_public_key(other_public.read_bytes()),
+        )
+    assert info.value.code is ErrorCode.SIGNATURE_INVALID
