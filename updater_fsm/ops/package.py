@@ -39,7 +39,7 @@ import re
 import stat
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, NoReturn
 
@@ -724,6 +724,33 @@ def extract_module(
     except KeyError:
         _invalid(f"{what}: {module.src!r} is not in the archive")
     declared = info.file_size
+    return _write_entry(
+        zf,
+        info,
+        module,
+        dest_file,
+        what,
+        lambda src, fd, md5, sha: _copy_counted(
+            src, fd, declared, md5, sha, what, limits.chunk_size
+        ),
+    )
+
+
+def _write_entry(
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    module: Module,
+    dest_file: Path,
+    what: str,
+    fill: Callable[[IO[bytes], int, Any, Any], int],
+) -> int:
+    """Write ``dest_file`` from the entry ``info`` through ``fill``, verified and atomic.
+
+    ``fill(src, fd, md5, sha)`` writes the file's bytes to ``fd`` (feeding both hashes) and
+    returns how many it wrote. The rest is shared by plain and patched files: a temporary
+    sibling (``O_EXCL | O_NOFOLLOW``), the mode from the ZIP entry, fsync, the manifest's
+    size/digest check, the rename, and removing the temporary file on any failure.
+    """
     mode = entry_mode(info)
     tmp = dest_file.with_name(f".{dest_file.name}.extract-tmp")
     with contextlib.suppress(FileNotFoundError):
@@ -735,7 +762,7 @@ def extract_module(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with zf.open(info) as src:
-                written = _copy_counted(src, fd, declared, md5, sha, what, limits.chunk_size)
+                written = fill(src, fd, md5, sha)
             os.fchmod(fd, mode)
             os.fsync(fd)
         finally:
@@ -783,42 +810,24 @@ def patch_module(
         info = zf.getinfo(module.src)
     except KeyError:
         _invalid(f"{what}: {module.src!r} is not in the archive")
-    mode = entry_mode(info)
-    tmp = dest_file.with_name(f".{dest_file.name}.extract-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    md5 = hashlib.md5(usedforsecurity=False)
-    sha = hashlib.sha256()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with zf.open(info) as src:
-                written = apply_patch(
-                    base,
-                    src,
-                    write_all(fd),
-                    declared=module.size,
-                    what=what,
-                    chunk_size=limits.chunk_size,
-                    window_log_max=limits.patch_window_log_max,
-                    digests=(md5, sha),
-                )
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _verify_digests(module, what, written, md5.hexdigest(), sha.hexdigest())
-        os.replace(tmp, dest_file)
-    except UpdaterError:
-        _remove_quietly(tmp)
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        _remove_quietly(tmp)
-        _invalid(f"{what}: corrupt archive entry {module.src!r} ({exc})")
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise os_error(exc, f"{what}: cannot write {dest_file}") from exc
-    return written
+    size = module.size
+    return _write_entry(
+        zf,
+        info,
+        module,
+        dest_file,
+        what,
+        lambda src, fd, md5, sha: apply_patch(
+            base,
+            src,
+            write_all(fd),
+            declared=size,
+            what=what,
+            chunk_size=limits.chunk_size,
+            window_log_max=limits.patch_window_log_max,
+            digests=(md5, sha),
+        ),
+    )
 
 
 def _copy_counted(
