@@ -72,6 +72,13 @@ class Decisions:
             self.record, job=attrs.evolve(self.job, updated_at=self.now, **changes)
         )
 
+    def _new_job(self, **fields: Any) -> Job:
+        """Start a new job (the next id, never reused across restarts); it replaces the last."""
+        job_id = self.record.last_job_id + 1
+        job = Job(job_id=job_id, created_at=self.now, updated_at=self.now, **fields)
+        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
+        return job
+
     def _fail_job(self, failure: Failure, **changes: Any) -> None:
         """End the job with ``failure``: its text for people, its code for decisions."""
         self._set_job(error=str(failure), error_code=failure.code, **changes)
@@ -168,16 +175,15 @@ class Decisions:
     # ---- actions: download ---------------------------------------------------------
     def begin_download(self, event: ev.DownloadRequested) -> None:
         old = self.record.job
-        job_id = self.record.last_job_id + 1
-        job = Job(job_id=job_id, request=event.request, created_at=self.now, updated_at=self.now)
+        durable = ResumePoint()
         if old is not None and old.request is not None:
             if _resumable(old) and old.request.same_package(event.request):
                 # The same package failed mid-download before: keep its durable prefix.
-                job = attrs.evolve(job, durable=old.durable)
+                durable = old.durable
             else:
                 self.effects.append(fx.DiscardPackage(old.request.package_name))
-        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
-        self.effects.append(fx.StartDownload(job_id, event.request, job.durable))
+        job = self._new_job(request=event.request, durable=durable)
+        self.effects.append(fx.StartDownload(job.job_id, event.request, job.durable))
 
     def checkpoint(self, event: ev.DownloadCheckpoint) -> None:
         self._set_job(durable=event.point)
@@ -205,19 +211,13 @@ class Decisions:
     def _reuse_kept_package(self) -> Job:
         """A new job for the kept, verified package of the failed one."""
         old = self.job
-        job_id = self.record.last_job_id + 1
-        job = Job(
-            job_id=job_id,
+        return self._new_job(
             request=old.request,
             durable=old.durable,
             md5=old.md5,
             sha256=old.sha256,
             verified_at=old.verified_at,
-            created_at=self.now,
-            updated_at=self.now,
         )
-        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
-        return job
 
     def reverify_kept_package(self, event: ev.Event) -> None:
         """The same package again after a full disk: hash the kept file, do not download."""
@@ -350,17 +350,12 @@ class Decisions:
         old = self.record.job
         if old is not None and old.package_kept and old.request is not None:
             self.effects.append(fx.DiscardPackage(old.request.package_name))
-        job_id = self.record.last_job_id + 1
-        job = Job(
-            job_id=job_id,
+        self._new_job(
             kind=JobKind.MANUAL_ROLLBACK,
             from_version=event.links.current,
             factory_version=event.links.factory,
             units=self.record.last_units or event.units,
-            created_at=self.now,
-            updated_at=self.now,
         )
-        self.record = attrs.evolve(self.record, job=job, last_job_id=job_id)
         if event.target is RollbackTarget.PREVIOUS:
             self._start_rollback(1, event.links.previous)
         else:
