@@ -13,14 +13,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from http_shell.daemon import running_updater
 from http_shell.web_app import create_app
-from tests.e2e.test_sandbox_cycle import API, request_for, sandbox, wait_for
+from tests.e2e.test_sandbox_cycle import install_over_http, sandbox
 from tests.support.package_server import PackageServer
 from updater_fsm.config import Config
-from updater_fsm.core.table import State
 from updater_fsm.ops.package_build import build_package
 
 V1 = {
@@ -57,16 +54,7 @@ async def _install(
     config: Config, server: PackageServer, client_factory: Any, pkg: Path, version: str, u: Any
 ) -> dict[str, Any]:
     client = await client_factory(create_app(config, u.engine))
-    req = await request_for(server, pkg, version)
-    body = {k: v for k, v in attrs.asdict(req).items() if v is not None}
-    assert (await (await client.post(f"{API}/download", json=body)).json())["code"] == 200
-    await wait_for(u.engine, State.READY, State.FAILED)
-    update = await client.post(f"{API}/update", json={"version": version})
-    assert (await update.json())["code"] == 200
-    await wait_for(u.engine, State.SUCCESS, State.FAILED)
-    await u.runner.idle()
-    envelope: dict[str, Any] = await (await client.get(f"{API}/progress")).json()
-    return envelope
+    return await install_over_http(client, server, pkg, version, u)
 
 
 async def test_delta_installs_the_same_tree_as_the_full_package(

@@ -51,6 +51,22 @@ async def request_for(server: PackageServer, path: Path, version: str) -> ev.Dow
     return ev.DownloadRequest(version, url, path.name, len(data), digests.md5, digests.sha256)
 
 
+async def install_over_http(
+    client: Any, server: PackageServer, package: Path, version: str, u: Any
+) -> dict[str, Any]:
+    """As device-api does: POST /download, then /update once verified; the final /progress."""
+    req = await request_for(server, package, version)
+    body = {k: v for k, v in attrs.asdict(req).items() if v is not None}
+    assert (await (await client.post(f"{API}/download", json=body)).json())["code"] == 200
+    await wait_for(u.engine, State.READY, State.FAILED)
+    update = await client.post(f"{API}/update", json={"version": version})
+    assert (await update.json())["code"] == 200
+    await wait_for(u.engine, State.SUCCESS, State.FAILED)
+    await u.runner.idle()
+    envelope: dict[str, Any] = await (await client.get(f"{API}/progress")).json()
+    return envelope
+
+
 def hello_package(tmp_path: Path, root: Path, version: str, script: bytes) -> Path:
     """A package whose ``bin/hello`` is ``script``; the unit's probe runs the current one."""
     return make_package(
@@ -124,16 +140,8 @@ async def test_downgrade_refused_over_http_when_configured(
         client = await aiohttp_client(create_app(config, u.engine))
 
         async def install(version: str) -> dict[str, Any]:
-            req = await request_for(package_server, tmp_path / f"{version}.zip", version)
-            body = {k: v for k, v in attrs.asdict(req).items() if v is not None}
-            assert (await (await client.post(f"{API}/download", json=body)).json())["code"] == 200
-            await wait_for(u.engine, State.READY, State.FAILED)
-            update = await client.post(f"{API}/update", json={"version": version})
-            assert (await update.json())["code"] == 200
-            await wait_for(u.engine, State.SUCCESS, State.FAILED)
-            await u.runner.idle()
-            envelope: dict[str, Any] = await (await client.get(f"{API}/progress")).json()
-            return envelope
+            package = tmp_path / f"{version}.zip"
+            return await install_over_http(client, package_server, package, version, u)
 
         assert (await install("1.2.0"))["data"]["stage"] == "success"
         listing = sorted(p.name for p in (root / "versions").iterdir())
