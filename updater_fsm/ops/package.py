@@ -719,10 +719,7 @@ def extract_module(
     what = label or f"module {module.name}"
     if module.src is None or module.kind is not DeltaKind.ADDED:
         _invalid(f"{what}: a {module.kind} file is not extracted")
-    try:
-        info = zf.getinfo(module.src)
-    except KeyError:
-        _invalid(f"{what}: {module.src!r} is not in the archive")
+    info = _entry_info(zf, module.src, what)
     declared = info.file_size
     return _write_entry(
         zf,
@@ -734,6 +731,13 @@ def extract_module(
             src, fd, declared, md5, sha, what, limits.chunk_size
         ),
     )
+
+
+def _entry_info(zf: zipfile.ZipFile, src: str, what: str) -> zipfile.ZipInfo:
+    try:
+        return zf.getinfo(src)
+    except KeyError:
+        _invalid(f"{what}: {src!r} is not in the archive")
 
 
 def _write_entry(
@@ -806,10 +810,7 @@ def patch_module(
     what = label or f"module {module.name}"
     if module.src is None or module.kind is not DeltaKind.PATCHED or module.size is None:
         _invalid(f"{what}: not a patched file")
-    try:
-        info = zf.getinfo(module.src)
-    except KeyError:
-        _invalid(f"{what}: {module.src!r} is not in the archive")
+    info = _entry_info(zf, module.src, what)
     size = module.size
     return _write_entry(
         zf,
