@@ -6,11 +6,7 @@ Real trees, real ZIPs, real zstd (pyzstd), real snapshot stores under tmp_path.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import subprocess
-import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import pytest
 import pyzstd
 
 from tests.ops.test_snapshots import tree_digest
+from tests.support.fresh_interpreter import run_measured
 from tests.support.packages import Entry, write_zip
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.manifest import DeltaKind
@@ -452,18 +449,12 @@ def test_applying_a_16_mib_patch_stays_far_below_memory_max(tmp_path: Path) -> N
         base_version="1.1.0",
     )
     assert _kinds(pkg, root)["lib/big.bin"] is DeltaKind.PATCHED
-    script = textwrap.dedent(
+    figures = run_measured(
         f"""
         import json, sys
         from pathlib import Path
         from updater_fsm.ops.package import read_package
         from updater_fsm.ops.snapshots import Layout, stage_snapshot
-
-        def peak_kb():
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
 
         before = peak_kb()
         root = Path({str(root)!r})
@@ -471,13 +462,9 @@ def test_applying_a_16_mib_patch_stays_far_below_memory_max(tmp_path: Path) -> N
         manifest = read_package(pkg, expected_version="1.2.0", root=root)
         stage_snapshot(Layout(root), manifest, pkg)
         json.dump({{"before_kb": before, "after_kb": peak_kb()}}, sys.stdout)
-        """
+        """,
+        timeout=120,
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, check=True, timeout=120
-    )
-    figures = json.loads(proc.stdout.splitlines()[-1])
     assert (root / "versions/v1.2.0/lib/big.bin").read_bytes() == bytes(new)
     grown_mb = (figures["after_kb"] - figures["before_kb"]) / 1024
     print("delta apply peak", figures)

@@ -8,17 +8,15 @@ refusal costs is measured in a fresh interpreter (``ru_maxrss`` of that process)
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
-import textwrap
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.fresh_interpreter import run_measured
 from tests.support.packages import make_manifest, make_package
 from tests.support.raw_zip import write_raw_zip
 from updater_fsm.core.errors import ErrorCode, UpdaterError
@@ -54,25 +52,18 @@ def million_entry_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _judge_in_fresh_process(package: Path) -> dict[str, object]:
+def _judge_in_fresh_process(package: Path) -> dict[str, Any]:
     """``read_package`` in a new interpreter; returns its error and memory/time figures.
 
-    Memory is that process's ``VmHWM`` (peak RSS of its own address space) before and after
-    the judging. Not ``ru_maxrss``: Linux carries the parent's peak into a child across
-    fork/vfork + exec, so a big test process would hide the child's growth.
+    Memory is that process's ``VmHWM`` before and after the judging
+    (see :mod:`tests.support.fresh_interpreter`).
     """
-    script = textwrap.dedent(
+    return run_measured(
         f"""
         import json, sys, time
         from pathlib import Path
         from updater_fsm.core.errors import UpdaterError
         from updater_fsm.ops.package import read_package
-
-        def peak_kb():
-            with open("/proc/self/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
 
         before = peak_kb()
         started = time.perf_counter()
@@ -84,14 +75,9 @@ def _judge_in_fresh_process(package: Path) -> dict[str, object]:
         seconds = time.perf_counter() - started
         json.dump({{"error": error, "seconds": seconds, "before_kb": before,
                    "after_kb": peak_kb()}}, sys.stdout)
-        """
+        """,
+        timeout=60,
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, check=True, timeout=60
-    )
-    result: dict[str, object] = json.loads(proc.stdout)
-    return result
 
 
 def test_million_entries_refused_from_the_end_record_in_little_memory(
