@@ -122,6 +122,15 @@ def wait_for_waiting(rig: h.Rig, message: str = WAITING) -> dict[str, Any]:
     return data
 
 
+def start_waiting(rig: h.Rig) -> h.UpdaterProcess:
+    """Start the updater, download, ask for the install, and wait until it waits."""
+    proc = rig.start()
+    download(rig)
+    assert request_update(rig)["code"] == 200
+    wait_for_waiting(rig)
+    return proc
+
+
 def staged_versions(rig: h.Rig) -> list[str]:
     """Snapshots (or half-built ones) of the version being installed."""
     return sorted(p.name for p in (rig.root / "versions").glob(f"v{h.GOOD_VERSION}*"))
@@ -235,10 +244,7 @@ def test_waiting_install_leaves_the_running_unit_alone_under_systemd(
         assert h.wait_until(lambda: unit_state(systemd_sandbox)["ActiveState"] == "active", 5)
         before = unit_state(systemd_sandbox)
         assert before["MainPID"] != "0", before
-        proc = rig.start()
-        download(rig)
-        assert request_update(rig)["code"] == 200
-        wait_for_waiting(rig)
+        proc = start_waiting(rig)
         deadline = time.monotonic() + WATCH_S
         while time.monotonic() < deadline:
             assert unit_state(systemd_sandbox) == before
@@ -346,10 +352,7 @@ def test_cancel_while_waiting_keeps_the_package_and_a_new_update_waits_again(
 ) -> None:
     rig, printer = busy_rig(tmp_path, server)
     try:
-        proc = rig.start()
-        download(rig)
-        assert request_update(rig)["code"] == 200
-        wait_for_waiting(rig)
+        proc = start_waiting(rig)
         env = rig.call("POST", "/cancel")
         assert env["code"] == 200, env
         data = rig.progress()
@@ -438,10 +441,7 @@ def test_package_expiring_while_waiting_is_deleted_and_nothing_installed(
 ) -> None:
     rig, printer = busy_rig(tmp_path, server)
     try:
-        proc = rig.start()
-        download(rig)
-        assert request_update(rig)["code"] == 200
-        wait_for_waiting(rig)
+        proc = start_waiting(rig)
         proc.kill()
         # As if the package had been verified 25 h ago (the clock jumped, or the print ran
         # past the package's trust window while the updater was down).
@@ -479,10 +479,7 @@ def test_restarts_during_a_long_print_keep_the_install_waiting(
     ``resume_limit`` clean restarts of the updater must not fail the install."""
     rig, printer = busy_rig(tmp_path, server)
     try:
-        proc = rig.start()
-        download(rig)
-        assert request_update(rig)["code"] == 200
-        wait_for_waiting(rig)
+        proc = start_waiting(rig)
         for _ in range(4):  # resume_limit is 3
             asked = printer.probed
             assert h.wait_until(lambda asked=asked: printer.probed > asked, 5)
@@ -512,10 +509,7 @@ def test_a_print_started_during_staging_is_not_interrupted(
     rig, _ = busy_rig(tmp_path, server, probe=probe)
     printer.free()
     try:
-        proc = rig.start()
-        download(rig)
-        assert request_update(rig)["code"] == 200
-        wait_for_waiting(rig)  # asked again after staging: busy, waiting again
+        proc = start_waiting(rig)  # asked again after staging: busy, waiting again
         assert rig.links().current == h.FACTORY_VERSION
         assert h.wait_until(lambda: staged_versions(rig) == [], 5), "unused snapshot kept"
         printer.free()
