@@ -9,42 +9,15 @@ four corners, no desktop or black border shows, and the text is where the frame 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.screen.test_screen_xvfb import REPO, Screen, Updater
+from tests.screen.test_screen_xvfb import Screen, Updater
 from tests.screen.xvfb import require_display_stack, root_image, xvfb
 
 pytestmark = pytest.mark.slow
-
-
-class FullScreen(Screen):
-    """``tope-updater screen`` without ``--window``: full-screen, borderless."""
-
-    def __init__(self, display: str, url: str, size: tuple[int, int], directory: Path) -> None:
-        self.size, self.lang, self.dir = size, "en", directory
-        env = {**os.environ, "DISPLAY": display, "SDL_VIDEODRIVER": "x11", "PYTHONPATH": REPO}
-        env.pop("WAYLAND_DISPLAY", None)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http_shell.cli",
-                "screen",
-                "--url",
-                url,
-                "--snapshot-dir",
-                str(directory),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
 
 
 def _corners(width: int, height: int, inset: int = 0) -> list[tuple[int, int]]:
@@ -63,10 +36,10 @@ def test_full_screen_fills_the_screen(size: tuple[int, int], tmp_path: Path) -> 
     width, height = size
     updater = Updater(tmp_path / "sandbox")
     updater.start()
-    screen: FullScreen | None = None
+    screen: Screen | None = None
     try:
         with xvfb(width, height) as display:
-            screen = FullScreen(display, updater.url, size, tmp_path / "frames")
+            screen = Screen(display, updater.url, size, "en", tmp_path / "frames", window=False)
             frame = screen.wait_frame(lambda f: f["state"] == "idle")
             assert frame["size"] == [width, height]
             drawn = pygame.image.load(str(screen.dir / frame["file"]))

@@ -122,7 +122,8 @@ class Updater:
 
 
 class Screen:
-    """One ``tope-updater screen --window WxH`` following the updater."""
+    """One ``tope-updater screen`` following the updater: ``--window WxH`` at ``size``, or
+    full-screen (borderless, on the whole display) with ``window=False``."""
 
     def __init__(
         self,
@@ -131,36 +132,22 @@ class Screen:
         size: tuple[int, int],
         lang: str,
         directory: Path,
-        close_after: float,
+        close_after: float | None = None,
+        *,
+        window: bool = True,
     ) -> None:
         self.size, self.lang, self.dir = size, lang, directory
-        env = {
-            **os.environ,
-            "DISPLAY": display,
-            "SDL_VIDEO_WINDOW_POS": "0,0",
-            "SDL_VIDEODRIVER": "x11",
-            "PYTHONPATH": REPO,
-        }
+        env = {**os.environ, "DISPLAY": display, "SDL_VIDEODRIVER": "x11", "PYTHONPATH": REPO}
+        env.pop("WAYLAND_DISPLAY", None)
+        argv = [sys.executable, "-m", "http_shell.cli", "screen", "--url", url, "--lang", lang]
+        if window:
+            env["SDL_VIDEO_WINDOW_POS"] = "0,0"
+            argv += ["--window", f"{size[0]}x{size[1]}"]
+        if close_after is not None:
+            argv += ["--close-after", str(close_after)]
+        argv += ["--snapshot-dir", str(directory)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http_shell.cli",
-                "screen",
-                "--url",
-                url,
-                "--window",
-                f"{size[0]}x{size[1]}",
-                "--lang",
-                lang,
-                "--close-after",
-                str(close_after),
-                "--snapshot-dir",
-                str(directory),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
 
     def frames(self) -> list[dict[str, Any]]:
