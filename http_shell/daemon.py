@@ -16,7 +16,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,11 +25,10 @@ import structlog
 from aiohttp import web
 
 from updater_fsm.config import Config
-from updater_fsm.control import PrinterStatus
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
 from updater_fsm.ops import snapshots
-from updater_fsm.ops.printer_probe import probe_printer
+from updater_fsm.ops.printer_probe import configured_probe
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.recovery import disk_facts, load_record, sweep_downloads
 from updater_fsm.runner import OpsRunner
@@ -106,7 +105,7 @@ async def running_updater(
         read_links=lambda: snapshots.read_links(layout),
         clock=clock or time.time,
         gate=config.printer_gate,
-        ask_printer=_printer_probe(config),
+        ask_printer=configured_probe(config.busy_probe, timeout_s=config.busy_probe_timeout_s),
     )
     reporter = None
     if report:
@@ -132,18 +131,6 @@ async def running_updater(
         await engine.stop()
         if reporter is not None:
             await reporter.stop()
-
-
-def _printer_probe(config: Config) -> Callable[[], Awaitable[PrinterStatus]] | None:
-    """The configured busy probe, as the engine asks it (None without one)."""
-    command = config.busy_probe
-    if not command:
-        return None
-
-    async def ask() -> PrinterStatus:
-        return await probe_printer(command, timeout_s=config.busy_probe_timeout_s)
-
-    return ask
 
 
 async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> None:

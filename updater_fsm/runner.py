@@ -33,7 +33,7 @@ from updater_fsm.faults import crash_point
 from updater_fsm.ops import download, external_files, package, snapshots, verify
 from updater_fsm.ops.commands import CommandTimeout, describe_exit, run_command, run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
-from updater_fsm.ops.printer_probe import probe_printer
+from updater_fsm.ops.printer_probe import configured_probe
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.state_layout import package_path
 
@@ -110,6 +110,9 @@ class OpsRunner:
             self._trusted_key = verify.load_public_key(_read_key(config.trusted_key))
         self._tasks: dict[asyncio.Task[None], int | None] = {}
         self._screen: asyncio.subprocess.Process | None = None
+        self._ask_printer = configured_probe(
+            config.busy_probe, timeout_s=config.busy_probe_timeout_s
+        )
         self._tail: asyncio.Future[None] | None = None
 
     # ---- EffectRunner protocol -------------------------------------------------------
@@ -307,13 +310,12 @@ class OpsRunner:
         Runs as a task of the waiting job (a cancel or a restart stops it; a restart asks
         again at once). Each answer only updates /progress: nothing is journaled per poll.
         """
-        probe = self._config.busy_probe
         answered = False
         while True:
-            if not probe:  # the probe was removed from the configuration: nothing to wait for
+            if self._ask_printer is None:  # the probe was removed from the configuration
                 status = PrinterStatus(True, "no busy_probe configured")
             else:
-                status = await probe_printer(probe, timeout_s=self._config.busy_probe_timeout_s)
+                status = await self._ask_printer()
             self._engine.update_printer(status)
             if status.free:
                 _log.info("printer.free", reason=status.reason)
@@ -371,11 +373,7 @@ class OpsRunner:
             return
         # The switch stops the printer's services: ask the busy probe again, a print may
         # have started while the snapshot was built.
-        printer = None
-        if self._config.busy_probe:
-            printer = await probe_printer(
-                self._config.busy_probe, timeout_s=self._config.busy_probe_timeout_s
-            )
+        printer = await self._ask_printer() if self._ask_printer is not None else None
         links = snapshots.read_links(self._layout)
         self._engine.post(ev.Staged(effect.job_id, units, links, printer))
 

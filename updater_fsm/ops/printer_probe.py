@@ -10,6 +10,8 @@ process group), read without blocking the event loop, with bounded memory.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import structlog
 
 from updater_fsm.core.printer import PrinterStatus
@@ -50,6 +52,19 @@ async def probe_printer(command: str, *, timeout_s: float) -> PrinterStatus:
             )
     log.debug("printer.probed", free=status.free, reason=status.reason)
     return status
+
+
+def configured_probe(
+    command: str | None, *, timeout_s: float
+) -> Callable[[], Awaitable[PrinterStatus]] | None:
+    """``busy_probe`` as one call to ask the printer (None when no probe is configured)."""
+    if not command:
+        return None
+
+    async def ask() -> PrinterStatus:
+        return await probe_printer(command, timeout_s=timeout_s)
+
+    return ask
 
 
 def _first_line(text: str) -> str:
