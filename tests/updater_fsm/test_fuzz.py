@@ -68,6 +68,9 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
         st.builds(ev.VerifyFailed, jid, ERRORS),
         st.builds(ev.UpdateRequested, st.sampled_from(VERSIONS), PRINTER),
         st.builds(ev.PrinterFree, jid),
+        st.builds(
+            ev.PrinterAnswered, jid, st.builds(PrinterStatus, st.just(False), st.just("printing"))
+        ),
         st.builds(ev.WaitExpired, jid),
         st.builds(ev.Staged, jid, st.just(UNITS), LINKS, PRINTER),
         st.builds(ev.StageFailed, jid, ERRORS),
