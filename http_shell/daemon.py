@@ -34,6 +34,7 @@ from updater_fsm.recovery import disk_facts, load_record, sweep_downloads
 from updater_fsm.runner import OpsRunner
 
 if TYPE_CHECKING:
+    from fleet_ddi.poller import FleetPoller
     from http_shell.reporter import Reporter
 
 _log = structlog.get_logger(__name__)
@@ -82,6 +83,7 @@ class Updater:
     engine: Engine
     runner: OpsRunner
     reporter: Reporter | None
+    poller: FleetPoller | None = None
 
 
 @contextlib.asynccontextmanager
@@ -125,9 +127,20 @@ async def running_updater(
         journal_rebuilt=recovered.rebuilt,
         links=attrs.asdict(engine.links),
     )
+    poller = None
+    poller_task = None
+    if config.ddi_url is not None:
+        from fleet_ddi.poller import FleetPoller
+
+        poller = FleetPoller(engine, config)
+        poller_task = asyncio.create_task(poller.run(), name="fleet-poller")
     try:
-        yield Updater(config, engine, runner, reporter)
+        yield Updater(config, engine, runner, reporter, poller)
     finally:
+        if poller_task is not None:
+            poller_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller_task
         await engine.stop()
         if reporter is not None:
             await reporter.stop()

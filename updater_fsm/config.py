@@ -10,10 +10,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import re
 import shlex
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,22 @@ class Config:
         screen_lang: the display's language, ``en`` or ``zh-CN`` (unset: the locale's).
         screen_font: a font file for the display (for Chinese: one with CJK glyphs);
             unset: fontconfig's choice.
+        ddi_url: base URL of an Eclipse hawkBit server (``https://hawkbit.example.com``);
+            when set, the updater polls its DDI API for deployments (docs/FLEET.md). Unset:
+            no polling.
+        ddi_tenant: the hawkBit tenant (``DEFAULT``).
+        ddi_controller_id: this device's controller id in hawkBit; unset: ``tope-`` and 16
+            hex digits derived from ``/etc/machine-id`` (an application-specific hash, not
+            the machine id itself).
+        ddi_token: the target security token (``Authorization: TargetToken …``).
+        ddi_gateway_token: a gateway security token (``Authorization: GatewayToken …``),
+            used when ``ddi_token`` is unset.
+        ddi_ca_file: a PEM file of CA certificates to trust for ``ddi_url`` (instead of
+            the system's).
+        ddi_poll_min_s, ddi_poll_max_s: the bounds of the polling interval the server asks
+            for (``config.polling.sleep``); each wait gets ±10 % jitter.
+        device_model: the model reported to the fleet server as an attribute; unset: the
+            device tree's or DMI's product name, else ``unknown``.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -125,6 +143,15 @@ class Config:
     screen_command: str | None = None
     screen_lang: str | None = None
     screen_font: Path | None = None
+    ddi_url: str | None = None
+    ddi_tenant: str = "DEFAULT"
+    ddi_controller_id: str | None = None
+    ddi_token: str | None = None
+    ddi_gateway_token: str | None = None
+    ddi_ca_file: Path | None = None
+    ddi_poll_min_s: float = 5.0
+    ddi_poll_max_s: float = 3600.0
+    device_model: str | None = None
     log_level: str = "info"
 
     @property
@@ -243,12 +270,39 @@ def _validate(config: Config) -> Config:
         "read_timeout_s",
         "busy_poll_s",
         "busy_probe_timeout_s",
+        "ddi_poll_min_s",
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0")
+    _validate_ddi(config)
     for name in config.allowed_hosts:
         _check_host_name(name)
     return config
+
+
+#: hawkBit's own rule for tenant names and controller ids: no path separators or spaces.
+_DDI_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def _validate_ddi(config: Config) -> None:
+    if config.ddi_url is not None:
+        parts = urllib.parse.urlsplit(config.ddi_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"config key 'ddi_url': must be an http(s) URL (got {config.ddi_url!r})"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ConfigError(
+                "config key 'ddi_url': no credentials, query or fragment (use ddi_token)"
+            )
+    for key in ("ddi_tenant", "ddi_controller_id"):
+        value = getattr(config, key)
+        if value is not None and not _DDI_NAME.match(value):
+            raise ConfigError(f"config key {key!r}: 1-64 letters, digits and ._:- (got {value!r})")
+    if config.ddi_poll_max_s < config.ddi_poll_min_s:
+        raise ConfigError("config key 'ddi_poll_max_s': must be >= ddi_poll_min_s")
+    if config.ddi_ca_file is not None and not config.ddi_ca_file.is_file():
+        raise ConfigError(f"config key 'ddi_ca_file': {config.ddi_ca_file} is not a file")
 
 
 def _check_host_name(name: str) -> None:

@@ -30,7 +30,7 @@ from updater_fsm.core.manifest import Manifest, ServiceUnit, units_of
 from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.progress import Transfer
 from updater_fsm.faults import crash_point
-from updater_fsm.ops import download, external_files, package, snapshots, verify
+from updater_fsm.ops import download, external_files, fleet_access, package, snapshots, verify
 from updater_fsm.ops.commands import CommandTimeout, describe_exit, run_command, run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
 from updater_fsm.ops.printer_probe import configured_probe
@@ -254,6 +254,7 @@ class OpsRunner:
                 settings=settings,
                 on_progress=on_progress,
                 on_checkpoint=on_checkpoint,
+                access=fleet_access.access_for(self._config, effect.request.package_url),
             )
         except UpdaterError as err:
             self._engine.post(ev.DownloadFailed(effect.job_id, err.failure))

@@ -324,6 +324,91 @@ class HawkbitServer:
             "POST", f"/rest/v1/distributionsets/{ds_id}/assignedTargets", [{"id": controller_id}]
         )
 
+    def set_polling(self, interval: str = "00:00:01") -> None:
+        """The ``config.polling.sleep`` every device is told (the floor is set to 1 s in
+        application.properties; hawkBit's own floor is 30 s)."""
+        self._mgmt_ok("PUT", "/rest/v1/system/configs/pollingTime", {"value": interval})
+
+    def release(self, name: str, version: str, filename: str, data: bytes) -> int:
+        """A software module with ``data`` as its artifact in a distribution set: its id."""
+        module_id = self.create_software_module(name, version)
+        self.upload_artifact(module_id, filename, data)
+        return self.create_distribution_set(name, version, [module_id])
+
+    def assign_action(self, ds_id: int, controller_id: str, **options: Any) -> str:
+        """Assign ``ds_id`` to one target (``type``, ``maintenanceWindow``…); the action id."""
+        result = self._mgmt_ok(
+            "POST",
+            f"/rest/v1/distributionsets/{ds_id}/assignedTargets",
+            [{"id": controller_id, **options}],
+        )
+        return str(result["assignedActions"][0]["id"])
+
+    def action(self, controller_id: str, action_id: str) -> JsonValue:
+        return self._mgmt_ok("GET", f"/rest/v1/targets/{controller_id}/actions/{action_id}")
+
+    def action_statuses(self, controller_id: str, action_id: str) -> list[JsonValue]:
+        """The action's status history, oldest first (``type``, ``messages``)."""
+        got = self._mgmt_ok(
+            "GET",
+            f"/rest/v1/targets/{controller_id}/actions/{action_id}/status?limit=500",
+        )
+        return list(reversed(got["content"]))
+
+    def cancel(self, controller_id: str, action_id: str) -> None:
+        res = self.mgmt("DELETE", f"/rest/v1/targets/{controller_id}/actions/{action_id}")
+        if res.status != 204:
+            raise RuntimeError(f"cancel {action_id}: {res.status} {res.body[:300]!r}")
+
+    def target(self, controller_id: str) -> JsonValue:
+        return self._mgmt_ok("GET", f"/rest/v1/targets/{controller_id}")
+
+    def target_attributes(self, controller_id: str) -> JsonValue:
+        return self._mgmt_ok("GET", f"/rest/v1/targets/{controller_id}/attributes")
+
+    def target_actions(self, controller_id: str) -> list[JsonValue]:
+        got = self._mgmt_ok("GET", f"/rest/v1/targets/{controller_id}/actions?limit=100")
+        return list(got["content"])
+
+    def create_rollout(
+        self,
+        name: str,
+        ds_id: int,
+        target_filter: str,
+        groups: int,
+        *,
+        success_percent: int = 100,
+        error_percent: int = 20,
+    ) -> int:
+        """A rollout over the targets ``target_filter`` (FIQL) selects, in ``groups``
+        groups: the next group starts when ``success_percent`` of a group succeeded, the
+        rollout pauses when ``error_percent`` failed."""
+        body = {
+            "name": name,
+            "distributionSetId": ds_id,
+            "targetFilterQuery": target_filter,
+            "amountGroups": groups,
+            "type": "forced",
+            "successCondition": {"condition": "THRESHOLD", "expression": str(success_percent)},
+            "successAction": {"action": "NEXTGROUP", "expression": ""},
+            "errorCondition": {"condition": "THRESHOLD", "expression": str(error_percent)},
+            "errorAction": {"action": "PAUSE", "expression": ""},
+        }
+        rollout_id: int = self._mgmt_ok("POST", "/rest/v1/rollouts", body)["id"]
+        return rollout_id
+
+    def rollout(self, rollout_id: int) -> JsonValue:
+        return self._mgmt_ok("GET", f"/rest/v1/rollouts/{rollout_id}")
+
+    def start_rollout(self, rollout_id: int, timeout: float = 60.0) -> None:
+        """Start it once hawkBit has built its groups (``ready``)."""
+        deadline = time.monotonic() + timeout
+        while self.rollout(rollout_id)["status"] != "ready":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rollout {rollout_id} not ready: {self.rollout(rollout_id)}")
+            time.sleep(0.2)
+        self._mgmt_ok("POST", f"/rest/v1/rollouts/{rollout_id}/start")
+
     # -- DDI API -----------------------------------------------------------------------------
 
     def ddi_url(self, controller_id: str, rest: str = "") -> str:

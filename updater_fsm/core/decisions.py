@@ -182,8 +182,14 @@ class Decisions:
                 durable = old.durable
             else:
                 self.effects.append(fx.DiscardPackage(old.request.package_name))
-        job = self._new_job(request=event.request, durable=durable)
+        job = self._new_job(request=event.request, durable=durable, fleet_action=event.fleet_action)
         self.effects.append(fx.StartDownload(job.job_id, event.request, job.durable))
+
+    def join_request(self, event: ev.DownloadRequested) -> None:
+        """The same package asked for again: a fleet action asking for it takes the job over
+        (its feedback then reports this job); device-api's re-request changes nothing."""
+        if event.fleet_action is not None and self.job.fleet_action != event.fleet_action:
+            self._set_job(fleet_action=event.fleet_action)
 
     def checkpoint(self, event: ev.DownloadCheckpoint) -> None:
         self._set_job(durable=event.point)
@@ -208,8 +214,9 @@ class Decisions:
         # window is not extended by checking the same bytes again.
         self._set_job(verified_at=self.job.verified_at or self.now)
 
-    def _reuse_kept_package(self) -> Job:
-        """A new job for the kept, verified package of the failed one."""
+    def _reuse_kept_package(self, fleet_action: str | None = None) -> Job:
+        """A new job for the kept, verified package of the failed one (for the same fleet
+        action, unless a new one asks for it)."""
         old = self.job
         return self._new_job(
             request=old.request,
@@ -217,11 +224,12 @@ class Decisions:
             md5=old.md5,
             sha256=old.sha256,
             verified_at=old.verified_at,
+            fleet_action=fleet_action or old.fleet_action,
         )
 
-    def reverify_kept_package(self, event: ev.Event) -> None:
+    def reverify_kept_package(self, event: ev.DownloadRequested) -> None:
         """The same package again after a full disk: hash the kept file, do not download."""
-        job = self._reuse_kept_package()
+        job = self._reuse_kept_package(event.fleet_action)
         self.effects.append(fx.VerifyPackage(job.job_id, self._request()))
 
     def rewait_kept_package(self, event: ev.Event) -> None:

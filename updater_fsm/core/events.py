@@ -97,8 +97,16 @@ class Event:
 
 @attrs.frozen
 class DownloadRequested(Event):
+    """``POST /download``, or a fleet server's deployment.
+
+    ``fleet_action``: the id of the fleet server's action this download carries out (hawkBit
+    DDI), journaled with the job so a restart resumes the action and its feedback; None for
+    device-api's downloads.
+    """
+
     trigger = Trigger.DOWNLOAD_REQUESTED
     request: DownloadRequest
+    fleet_action: str | None = None
 
 
 @attrs.frozen

@@ -58,6 +58,8 @@ class Snapshot:
     factory_version: str | None
     rollback_level: int
     seq: int
+    job_id: int = 0
+    fleet_action: str | None = None
 
     def data(self) -> dict[str, Any]:
         """The ``data`` object of ``GET /progress`` (contract fields first, then extras)."""
@@ -181,4 +183,6 @@ def build_snapshot(
         factory_version=links.factory,
         rollback_level=job.rollback_level if job else 0,
         seq=record.seq,
+        job_id=job.job_id if job else 0,
+        fleet_action=job.fleet_action if job else None,
     )

@@ -56,6 +56,7 @@ class Job:
         error: the contract ``error`` string once the job failed.
         error_code: the code of ``error``, what the machine decides on (it never parses
             ``error``).
+        fleet_action: the fleet server's action this job carries out (None: device-api's).
     """
 
     job_id: int
@@ -77,6 +78,7 @@ class Job:
     cause: str | None = None
     error: str | None = None
     error_code: ErrorCode | None = None
+    fleet_action: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 

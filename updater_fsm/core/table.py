@@ -105,9 +105,15 @@ _CANCELLABLE = (S.DOWNLOADING, S.VERIFYING, S.READY, S.DEPLOYING)
 TRANSITIONS: tuple[Transition, ...] = (
     # --- download -------------------------------------------------------------------
     # Same package again while it downloads, verifies or waits verified: 200, no restart.
-    Transition(T.DOWNLOAD_REQUESTED, (S.DOWNLOADING, S.VERIFYING), None, (D.same_package,)),
     Transition(
-        T.DOWNLOAD_REQUESTED, (S.READY, S.WAITING_IDLE), None, (D.same_package, D.package_fresh)
+        T.DOWNLOAD_REQUESTED, (S.DOWNLOADING, S.VERIFYING), None, (D.same_package,), D.join_request
+    ),
+    Transition(
+        T.DOWNLOAD_REQUESTED,
+        (S.READY, S.WAITING_IDLE),
+        None,
+        (D.same_package, D.package_fresh),
+        D.join_request,
     ),
     # A verified package kept after a full disk while staging: no new download.
     Transition(

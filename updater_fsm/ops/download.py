@@ -32,6 +32,7 @@ import math
 import os
 import random
 import re
+import ssl as ssl_module
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -97,6 +98,15 @@ class DownloadSettings:
     read_bufsize: int = 512 * KiB
     disk_space_factor: float = 2.0
     disk_headroom_bytes: int = 16 * MiB
+
+
+@attrs.frozen
+class SourceAccess:
+    """What a package server needs beyond the URL: request headers (a fleet server's
+    ``Authorization``) and the TLS trust to check it with (None: the system's CAs)."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    ssl: ssl_module.SSLContext | None = None
 
 
 @attrs.frozen
@@ -455,8 +465,10 @@ class _Download:
         on_checkpoint: Callable[[ResumePoint], Awaitable[None]],
         etag: str | None,
         last_modified: str | None,
+        access: SourceAccess,
     ) -> None:
         self.request = request
+        self.access = access
         self.part = part
         self.s = settings
         self.on_checkpoint = on_checkpoint
@@ -538,7 +550,7 @@ class _Download:
     async def attempt(self, session: aiohttp.ClientSession) -> None:
         """One request; returns when the body ended (complete or not). Raises on failure."""
         offset = self.sink.queued
-        headers = {"Accept-Encoding": "identity"}
+        headers = {**dict(self.access.headers), "Accept-Encoding": "identity"}
         if offset:
             validator = self._validator()
             if validator is None:
@@ -561,6 +573,7 @@ class _Download:
             allow_redirects=True,
             auto_decompress=False,
             read_bufsize=self.s.read_bufsize,
+            ssl=self.access.ssl if self.access.ssl is not None else True,
         ) as resp:
             await self._accept(resp, offset)
             await self._stream(resp)
@@ -745,6 +758,7 @@ async def download_package(
     on_progress: Callable[[DownloadProgress], None] = _ignore_progress,
     on_checkpoint: Callable[[ResumePoint], Awaitable[None]] = _ignore_checkpoint,
     session: aiohttp.ClientSession | None = None,
+    access: SourceAccess = SourceAccess(),
 ) -> DownloadResult:
     """Download ``request.package_url`` to ``package_path(downloads_dir, request.package_name)``.
 
@@ -760,6 +774,7 @@ async def download_package(
         on_checkpoint: awaited with each new durable :class:`ResumePoint` (journal it); also
             once right after the response headers, so the validators are durable.
         session: an aiohttp session to use (not closed); None creates a private one.
+        access: headers and TLS trust the package server needs (a fleet server's token).
 
     Returns:
         The final path, size, MD5 and SHA-256 of what was written.
@@ -792,7 +807,9 @@ async def download_package(
     want = resume.offset if resume is not None and 0 < resume.offset <= request.package_size else 0
     etag = resume.etag if resume is not None and want else None
     last_modified = resume.last_modified if resume is not None and want else None
-    job = _Download(request, part, settings, on_progress, on_checkpoint, etag, last_modified)
+    job = _Download(
+        request, part, settings, on_progress, on_checkpoint, etag, last_modified, access
+    )
     try:
         try:
             offset = await job.sink.open(want)

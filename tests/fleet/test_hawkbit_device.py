@@ -1,0 +1,66 @@
+"""One printer as a hawkBit device (issue 14): a real ``tope-updater serve`` polls a real
+hawkBit, installs what a fleet operator assigned and reports back through DDI; the outcome
+is read back through hawkBit's Management API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.crash import harness as h
+from tests.fleet.devices import fleet_device, release_for, wait_action_end
+from tests.support.hawkbit import HawkbitServer
+from tests.support.package_server import ThreadedPackageServer
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ThreadedPackageServer]:
+    with h.package_server() as srv:
+        yield srv
+
+
+def test_a_good_release_installs_and_ends_finished(
+    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer
+) -> None:
+    device = fleet_device(tmp_path, hawkbit, server, "good")
+    try:
+        device.start()
+        action = hawkbit.assign_action(release_for(hawkbit, device), device.controller_id)
+        final = wait_action_end(hawkbit, device.controller_id, action)
+        assert final["type"] == "finished", final
+        assert final["messages"] == ["Update to v1.1.0 complete", "running 1.1.0"]
+        h.check_invariants(device.rig, device.rig.progress())
+        types = [s["type"] for s in hawkbit.action_statuses(device.controller_id, action)]
+        assert "running" in types and types.count("finished") == 1, types
+        # configData: the device's attributes, sent when asked (first poll, after success).
+        assert h.wait_until(
+            lambda: (
+                hawkbit.target_attributes(device.controller_id).get("current_version") == "1.1.0"
+            ),
+            10,
+        ), hawkbit.target_attributes(device.controller_id)
+        attrs = hawkbit.target_attributes(device.controller_id)
+        assert attrs["model"] == "TOPE X1" and attrs["factory_version"] == "1.0.0", attrs
+        assert attrs["previous_version"] == "1.0.0" and attrs["updater_version"], attrs
+    finally:
+        device.rig.close()
+
+
+def test_a_broken_release_rolls_back_and_ends_in_error_with_our_text(
+    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer
+) -> None:
+    device = fleet_device(tmp_path, hawkbit, server, "bad")
+    try:
+        device.start()
+        action = hawkbit.assign_action(release_for(hawkbit, device), device.controller_id)
+        final = wait_action_end(hawkbit, device.controller_id, action)
+        assert final["type"] == "error", final
+        error, running = final["messages"]
+        assert error.startswith("ROLLBACK_LEVEL_1_SUCCESS"), error
+        assert running == "running 1.0.0"
+        h.check_invariants(device.rig, device.rig.progress())
+        assert hawkbit.target(device.controller_id)["updateStatus"] == "error"
+    finally:
+        device.rig.close()
