@@ -3,6 +3,10 @@ device-api stand-in) registered as a hawkBit target and configured to poll it.""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +17,7 @@ import attrs
 from tests.crash import harness as h
 from tests.support.hawkbit import HawkbitServer
 from tests.support.package_server import ThreadedPackageServer
+from tests.support.packages import make_package
 
 #: Status types that end an action in hawkBit's history.
 FINAL_TYPES = ("finished", "error", "canceled")
@@ -79,16 +84,104 @@ def final_statuses(hb: HawkbitServer, cid: str, action_id: str) -> list[dict[str
 def wait_action_end(
     hb: HawkbitServer, cid: str, action_id: str, timeout: float = 60.0
 ) -> dict[str, Any]:
-    """The action's final status once hawkBit shows it closed."""
+    """The action's last status once hawkBit shows it closed (``finished``, ``error``,
+    ``canceled``, or ``downloaded`` for a download-only action)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         action = hb.action(cid, action_id)
         if action["status"] == "finished":
-            finals = final_statuses(hb, cid, action_id)
-            assert finals, hb.action_statuses(cid, action_id)
-            return finals[-1]
+            history = hb.action_statuses(cid, action_id)
+            last: dict[str, Any] = history[-1]
+            return last
         time.sleep(0.2)
     raise AssertionError(
         f"action {action_id} of {cid} still open after {timeout} s: "
         f"{hb.action_statuses(cid, action_id)[-5:]}"
     )
+
+
+# --------------------------------------------------------------------------- a whole fleet
+
+#: Where every printer of the simulated fleet has its install root, as real printers of one
+#: model all have ``/opt/tope``: each device's process runs in its own mount namespace with
+#: its own root bind-mounted here, so one release (whose ``dst`` paths are absolute) fits all.
+FLEET_ROOT = Path("/tmp/tope-fleet-device-root")
+
+
+def fleet_package(path: Path, scenario: str) -> Path:
+    """A release for :data:`FLEET_ROOT` devices with ``scenario``'s files (good or bad)."""
+    sc = h.scenario(scenario)
+    return make_package(
+        path,
+        sc.version,
+        sc.files,
+        root=FLEET_ROOT,
+        process_name="hello",
+        health={"command": f"{FLEET_ROOT}/versions/current/bin/hello"},
+        post_cmds=list(sc.post_cmds),
+    )
+
+
+class NamespacedUpdater(h.UpdaterProcess):
+    """``tope-updater serve`` of a fleet device: its own mount namespace in which its rig's
+    root is bind-mounted on :data:`FLEET_ROOT` (``unshare`` execs, so the pid is the
+    updater's own and a SIGKILL is a power cut)."""
+
+    def __init__(self, rig: h.Rig) -> None:
+        self.rig = rig
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOPE_UPDATER_")}
+        env.update(
+            {
+                "TOPE_UPDATER_SETTLE_S": "0.2",
+                "TOPE_UPDATER_STOP_TIMEOUT_S": "3",
+                "TOPE_UPDATER_START_TIMEOUT_S": "5",
+                "TOPE_UPDATER_READ_TIMEOUT_S": "5",
+                "TOPE_UPDATER_CONNECT_TIMEOUT_S": "2",
+                "PYTHONPATH": str(h.REPO),
+                **rig.env,
+            }
+        )
+        serve = [
+            sys.executable,
+            "-m",
+            "http_shell.cli",
+            "serve",
+            "--root",
+            str(FLEET_ROOT),
+            "--state-dir",
+            str(rig.state),
+            "--port",
+            str(rig.port),
+            "--service-control",
+            "none",
+            "--device-api-url",
+            rig.device_api.url,
+        ]
+        script = (
+            f"mount --bind {shlex.quote(str(rig.root))} {shlex.quote(str(FLEET_ROOT))}"
+            f" && exec {shlex.join(serve)}"
+        )
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+        self.log_path = rig.base / f"updater-{len(rig.procs)}.log"
+        with open(self.log_path, "wb") as log:
+            self.popen = subprocess.Popen(
+                argv, cwd=h.REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        self.started = time.monotonic()
+        rig.procs.append(self)
+
+
+def fleet_of(
+    base: Path,
+    hb: HawkbitServer,
+    server: ThreadedPackageServer,
+    count: int,
+    prefix: str,
+) -> list[Device]:
+    """``count`` devices named ``<prefix>-00``… (a rollout selects them by that prefix),
+    each with its own root, state, port, device-api stand-in, controller id and token."""
+    FLEET_ROOT.mkdir(exist_ok=True)
+    return [
+        fleet_device(base / f"d{i:02}", hb, server, "good", controller_id=f"{prefix}-{i:02}")
+        for i in range(count)
+    ]
