@@ -172,7 +172,12 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> Non
     async with running_updater(config) as updater:
         from http_shell.web_app import create_app
 
-        app = create_app(config, updater.engine, reporter=updater.reporter)
+        app = create_app(
+            config,
+            updater.engine,
+            reporter=updater.reporter,
+            fleet=updater.poller.stats if updater.poller is not None else None,
+        )
         # Hostile or stalled clients must not hold up a SIGTERM stop (found by
         # tests/crash/test_faults.py): after refusing an oversized body aiohttp keeps reading
         # it for lingering_time (default 10 s), and it waits shutdown_timeout (default 60 s)

@@ -13,8 +13,10 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import attrs
 from aiohttp import web
 
+from fleet_ddi.poller import PollerStats
 from http_shell import web_bodies as b
 from http_shell.reporter import Reporter
 from http_shell.web_events import stream_events
@@ -26,6 +28,7 @@ from updater_fsm.ops import snapshots
 ENGINE: web.AppKey[UpdaterControl] = web.AppKey("engine", UpdaterControl)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 REPORTER: web.AppKey[Reporter | None] = web.AppKey("reporter")
+FLEET: web.AppKey[PollerStats | None] = web.AppKey("fleet")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 HEARTBEAT_S: web.AppKey[float] = web.AppKey("sse_heartbeat_s", float)
 
@@ -171,7 +174,13 @@ async def get_healthz(request: web.Request) -> web.Response:
             "coalesced": s.coalesced,
             "last_error": s.last_error,
         }
-    data = {"state": snap.state.value, "stage": snap.stage.value, "reporter": stats}
+    fleet = request.app.get(FLEET)
+    data = {
+        "state": snap.state.value,
+        "stage": snap.stage.value,
+        "reporter": stats,
+        "fleet": None if fleet is None else attrs.asdict(fleet),
+    }
     return b.envelope(200, "ok", data)
 
 

@@ -27,6 +27,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from fleet_ddi.poller import PollerStats
 from http_shell import web_api
 from http_shell.reporter import Reporter
 from http_shell.web_bodies import MAX_BODY_BYTES, BodyError, envelope
@@ -101,6 +102,7 @@ def create_app(
     engine: UpdaterControl,
     *,
     reporter: Reporter | None = None,
+    fleet: PollerStats | None = None,
     sse_heartbeat_s: float = 15.0,
     max_event_streams: int = MAX_EVENT_STREAMS,
 ) -> web.Application:
@@ -113,6 +115,7 @@ def create_app(
             caller's job.
         reporter: the device-api reporter; its counters appear in ``/healthz`` and the app's
             cleanup stops it (stopping twice is harmless).
+        fleet: the fleet poller's counters (``/healthz``), None without ``ddi_url``.
         sse_heartbeat_s: quiet time after which ``/events`` sends a ``: ping`` comment.
         max_event_streams: ``/events`` streams open at once; one more is HTTP 503.
     """
@@ -124,6 +127,7 @@ def create_app(
     app[web_api.ENGINE] = engine
     app[web_api.CONFIG] = config
     app[web_api.REPORTER] = reporter
+    app[web_api.FLEET] = fleet
     app[web_api.HEARTBEAT_S] = sse_heartbeat_s
     app[web_api.OPENAPI] = openapi_document(auth=bool(config.api_token))
     app[SHUTDOWN] = asyncio.Event()

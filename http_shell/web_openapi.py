@@ -164,6 +164,7 @@ _SCHEMAS: dict[str, Schema] = {
             "state": {"type": "string", "enum": [s.value for s in State]},
             "stage": {"type": "string", "enum": [s.value for s in Stage]},
             "reporter": {"type": "object", "nullable": True},
+            "fleet": {"type": "object", "nullable": True},
         },
     },
 }

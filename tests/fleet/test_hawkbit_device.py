@@ -44,6 +44,9 @@ def test_a_good_release_installs_and_ends_finished(
         attrs = hawkbit.target_attributes(device.controller_id)
         assert attrs["model"] == "TOPE X1" and attrs["factory_version"] == "1.0.0", attrs
         assert attrs["previous_version"] == "1.0.0" and attrs["updater_version"], attrs
+        fleet = device.rig.call("GET", "/healthz")["data"]["fleet"]
+        assert fleet["controller_id"] == device.controller_id and fleet["polls"] >= 1, fleet
+        assert fleet["failed_polls"] == 0 and fleet["feedback_sent"] >= 3, fleet
     finally:
         device.rig.close()
 

@@ -284,7 +284,7 @@ async def test_statechart_highlights_the_current_state(client: Client, rig: Rig)
 
 async def test_healthz(client: Client, rig: Rig) -> None:
     env = await call(client, "GET", "/healthz")
-    assert env["data"] == {"state": "idle", "stage": "idle", "reporter": None}
+    assert env["data"] == {"state": "idle", "stage": "idle", "reporter": None, "fleet": None}
     await rig.to_failed()
     env = await call(client, "GET", "/healthz")
     assert env["code"] == 200 and env["data"]["state"] == "failed"
