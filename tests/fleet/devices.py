@@ -108,12 +108,13 @@ def wait_action_end(
 FLEET_ROOT = Path("/tmp/tope-fleet-device-root")
 
 
-def fleet_package(path: Path, scenario: str) -> Path:
-    """A release for :data:`FLEET_ROOT` devices with ``scenario``'s files (good or bad)."""
+def fleet_package(path: Path, scenario: str, version: str | None = None) -> Path:
+    """A release for :data:`FLEET_ROOT` devices with ``scenario``'s files (good or bad),
+    as the scenario's version or ``version``."""
     sc = h.scenario(scenario)
     return make_package(
         path,
-        sc.version,
+        version or sc.version,
         sc.files,
         root=FLEET_ROOT,
         process_name="hello",
