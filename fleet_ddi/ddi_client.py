@@ -107,6 +107,19 @@ class DdiClient:
         except (ValueError, RecursionError) as exc:
             raise DdiUnavailable(f"GET {url}: not JSON ({exc})", status) from None
 
+    async def get_small_text(self, url: str, limit: int) -> str:
+        """GET a small text resource (an artifact such as a signature), at most ``limit``
+        bytes of ASCII, or :class:`DdiUnavailable`."""
+        status, raw = await self._call("GET", url)
+        if status != 200:
+            raise DdiUnavailable(f"GET {url}: HTTP {status} {_excerpt(raw)}", status)
+        if len(raw) > limit:
+            raise DdiUnavailable(f"GET {url}: larger than {limit} bytes", status)
+        try:
+            return raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise DdiUnavailable(f"GET {url}: not ASCII text", status) from None
+
     async def controller_base(self) -> ControllerBase:
         """The controller base resource (parsed; a malformed one is :class:`DdiUnavailable`)."""
         body = await self.get_json(self.base_url)

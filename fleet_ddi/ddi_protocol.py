@@ -93,7 +93,9 @@ class Deployment:
     """``GET deploymentBase/{actionId}``: one update action, reduced to what we install.
 
     The artifact is our ZIP package; its MD5 and SHA-256 come from the server and are
-    checked by the updater's verification as for device-api's downloads.
+    checked by the updater's verification as for device-api's downloads. A second artifact
+    of the same module named ``<package>.zip.sig`` holds the package's Ed25519 signature
+    (base64, as device-api's ``package_signature``): ``signature_url`` is where to fetch it.
     """
 
     action_id: str
@@ -101,6 +103,7 @@ class Deployment:
     update: Handling
     maintenance_window: MaintenanceWindow | None
     request: DownloadRequest
+    signature_url: str | None = None
 
     @property
     def download_only(self) -> bool:
@@ -223,6 +226,7 @@ def parse_deployment(body: Any, action_id: str) -> Deployment:
     if not isinstance(chunks, list) or not chunks:
         raise DdiProtocolError("deployment.chunks: the action carries no software module")
     found: list[tuple[dict[str, Any], str]] = []
+    signatures: dict[str, dict[str, Any]] = {}
     for i, chunk_value in enumerate(chunks):
         chunk = _obj(chunk_value, f"chunks[{i}]")
         version = _str(chunk.get("version"), f"chunks[{i}].version")
@@ -231,8 +235,11 @@ def parse_deployment(body: Any, action_id: str) -> Deployment:
             raise DdiProtocolError(f"chunks[{i}].artifacts: expected a list")
         for j, art_value in enumerate(artifacts):
             art = _obj(art_value, f"chunks[{i}].artifacts[{j}]")
-            if _str(art.get("filename"), f"chunks[{i}].artifacts[{j}].filename").endswith(".zip"):
+            filename = _str(art.get("filename"), f"chunks[{i}].artifacts[{j}].filename")
+            if filename.endswith(".zip"):
                 found.append((art, version))
+            elif filename.endswith(".zip.sig"):
+                signatures[filename.removesuffix(".sig")] = art
     if len(found) != 1:
         raise DdiProtocolError(
             f"deployment: needs exactly one .zip artifact (the update package), found {len(found)}"
@@ -262,7 +269,12 @@ def parse_deployment(body: Any, action_id: str) -> Deployment:
         package_md5=digests["md5"],
         package_sha256=digests["sha256"],
     )
-    return Deployment(action_id, download, update, window, request)
+    signature_url = None
+    signature = signatures.get(_str(art.get("filename"), "artifact.filename"))
+    if signature is not None:
+        sig_links = _obj(signature.get("_links"), "signature artifact._links")
+        signature_url = _href(sig_links, "download-http") or _href(sig_links, "download")
+    return Deployment(action_id, download, update, window, request, signature_url)
 
 
 def _detail(text: str) -> str:

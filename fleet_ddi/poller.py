@@ -257,8 +257,14 @@ class FleetPoller:
                 await self._send("deploymentBase", feedback)
 
     async def _start(self, deployment: Deployment) -> None:
+        request = deployment.request
+        if deployment.signature_url is not None:
+            # The package's signature, as device-api's package_signature (checked by
+            # verification against trusted_key like any other).
+            signature = await self._client.get_small_text(deployment.signature_url, 1024)
+            request = attrs.evolve(request, package_signature=signature)
         decision = await self._control.submit(
-            DownloadRequested(deployment.request, fleet_action=deployment.action_id)
+            DownloadRequested(request, fleet_action=deployment.action_id)
         )
         if decision.accepted or decision.reply.code == 409:
             return  # 409: device-api's job got there first; asked again at the next turn

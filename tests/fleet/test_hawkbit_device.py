@@ -4,13 +4,18 @@ is read back through hawkBit's Management API."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.crash import harness as h
-from tests.fleet.devices import fleet_device, release_for, wait_action_end
+from tests.fleet.devices import Device, fleet_device, release_for, wait_action_end
 from tests.support.hawkbit import HawkbitServer
 from tests.support.package_server import ThreadedPackageServer
 
@@ -67,3 +72,51 @@ def test_a_broken_release_rolls_back_and_ends_in_error_with_our_text(
         assert hawkbit.target(device.controller_id)["updateStatus"] == "error"
     finally:
         device.rig.close()
+
+
+def _signed_release(hb: HawkbitServer, device: Device, key: Ed25519PrivateKey | None) -> int:
+    """The device's package as a module, with ``<package>.zip.sig`` beside it when ``key``
+    signs it (Ed25519 over the raw SHA-256 digest, base64: device-api's package_signature)."""
+    data = device.package
+    module = hb.create_software_module(f"signed-{uuid.uuid4().hex[:8]}", "1.1.0")
+    hb.upload_artifact(module, "update-1.1.0.zip", data)
+    if key is not None:
+        signature = base64.b64encode(key.sign(hashlib.sha256(data).digest()))
+        hb.upload_artifact(module, "update-1.1.0.zip.sig", signature)
+    return hb.create_distribution_set(f"signed-{uuid.uuid4().hex[:8]}", "1.1.0", [module])
+
+
+def test_signed_releases_install_and_unsigned_ones_are_refused_with_a_trusted_key(
+    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    public = base64.b64encode(
+        key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
+    env = {"TOPE_UPDATER_TRUSTED_KEY": public}
+    signed = fleet_device(tmp_path / "signed", hawkbit, server, "good", env=env)
+    unsigned = fleet_device(tmp_path / "unsigned", hawkbit, server, "good", env=env)
+    forged = fleet_device(tmp_path / "forged", hawkbit, server, "good", env=env)
+    try:
+        for device in (signed, unsigned, forged):
+            device.start()
+        outcomes = {
+            "signed": (signed, _signed_release(hawkbit, signed, key)),
+            "unsigned": (unsigned, _signed_release(hawkbit, unsigned, None)),
+            "forged": (forged, _signed_release(hawkbit, forged, Ed25519PrivateKey.generate())),
+        }
+        finals = {}
+        for name, (device, ds) in outcomes.items():
+            action = hawkbit.assign_action(ds, device.controller_id)
+            finals[name] = wait_action_end(hawkbit, device.controller_id, action)
+        assert finals["signed"]["type"] == "finished", finals
+        assert signed.rig.links().current == "1.1.0"
+        assert finals["unsigned"]["type"] == "error"
+        assert finals["unsigned"]["messages"][0].startswith("SIGNATURE_REQUIRED"), finals
+        assert finals["forged"]["type"] == "error"
+        assert finals["forged"]["messages"][0].startswith("SIGNATURE_INVALID"), finals
+        for device in (unsigned, forged):
+            assert device.rig.links().current == h.FACTORY_VERSION
+    finally:
+        for device in (signed, unsigned, forged):
+            device.rig.close()
