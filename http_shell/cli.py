@@ -8,6 +8,7 @@ updater already runs on the same state directory.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import ipaddress
 import json
@@ -112,13 +113,27 @@ def cmd_verify_setup(args: argparse.Namespace) -> int:
     layout = snapshots.Layout(config.root)
     problems = snapshots.verify_setup(layout)
     links = snapshots.read_links(layout)
+    fleet = None
+    if config.ddi_url is not None:
+        from fleet_ddi.setup_check import check_fleet_server
+
+        fleet = asyncio.run(check_fleet_server(config))
+        if fleet.problem is not None:
+            problems.append(fleet.describe())
     if args.json:
-        print(json.dumps({"ok": not problems, "problems": problems, "links": attrs.asdict(links)}))
+        report = {"ok": not problems, "problems": problems, "links": attrs.asdict(links)}
+        if fleet is not None:
+            report["fleet"] = attrs.asdict(fleet)
+        print(json.dumps(report))
     else:
         print(f"root: {config.root}")
         for name in ("current", "previous", "factory"):
             value = getattr(links, name)
             print(f"  {name:9s} -> {'v' + value if value else '(none)'}")
+        if fleet is not None:
+            print(f"controller id: {fleet.controller_id}")
+            if fleet.problem is None:
+                print(f"  {fleet.describe()}")
         for problem in problems:
             print(f"  PROBLEM: {problem}")
         print("setup OK" if not problems else f"{len(problems)} problem(s) found")

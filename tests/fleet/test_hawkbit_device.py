@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -120,3 +125,29 @@ def test_signed_releases_install_and_unsigned_ones_are_refused_with_a_trusted_ke
     finally:
         for device in (signed, unsigned, forged):
             device.rig.close()
+
+
+def test_verify_setup_polls_the_fleet_server_once_as_this_device(
+    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer
+) -> None:
+    device = fleet_device(tmp_path, hawkbit, server, "good")
+    rig = device.rig
+
+    def verify(token: str) -> tuple[int, dict[str, Any]]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOPE_UPDATER_")}
+        env.update(rig.env, TOPE_UPDATER_DDI_TOKEN=token, PYTHONPATH=str(h.REPO))
+        argv = [sys.executable, "-m", "http_shell.cli", "verify-setup", "--json"]
+        argv += ["--root", str(rig.root), "--state-dir", str(rig.state)]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        return proc.returncode, json.loads(proc.stdout)
+
+    try:
+        code, report = verify(device.token)
+        assert code == 0 and report["ok"], report
+        assert report["fleet"]["controller_id"] == device.controller_id
+        assert report["fleet"]["sleep_s"] == 1.0 and report["fleet"]["problem"] is None
+        code, report = verify("not-the-token")
+        assert code == 1 and not report["ok"], report
+        assert "refused this device's credentials (HTTP 401)" in report["problems"][0]
+    finally:
+        rig.close()
