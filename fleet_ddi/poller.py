@@ -135,6 +135,9 @@ class FleetPoller:
                     await self._follow()
                 except DdiUnavailable as exc:
                     self._note_error(exc)
+                except Exception as exc:  # never let one bad turn end the fleet's polling
+                    _log.exception("fleet poller turn failed")
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 wait = max(0.0, next_poll - self._clock())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(subscription.get(), wait)
@@ -167,8 +170,11 @@ class FleetPoller:
         self._install_asked_for = None  # a refused install (409) is asked again
         try:
             await self._act_on(base)
-        except DdiUnavailable as exc:
+        except (DdiUnavailable, DdiProtocolError) as exc:
             self._note_error(exc)
+        except Exception as exc:  # a full disk for the feedback journal, a bug: next poll
+            _log.exception("fleet poll failed")
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
         return self._interval(base.sleep_s)
 
     async def _act_on(self, base: ControllerBase) -> None:
