@@ -46,11 +46,14 @@ def fleet_device(
     controller_id: str | None = None,
     env: dict[str, str] | None = None,
     post_cmds: list[str] | None = None,
+    register: bool = True,
 ) -> Device:
-    """A device with its own root, port, controller id and target token, known to ``hb``."""
+    """A device with its own root, port, controller id and target token, known to ``hb``
+    (unless not ``register``: it must then register itself, with a gateway token)."""
     cid = controller_id or f"t-{uuid.uuid4().hex[:12]}"
     token = uuid.uuid4().hex
-    hb.create_target(cid, token)
+    if register:
+        hb.create_target(cid, token)
     base.mkdir(parents=True, exist_ok=True)
     rig = h.Rig(
         base,

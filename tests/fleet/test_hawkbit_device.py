@@ -151,3 +151,40 @@ def test_verify_setup_polls_the_fleet_server_once_as_this_device(
         assert "refused this device's credentials (HTTP 401)" in report["problems"][0]
     finally:
         rig.close()
+
+
+def test_a_device_with_the_gateway_token_registers_itself_and_installs(
+    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer
+) -> None:
+    """No target made beforehand and no target token: the tenant's gateway token lets the
+    device appear in hawkBit on its first poll (auto-registration), under its own id."""
+    gateway = uuid.uuid4().hex
+    hawkbit.mgmt(
+        "PUT", "/rest/v1/system/configs/authentication.gatewaytoken.key", {"value": gateway}
+    )
+    hawkbit.mgmt(
+        "PUT", "/rest/v1/system/configs/authentication.gatewaytoken.enabled", {"value": True}
+    )
+    controller_id = f"gw-{uuid.uuid4().hex[:10]}"
+    device = fleet_device(
+        tmp_path,
+        hawkbit,
+        server,
+        "good",
+        controller_id=controller_id,
+        env={"TOPE_UPDATER_DDI_TOKEN": "", "TOPE_UPDATER_DDI_GATEWAY_TOKEN": gateway},
+        register=False,
+    )
+    try:
+        device.start()
+        assert h.wait_until(
+            lambda: hawkbit.mgmt("GET", f"/rest/v1/targets/{controller_id}").status == 200, 15
+        )
+        action = hawkbit.assign_action(release_for(hawkbit, device), controller_id)
+        assert wait_action_end(hawkbit, controller_id, action)["type"] == "finished"
+        assert device.rig.links().current == "1.1.0"
+    finally:
+        device.rig.close()
+        hawkbit.mgmt(
+            "PUT", "/rest/v1/system/configs/authentication.gatewaytoken.enabled", {"value": False}
+        )
