@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fleet_ddi.ddi_protocol import (
@@ -499,7 +499,9 @@ def test_final_feedback_body_without_progress() -> None:
     json.dumps(body)  # serialisable as is
 
 
-@given(st.text(max_size=2 * DETAIL_MAX))
+@given(st.text(max_size=2 * DETAIL_MAX) | st.integers(0, 3 * DETAIL_MAX).map(lambda n: "é" * n))
+@example("x" * DETAIL_MAX)
+@example("x" * (DETAIL_MAX + 1))
 def test_details_truncated_to_detail_max(text: str) -> None:
     (detail,) = Feedback("3", Execution.CLOSED, Finished.SUCCESS, (text,)).body()["status"][
         "details"
