@@ -129,12 +129,19 @@ class FleetPoller:
         try:
             next_poll = self._clock()
             while True:
-                if self._clock() >= next_poll:
-                    next_poll = self._clock() + await self._poll()
                 try:
+                    if self._clock() >= next_poll:
+                        next_poll = self._clock() + await self._poll()
                     await self._follow()
                 except DdiUnavailable as exc:
                     self._note_error(exc)
+                except Exception as exc:
+                    # A fault of ours must not end fleet management for the process's
+                    # lifetime (the task died silently, the updater answering on): log it
+                    # and try again after the longest interval.
+                    _log.exception("fleet poller turn failed")
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    next_poll = self._clock() + self._interval(self._config.ddi_poll_max_s)
                 wait = max(0.0, next_poll - self._clock())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(subscription.get(), wait)
@@ -167,7 +174,7 @@ class FleetPoller:
         self._install_asked_for = None  # a refused install (409) is asked again
         try:
             await self._act_on(base)
-        except DdiUnavailable as exc:
+        except (DdiUnavailable, DdiProtocolError) as exc:  # e.g. a cancelAction without stopId
             self._note_error(exc)
         return self._interval(base.sleep_s)
 
