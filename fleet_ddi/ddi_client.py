@@ -1,14 +1,17 @@
 """HTTP to the fleet server's DDI API: the device's token, timeouts, bounded answers.
 
-Every request carries ``Authorization: TargetToken …`` (or ``GatewayToken``) and the
-configured TLS trust (:mod:`updater_fsm.ops.fleet_access`, shared with the artifact
-downloads). Answers are read up to :data:`MAX_ANSWER_BYTES`; JSON is parsed strictly. A
-server that is down, slow, or answers nonsense raises :class:`DdiUnavailable` with a
-readable reason — never anything the poller cannot handle.
+Every request to the fleet server carries ``Authorization: TargetToken …`` (or
+``GatewayToken``) and the configured TLS trust (:mod:`updater_fsm.ops.fleet_access`, shared
+with the artifact downloads); a link the server gives to another scheme, host or port gets
+no token. Answers are read up to :data:`MAX_ANSWER_BYTES`, each whole exchange within
+``connect_timeout_s + read_timeout_s``; JSON is parsed strictly. A server that is down,
+slow, or answers nonsense raises :class:`DdiUnavailable` with a readable reason — never
+anything the poller cannot handle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -18,7 +21,7 @@ import structlog
 
 from fleet_ddi.ddi_protocol import ControllerBase, Feedback, config_data_body, parse_base
 from updater_fsm.config import Config
-from updater_fsm.ops.fleet_access import fleet_access
+from updater_fsm.ops.fleet_access import access_for, fleet_access
 
 _log = structlog.get_logger(__name__)
 #: The largest answer read (a deployment with a few chunks is a few KiB).
@@ -60,7 +63,10 @@ class DdiClient:
         self.base_url = (
             f"{config.ddi_url.rstrip('/')}/{config.ddi_tenant}/controller/v1/{controller_id}"
         )
+        self._config = config
         self._access = fleet_access(config)
+        #: A whole exchange: a server trickling its answer never holds the poller longer.
+        self._deadline_s = config.connect_timeout_s + config.read_timeout_s
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=config.connect_timeout_s,
@@ -69,9 +75,8 @@ class DdiClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        headers = {**dict(self._access.headers), "Accept": _ACCEPT}
         self._session = aiohttp.ClientSession(
-            headers=headers,
+            headers={"Accept": _ACCEPT},
             timeout=self._timeout,
             connector=aiohttp.TCPConnector(
                 ssl=self._access.ssl if self._access.ssl is not None else True, limit=4
@@ -85,16 +90,24 @@ class DdiClient:
 
     async def _call(self, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
         assert self._session is not None, "open() first"
+        # The token only for the fleet server itself (ddi_url's scheme, host and port).
+        headers = dict(access_for(self._config, url).headers)
         try:
-            async with self._session.request(method, url, json=body, allow_redirects=False) as resp:
-                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+            async with (
+                asyncio.timeout(self._deadline_s),
+                self._session.request(
+                    method, url, json=body, headers=headers, allow_redirects=False
+                ) as resp,
+            ):
+                raw = await _read_bounded(resp.content, MAX_ANSWER_BYTES)
                 if len(raw) > MAX_ANSWER_BYTES:
                     raise DdiUnavailable(
                         f"{method} {url}: answer larger than {MAX_ANSWER_BYTES} bytes",
                         resp.status,
                     )
                 return resp.status, raw
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            # ValueError: a URL aiohttp/yarl refuses (the links come from the server).
             raise DdiUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
 
     async def get_json(self, url: str) -> Any:
@@ -143,6 +156,20 @@ class DdiClient:
         status, raw = await self._call("PUT", url, config_data_body(attributes))
         if not 200 <= status < 300:
             raise DdiUnavailable(f"PUT {url}: HTTP {status} {_excerpt(raw)}", status)
+
+
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The answer up to its end, or its first ``limit + 1`` bytes (``read(n)`` alone returns
+    only what has arrived so far: an answer in two TCP segments came back cut)."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 def _excerpt(raw: bytes) -> str:

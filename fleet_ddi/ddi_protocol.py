@@ -19,9 +19,10 @@ import attrs
 from updater_fsm.control import DownloadRequest, Version
 
 #: hawkBit ids are numbers; anything longer than this is not one of its action ids.
-_ACTION_ID = re.compile(r"^[0-9]{1,19}$")
-_SLEEP = re.compile(r"^(\d{1,3}):([0-5]\d):([0-5]\d)$")
-_HEX = {"md5": re.compile(r"^[0-9a-fA-F]{32}$"), "sha256": re.compile(r"^[0-9a-fA-F]{64}$")}
+#: Patterns are used with ``fullmatch``: ``$`` would also accept a trailing newline.
+_ACTION_ID = re.compile(r"[0-9]{1,19}")
+_SLEEP = re.compile(r"([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])")
+_HEX = {"md5": re.compile(r"[0-9a-fA-F]{32}"), "sha256": re.compile(r"[0-9a-fA-F]{64}")}
 #: The longest details line sent back (hawkBit stores each in a 512-character column).
 DETAIL_MAX = 500
 
@@ -137,7 +138,11 @@ def _href(links: dict[str, Any], name: str) -> str | None:
     if link is None:
         return None
     href = _str(_obj(link, f"_links.{name}").get("href"), f"_links.{name}.href")
-    parts = urllib.parse.urlsplit(href)
+    try:
+        parts = urllib.parse.urlsplit(href)
+        _ = parts.port  # raises ValueError on a port out of range
+    except ValueError as exc:  # unbalanced brackets, a bad port: no URL aiohttp would take
+        raise DdiProtocolError(f"_links.{name}.href: {exc}: {href[:200]!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DdiProtocolError(f"_links.{name}.href: not an http(s) URL: {href[:200]!r}")
     return href
@@ -148,14 +153,14 @@ def _action_in(href: str | None, name: str) -> str | None:
     if href is None:
         return None
     last = urllib.parse.urlsplit(href).path.rstrip("/").rpartition("/")[2]
-    if not _ACTION_ID.match(last):
+    if not _ACTION_ID.fullmatch(last):
         raise DdiProtocolError(f"_links.{name}.href: no action id at its end: {href[:200]!r}")
     return last
 
 
 def parse_sleep(text: str) -> float:
     """``HH:MM:SS`` → seconds."""
-    match = _SLEEP.match(text)
+    match = _SLEEP.fullmatch(_str(text, "config.polling.sleep"))
     if match is None:
         raise DdiProtocolError(f"config.polling.sleep: not HH:MM:SS: {text[:40]!r}")
     hours, minutes, seconds = (int(g) for g in match.groups())
@@ -185,7 +190,7 @@ def parse_cancel(body: Any) -> str:
     """``GET cancelAction/{id}`` → the id of the action to stop (``stopId``)."""
     root = _obj(body, "cancel action")
     stop = _str(_obj(root.get("cancelAction"), "cancelAction").get("stopId"), "stopId")
-    if not _ACTION_ID.match(stop):
+    if not _ACTION_ID.fullmatch(stop):
         raise DdiProtocolError(f"cancelAction.stopId: not an action id: {stop[:40]!r}")
     return stop
 
@@ -251,7 +256,7 @@ def parse_deployment(body: Any, action_id: str) -> Deployment:
     digests: dict[str, str] = {}
     for name, pattern in _HEX.items():
         value = _str(hashes.get(name), f"artifact.hashes.{name}")
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise DdiProtocolError(f"artifact.hashes.{name}: not a hex digest: {value[:80]!r}")
         digests[name] = value.lower()
     size = art.get("size")

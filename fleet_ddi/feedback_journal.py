@@ -82,7 +82,7 @@ class FeedbackJournal:
             )
         except FileNotFoundError:
             return FeedbackState()
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             # Set aside, never guessed: the engine's journal still names the job's action,
             # so an unfinished action's outcome is rebuilt from it; at worst a final
             # feedback is asked about again (the server says whether the action is open).

@@ -129,9 +129,9 @@ class FleetPoller:
         try:
             next_poll = self._clock()
             while True:
-                if self._clock() >= next_poll:
-                    next_poll = self._clock() + await self._poll()
                 try:
+                    if self._clock() >= next_poll:
+                        next_poll = self._clock() + await self._poll()
                     await self._follow()
                 except DdiUnavailable as exc:
                     self._note_error(exc)
@@ -170,7 +170,7 @@ class FleetPoller:
         self._install_asked_for = None  # a refused install (409) is asked again
         try:
             await self._act_on(base)
-        except (DdiUnavailable, DdiProtocolError) as exc:
+        except (DdiUnavailable, DdiProtocolError) as exc:  # e.g. a cancelAction without stopId
             self._note_error(exc)
         except Exception as exc:  # a full disk for the feedback journal, a bug: next poll
             _log.exception("fleet poll failed")

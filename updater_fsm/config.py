@@ -281,12 +281,16 @@ def _validate(config: Config) -> Config:
 
 
 #: hawkBit's own rule for tenant names and controller ids: no path separators or spaces.
-_DDI_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_DDI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
 def _validate_ddi(config: Config) -> None:
     if config.ddi_url is not None:
-        parts = urllib.parse.urlsplit(config.ddi_url)
+        try:
+            parts = urllib.parse.urlsplit(config.ddi_url)
+            _ = parts.port  # raises ValueError on a port out of range
+        except ValueError as exc:  # unbalanced IPv6 brackets, a bad port
+            raise ConfigError(f"config key 'ddi_url': {exc} (got {config.ddi_url!r})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(
                 f"config key 'ddi_url': must be an http(s) URL (got {config.ddi_url!r})"
@@ -297,7 +301,7 @@ def _validate_ddi(config: Config) -> None:
             )
     for key in ("ddi_tenant", "ddi_controller_id"):
         value = getattr(config, key)
-        if value is not None and not _DDI_NAME.match(value):
+        if value is not None and not _DDI_NAME.fullmatch(value):  # `$` took a final "\n"
             raise ConfigError(f"config key {key!r}: 1-64 letters, digits and ._:- (got {value!r})")
     if config.ddi_poll_max_s < config.ddi_poll_min_s:
         raise ConfigError("config key 'ddi_poll_max_s': must be >= ddi_poll_min_s")

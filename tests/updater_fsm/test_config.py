@@ -188,3 +188,86 @@ def test_busy_gate_keys(tmp_path: Path) -> None:
         load_config(env={"TOPE_UPDATER_BUSY_POLICY": "later"})
     with pytest.raises(ConfigError, match="'busy_poll_s': must be > 0"):
         load_config(env={"TOPE_UPDATER_BUSY_POLL_S": "0"})
+
+
+# ---- ddi_* (the fleet server, issue 14) ------------------------------------------------
+
+
+def test_ddi_keys_from_environment(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    env = {
+        "TOPE_UPDATER_DDI_URL": "https://fleet.example.com:8443/",
+        "TOPE_UPDATER_DDI_TENANT": "ACME",
+        "TOPE_UPDATER_DDI_CONTROLLER_ID": "printer-12.a:b",
+        "TOPE_UPDATER_DDI_TOKEN": "t0ken",
+        "TOPE_UPDATER_DDI_GATEWAY_TOKEN": "g4te",
+        "TOPE_UPDATER_DDI_CA_FILE": str(ca),
+        "TOPE_UPDATER_DDI_POLL_MIN_S": "0.5",
+        "TOPE_UPDATER_DDI_POLL_MAX_S": "0.5",
+        "TOPE_UPDATER_DEVICE_MODEL": "TOPE X1",
+    }
+    config = load_config(env=env)
+    assert config.ddi_url == "https://fleet.example.com:8443/"
+    assert (config.ddi_tenant, config.ddi_controller_id) == ("ACME", "printer-12.a:b")
+    assert (config.ddi_token, config.ddi_gateway_token) == ("t0ken", "g4te")
+    assert config.ddi_ca_file == ca
+    assert (config.ddi_poll_min_s, config.ddi_poll_max_s) == (0.5, 0.5)
+    assert config.device_model == "TOPE X1"
+
+
+def test_ddi_defaults() -> None:
+    config = load_config(env={})
+    assert config.ddi_url is None and config.ddi_tenant == "DEFAULT"
+    assert (config.ddi_poll_min_s, config.ddi_poll_max_s) == (5.0, 3600.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOPE_UPDATER_DDI_URL": "fleet.example.com"}, "'ddi_url': must be an http(s) URL"),
+        ({"TOPE_UPDATER_DDI_URL": "ftp://fleet.example.com"}, "'ddi_url': must be an http(s)"),
+        ({"TOPE_UPDATER_DDI_URL": "https://"}, "'ddi_url': must be an http(s) URL"),
+        ({"TOPE_UPDATER_DDI_URL": "https://u:p@fleet.example.com"}, "'ddi_url': no credentials"),
+        ({"TOPE_UPDATER_DDI_URL": "https://u@fleet.example.com"}, "'ddi_url': no credentials"),
+        ({"TOPE_UPDATER_DDI_URL": "https://h/?token=x"}, "'ddi_url': no credentials, query"),
+        ({"TOPE_UPDATER_DDI_URL": "https://h/#x"}, "'ddi_url': no credentials, query or fragment"),
+        ({"TOPE_UPDATER_DDI_URL": "https://[::1"}, "'ddi_url'"),
+        ({"TOPE_UPDATER_DDI_URL": "https://h:99999"}, "'ddi_url'"),
+        ({"TOPE_UPDATER_DDI_TENANT": "a/b"}, "'ddi_tenant': 1-64 letters"),
+        ({"TOPE_UPDATER_DDI_TENANT": ""}, "'ddi_tenant'"),
+        ({"TOPE_UPDATER_DDI_TENANT": "x" * 65}, "'ddi_tenant'"),
+        ({"TOPE_UPDATER_DDI_TENANT": "ACME\n"}, "'ddi_tenant'"),
+        ({"TOPE_UPDATER_DDI_CONTROLLER_ID": "my printer"}, "'ddi_controller_id'"),
+        ({"TOPE_UPDATER_DDI_CONTROLLER_ID": "-x"}, "'ddi_controller_id'"),
+        ({"TOPE_UPDATER_DDI_CONTROLLER_ID": "p12\n"}, "'ddi_controller_id'"),
+        (
+            {"TOPE_UPDATER_DDI_POLL_MIN_S": "10", "TOPE_UPDATER_DDI_POLL_MAX_S": "5"},
+            "'ddi_poll_max_s': must be >= ddi_poll_min_s",
+        ),
+        ({"TOPE_UPDATER_DDI_POLL_MIN_S": "0"}, "'ddi_poll_min_s': must be > 0"),
+        ({"TOPE_UPDATER_DDI_POLL_MIN_S": "soon"}, "'ddi_poll_min_s'"),
+        ({"TOPE_UPDATER_DDI_CA_FILE": "/nonexistent/ca.pem"}, "'ddi_ca_file': /nonexistent"),
+        ({"TOPE_UPDATER_DDI_CA_FILE": "/"}, "'ddi_ca_file': / is not a file"),
+    ],
+)
+def test_bad_ddi_keys_name_the_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(env=env)
+
+
+def test_ddi_keys_from_file(tmp_path: Path) -> None:
+    file = write(
+        tmp_path,
+        'ddi_url = "http://127.0.0.1:8080"\nddi_controller_id = "p1"\nddi_poll_max_s = 60\n',
+    )
+    config = load_config(file=file, env={"TOPE_UPDATER_DDI_TOKEN": "t"})
+    assert (config.ddi_url, config.ddi_controller_id, config.ddi_token) == (
+        "http://127.0.0.1:8080",
+        "p1",
+        "t",
+    )
+    assert config.ddi_poll_max_s == 60.0
+    bad = write(tmp_path, 'ddi_url = "https://user:pw@h"\n')
+    with pytest.raises(ConfigError, match="'ddi_url': no credentials"):
+        load_config(file=bad, env={})
