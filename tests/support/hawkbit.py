@@ -94,6 +94,15 @@ def build(force: bool = False, timeout: float = 900.0) -> BuildResult:
     return BuildResult(JAR, True, time.monotonic() - t0)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies, however it dies (a CI
+    timeout, a SIGKILL), so no hawkBit outlives the tests that started it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -182,7 +191,11 @@ class HawkbitServer:
         t0 = time.monotonic()
         with self._log_path.open("wb") as log:
             self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
         try:
             self._wait_ready()
