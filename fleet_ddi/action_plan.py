@@ -13,23 +13,10 @@ import enum
 import attrs
 
 from fleet_ddi.ddi_protocol import Deployment, Execution, Feedback, Finished
-from updater_fsm.control import Snapshot, State
+from updater_fsm.control import BUSY_STATES, Snapshot, State
 
-#: States in which the machine runs a job (a new one is refused with 409 until it ends).
-_BUSY = frozenset(
-    {
-        State.DOWNLOADING,
-        State.VERIFYING,
-        State.WAITING_IDLE,
-        State.DEPLOYING,
-        State.SWITCHING,
-        State.HEALTH_CHECK,
-        State.ROLLBACK_PREVIOUS,
-        State.ROLLBACK_FACTORY,
-    }
-)
 #: Before the switch: a cancel from the server can still stop the job without a trace.
-_CANCELLABLE = frozenset(
+CANCELLABLE = frozenset(
     {State.DOWNLOADING, State.VERIFYING, State.READY, State.WAITING_IDLE, State.DEPLOYING}
 )
 #: hawkBit's progress is ``cnt`` of ``of`` steps: where each state is on the way.
@@ -72,7 +59,7 @@ def owns(snapshot: Snapshot, action_id: str) -> bool:
 def next_step(deployment: Deployment, snapshot: Snapshot) -> Step:
     """What to do about ``deployment`` now."""
     if not owns(snapshot, deployment.action_id):
-        return Step.WAIT_FOR_DEVICE if snapshot.state in _BUSY else Step.DOWNLOAD
+        return Step.WAIT_FOR_DEVICE if snapshot.state in BUSY_STATES else Step.DOWNLOAD
     state = snapshot.state
     if state in (State.SUCCESS, State.FAILED, State.IDLE):
         return Step.CLOSE
@@ -141,7 +128,7 @@ def answer_cancel(cancel_id: str, stop_id: str, snapshot: Snapshot) -> CancelAns
             Feedback(cancel_id, Execution.CLOSED, Finished.SUCCESS, ("not started: cancelled",))
         )
     state = snapshot.state
-    if state in _CANCELLABLE:
+    if state in CANCELLABLE:
         return CancelAnswer(
             Feedback(
                 cancel_id,
@@ -151,7 +138,7 @@ def answer_cancel(cancel_id: str, stop_id: str, snapshot: Snapshot) -> CancelAns
             ),
             stop_job=True,
         )
-    if state in _BUSY:
+    if state in BUSY_STATES:
         return CancelAnswer(
             Feedback(
                 cancel_id,

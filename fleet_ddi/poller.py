@@ -26,6 +26,7 @@ import attrs
 import structlog
 
 from fleet_ddi.action_plan import (
+    CANCELLABLE,
     Step,
     answer_cancel,
     downloaded_feedback,
@@ -336,13 +337,8 @@ class FleetPoller:
         if answer.stop_job:
             # Closed first: the cancelled job must never be reported as a failed update.
             self._journal.close(stop_id)
-            while self._control.snapshot.state in (
-                State.DOWNLOADING,
-                State.VERIFYING,
-                State.READY,
-                State.WAITING_IDLE,
-                State.DEPLOYING,
-            ):
+            # (waiting for the printer: one cancel back to ready, a second to idle)
+            while self._control.snapshot.state in CANCELLABLE:
                 decision = await self._control.submit(Cancel())
                 if not decision.accepted:
                     break

@@ -451,47 +451,62 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> 
         return json.loads(exc.read() or b"null")
 
 
+def updater_env(
+    rig: Rig, *, crash_at: str | None = None, trace: Path | None = None
+) -> dict[str, str]:
+    """The environment of a rig's updater: short timeouts, the rig's own settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOPE_UPDATER_")}
+    env.update(
+        {
+            "TOPE_UPDATER_SETTLE_S": "0.2",
+            "TOPE_UPDATER_STOP_TIMEOUT_S": "3",
+            "TOPE_UPDATER_START_TIMEOUT_S": "5",
+            "TOPE_UPDATER_READ_TIMEOUT_S": "5",
+            "TOPE_UPDATER_CONNECT_TIMEOUT_S": "2",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    env.update(rig.env)
+    if crash_at:
+        env["TOPE_UPDATER_CRASH_AT"] = crash_at
+    if trace is not None:
+        env["TOPE_UPDATER_CRASH_TRACE"] = str(trace)
+    return env
+
+
+def serve_argv(rig: Rig, root: Path) -> list[str]:
+    """``python -m http_shell.cli serve`` for ``rig``, with its install root at ``root``."""
+    return [
+        sys.executable,
+        "-m",
+        "http_shell.cli",
+        "serve",
+        "--root",
+        str(root),
+        "--state-dir",
+        str(rig.state),
+        "--port",
+        str(rig.port),
+        "--service-control",
+        rig.service_control,
+        "--device-api-url",
+        rig.device_api.url,
+        "--log-level",
+        "info",
+    ]
+
+
 class UpdaterProcess:
     """One ``python -m http_shell.cli serve`` subprocess of a rig."""
 
     def __init__(self, rig: Rig, *, crash_at: str | None = None, trace: Path | None = None) -> None:
-        self.rig = rig
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOPE_UPDATER_")}
-        env.update(
-            {
-                "TOPE_UPDATER_SETTLE_S": "0.2",
-                "TOPE_UPDATER_STOP_TIMEOUT_S": "3",
-                "TOPE_UPDATER_START_TIMEOUT_S": "5",
-                "TOPE_UPDATER_READ_TIMEOUT_S": "5",
-                "TOPE_UPDATER_CONNECT_TIMEOUT_S": "2",
-                "PYTHONPATH": str(REPO),
-            }
-        )
-        env.update(rig.env)
-        if crash_at:
-            env["TOPE_UPDATER_CRASH_AT"] = crash_at
-        if trace is not None:
-            env["TOPE_UPDATER_CRASH_TRACE"] = str(trace)
-        argv = [
-            sys.executable,
-            "-m",
-            "http_shell.cli",
-            "serve",
-            "--root",
-            str(rig.root),
-            "--state-dir",
-            str(rig.state),
-            "--port",
-            str(rig.port),
-            "--service-control",
-            rig.service_control,
-            "--device-api-url",
-            rig.device_api.url,
-            "--log-level",
-            "info",
-        ]
+        argv = serve_argv(rig, rig.root)
         if rig.systemctl:
             argv += ["--systemctl", rig.systemctl]
+        self._spawn(rig, argv, updater_env(rig, crash_at=crash_at, trace=trace))
+
+    def _spawn(self, rig: Rig, argv: list[str], env: dict[str, str]) -> None:
+        self.rig = rig
         self.log_path = rig.base / f"updater-{len(rig.procs)}.log"
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(

@@ -3,10 +3,7 @@ device-api stand-in) registered as a hawkBit target and configured to poll it.""
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -132,46 +129,13 @@ class NamespacedUpdater(h.UpdaterProcess):
     updater's own and a SIGKILL is a power cut)."""
 
     def __init__(self, rig: h.Rig) -> None:
-        self.rig = rig
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOPE_UPDATER_")}
-        env.update(
-            {
-                "TOPE_UPDATER_SETTLE_S": "0.2",
-                "TOPE_UPDATER_STOP_TIMEOUT_S": "3",
-                "TOPE_UPDATER_START_TIMEOUT_S": "5",
-                "TOPE_UPDATER_READ_TIMEOUT_S": "5",
-                "TOPE_UPDATER_CONNECT_TIMEOUT_S": "2",
-                "PYTHONPATH": str(h.REPO),
-                **rig.env,
-            }
-        )
-        serve = [
-            sys.executable,
-            "-m",
-            "http_shell.cli",
-            "serve",
-            "--root",
-            str(FLEET_ROOT),
-            "--state-dir",
-            str(rig.state),
-            "--port",
-            str(rig.port),
-            "--service-control",
-            "none",
-            "--device-api-url",
-            rig.device_api.url,
-        ]
+        serve = h.serve_argv(rig, FLEET_ROOT)
         script = (
             f"mount --bind {shlex.quote(str(rig.root))} {shlex.quote(str(FLEET_ROOT))}"
             f" && exec {shlex.join(serve)}"
         )
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
-        self.log_path = rig.base / f"updater-{len(rig.procs)}.log"
-        with open(self.log_path, "wb") as log:
-            self.popen = subprocess.Popen(
-                argv, cwd=h.REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
-            )
-        self.started = time.monotonic()
+        self._spawn(rig, argv, h.updater_env(rig))
         rig.procs.append(self)
 
 
