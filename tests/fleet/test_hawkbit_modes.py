@@ -99,29 +99,33 @@ def test_download_only_verifies_and_closes_without_installing(
         device.rig.close()
 
 
-def _window_around(now: dt.datetime, opens_in: dt.timedelta) -> dict[str, str]:
-    """A daily one-hour maintenance window opening at ``now + opens_in`` (UTC)."""
-    start = now + opens_in
-    return {
+def _assign_with_window(hb: HawkbitServer, device: Device, opens_in: dt.timedelta) -> str:
+    """Assign the device's release (forced) with a daily one-hour maintenance window that
+    opens ``opens_in`` from now (UTC; negative: it is open now); the action id."""
+    start = dt.datetime.now(dt.UTC) + opens_in
+    window = {
         "schedule": f"{start.second} {start.minute} {start.hour} ? * *",
         "duration": "01:00:00",
         "timezone": "+00:00",
     }
+    return hb.assign_action(
+        release_for(hb, device), device.controller_id, type="forced", maintenanceWindow=window
+    )
 
 
-def test_a_closed_maintenance_window_downloads_but_does_not_install(
-    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer
+@pytest.mark.parametrize("window", ["closed", "open"])
+def test_a_maintenance_window_gates_the_install_not_the_download(
+    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer, window: str
 ) -> None:
     device = fleet_device(tmp_path, hawkbit, server, "good")
     try:
         device.start()
-        now = dt.datetime.now(dt.UTC)
-        action = hawkbit.assign_action(
-            release_for(hawkbit, device),
-            device.controller_id,
-            type="forced",
-            maintenanceWindow=_window_around(now, dt.timedelta(hours=6)),
-        )
+        if window == "open":
+            action = _assign_with_window(hawkbit, device, -dt.timedelta(minutes=1))
+            assert wait_action_end(hawkbit, device.controller_id, action)["type"] == "finished"
+            assert device.rig.links().current == "1.1.0"
+            return
+        action = _assign_with_window(hawkbit, device, dt.timedelta(hours=6))
         assert h.wait_until(
             lambda: any(
                 "waiting for the maintenance window" in m for m in messages(hawkbit, device, action)
@@ -132,25 +136,6 @@ def test_a_closed_maintenance_window_downloads_but_does_not_install(
         assert device.rig.progress()["state"] == "ready"
         assert device.rig.links().current == h.FACTORY_VERSION
         assert hawkbit.action(device.controller_id, action)["status"] == "pending"
-    finally:
-        device.rig.close()
-
-
-def test_an_open_maintenance_window_installs(
-    tmp_path: Path, hawkbit: HawkbitServer, server: ThreadedPackageServer
-) -> None:
-    device = fleet_device(tmp_path, hawkbit, server, "good")
-    try:
-        device.start()
-        now = dt.datetime.now(dt.UTC)
-        action = hawkbit.assign_action(
-            release_for(hawkbit, device),
-            device.controller_id,
-            type="forced",
-            maintenanceWindow=_window_around(now, -dt.timedelta(minutes=1)),
-        )
-        assert wait_action_end(hawkbit, device.controller_id, action)["type"] == "finished"
-        assert device.rig.links().current == "1.1.0"
     finally:
         device.rig.close()
 
