@@ -89,6 +89,14 @@ class Config:
         screen_lang: the display's language, ``en`` or ``zh-CN`` (unset: the locale's).
         screen_font: a font file for the display (for Chinese: one with CJK glyphs);
             unset: fontconfig's choice.
+        updater_prefix: where the updater's own slots are (``<prefix>/versions/<version>``,
+            ``current``, ``previous``; systemd/install.sh's ``--prefix``). Unset: derived
+            from the running interpreter when it runs from such a slot; otherwise packages
+            that carry an updater are refused (``UPDATER_NOT_SLOTTED``).
+        updater_probation_s: how long a self-updated updater has to prove itself; a start
+            after this deadline, while still on probation, makes the guard put the old one
+            back (as do ``updater_max_starts`` starts).
+        updater_max_starts: how many starts a self-updated updater on probation gets.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -125,6 +133,9 @@ class Config:
     screen_command: str | None = None
     screen_lang: str | None = None
     screen_font: Path | None = None
+    updater_prefix: Path | None = None
+    updater_probation_s: float = 300.0
+    updater_max_starts: int = 3
     log_level: str = "info"
 
     @property
@@ -243,6 +254,8 @@ def _validate(config: Config) -> Config:
         "read_timeout_s",
         "busy_poll_s",
         "busy_probe_timeout_s",
+        "updater_probation_s",
+        "updater_max_starts",
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0")
