@@ -297,7 +297,7 @@ def _from_file(file: Path) -> dict[str, Any]:
 
 #: ``TOPE_UPDATER_*`` variables that are not config keys: ``--config`` itself and the
 #: fault-injection hooks.
-_NOT_CONFIG_KEYS = ("config", "crash_at", "crash_trace")
+_NOT_CONFIG_KEYS = ("config", "crash_at", "crash_trace", "crash_once")
 
 
 def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:

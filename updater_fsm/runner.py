@@ -514,6 +514,10 @@ class OpsRunner:
         def build() -> None:
             if slots is None:
                 raise UpdaterError(ErrorCode.UPDATER_NOT_SLOTTED, "this updater runs from no slot")
+            crash_point("updater:stage_begun")
+            # No switch is in flight: a guard's record now is stale (its report, journaled,
+            # died before the clean-up) and must not end the switch that follows.
+            self_update.forget_rollback_record(slots)
             manifest = self._read_manifest(effect.package_version, effect.package_name)
             if manifest.updater is None:
                 raise UpdaterError(ErrorCode.UPDATER_INSTALL_FAILED, "the package has none")
@@ -565,6 +569,7 @@ class OpsRunner:
         return True
 
     async def _switch_updater(self, effect: fx.SwitchUpdater) -> None:
+        crash_point("updater:switch_begun")
         slots = self._slots
         if self._rolled_back(effect):
             return
@@ -601,6 +606,7 @@ class OpsRunner:
         self._restart_self()
 
     async def _confirm_updater(self, effect: fx.ConfirmUpdater) -> None:
+        crash_point("updater:probation_begun")
         if self._rolled_back(effect):
             return
         running = self_update.running_version()
@@ -637,6 +643,7 @@ class OpsRunner:
     async def _collect_updater_slots(self, effect: fx.CollectUpdaterSlots) -> None:
         if self._slots is None:
             return
+        crash_point("updater:collect_begun")
         removed = await asyncio.to_thread(self_update.collect_slots, self._slots)
         if removed:
             _log.info("updater.slots_removed", versions=removed)

@@ -168,6 +168,11 @@ def switch_current(slots: Slots, version: str, previous: str) -> None:
     durable.atomic_symlink(slots.current, f"versions/{version}", point="updater:current")
 
 
+def forget_rollback_record(slots: Slots) -> None:
+    """Drop a guard's record left from an earlier self-update (before a new one begins)."""
+    durable.remove_file(slots.record)
+
+
 def end_probation(slots: Slots) -> None:
     """The new updater proved itself: the guard leaves it alone from now on."""
     durable.remove_file(slots.probation)
