@@ -52,6 +52,7 @@ def test_a_good_self_update_then_the_next_update_runs_on_the_new_updater(
         assert health is not None and health["updater_version"] == NEW, health
         took = device.seconds_between("updater.switching", "updater.confirmed")
         print(f"switching the updater -> new updater confirmed: {took:.1f} s")
+        print(f"building the slot {NEW}: {device.log_event('updater.staged')['build_s']} s")
         assert data["current_version"] == "1.1.0" and data["error"] is None, data
         assert device.links() == (f"versions/{NEW}", f"versions/{BASE}")
         assert not (device.prefix / "probation").exists()

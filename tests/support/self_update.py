@@ -146,6 +146,17 @@ class Device:
             time.sleep(0.1)
         raise AssertionError(f"not {what} after {timeout} s: {data}\n{self.api.log_tail()}")
 
+    def log_event(self, name: str) -> dict[str, Any]:
+        """The first log entry whose event is ``name``."""
+        for line in self.site.log.read_text().splitlines():
+            try:
+                entry: dict[str, Any] = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") == name:
+                return entry
+        raise AssertionError(f"no {name!r} in {self.site.log}")
+
     def seconds_between(self, first: str, then: str) -> float:
         """Seconds from the first log event ``first`` to the first ``then`` after it."""
         stamps: dict[str, float] = {}
