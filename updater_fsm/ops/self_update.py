@@ -305,12 +305,18 @@ def _check_bundle(top: Path, version: str) -> Path:
     if manifest.get("missing"):
         _fail(f"the bundle lacks wheels for {manifest['missing']!r}")
     directory = top / "wheels"
+    if not isinstance(wheels, list) or not all(
+        isinstance(w, dict) and isinstance(w.get("file"), str) and isinstance(w.get("sha256"), str)
+        for w in wheels
+    ):
+        _fail("the bundle's manifest.json is unusable: wheels must be a list of {file, sha256}")
     for wheel in wheels:
-        path = directory / str(wheel["file"])
-        if "/" in str(wheel["file"]) or not path.is_file():
-            _fail(f"the bundle has no wheel {wheel['file']!r}")
+        name = wheel["file"]
+        path = directory / name
+        if "/" in name or not path.is_file():
+            _fail(f"the bundle has no wheel {name!r}")
         if hashlib.sha256(path.read_bytes()).hexdigest() != wheel["sha256"]:
-            _fail(f"{wheel['file']}: SHA-256 does not match the bundle's manifest.json")
+            _fail(f"{name}: SHA-256 does not match the bundle's manifest.json")
     return directory
 
 
