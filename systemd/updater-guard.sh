@@ -2,6 +2,7 @@
 # The updater's guard: puts a new updater that does not start back to the old one.
 #
 #   ExecStartPre=+<prefix>/updater-guard.sh <prefix> tope-updater.service
+#   updater-guard.sh --deadline <prefix> tope-updater.service     (a transient timer)
 #
 # Runs before every start of the updater (with full privileges: "+"), and depends on
 # nothing of the updater's code, only on POSIX sh, readlink, ln, mv, date and systemctl.
@@ -20,9 +21,21 @@
 # * A probation whose `current` is not the new slot any more (an operator re-ran
 #   install.sh) is stale and removed.
 #
+# * `--deadline`: run by a transient timer the old updater starts when it switches
+#   (`systemd-run --on-active=<updater_probation_s + 5 s>`): if the probation is still there
+#   and its deadline has passed, restart the unit, so that the start above puts the old
+#   updater back. It catches a new updater that runs but never proves itself (and keeps
+#   pinging the watchdog) without relying on any of its code.
+#
 # It never fails the start: every problem is written to stderr (the unit's journal) and
 # the updater starts with whatever `current` names.
 set -u
+
+MODE=start
+if [ "${1:-}" = "--deadline" ]; then
+    MODE=deadline
+    shift
+fi
 
 PREFIX=${1:?usage: updater-guard.sh PREFIX [UNIT]}
 UNIT=${2:-tope-updater.service}
@@ -49,6 +62,14 @@ esac
 case "$deadline$max_starts" in
     *[!0-9]*) say "unreadable $PROBATION, ignored"; rm -f "$PROBATION" "$STARTS"; exit 0 ;;
 esac
+
+if [ "$MODE" = deadline ]; then
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+        say "updater $version still on probation past its deadline: restarting $UNIT"
+        systemctl restart --no-block "$UNIT" || say "systemctl restart $UNIT failed"
+    fi
+    exit 0
+fi
 
 current=$(readlink "$PREFIX/current" 2>/dev/null || true)
 if [ "$current" != "versions/$version" ]; then

@@ -598,12 +598,43 @@ class OpsRunner:
             self_update.switch_current(slots, effect.version, running)
             crash_point("updater:switched")
 
+        await self._arm_probation_timer(slots, effect.version)
         await asyncio.to_thread(switch)
         _log.info("updater.switching", version=effect.version, previous=running)
         if self._restart_self is None:
             _log.warning("updater.switched_but_cannot_restart", version=effect.version)
             return
         self._restart_self()
+
+    async def _arm_probation_timer(self, slots: self_update.Slots, version: str) -> None:
+        """A transient systemd timer that runs the guard in ``--deadline`` mode just after
+        the probation's deadline: it restarts the unit if the new updater has not confirmed
+        itself by then, whatever that updater does (none of its code is involved).
+
+        Best effort: without it a new updater that hangs is still killed by the watchdog,
+        and one that runs but cannot confirm exits at the deadline itself.
+        """
+        unit = self_update.own_unit()
+        guard = slots.prefix / "updater-guard.sh"
+        if unit is None or self._controller is None or not guard.is_file():
+            _log.warning("updater.probation_timer_skipped", unit=unit, guard=str(guard))
+            return
+        delay_s = int(self._config.updater_probation_s) + 5
+        argv = [
+            *self._config.systemctl[:-1], "systemd-run", "--no-block", "--collect",
+            f"--unit=tope-updater-probation-{version}-{int(time.time())}",
+            f"--on-active={delay_s}s",
+            "--timer-property=AccuracySec=1s", str(guard), "--deadline", str(slots.prefix), unit,
+        ]  # fmt: skip
+        try:
+            result = await run_command(argv, timeout_s=10, max_output_bytes=4096)
+        except (OSError, CommandTimeout) as exc:
+            _log.warning("updater.probation_timer_failed", error=str(exc))
+            return
+        if result.returncode != 0:
+            _log.warning("updater.probation_timer_failed", detail=describe_exit(result))
+            return
+        _log.info("updater.probation_timer_armed", unit=unit, in_s=delay_s)
 
     async def _confirm_updater(self, effect: fx.ConfirmUpdater) -> None:
         crash_point("updater:probation_begun")

@@ -24,7 +24,15 @@ from tests.e2e.test_deploy_systemd import UNIT, DeviceApiStub, Site, show
 from tests.e2e.test_deploy_systemd import device_api as device_api  # the fixture
 from tests.e2e.test_deploy_systemd import site as site  # the fixture
 from tests.support.package_server import ThreadedPackageServer
-from tests.support.self_update import BASE, BROKEN, NEW, Bundles, Device, install_device
+from tests.support.self_update import (
+    BASE,
+    BROKEN,
+    HANGING,
+    NEW,
+    Bundles,
+    Device,
+    install_device,
+)
 from tests.support.self_update import updater_bundles as updater_bundles  # the fixture
 from tests.support.systemd_sandbox import SystemdSandbox
 
@@ -105,6 +113,29 @@ def test_a_broken_new_updater_is_put_back_and_reported_once(
     device.sandbox.systemctl("restart", UNIT, check=True)
     device.wait(lambda d: d["stage"] == "failed", "restarted")
     assert not (device.prefix / "updater-rollback").exists()
+
+
+def test_an_updater_that_never_confirms_is_put_back_after_its_deadline(
+    device: Device, updater_bundles: Bundles
+) -> None:
+    """It starts, serves and pings the watchdog, but never ends its probation: the transient
+    timer the old updater armed restarts the unit past the deadline, and the guard judges."""
+    with (device.site.config_dir / "config.toml").open("a") as fh:
+        fh.write("updater_probation_s = 10.0\n")
+    device.sandbox.systemctl("restart", UNIT, check=True)
+    pkg = device.package("1.1.0", bundle=updater_bundles.hanging)
+    with ThreadedPackageServer() as server:
+        device.install(pkg, "1.1.0", server)
+        data = device.wait(lambda d: d["stage"] == "failed", "back on the old updater", 90)
+    expected = f"UPDATER_ROLLBACK: {HANGING} failed to start (not confirmed before its"
+    assert data["error"].startswith(expected), data
+    health = device.healthz()
+    assert health is not None and health["updater_version"] == BASE, health
+    assert device.links()[0] == f"versions/{BASE}"
+    assert device.log_event("updater.probation_timer_armed")["in_s"] == 15
+    took = device.seconds_between("updater.switching", "updater.rolled_back")
+    print(f"never-confirming updater {HANGING} -> old updater back: {took:.1f} s (deadline 10 s)")
+    assert 10 <= took < 40, took
 
 
 def test_a_device_that_fails_its_health_check_never_switches_the_updater(

@@ -36,15 +36,18 @@ def put_on_probation(prefix: Path, version: str, previous: str, *, deadline_in_s
     )
 
 
-def run_guard(prefix: Path, tmp_path: Path, exit_status: str = "1") -> str:
+def run_guard(prefix: Path, tmp_path: Path, exit_status: str = "1", *mode: str) -> str:
+    """Run the guard; the stand-in systemctl answers ``exit_status`` and appends its
+    arguments to ``<tmp_path>/systemctl.calls``."""
     fake_bin = tmp_path / "fake-bin"
     fake_bin.mkdir(exist_ok=True)
     systemctl = fake_bin / "systemctl"
-    systemctl.write_text(f"#!/bin/sh\necho {exit_status}\n")
+    calls = tmp_path / "systemctl.calls"
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho {exit_status}\n')
     systemctl.chmod(0o755)
     env = {"PATH": f"{fake_bin}:/usr/bin:/bin"}
     proc = subprocess.run(
-        ["/bin/sh", str(GUARD), str(prefix), UNIT],
+        ["/bin/sh", str(GUARD), *mode, str(prefix), UNIT],
         capture_output=True, text=True, timeout=10, env=env, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr  # the guard never fails a start
@@ -120,3 +123,19 @@ def test_a_missing_previous_slot_keeps_current(tmp_path: Path) -> None:
     put_on_probation(prefix, "0.2.0", "0.1.0", deadline_in_s=-1)
     assert "previous slot 0.1.0 is gone: kept" in run_guard(prefix, tmp_path)
     assert os.readlink(prefix / "current") == "versions/0.2.0"
+
+
+def test_the_deadline_timer_restarts_an_updater_still_on_probation(tmp_path: Path) -> None:
+    """``--deadline`` (the transient timer): a restart, so the start-time guard judges."""
+    prefix = make_prefix(tmp_path, "0.1.0", "0.2.0", current="0.2.0")
+    calls = tmp_path / "systemctl.calls"
+    put_on_probation(prefix, "0.2.0", "0.1.0", deadline_in_s=600)
+    assert run_guard(prefix, tmp_path, "0", "--deadline") == ""
+    assert not calls.exists()  # before the deadline: nothing
+    put_on_probation(prefix, "0.2.0", "0.1.0", deadline_in_s=-1)
+    assert "past its deadline" in run_guard(prefix, tmp_path, "0", "--deadline")
+    assert calls.read_text() == f"restart --no-block {UNIT}\n"
+    assert os.readlink(prefix / "current") == "versions/0.2.0"  # the start moves it, not this
+    (prefix / "probation").unlink()  # confirmed meanwhile: the timer does nothing
+    calls.unlink()
+    assert run_guard(prefix, tmp_path, "0", "--deadline") == "" and not calls.exists()

@@ -45,7 +45,7 @@ from tests.support.package_server import Behaviour, ThreadedPackageServer
 from tests.support.systemd_sandbox import SystemdSandbox
 
 REPO = Path(__file__).resolve().parents[2]
-BASE, NEW, BROKEN = "0.1.0", "0.2.0", "0.3.0"
+BASE, NEW, BROKEN, HANGING = "0.1.0", "0.2.0", "0.3.0", "0.4.0"
 BROKEN_LINE = 'raise RuntimeError("tope-updater 0.3.0 is broken on purpose (tests)")\n'
 
 
@@ -54,9 +54,18 @@ class Bundles:
     base: Path
     new: Path
     broken: Path
+    hanging: Path
 
 
-def build_bundle(tmp: Path, version: str, *, broken: bool = False) -> Path:
+#: Patched into updater_fsm/runner.py of the "hanging" updater: it starts, serves, pings the
+#: watchdog, but never confirms its probation.
+HANG = (
+    'crash_point("updater:probation_begun")',
+    "await asyncio.Event().wait()  # never confirms (tests/support/self_update.py)",
+)
+
+
+def build_bundle(tmp: Path, version: str, *, broken: bool = False, hangs: bool = False) -> Path:
     """``tope-updater-<version>-<arch>.tar.gz`` by systemd/bundle.py, from a copy of this
     tree whose pyproject.toml says ``version`` (and whose ``serve`` dies when ``broken``)."""
     src = tmp / f"src-{version}"
@@ -71,6 +80,10 @@ def build_bundle(tmp: Path, version: str, *, broken: bool = False) -> Path:
         daemon = src / "http_shell" / "daemon.py"
         head, sep, tail = daemon.read_text().partition("from __future__ import annotations\n")
         daemon.write_text(head + sep + BROKEN_LINE + tail)
+    if hangs:
+        runner = src / "updater_fsm" / "runner.py"
+        assert runner.read_text().count(HANG[0]) == 1
+        runner.write_text(runner.read_text().replace(*HANG))
     out = tmp / "out"
     proc = subprocess.run(
         [sys.executable, str(src / "systemd" / "bundle.py"), "--arch", ARCH, "-o", str(out)],
@@ -88,7 +101,8 @@ _built: list[Bundles] = []
 
 @pytest.fixture(scope="session")
 def updater_bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
-    """Bundles 0.1.0 (this tree), 0.2.0 and the broken 0.3.0, for this machine's arch."""
+    """Bundles 0.1.0 (this tree), 0.2.0, the broken 0.3.0 and the hanging 0.4.0, for this
+    machine's arch."""
     if ARCH not in ("x86_64", "aarch64", "armv7l"):
         pytest.skip(f"bundles are built for x86_64, aarch64, armv7l; this machine is {ARCH}")
     if not _built:
@@ -100,6 +114,7 @@ def updater_bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
                 base=build_bundle(tmp, BASE),
                 new=build_bundle(tmp, NEW),
                 broken=build_bundle(tmp, BROKEN, broken=True),
+                hanging=build_bundle(tmp, HANGING, hangs=True),
             )
         )
     return _built[0]

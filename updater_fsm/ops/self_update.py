@@ -108,6 +108,19 @@ class Slots:
         return version if head in ("versions", str(self.versions)) and version else None
 
 
+def own_unit() -> str | None:
+    """The systemd service this process runs in (from its cgroup), or None outside one."""
+    try:
+        text = Path("/proc/self/cgroup").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name = line.rpartition("/")[2]
+        if name.endswith(".service"):
+            return name
+    return None
+
+
 def find_slots(configured: Path | None) -> Slots | None:
     """The slots this updater runs from: ``configured`` (config ``updater_prefix``), else the
     running venv's, when it is ``<prefix>/versions/<version>``; None when it is neither."""
