@@ -78,6 +78,8 @@ if [[ $DISABLE -eq 1 ]] && [[ "$("${SYSTEMCTL_ARGV[@]}" is-enabled "$UNIT" 2>/de
 fi
 rm -f "$UNIT_DIR/$UNIT"
 "${SYSTEMCTL_ARGV[@]}" stop tope-updater-screen.service 2>/dev/null || true
+# A self-update's deadline timer still pending (transient: gone once stopped).
+"${SYSTEMCTL_ARGV[@]}" stop 'tope-updater-probation-*.timer' 2>/dev/null || true
 rm -f "$UNIT_DIR/tope-updater-screen.service"
 "${SYSTEMCTL_ARGV[@]}" daemon-reload
 "${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" 2>/dev/null || true
