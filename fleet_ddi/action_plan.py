@@ -30,6 +30,9 @@ _STEP = {
     State.HEALTH_CHECK: 5,
     State.ROLLBACK_PREVIOUS: 5,
     State.ROLLBACK_FACTORY: 5,
+    State.UPDATER_STAGING: 5,
+    State.UPDATER_SWITCHING: 5,
+    State.UPDATER_PROBATION: 5,
 }
 STEPS = 6
 

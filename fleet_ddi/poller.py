@@ -20,7 +20,6 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from importlib import metadata
 
 import attrs
 import structlog
@@ -58,19 +57,13 @@ from updater_fsm.control import (
     UpdateRequested,
 )
 from updater_fsm.faults import crash_point
+from updater_fsm.ops.self_update import running_version
 
 _log = structlog.get_logger(__name__)
 #: A running job's progress is reported on every state change, and otherwise this often.
 PROGRESS_EVERY_S = 10.0
 _JITTER = 0.1
 _ENDED = (State.SUCCESS, State.FAILED, State.IDLE)
-
-
-def updater_version() -> str:
-    try:
-        return metadata.version("tope-updater")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @attrs.define
@@ -223,7 +216,7 @@ class FleetPoller:
             "current_version": links.current or "",
             "previous_version": links.previous or "",
             "factory_version": links.factory or "",
-            "updater_version": updater_version(),
+            "updater_version": running_version(),
         }
 
     # ---- following the engine -------------------------------------------------------------

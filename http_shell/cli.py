@@ -87,14 +87,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     try:
-        asyncio.run(serve(config))
+        status = asyncio.run(serve(config))
     except AlreadyRunning as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_LOCKED
     except CannotListen as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
+    return status
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -161,6 +161,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
             sign_key=args.sign_key,
             delta_from=args.delta_from,
             base_version=args.base_version,
+            updater_bundle=args.updater_bundle,
         )
     except package_build.BuildError as exc:
         print(f"tope-updater: package build failed: {exc}", file=sys.stderr)
@@ -173,6 +174,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
         "package_sha256": result.sha256,
         "package_signature": result.signature,
         "modules": len(result.manifest.modules),
+        "updater": result.manifest.updater.version if result.manifest.updater else None,
     }
     if result.manifest.base_version is not None:
         fields["base_version"] = result.manifest.base_version
@@ -499,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a delta package against BASE: the previous release's package or tree",
     )
     p.add_argument("--base-version", help="the version of BASE (required when BASE is a directory)")
+    p.add_argument(
+        "--updater-bundle",
+        type=Path,
+        metavar="BUNDLE",
+        help="carry a new updater (tope-updater-<version>-<arch>.tar.gz from systemd/bundle.py):"
+        " the device's updater switches to it once the device is healthy",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_package_build)
     p = pkg.add_parser("keygen", help="create an Ed25519 signing key pair")

@@ -29,6 +29,7 @@ from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
 from updater_fsm.ops import snapshots
 from updater_fsm.ops.printer_probe import configured_probe
+from updater_fsm.ops.self_update import EXIT_SWITCHED
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.recovery import disk_facts, load_record, sweep_downloads
 from updater_fsm.runner import OpsRunner
@@ -93,8 +94,12 @@ async def running_updater(
     controller: ServiceController | None = None,
     report: bool = True,
     clock: Callable[[], float] | None = None,
+    restart_self: Callable[[], None] | None = None,
 ) -> AsyncIterator[Updater]:
-    """Build, recover and start the updater (without an HTTP listener); stop it on exit."""
+    """Build, recover and start the updater (without an HTTP listener); stop it on exit.
+
+    ``restart_self`` ends the process for its supervisor to start the updater again (a
+    self-update's hand-over; see :class:`~updater_fsm.runner.OpsRunner`)."""
     layout = snapshots.Layout(config.root)
     journal = Journal(config.state_path)
     recovered = load_record(journal)
@@ -114,7 +119,9 @@ async def running_updater(
         from http_shell.reporter import Reporter
 
         reporter = Reporter(config.device_api_url)
-    runner = OpsRunner(engine, config, reporter=reporter, controller=controller)
+    runner = OpsRunner(
+        engine, config, reporter=reporter, controller=controller, restart_self=restart_self
+    )
     engine.attach(runner)
     if reporter is not None:
         reporter.start(engine)
@@ -146,8 +153,12 @@ async def running_updater(
             await reporter.stop()
 
 
-async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> None:
-    """Run the updater and its HTTP API until SIGTERM or SIGINT.
+async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> int:
+    """Run the updater and its HTTP API until SIGTERM or SIGINT; returns the exit status.
+
+    0 after a signal; :data:`~updater_fsm.ops.self_update.EXIT_SWITCHED` when a self-update
+    moved the updater's ``current`` link and hands over (``Restart=always`` starts the unit
+    again, from the new slot).
 
     Under systemd (``Type=notify``) it sends ``READY=1`` once the API listens,
     ``STOPPING=1`` when it begins to stop, and pings the watchdog from the event loop at
@@ -159,17 +170,26 @@ async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> N
         # Pinging starts before recovery: systemd runs the watchdog from the unit's start.
         watchdog = asyncio.create_task(sd_notify.watchdog_loop(), name="sd-watchdog")
         try:
-            await _serve_locked(config, ready)
+            return await _serve_locked(config, ready)
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
 
 
-async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> None:
+async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int:
     from http_shell import sd_notify
 
-    async with running_updater(config) as updater:
+    stop = asyncio.Event()
+    exit_status = 0
+
+    def restart_self() -> None:
+        nonlocal exit_status
+        _log.info("exiting to hand over to the new updater", exit_status=EXIT_SWITCHED)
+        exit_status = EXIT_SWITCHED
+        stop.set()
+
+    async with running_updater(config, restart_self=restart_self) as updater:
         from http_shell.web_app import create_app
 
         app = create_app(
@@ -199,7 +219,6 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> Non
                 f"cannot listen on {config.host}:{config.port}: {_reason(exc)}"
             ) from None
         _log.info("listening", url=f"http://{config.host}:{config.port}/api/v1.0")
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -212,6 +231,7 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> Non
         finally:
             sd_notify.notify("STOPPING=1")
             await runner.cleanup()
+    return exit_status
 
 
 def _reason(exc: OSError) -> str:

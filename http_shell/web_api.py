@@ -24,6 +24,7 @@ from updater_fsm import control
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
 from updater_fsm.ops import snapshots
+from updater_fsm.ops.self_update import running_version
 
 ENGINE: web.AppKey[UpdaterControl] = web.AppKey("engine", UpdaterControl)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
@@ -161,7 +162,8 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 
 async def get_healthz(request: web.Request) -> web.Response:
-    """``GET /healthz``: liveness; the engine state and the reporter's counters."""
+    """``GET /healthz``: liveness; the engine state, this updater's version (what a
+    self-update's probation checks) and the reporter's counters."""
     snap = request.app[ENGINE].snapshot
     reporter = request.app[REPORTER]
     stats = None
@@ -178,6 +180,7 @@ async def get_healthz(request: web.Request) -> web.Response:
     data = {
         "state": snap.state.value,
         "stage": snap.stage.value,
+        "updater_version": running_version(),
         "reporter": stats,
         "fleet": None if fleet is None else attrs.asdict(fleet),
     }

@@ -159,10 +159,11 @@ _SCHEMAS: dict[str, Schema] = {
     },
     "Health": {
         "type": "object",
-        "required": ["state", "stage"],
+        "required": ["state", "stage", "updater_version"],
         "properties": {
             "state": {"type": "string", "enum": [s.value for s in State]},
             "stage": {"type": "string", "enum": [s.value for s in Stage]},
+            "updater_version": {"type": "string"},
             "reporter": {"type": "object", "nullable": True},
             "fleet": {"type": "object", "nullable": True},
         },

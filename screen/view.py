@@ -63,6 +63,9 @@ _WORK_STATES = (
     "deploying",
     "switching",
     "health_check",
+    "updater_staging",
+    "updater_switching",
+    "updater_probation",
     "rollback_previous",
     "rollback_factory",
 )

@@ -40,10 +40,12 @@ TITLE = "tope-updater"
 GROUPS: dict[str, tuple[State, ...]] = {
     "install": (State.DEPLOYING, State.SWITCHING, State.HEALTH_CHECK),
     "rollback": (State.ROLLBACK_PREVIOUS, State.ROLLBACK_FACTORY),
+    "selfupdate": (State.UPDATER_STAGING, State.UPDATER_SWITCHING, State.UPDATER_PROBATION),
 }
 _GROUP_TITLES = {
     "install": "install  (stage: installing)",
     "rollback": "rollback ladder  (stage: installing)",
+    "selfupdate": "the updater updates itself  (stage: installing)",
 }
 
 #: The happy path, drawn as a straight bold spine.
@@ -74,6 +76,8 @@ _FAILURES = frozenset(
         Trigger.SWITCH_FAILED,
         Trigger.UNHEALTHY,
         Trigger.ROLLBACK_FAILED,
+        Trigger.UPDATER_STAGE_FAILED,
+        Trigger.UPDATER_ROLLED_BACK,
     }
 )
 _REQUESTS = frozenset(
@@ -86,7 +90,7 @@ _REQUESTS = frozenset(
     }
 )
 _COLOURS = {"spine": "black", "failure": "#c0392b", "request": "#1f5fa8", "result": "#555555"}
-_FILL = {"install": "#eef3fb", "rollback": "#fdf0e6"}
+_FILL = {"install": "#eef3fb", "rollback": "#fdf0e6", "selfupdate": "#eefbef"}
 _SVG_HASH = re.compile(r"<!-- dot-sha256: ([0-9a-f]{64}) -->")
 
 Pair = tuple[int, State]  # (row index in TRANSITIONS, one of its sources)
@@ -382,6 +386,7 @@ def mermaid(current: State | None = None) -> str:
         "  classDef s_active color:red,fill:darksalmon",
         f"  classDef g_install fill:{_FILL['install']},color:black",
         f"  classDef g_rollback fill:{_FILL['rollback']},color:black",
+        f"  classDef g_selfupdate fill:{_FILL['selfupdate']},color:black",
         "  classDef s_note fill:#fffbe6,color:#555,stroke-dasharray:4 4",
         "",
     ]

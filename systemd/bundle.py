@@ -161,6 +161,16 @@ Debian's python3-cffi etc. are not seen by the updater's venv (no system site-pa
 """
 
 
+def journal_schema() -> int:
+    """The journal schema this release writes (``SCHEMA_VERSION`` in updater_fsm/journal.py):
+    a self-update refuses a bundle that writes a newer one than the running updater reads."""
+    text = (REPO / "updater_fsm" / "journal.py").read_text()
+    match = re.search(r"^SCHEMA_VERSION = (\d+)$", text, flags=re.MULTILINE)
+    if match is None:
+        raise SystemExit("bundle.py: no SCHEMA_VERSION in updater_fsm/journal.py")
+    return int(match.group(1))
+
+
 def stage_bundle(
     arch: str, version: str, project_wheel: Path, wheels: Path, staging: Path, **meta: object
 ) -> Path:
@@ -186,6 +196,7 @@ def stage_bundle(
         "python": PYTHON_TAG,
         "platforms": PLATFORMS[arch],
         "project_wheel": project_wheel.name,
+        "journal_schema": journal_schema(),
         **meta,
         "wheels": entries,
     }

@@ -4,7 +4,9 @@
 #   sudo systemd/install.sh --version 1.0.0 --from /path/to/factory-tree
 #   sudo ./install.sh --bundle tope-updater-0.1.0-aarch64.tar.gz --version 1.0.0   # offline
 #
-# Steps: venv under --prefix with this checkout pip-installed; the versions/ layout and
+# Steps: a versioned slot <prefix>/versions/<updater version>/ (a venv with this checkout,
+# or the bundle's wheels, pip-installed) and the links <prefix>/current -> versions/<it>
+# (and <prefix>/previous -> the slot current named before); the versions/ layout and
 # the factory snapshot under --root (`tope-updater init`); links
 # <bin-links>/<bin> -> <root>/versions/current/bin/<bin> for every file of the factory's
 # bin/; <config-dir>/config.toml (only if absent); the systemd unit with this install's
@@ -16,7 +18,9 @@ usage() {
     cat <<'USAGE'
 usage: install.sh [options]
   --root DIR          install root holding versions/ (default /opt/tope)
-  --prefix DIR        where the venv goes (default /opt/tope-updater)
+  --prefix DIR        where the updater's slots go: <prefix>/versions/<version>/ (a
+                      venv each), <prefix>/current, <prefix>/previous
+                      (default /opt/tope-updater)
   --state-dir DIR     journal, downloads, logs (default <root>/.updater)
   --config-dir DIR    config.toml lives here (default /etc/tope-updater)
   --unit-dir DIR      where the unit file goes (default /etc/systemd/system)
@@ -30,7 +34,7 @@ usage: install.sh [options]
   --extra-root DIR    allow manifest dst under DIR (config + ReadWritePaths); repeatable
   --unit NAME         a device unit a manual rollback restarts when the journal names
                       none (config `units`, start order = flag order); repeatable
-  --python PY         interpreter that creates the venv (default python3)
+  --python PY         interpreter that creates the slot's venv (default python3)
   --pip-args "ARGS"   extra arguments for pip install (e.g. "--no-index --find-links W")
   --bundle FILE       install from a release bundle (tope-updater-<version>-<arch>.tar.gz
                       from systemd/bundle.py, or that file unpacked) with no network:
@@ -173,13 +177,13 @@ PY
     MACHINE="$(uname -m)"
     [[ "$B_ARCH" == "$MACHINE" ]] \
         || die "this bundle is for $B_ARCH, this machine is $MACHINE: use tope-updater-$B_VERSION-$MACHINE.tar.gz"
-    # The venv's interpreter when it exists (install.sh keeps it), else --python.
-    VENV_PY="${PREFIX%/}/venv/bin/python"
+    # The slot's interpreter when the slot exists (install.sh reuses it), else --python.
+    VENV_PY="${PREFIX%/}/versions/$B_VERSION/bin/python"
     [[ -x "$VENV_PY" ]] || VENV_PY="$PYTHON"
     HAVE_PYTHON="$("$VENV_PY" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')" \
         || die "$VENV_PY does not run"
     [[ "$B_PYTHON" == "$HAVE_PYTHON" ]] \
-        || die "this bundle's wheels are for $B_PYTHON, $VENV_PY is $HAVE_PYTHON (a new Python: remove the venv first, see docs/DEPLOYMENT.md)"
+        || die "this bundle's wheels are for $B_PYTHON, $VENV_PY is $HAVE_PYTHON (a new Python: remove the slot ${PREFIX%/}/versions/$B_VERSION first, see docs/DEPLOYMENT.md)"
     if [[ $SCREEN -eq 1 && $B_SCREEN -ne 1 ]]; then
         die "--screen: this bundle has no screen extra (build it with bundle.py --with-screen)"
     fi
@@ -190,18 +194,30 @@ PY
     fi
     step "bundle tope-updater $B_VERSION for $B_ARCH ($B_PYTHON)"
     SRC="$BUNDLE_DIR"
+    SLOT_VERSION="$B_VERSION"
 else
     SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     [[ -f "$SRC/pyproject.toml" ]] || die "$SRC is not a tope-updater checkout (no pyproject.toml)"
+    SLOT_VERSION="$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$SRC/pyproject.toml")" \
+        || die "cannot read the version from $SRC/pyproject.toml"
+    [[ "$SLOT_VERSION" =~ ^[A-Za-z0-9.+!-]+$ ]] || die "pyproject.toml: bad version '$SLOT_VERSION'"
 fi
 read -r -a SYSTEMCTL_ARGV <<<"$SYSTEMCTL"
-VENV="$PREFIX/venv"
+# The updater's own versioned slots, the discipline the device's versions follow: the unit
+# runs <prefix>/current/bin/tope-updater, whatever slot `current` names at its start.
+VENV="$PREFIX/versions/$SLOT_VERSION"
 UPDATER="$VENV/bin/tope-updater"
+CURRENT_UPDATER="$PREFIX/current/bin/tope-updater"
 CONFIG="$CONFIG_DIR/config.toml"
+# A slot is complete once this marker exists (the updater's self-update writes it too).
+SLOT_MARK=.tope-slot-complete
 
-# --- 1. the venv, with this checkout installed ------------------------------------------
-step "venv $VENV"
-mkdir -p "$PREFIX"
+# --- 1. the slot <prefix>/versions/<version>: a venv with this checkout installed --------
+step "slot $VENV"
+mkdir -p "$PREFIX/versions"
+if [[ -d "$VENV" && ! -e "$VENV/$SLOT_MARK" ]]; then
+    rm -rf "$VENV"  # left half-built by an interrupted run: build it again
+fi
 if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
@@ -232,6 +248,21 @@ else
         "${PIP_ARGV[@]}" "$BUILD_DIR$EXTRAS"
 fi
 "$UPDATER" --help >/dev/null || die "$UPDATER does not run"
+touch "$VENV/$SLOT_MARK"
+# current -> this slot (previous -> the one current named before), each by rename(2):
+# the link is never missing. A self-update's probation is over: this is an install.
+OLD_SLOT="$(readlink "$PREFIX/current" 2>/dev/null || true)"
+if [[ -n "$OLD_SLOT" && "$OLD_SLOT" != "versions/$SLOT_VERSION" ]]; then
+    ln -sfn "$OLD_SLOT" "$PREFIX/.previous.tmp"
+    mv -Tf "$PREFIX/.previous.tmp" "$PREFIX/previous"
+fi
+ln -sfn "versions/$SLOT_VERSION" "$PREFIX/.current.tmp"
+mv -Tf "$PREFIX/.current.tmp" "$PREFIX/current"
+rm -f "$PREFIX/probation" "$PREFIX/probation.starts"
+sync
+echo "    $PREFIX/current -> versions/$SLOT_VERSION"
+cp -f "$SRC/systemd/updater-guard.sh" "$PREFIX/updater-guard.sh"
+chmod 0755 "$PREFIX/updater-guard.sh"
 cp -f "$SRC/systemd/uninstall.sh" "$PREFIX/uninstall.sh"
 cp -f "$SRC/systemd/busy-probe-moonraker.sh" "$PREFIX/busy-probe-moonraker.sh"
 mkdir -p "$PREFIX/docs"
@@ -312,19 +343,21 @@ fi
 
 # --- 5. the unit file, with this install's paths ---------------------------------------
 step "unit $UNIT_DIR/$UNIT"
-RW_PATHS="$ROOT"
+# <prefix> too: a self-update writes a new slot there and moves `current`.
+RW_PATHS="$ROOT $PREFIX"
 case "$STATE_DIR/" in "$ROOT"/*) ;; *) RW_PATHS+=" $STATE_DIR" ;; esac
 # "-": an extra root that does not exist yet must not keep the service from starting.
 for extra in "${EXTRA_ROOTS[@]}"; do RW_PATHS+=" -$extra"; done
 mkdir -p "$UNIT_DIR"
-sed -e "s|^ExecStart=.*|ExecStart=$UPDATER serve --config $CONFIG|" \
+sed -e "s|^ExecStart=.*|ExecStart=$CURRENT_UPDATER serve --config $CONFIG|" \
+    -e "s|^ExecStartPre=.*|ExecStartPre=+$PREFIX/updater-guard.sh $PREFIX $UNIT|" \
     -e "s|^ReadWritePaths=.*|ReadWritePaths=$RW_PATHS|" \
     -e "s|^Documentation=.*|Documentation=file://$PREFIX/docs/DEPLOYMENT.md|" \
     "$SRC/systemd/tope-updater.service" >"$UNIT_DIR/.$UNIT.tmp"
 chmod 0644 "$UNIT_DIR/.$UNIT.tmp"
 mv -f "$UNIT_DIR/.$UNIT.tmp" "$UNIT_DIR/$UNIT"
 # The display's unit: never enabled, tope-updater starts it (screen_unit).
-sed -e "s|^ExecStart=.*|ExecStart=$UPDATER screen --config $CONFIG|" \
+sed -e "s|^ExecStart=.*|ExecStart=$CURRENT_UPDATER screen --config $CONFIG|" \
     -e "s|^Documentation=.*|Documentation=file://$PREFIX/docs/SCREEN.md|" \
     "$SRC/systemd/$SCREEN_UNIT" >"$UNIT_DIR/.$SCREEN_UNIT.tmp"
 chmod 0644 "$UNIT_DIR/.$SCREEN_UNIT.tmp"
@@ -350,4 +383,9 @@ fi
 # --- 7. check --------------------------------------------------------------------------
 step "verify-setup"
 "$UPDATER" verify-setup --config "$CONFIG" || die "verify-setup found problems (above)"
-echo "tope-updater installed: $UPDATER (config $CONFIG, unit $UNIT_DIR/$UNIT)"
+# An install from before the slots had one venv at <prefix>/venv: nothing runs it now.
+if [[ -d "$PREFIX/venv" && $START -eq 1 ]]; then
+    rm -rf "$PREFIX/venv"
+    echo "    removed the single venv of an older install, $PREFIX/venv"
+fi
+echo "tope-updater installed: $CURRENT_UPDATER -> $UPDATER (config $CONFIG, unit $UNIT_DIR/$UNIT)"

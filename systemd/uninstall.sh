@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Remove tope-updater: stop and remove the unit, the bin links install.sh made, the venv.
+# Remove tope-updater: stop and remove the unit, the bin links install.sh made, the updater's
+# slots (<prefix>/versions, current, previous) and its guard.
 #
 #   sudo /opt/tope-updater/uninstall.sh            # keeps <root>/versions, state, config
 #   sudo /opt/tope-updater/uninstall.sh --purge    # also deletes them (the device's
@@ -12,7 +13,7 @@ usage() {
     cat <<'USAGE'
 usage: uninstall.sh [options]
   --root DIR          install root (default /opt/tope)
-  --prefix DIR        where the venv is (default /opt/tope-updater)
+  --prefix DIR        where the updater's slots are (default /opt/tope-updater)
   --state-dir DIR     state directory (default <root>/.updater)
   --config-dir DIR    config directory (default /etc/tope-updater)
   --unit-dir DIR      unit file directory (default /etc/systemd/system)
@@ -77,6 +78,8 @@ if [[ $DISABLE -eq 1 ]] && [[ "$("${SYSTEMCTL_ARGV[@]}" is-enabled "$UNIT" 2>/de
 fi
 rm -f "$UNIT_DIR/$UNIT"
 "${SYSTEMCTL_ARGV[@]}" stop tope-updater-screen.service 2>/dev/null || true
+# A self-update's deadline timer still pending (transient: gone once stopped).
+"${SYSTEMCTL_ARGV[@]}" stop 'tope-updater-probation-*.timer' 2>/dev/null || true
 rm -f "$UNIT_DIR/tope-updater-screen.service"
 "${SYSTEMCTL_ARGV[@]}" daemon-reload
 "${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" 2>/dev/null || true
@@ -104,9 +107,13 @@ elif [[ -f "$PREFIX/installed-links" ]]; then
         "until install.sh runs again (use --keep-links to keep them)"
 fi
 
-# --- 3. the venv -------------------------------------------------------------------------
-step "venv $PREFIX"
-rm -rf "$PREFIX/venv" "$PREFIX/docs"
+# --- 3. the updater's slots ---------------------------------------------------------------
+step "slots $PREFIX"
+# versions/<version> (a venv each), current, previous; venv is an older install's single one.
+rm -rf "$PREFIX/versions" "$PREFIX/venv" "$PREFIX/docs"
+rm -f "$PREFIX/current" "$PREFIX/previous" "$PREFIX/.current.tmp" "$PREFIX/.previous.tmp"
+rm -f "$PREFIX/probation" "$PREFIX/probation.starts" "$PREFIX/probation.starts.tmp"
+rm -f "$PREFIX/updater-rollback" "$PREFIX/updater-rollback.tmp" "$PREFIX/updater-guard.sh"
 rm -f "$PREFIX/installed-links" "$PREFIX/uninstall.sh" "$PREFIX/busy-probe-moonraker.sh"
 if [[ -d "$PREFIX" ]]; then rmdir "$PREFIX" 2>/dev/null || echo "    kept $PREFIX (not empty)"; fi
 

@@ -107,6 +107,14 @@ class Config:
             for (``config.polling.sleep``); each wait gets ±10 % jitter.
         device_model: the model reported to the fleet server as an attribute; unset: the
             device tree's or DMI's product name, else ``unknown``.
+        updater_prefix: where the updater's own slots are (``<prefix>/versions/<version>``,
+            ``current``, ``previous``; systemd/install.sh's ``--prefix``). Unset: derived
+            from the running interpreter when it runs from such a slot; otherwise packages
+            that carry an updater are refused (``UPDATER_NOT_SLOTTED``).
+        updater_probation_s: how long a self-updated updater has to prove itself; a start
+            after this deadline, while still on probation, makes the guard put the old one
+            back (as do ``updater_max_starts`` starts).
+        updater_max_starts: how many starts a self-updated updater on probation gets.
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -152,6 +160,9 @@ class Config:
     ddi_poll_min_s: float = 5.0
     ddi_poll_max_s: float = 3600.0
     device_model: str | None = None
+    updater_prefix: Path | None = None
+    updater_probation_s: float = 300.0
+    updater_max_starts: int = 3
     log_level: str = "info"
 
     @property
@@ -271,6 +282,8 @@ def _validate(config: Config) -> Config:
         "busy_poll_s",
         "busy_probe_timeout_s",
         "ddi_poll_min_s",
+        "updater_probation_s",
+        "updater_max_starts",
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0")
@@ -342,7 +355,7 @@ def _from_file(file: Path) -> dict[str, Any]:
 
 #: ``TOPE_UPDATER_*`` variables that are not config keys: ``--config`` itself and the
 #: fault-injection hooks.
-_NOT_CONFIG_KEYS = ("config", "crash_at", "crash_trace")
+_NOT_CONFIG_KEYS = ("config", "crash_at", "crash_trace", "crash_once")
 
 
 def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:

@@ -5,6 +5,11 @@ Set ``TOPE_UPDATER_CRASH_AT=<point>[#<n>]`` to make the process ``SIGKILL`` itse
 unset the check is one dictionary lookup, cheap enough for hot paths. Points reached are
 appended to ``TOPE_UPDATER_CRASH_TRACE`` (a file path) when set, so a harness can list every
 point a run passes through and then kill at each one.
+
+``TOPE_UPDATER_CRASH_ONCE=<file>`` makes the kill one-shot across processes: it happens only
+if ``<file>`` can be created (and creates it), so a supervisor that restarts the process
+with the same environment (systemd, tests/crash/test_self_update_crash.py) does not kill
+every later process at the same point too.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import signal
 
 _ENV_AT = "TOPE_UPDATER_CRASH_AT"
 _ENV_TRACE = "TOPE_UPDATER_CRASH_TRACE"
+_ENV_ONCE = "TOPE_UPDATER_CRASH_ONCE"
 _hits: dict[str, int] = {}
 
 
@@ -33,4 +39,10 @@ def crash_point(point: str) -> None:
         return
     _hits[point] = _hits.get(point, 0) + 1
     if _hits[point] >= int(nth or "1"):
+        once = os.environ.get(_ENV_ONCE)
+        if once:
+            try:
+                os.close(os.open(once, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:
+                return  # killed here once already (an earlier process)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -31,8 +31,13 @@ from updater_fsm.durable import fsync_dir
 from updater_fsm.strict_converter import STRICT_CONVERTER
 
 #: 2: a job's download position is one ``durable`` value (offset, etag, last_modified)
-#: instead of three fields. Schema-1 journals are read and migrated (see ``_MIGRATIONS``).
-SCHEMA_VERSION = 2
+#: instead of three fields. 3: the updater updates itself (the states ``updater_staging``,
+#: ``updater_switching``, ``updater_probation`` and a job's ``updater_version``). Older
+#: journals are read and migrated (see ``_MIGRATIONS``); a newer one is refused. A
+#: self-update only installs an updater whose journal schema is at most this one (its
+#: bundle's ``journal_schema``), so the old updater can read everything the new one writes
+#: during its probation (docs/RELIABILITY.md).
+SCHEMA_VERSION = 3
 _log = structlog.get_logger(__name__)
 
 
@@ -102,10 +107,15 @@ def _v1_to_v2(body: Any) -> Any:
     return {**body, "job": job}
 
 
+def _v2_to_v3(body: Any) -> Any:
+    """Schema 3 only added what a self-update needs, with defaults: nothing to rewrite."""
+    return body
+
+
 #: ``schema N -> N + 1`` rewrites of a journal's record, applied in turn on load (the
 #: checksum is checked on the record as written). A journal is always written in the
 #: newest schema.
-_MIGRATIONS: dict[int, Callable[[Any], Any]] = {1: _v1_to_v2}
+_MIGRATIONS: dict[int, Callable[[Any], Any]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 @attrs.frozen

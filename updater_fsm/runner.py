@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import aiohttp
 import attrs
 import structlog
 
@@ -30,7 +32,15 @@ from updater_fsm.core.manifest import Manifest, ServiceUnit, units_of
 from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.progress import Transfer
 from updater_fsm.faults import crash_point
-from updater_fsm.ops import download, external_files, fleet_access, package, snapshots, verify
+from updater_fsm.ops import (
+    download,
+    external_files,
+    fleet_access,
+    package,
+    self_update,
+    snapshots,
+    verify,
+)
 from updater_fsm.ops.commands import CommandTimeout, describe_exit, run_command, run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
 from updater_fsm.ops.printer_probe import configured_probe
@@ -54,6 +64,9 @@ _JOB_EFFECTS = (
     fx.SwitchVersion,
     fx.CheckHealth,
     fx.RollBack,
+    fx.StageUpdater,
+    fx.SwitchUpdater,
+    fx.ConfirmUpdater,
 )
 
 
@@ -83,6 +96,9 @@ class OpsRunner:
         config: paths, timeouts and the service-control mode.
         reporter: receives ``Report`` effects (None = no device-api reporting).
         controller: the systemctl client; None with ``service_control = "none"``.
+        restart_self: ends this process so that its supervisor starts the updater again
+            (``serve`` exits with :data:`~updater_fsm.ops.self_update.EXIT_SWITCHED`); how a
+            self-update hands over to the new updater. None: nobody can (tests in-process).
     """
 
     def __init__(
@@ -92,8 +108,11 @@ class OpsRunner:
         *,
         reporter: ReportSink | None = None,
         controller: ServiceController | None = None,
+        restart_self: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._restart_self = restart_self
+        self._slots = self_update.find_slots(config.updater_prefix)
         self._config = config
         self._reporter = reporter
         self._layout = snapshots.Layout(config.root)
@@ -201,6 +220,14 @@ class OpsRunner:
                 await self._collect_garbage(effect)
             case fx.ShowScreen():
                 await self._show_screen(effect)
+            case fx.StageUpdater():
+                await self._stage_updater(effect)
+            case fx.SwitchUpdater():
+                await self._switch_updater(effect)
+            case fx.ConfirmUpdater():
+                await self._confirm_updater(effect)
+            case fx.CollectUpdaterSlots():
+                await self._collect_updater_slots(effect)
             case fx.Report():
                 await self._report(effect)
             case _:
@@ -219,6 +246,9 @@ class OpsRunner:
             fx.SwitchVersion: lambda e: ev.SwitchFailed(job_id, Failure(C.DEPLOYMENT_FAILED, e)),
             fx.CheckHealth: lambda e: ev.Unhealthy(job_id, Failure(C.HEALTH_CHECK_FAILED, e)),
             fx.RollBack: lambda e: ev.RollbackFailed(job_id, Failure(C.ROLLBACK_FAILED, e)),
+            fx.StageUpdater: lambda e: ev.UpdaterStageFailed(
+                job_id, Failure(C.UPDATER_INSTALL_FAILED, e)
+            ),
         }
         make = failures.get(type(effect))
         if make is not None:
@@ -344,8 +374,21 @@ class OpsRunner:
         )
 
     async def _stage(self, effect: fx.StageSnapshot) -> None:
+        updater_version: str | None = None
+
         def stage() -> tuple[ServiceUnit, ...]:
+            nonlocal updater_version
             manifest = self._read_manifest(effect.version, effect.package_name)
+            if manifest.updater is not None:
+                # Refused before anything is stopped: the updater could not switch itself.
+                if self._slots is None:
+                    raise UpdaterError(
+                        ErrorCode.UPDATER_NOT_SLOTTED,
+                        f"the package carries the updater {manifest.updater.version}, but this"
+                        " updater does not run from a slot <prefix>/versions/<version>"
+                        " (install it with systemd/install.sh, or set updater_prefix)",
+                    )
+                updater_version = manifest.updater.version
             snapshots.stage_snapshot(
                 self._layout,
                 manifest,
@@ -376,7 +419,7 @@ class OpsRunner:
         # have started while the snapshot was built.
         printer = await self._ask_printer() if self._ask_printer is not None else None
         links = snapshots.read_links(self._layout)
-        self._engine.post(ev.Staged(effect.job_id, units, links, printer))
+        self._engine.post(ev.Staged(effect.job_id, units, links, printer, updater_version))
 
     async def _discard_staging(self, effect: fx.DiscardStaging) -> None:
         await asyncio.to_thread(snapshots.discard_staging, self._layout, effect.version)
@@ -470,6 +513,180 @@ class OpsRunner:
             self._engine.post(ev.RollbackFailed(effect.job_id, err.failure))
             return
         self._engine.post(ev.RollbackOk(effect.job_id))
+
+    # ---- the updater updates itself -------------------------------------------------
+    async def _stage_updater(self, effect: fx.StageUpdater) -> None:
+        slots = self._slots
+        work = self._config.state_path / "updater-staging"
+        started = time.perf_counter()
+
+        def build() -> None:
+            if slots is None:
+                raise UpdaterError(ErrorCode.UPDATER_NOT_SLOTTED, "this updater runs from no slot")
+            crash_point("updater:stage_begun")
+            # No switch is in flight: a guard's record now is stale (its report, journaled,
+            # died before the clean-up) and must not end the switch that follows.
+            self_update.forget_rollback_record(slots)
+            manifest = self._read_manifest(effect.package_version, effect.package_name)
+            if manifest.updater is None:
+                raise UpdaterError(ErrorCode.UPDATER_INSTALL_FAILED, "the package has none")
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            try:
+                bundle_file = work / "bundle.tar.gz"
+                package.extract_updater_bundle(
+                    self._package_path(effect.package_name),
+                    manifest.updater,
+                    bundle_file,
+                    self._limits,
+                )
+                self_update.build_slot(slots, bundle_file, effect.version, work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+        thread = asyncio.ensure_future(asyncio.to_thread(build))
+        try:
+            await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await thread
+            raise
+        except UpdaterError as err:
+            self._engine.post(ev.UpdaterStageFailed(effect.job_id, err.failure))
+            return
+        except OSError as err:
+            failure = Failure(ErrorCode.UPDATER_INSTALL_FAILED, str(err))
+            self._engine.post(ev.UpdaterStageFailed(effect.job_id, failure))
+            return
+        _log.info(
+            "updater.staged",
+            version=effect.version,
+            build_s=round(time.perf_counter() - started, 1),
+        )
+        self._engine.post(ev.UpdaterStaged(effect.job_id))
+
+    def _rolled_back(self, effect: fx.SwitchUpdater | fx.ConfirmUpdater) -> bool:
+        """Post ``UpdaterRolledBack`` when the guard's record says ``effect.version`` failed."""
+        record = self_update.read_rollback_record(self._slots) if self._slots else None
+        if record is None or record.version != effect.version:
+            return False
+        failure = Failure(
+            ErrorCode.UPDATER_ROLLBACK, f"{record.version} failed to start ({record.reason})"
+        )
+        _log.error("updater.rolled_back", version=record.version, reason=record.reason)
+        self._engine.post(ev.UpdaterRolledBack(effect.job_id, failure))
+        return True
+
+    async def _switch_updater(self, effect: fx.SwitchUpdater) -> None:
+        crash_point("updater:switch_begun")
+        slots = self._slots
+        if self._rolled_back(effect):
+            return
+        running = self_update.running_version()
+        if running == effect.version:
+            _log.info("updater.started_on_probation", version=running)
+            self._engine.post(ev.UpdaterStarted(effect.job_id))
+            return
+        if slots is None or not (slots.slot(running) / "bin").is_dir():
+            failure = Failure(
+                ErrorCode.UPDATER_ROLLBACK,
+                f"{effect.version} not started: the running updater {running} has no slot",
+            )
+            self._engine.post(ev.UpdaterRolledBack(effect.job_id, failure))
+            return
+        config = self._config
+
+        def switch() -> None:
+            assert slots is not None
+            deadline = time.time() + config.updater_probation_s
+            self_update.write_probation(
+                slots, effect.version, running, deadline=deadline,
+                max_starts=config.updater_max_starts,
+            )  # fmt: skip
+            crash_point("updater:probation_written")
+            self_update.switch_current(slots, effect.version, running)
+            crash_point("updater:switched")
+
+        await self._arm_probation_timer(slots, effect.version)
+        await asyncio.to_thread(switch)
+        _log.info("updater.switching", version=effect.version, previous=running)
+        if self._restart_self is None:
+            _log.warning("updater.switched_but_cannot_restart", version=effect.version)
+            return
+        self._restart_self()
+
+    async def _arm_probation_timer(self, slots: self_update.Slots, version: str) -> None:
+        """A transient systemd timer that runs the guard in ``--deadline`` mode just after
+        the probation's deadline: it restarts the unit if the new updater has not confirmed
+        itself by then, whatever that updater does (none of its code is involved).
+
+        Best effort: without it a new updater that hangs is still killed by the watchdog,
+        and one that runs but cannot confirm exits at the deadline itself.
+        """
+        unit = self_update.own_unit()
+        guard = slots.prefix / "updater-guard.sh"
+        if unit is None or self._controller is None or not guard.is_file():
+            _log.warning("updater.probation_timer_skipped", unit=unit, guard=str(guard))
+            return
+        delay_s = int(self._config.updater_probation_s) + 5
+        argv = [
+            *self._config.systemctl[:-1], "systemd-run", "--no-block", "--collect",
+            f"--unit=tope-updater-probation-{version}-{int(time.time())}",
+            f"--on-active={delay_s}s",
+            "--timer-property=AccuracySec=1s", str(guard), "--deadline", str(slots.prefix), unit,
+        ]  # fmt: skip
+        try:
+            result = await run_command(argv, timeout_s=10, max_output_bytes=4096)
+        except (OSError, CommandTimeout) as exc:
+            _log.warning("updater.probation_timer_failed", error=str(exc))
+            return
+        if result.returncode != 0:
+            _log.warning("updater.probation_timer_failed", detail=describe_exit(result))
+            return
+        _log.info("updater.probation_timer_armed", unit=unit, in_s=delay_s)
+
+    async def _confirm_updater(self, effect: fx.ConfirmUpdater) -> None:
+        crash_point("updater:probation_begun")
+        if self._rolled_back(effect):
+            return
+        running = self_update.running_version()
+        if running != effect.version or self._slots is None:
+            failure = Failure(
+                ErrorCode.UPDATER_ROLLBACK,
+                f"{effect.version} is not running ({running} is): its probation ended",
+            )
+            self._engine.post(ev.UpdaterRolledBack(effect.job_id, failure))
+            return
+        host = "127.0.0.1" if self._config.host in ("0.0.0.0", "::", "") else self._config.host
+        url = f"http://{host}:{self._config.port}/api/v1.0/healthz"
+        deadline = time.monotonic() + self._config.updater_probation_s
+        answered: str | None = None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                    async with session.get(url) as resp:
+                        body = await resp.json()
+                        answered = (body.get("data") or {}).get("updater_version")
+                        if answered == effect.version:
+                            break
+                await asyncio.sleep(0.2)
+        if answered != effect.version:
+            _log.error("updater.probation_failed", version=effect.version, answered=answered)
+            if self._restart_self is not None:
+                self._restart_self()  # the guard judges the next start (past the deadline)
+            return
+        await asyncio.to_thread(self_update.end_probation, self._slots)
+        crash_point("updater:confirmed")
+        _log.info("updater.confirmed", version=effect.version)
+        self._engine.post(ev.UpdaterConfirmed(effect.job_id))
+
+    async def _collect_updater_slots(self, effect: fx.CollectUpdaterSlots) -> None:
+        if self._slots is None:
+            return
+        crash_point("updater:collect_begun")
+        removed = await asyncio.to_thread(self_update.collect_slots, self._slots)
+        if removed:
+            _log.info("updater.slots_removed", versions=removed)
 
     async def _remove_snapshot(self, effect: fx.RemoveSnapshot) -> None:
         try:

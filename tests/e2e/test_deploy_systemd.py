@@ -16,6 +16,7 @@ hides ``/root``), which is exactly what the shipped unit must be tested with.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -82,7 +83,7 @@ class Site:
 
     @property
     def updater(self) -> Path:
-        return self.prefix / "venv" / "bin" / "tope-updater"
+        return self.prefix / "current" / "bin" / "tope-updater"
 
 
 @pytest.fixture
@@ -277,7 +278,17 @@ def test_install_serve_update_restart_and_uninstall(
     assert f'# busy_probe = "{site.prefix}/busy-probe-moonraker.sh' in config.read_text()
     # The progress display's unit, with this install's paths, known to systemd, not enabled.
     screen_unit = (sandbox.unit_dir / "tope-updater-screen.service").read_text()
-    assert f"ExecStart={site.prefix}/venv/bin/tope-updater screen --config {config}" in screen_unit
+    current_updater = site.prefix / "current" / "bin" / "tope-updater"
+    assert f"ExecStart={current_updater} screen --config {config}" in screen_unit
+    # The updater's own slot: current -> versions/<its version>, the guard before each start.
+    version = importlib.metadata.version("tope-updater")
+    assert os.readlink(site.prefix / "current") == f"versions/{version}"
+    assert not (site.prefix / "previous").exists() and not (site.prefix / "venv").exists()
+    assert (site.prefix / "versions" / version / ".tope-slot-complete").is_file()
+    unit_text = (sandbox.unit_dir / UNIT).read_text()
+    assert f"ExecStart={site.prefix}/current/bin/tope-updater serve" in unit_text
+    assert f"ExecStartPre=+{site.prefix}/updater-guard.sh {site.prefix} {UNIT}" in unit_text
+    assert os.access(site.prefix / "updater-guard.sh", os.X_OK)
     screen = show(sandbox, "tope-updater-screen.service")
     assert (screen["LoadState"], screen["ActiveState"]) == ("loaded", "inactive"), screen
 
@@ -293,6 +304,8 @@ def test_install_serve_update_restart_and_uninstall(
     mounts = mount_options(sandbox, updater_pid)
     assert "ro" in mounts["/"].split(","), mounts["/"]
     assert "rw" in mounts[str(site.root)].split(","), mounts.get(str(site.root))
+    # …and so is its prefix: a self-update writes a slot there and moves `current`.
+    assert "rw" in mounts[str(site.prefix)].split(","), mounts.get(str(site.prefix))
     status = run([*sandbox.nsenter_prefix, "cat", f"/proc/{updater_pid}/status"])
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
     assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2", fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import time
 from pathlib import Path
@@ -284,7 +285,13 @@ async def test_statechart_highlights_the_current_state(client: Client, rig: Rig)
 
 async def test_healthz(client: Client, rig: Rig) -> None:
     env = await call(client, "GET", "/healthz")
-    assert env["data"] == {"state": "idle", "stage": "idle", "reporter": None, "fleet": None}
+    assert env["data"] == {
+        "state": "idle",
+        "stage": "idle",
+        "updater_version": importlib.metadata.version("tope-updater"),
+        "reporter": None,
+        "fleet": None,
+    }
     await rig.to_failed()
     env = await call(client, "GET", "/healthz")
     assert env["code"] == 200 and env["data"]["state"] == "failed"

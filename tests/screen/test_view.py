@@ -28,7 +28,8 @@ BASE: dict[str, Any] = {
 }
 STATE_NAMES = re.compile(
     r"\b(idle|downloading|verifying|toInstall|waiting_idle|deploying|"
-    r"switching|health_check|rollback_previous|rollback_factory)\b"
+    r"switching|health_check|updater_staging|updater_switching|updater_probation|"
+    r"rollback_previous|rollback_factory)\b"
 )
 
 
@@ -130,6 +131,26 @@ def test_after_the_switch_the_versions_still_read_old_to_new() -> None:
     assert v.versions == "1.1.0 → 1.2.0"
     assert v.note == "Please do not turn off the printer"
     assert v.fraction == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(
+    ("state", "title"),
+    [
+        ("updater_staging", "Updating the updater"),
+        ("updater_switching", "Restarting the updater"),
+        ("updater_probation", "Checking the new updater"),
+    ],
+)
+def test_the_updater_updating_itself_is_work_the_device_already_finished(
+    state: str, title: str
+) -> None:
+    v = view_of(
+        snap(state=state, stage="installing", progress=74, version="1.2.0",
+             current_version="1.2.0", previous_version="1.1.0"),
+        EN,
+    )  # fmt: skip
+    assert (v.title, v.versions, v.outcome) == (title, "1.1.0 → 1.2.0", Outcome.WORKING)
+    assert v.note is None  # the device's new version already runs: powering off is safe
 
 
 def test_rollback_names_its_target() -> None:

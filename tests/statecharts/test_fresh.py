@@ -78,6 +78,7 @@ def test_groups_are_drawn_in_both_charts() -> None:
     assert render.GROUPS == {
         "install": (State.DEPLOYING, State.SWITCHING, State.HEALTH_CHECK),
         "rollback": (State.ROLLBACK_PREVIOUS, State.ROLLBACK_FACTORY),
+        "selfupdate": (State.UPDATER_STAGING, State.UPDATER_SWITCHING, State.UPDATER_PROBATION),
     }
     dot, chart = render.dot(), render.mermaid()
     for group, members in render.GROUPS.items():

@@ -140,7 +140,7 @@ def test_a_schema_1_journal_is_read_and_its_download_position_kept(tmp_path: Pat
     m.handle(ev.DownloadRequested(req), 1.0)
     m.handle(ev.DownloadCheckpoint(1, ev.ResumePoint(700, '"v1"', "Tue")), 2.0)
     current = json.loads(encode(m.record))
-    assert current["schema"] == SCHEMA_VERSION == 2
+    assert current["schema"] == SCHEMA_VERSION == 3
     # The same record as schema 1 wrote it: three flat fields instead of `durable`.
     body = current["record"]
     durable = body["job"].pop("durable")
@@ -160,5 +160,27 @@ def test_a_schema_1_journal_is_read_and_its_download_position_kept(tmp_path: Pat
     assert loaded.set_aside == () and loaded.record == m.record
     assert loaded.record.job is not None
     assert loaded.record.job.durable == ev.ResumePoint(700, '"v1"', "Tue")
-    with pytest.raises(ValueError, match="unknown schema 3"):
-        decode(json.dumps({**old, "schema": 3}).encode())
+    with pytest.raises(ValueError, match="unknown schema 4"):
+        decode(json.dumps({**old, "schema": 4}).encode())
+
+
+def test_a_schema_2_journal_from_before_self_update_is_read(tmp_path: Path) -> None:
+    """The record an updater without self-update wrote (no ``updater_version``) resumes."""
+    import hashlib
+
+    from updater_fsm.journal import Journal, _canonical, encode
+
+    m = UpdaterMachine()
+    req = ev.DownloadRequest("1.2.3", "http://127.0.0.1:1/u.zip", "u.zip", 1000, "0" * 32)
+    m.handle(ev.DownloadRequested(req), 1.0)
+    body = json.loads(encode(m.record))["record"]
+    del body["job"]["updater_version"]
+    old = {
+        "schema": 2,
+        "seq": body["seq"],
+        "checksum": hashlib.sha256(_canonical(body)).hexdigest(),
+        "record": body,
+    }
+    (tmp_path / "journal.json").write_text(json.dumps(old))
+    loaded = Journal(tmp_path).load()
+    assert loaded.set_aside == () and loaded.record == m.record

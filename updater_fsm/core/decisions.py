@@ -151,6 +151,10 @@ class Decisions:
         job = self.record.job
         return job is not None and bool(job.from_version or job.factory_version)
 
+    def carries_updater(self, event: ev.Healthy) -> bool:
+        """The package carries a new updater: it switches once the device is healthy."""
+        return self.record.job is not None and self.record.job.updater_version is not None
+
     def to_previous(self, event: ev.RollbackRequested) -> bool:
         return event.target is RollbackTarget.PREVIOUS and event.links.previous is not None
 
@@ -304,6 +308,7 @@ class Decisions:
             from_version=event.links.current,
             factory_version=event.links.factory,
             previous_before=event.links.previous,
+            updater_version=event.updater_version,
         )
         self.effects.append(self._switch_effect())
 
@@ -344,6 +349,79 @@ class Decisions:
             fx.CollectGarbage(),
             fx.Report(terminal=True),
         ]
+
+    # ---- actions: the updater updates itself -----------------------------------------
+    def _updater_version(self) -> str:
+        version = self.job.updater_version
+        assert version is not None, "guards ensure the package carries an updater"
+        return version
+
+    def begin_updater_stage(self, event: ev.Healthy) -> None:
+        """The device is healthy on the new version (kept whatever happens to the updater
+        now); install the package's updater into a slot of its own."""
+        request = self._request()
+        self.record = attrs.evolve(
+            self.record, last_units=self.job.units, last_version=request.version
+        )
+        self.effects.append(self._stage_updater_effect())
+
+    def _stage_updater_effect(self) -> fx.StageUpdater:
+        request = self._request()
+        return fx.StageUpdater(
+            self.job.job_id, self._updater_version(), request.package_name, request.version
+        )
+
+    def begin_updater_switch(self, event: ev.UpdaterStaged) -> None:
+        """Journaled before anything moves: from here a restart resumes the switch."""
+        self.effects.append(fx.SwitchUpdater(self.job.job_id, self._updater_version()))
+
+    def begin_probation(self, event: ev.UpdaterStarted) -> None:
+        self.effects.append(fx.ConfirmUpdater(self.job.job_id, self._updater_version()))
+
+    def finish_updater(self, event: ev.UpdaterConfirmed) -> None:
+        self.finish_success(event)
+        self.effects.insert(0, fx.CollectUpdaterSlots())
+
+    def fail_updater_stage(self, event: ev.UpdaterStageFailed) -> None:
+        """The new updater could not be installed: the device's new version stands, the
+        updater stays what it was."""
+        request = self._request()
+        self._fail_job(
+            Failure(
+                event.failure.code,
+                f"v{request.version} is installed and healthy; the updater"
+                f" {self._updater_version()} is not ({event.failure.detail})",
+            )
+        )
+        self.effects += [
+            fx.DiscardPackage(request.package_name),
+            fx.CollectUpdaterSlots(),
+            fx.CollectGarbage(),
+            fx.Report(terminal=True),
+        ]
+
+    def fail_updater_rollback(self, event: ev.UpdaterRolledBack) -> None:
+        """The guard put the old updater back (reported once: the guard's record is deleted
+        only after this is journaled)."""
+        self._fail_job(event.failure)
+        self.effects += [
+            fx.DiscardPackage(self._request().package_name),
+            fx.CollectUpdaterSlots(),
+            fx.CollectGarbage(),
+            fx.Report(terminal=True),
+        ]
+
+    def resume_updater_stage(self, event: ev.Event) -> None:
+        """Building the slot again completes or redoes it (a half-built one is replaced)."""
+        self.effects.append(self._stage_updater_effect())
+
+    def resume_updater_switch(self, event: ev.Event) -> None:
+        """The switch judges by what runs: the new updater starts its probation, the old one
+        (killed mid-switch) completes the switch, a guard record reports the way back."""
+        self.effects.append(fx.SwitchUpdater(self.job.job_id, self._updater_version()))
+
+    def resume_probation(self, event: ev.Event) -> None:
+        self.effects.append(fx.ConfirmUpdater(self.job.job_id, self._updater_version()))
 
     # ---- actions: rollback ---------------------------------------------------------
     def begin_rollback(self, event: ev.SwitchFailed | ev.Unhealthy) -> None:
@@ -443,6 +521,8 @@ class Decisions:
         self.effects.append(fx.DiscardPackage(request.package_name))
         if self.source is State.DEPLOYING:
             self.effects += [fx.DiscardStaging(request.version), fx.CollectGarbage()]
+        if self.source is State.UPDATER_STAGING:
+            self.effects.append(fx.CollectUpdaterSlots())  # the half-built slot
 
     def roll_back_interrupted(self, event: ev.Event) -> None:
         job = self.job

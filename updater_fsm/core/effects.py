@@ -111,6 +111,45 @@ class CheckHealth(Effect):
 
 
 @attrs.frozen
+class StageUpdater(Effect):
+    """Install the package's updater bundle into the slot ``<prefix>/versions/<version>``
+    (offline, from the bundle's wheels; a half-built slot is built again). Idempotent."""
+
+    job_id: int
+    version: str
+    package_name: str
+    package_version: str
+
+
+@attrs.frozen
+class SwitchUpdater(Effect):
+    """Make the updater ``version`` run, idempotently, judging by what runs and the disk:
+
+    * the guard's record says ``version`` failed: ``UpdaterRolledBack``;
+    * this process is ``version``: ``UpdaterStarted``;
+    * else write the probation for the guard, point ``<prefix>/previous`` at this slot and
+      ``<prefix>/current`` at ``version``, and exit for systemd to start the new updater.
+    """
+
+    job_id: int
+    version: str
+
+
+@attrs.frozen
+class ConfirmUpdater(Effect):
+    """End the new updater's probation once it answers ``/healthz`` with its version
+    (``UpdaterConfirmed``); ``UpdaterRolledBack`` when the old one runs instead."""
+
+    job_id: int
+    version: str
+
+
+@attrs.frozen
+class CollectUpdaterSlots(Effect):
+    """Delete the updater slots no link names and the guard's record (once journaled)."""
+
+
+@attrs.frozen
 class RollBack(Effect):
     """Stop units, point ``current`` at ``target_version``, restore external files, start
     units and check their health. Idempotent.

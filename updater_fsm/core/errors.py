@@ -39,6 +39,15 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "CANCELLED"
     RESUME_LIMIT = "RESUME_LIMIT"
     PRINTER_BUSY = "PRINTER_BUSY"
+    #: The package's updater bundle is for another architecture (refused before staging).
+    UPDATER_ARCH_MISMATCH = "UPDATER_ARCH_MISMATCH"
+    #: The package carries an updater but this one does not run from a slot
+    #: (``<prefix>/versions/<version>``: install it with systemd/install.sh).
+    UPDATER_NOT_SLOTTED = "UPDATER_NOT_SLOTTED"
+    #: The new updater's slot could not be built (the device's own install stands).
+    UPDATER_INSTALL_FAILED = "UPDATER_INSTALL_FAILED"
+    #: The new updater did not prove itself; the guard put the old one back.
+    UPDATER_ROLLBACK = "UPDATER_ROLLBACK"
     FORBIDDEN = "FORBIDDEN"
     TOO_MANY_CLIENTS = "TOO_MANY_CLIENTS"
 

@@ -191,6 +191,7 @@ class Staged(Event):
 
     ``printer``: with a busy probe configured, its answer right after staging — the switch
     stops the printer's services, and a print may have started while the snapshot was built.
+    ``updater_version``: the updater the package carries a bundle of (None: none).
     """
 
     trigger = Trigger.STAGED
@@ -198,6 +199,7 @@ class Staged(Event):
     units: tuple[ServiceUnit, ...]
     links: LinkVersions
     printer: PrinterStatus | None = None
+    updater_version: str | None = None
 
 
 @attrs.frozen
@@ -240,6 +242,48 @@ class Healthy(Event):
 @attrs.frozen
 class Unhealthy(Event):
     trigger = Trigger.UNHEALTHY
+    job_id: int
+    failure: Failure
+
+
+@attrs.frozen
+class UpdaterStaged(Event):
+    """The new updater's slot is complete (``<prefix>/versions/<version>``)."""
+
+    trigger = Trigger.UPDATER_STAGED
+    job_id: int
+
+
+@attrs.frozen
+class UpdaterStageFailed(Event):
+    trigger = Trigger.UPDATER_STAGE_FAILED
+    job_id: int
+    failure: Failure
+
+
+@attrs.frozen
+class UpdaterStarted(Event):
+    """The updater that resumed the switch is the new one: its probation begins."""
+
+    trigger = Trigger.UPDATER_STARTED
+    job_id: int
+
+
+@attrs.frozen
+class UpdaterConfirmed(Event):
+    """The new updater proved itself (journal read, /healthz answered with its version,
+    settled) and ended its probation."""
+
+    trigger = Trigger.UPDATER_CONFIRMED
+    job_id: int
+
+
+@attrs.frozen
+class UpdaterRolledBack(Event):
+    """The old updater runs again: the guard found the new one failing and switched back
+    (``failure`` says why, from the guard's record)."""
+
+    trigger = Trigger.UPDATER_ROLLED_BACK
     job_id: int
     failure: Failure
 

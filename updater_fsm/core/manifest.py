@@ -109,6 +109,30 @@ class Module:
         return self.base if self.base is not None else self.dst
 
 
+#: The architectures updater bundles are built for (``uname -m``; systemd/bundle.py).
+UPDATER_ARCHS = ("x86_64", "aarch64", "armv7l")
+
+
+@attrs.frozen
+class UpdaterBundle:
+    """A new updater a package carries (``"updater"`` in ``manifest.json``).
+
+    Attributes:
+        src: the ZIP entry holding the release bundle ``tope-updater-<version>-<arch>.tar.gz``
+            that systemd/bundle.py builds.
+        version: the updater version in the bundle (its slot's name).
+        arch: the architecture the bundle's wheels are for (``uname -m``).
+        sha256: the digest of the entry's bytes.
+        size: the entry's size in bytes.
+    """
+
+    src: str
+    version: str
+    arch: str
+    sha256: str
+    size: int
+
+
 @attrs.frozen
 class Manifest:
     """A parsed, validated ``manifest.json``.
@@ -119,12 +143,14 @@ class Manifest:
         base_version: set for a delta package: the version it must be applied to.
         removed: a delta's files of the base that the new version no longer has
             (absolute paths under the install root, like ``dst``).
+        updater: a new updater to switch to once the device is healthy on ``version``.
     """
 
     version: str
     modules: tuple[Module, ...]
     base_version: str | None = None
     removed: tuple[str, ...] = ()
+    updater: UpdaterBundle | None = None
 
     @property
     def is_delta(self) -> bool:

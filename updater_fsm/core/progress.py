@@ -23,6 +23,9 @@ _INSTALL_PROGRESS = {
     State.DEPLOYING: 10,
     State.SWITCHING: 40,
     State.HEALTH_CHECK: 70,
+    State.UPDATER_STAGING: 72,
+    State.UPDATER_SWITCHING: 74,
+    State.UPDATER_PROBATION: 76,
     State.ROLLBACK_PREVIOUS: 80,
     State.ROLLBACK_FACTORY: 90,
 }
@@ -151,6 +154,16 @@ def build_snapshot(
         progress, message = _INSTALL_PROGRESS[state], f"Switching services to v{version}..."
     elif state is State.HEALTH_CHECK:
         progress, message = _INSTALL_PROGRESS[state], f"Checking health of v{version}..."
+    elif state is State.UPDATER_STAGING:
+        updater = job.updater_version if job else None
+        progress = _INSTALL_PROGRESS[state]
+        message = f"v{version} is healthy; installing the updater {updater}..."
+    elif state is State.UPDATER_SWITCHING:
+        updater = job.updater_version if job else None
+        progress, message = _INSTALL_PROGRESS[state], f"Restarting into the updater {updater}..."
+    elif state is State.UPDATER_PROBATION:
+        updater = job.updater_version if job else None
+        progress, message = _INSTALL_PROGRESS[state], f"Confirming the updater {updater}..."
     elif state in (State.ROLLBACK_PREVIOUS, State.ROLLBACK_FACTORY):
         target = job.rollback_target if job else None
         which = "factory version" if state is State.ROLLBACK_FACTORY else "previous version"

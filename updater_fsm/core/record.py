@@ -50,6 +50,8 @@ class Job:
         rollback_target: the version the current rollback level points ``current`` at.
         printer_reason: why the busy probe last said the printer is busy, while an
             install waits for it (journaled with the first answer of each wait).
+        updater_version: the updater version the package carries a bundle of (None: the
+            package does not update the updater).
         post_cmds_done: how many of the switch's post_cmds (all units, in order) finished;
             a resumed switch runs only the rest.
         cause: the failure that started the rollback ladder.
@@ -74,6 +76,7 @@ class Job:
     rollback_level: int = 0
     rollback_target: str | None = None
     post_cmds_done: int = 0
+    updater_version: str | None = None
     printer_reason: str | None = None
     cause: str | None = None
     error: str | None = None

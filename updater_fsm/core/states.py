@@ -20,6 +20,15 @@ class State(enum.StrEnum):
     DEPLOYING = "deploying"
     SWITCHING = "switching"
     HEALTH_CHECK = "health_check"
+    #: The device is healthy on the new version; the package's updater bundle is installed
+    #: into a new slot of the updater itself.
+    UPDATER_STAGING = "updater_staging"
+    #: The updater journals that it switches itself, moves its ``current`` link and exits
+    #: for systemd to start the new one (which resumes here and proves itself).
+    UPDATER_SWITCHING = "updater_switching"
+    #: The new updater runs and has not confirmed itself yet (the guard may still put the
+    #: old one back).
+    UPDATER_PROBATION = "updater_probation"
     ROLLBACK_PREVIOUS = "rollback_previous"
     ROLLBACK_FACTORY = "rollback_factory"
     SUCCESS = "success"
@@ -48,6 +57,9 @@ STAGE_OF: dict[State, Stage] = {
     State.DEPLOYING: Stage.INSTALLING,
     State.SWITCHING: Stage.INSTALLING,
     State.HEALTH_CHECK: Stage.INSTALLING,
+    State.UPDATER_STAGING: Stage.INSTALLING,
+    State.UPDATER_SWITCHING: Stage.INSTALLING,
+    State.UPDATER_PROBATION: Stage.INSTALLING,
     State.ROLLBACK_PREVIOUS: Stage.INSTALLING,
     State.ROLLBACK_FACTORY: Stage.INSTALLING,
     State.SUCCESS: Stage.SUCCESS,
@@ -63,6 +75,9 @@ BUSY_STATES = frozenset(
         State.DEPLOYING,
         State.SWITCHING,
         State.HEALTH_CHECK,
+        State.UPDATER_STAGING,
+        State.UPDATER_SWITCHING,
+        State.UPDATER_PROBATION,
         State.ROLLBACK_PREVIOUS,
         State.ROLLBACK_FACTORY,
     }
@@ -94,6 +109,11 @@ class Trigger(enum.StrEnum):
     POST_CMD_DONE = "post_cmd_done"
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
+    UPDATER_STAGED = "updater_staged"
+    UPDATER_STAGE_FAILED = "updater_stage_failed"
+    UPDATER_STARTED = "updater_started"
+    UPDATER_CONFIRMED = "updater_confirmed"
+    UPDATER_ROLLED_BACK = "updater_rolled_back"
     ROLLBACK_REQUESTED = "rollback_requested"
     ROLLBACK_OK = "rollback_ok"
     ROLLBACK_FAILED = "rollback_failed"

@@ -200,6 +200,15 @@ TRANSITIONS: tuple[Transition, ...] = (
     # Each finished post_cmd is journaled, so a resumed switch runs only the ones left.
     Transition(T.POST_CMD_DONE, (S.SWITCHING,), None, (D.current_job,), D.note_post_cmd),
     Transition(T.SWITCHED, (S.SWITCHING,), S.HEALTH_CHECK, (D.current_job,), D.begin_health),
+    # A package that carries a new updater: only a device healthy on its new version lets
+    # the updater switch itself.
+    Transition(
+        T.HEALTHY,
+        (S.HEALTH_CHECK,),
+        S.UPDATER_STAGING,
+        (D.current_job, D.carries_updater),
+        D.begin_updater_stage,
+    ),
     Transition(T.HEALTHY, (S.HEALTH_CHECK,), S.SUCCESS, (D.current_job,), D.finish_success),
     # Any failure once the switch has begun climbs the rollback ladder (contract §4).
     Transition(
@@ -218,6 +227,39 @@ TRANSITIONS: tuple[Transition, ...] = (
     ),
     Transition(T.SWITCH_FAILED, (S.SWITCHING,), S.FAILED, (D.current_job,), D.give_up),
     Transition(T.UNHEALTHY, (S.HEALTH_CHECK,), S.FAILED, (D.current_job,), D.give_up),
+    # --- the updater updates itself (device healthy; a guard outside this code) -------
+    Transition(
+        T.UPDATER_STAGED,
+        (S.UPDATER_STAGING,),
+        S.UPDATER_SWITCHING,
+        (D.current_job,),
+        D.begin_updater_switch,
+    ),
+    Transition(
+        T.UPDATER_STAGE_FAILED,
+        (S.UPDATER_STAGING,),
+        S.FAILED,
+        (D.current_job,),
+        D.fail_updater_stage,
+    ),
+    Transition(
+        T.UPDATER_STARTED,
+        (S.UPDATER_SWITCHING,),
+        S.UPDATER_PROBATION,
+        (D.current_job,),
+        D.begin_probation,
+    ),
+    Transition(
+        T.UPDATER_CONFIRMED, (S.UPDATER_PROBATION,), S.SUCCESS, (D.current_job,), D.finish_updater
+    ),
+    # The new updater did not prove itself and the guard put the old one back.
+    Transition(
+        T.UPDATER_ROLLED_BACK,
+        (S.UPDATER_SWITCHING, S.UPDATER_PROBATION),
+        S.FAILED,
+        (D.current_job,),
+        D.fail_updater_rollback,
+    ),
     # --- rollback ladder ------------------------------------------------------------
     Transition(
         T.ROLLBACK_REQUESTED,
@@ -268,7 +310,7 @@ TRANSITIONS: tuple[Transition, ...] = (
     # ladder takes over, a rollback level that keeps dying escalates.
     Transition(
         T.RESUME,
-        (S.DOWNLOADING, S.VERIFYING, S.WAITING_IDLE, S.DEPLOYING),
+        (S.DOWNLOADING, S.VERIFYING, S.WAITING_IDLE, S.DEPLOYING, S.UPDATER_STAGING),
         S.FAILED,
         (D.resume_limit_reached,),
         D.fail_interrupted,
@@ -315,6 +357,11 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(T.RESUME, (S.DEPLOYING,), None, (), D.resume_deploy),
     Transition(T.RESUME, (S.SWITCHING,), None, (), D.resume_switch),
     Transition(T.RESUME, (S.HEALTH_CHECK,), None, (), D.resume_health),
+    Transition(T.RESUME, (S.UPDATER_STAGING,), None, (), D.resume_updater_stage),
+    # Every start of the updater passes here once during a self-update (the new one too);
+    # the guard, not the crash-loop breaker, judges an updater that keeps dying.
+    Transition(T.RESUME, (S.UPDATER_SWITCHING,), None, (), D.resume_updater_switch),
+    Transition(T.RESUME, (S.UPDATER_PROBATION,), None, (), D.resume_probation),
     Transition(T.RESUME, (S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY), None, (), D.resume_rollback),
     Transition(T.RESUME, (S.SUCCESS, S.FAILED), None, (), D.resume_terminal),
 )

@@ -34,6 +34,7 @@ import errno
 import hashlib
 import json
 import os
+import platform
 import posixpath
 import re
 import stat
@@ -48,7 +49,7 @@ import cattrs
 import structlog
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError
-from updater_fsm.core.manifest import DeltaKind, Manifest, Module
+from updater_fsm.core.manifest import UPDATER_ARCHS, DeltaKind, Manifest, Module, UpdaterBundle
 from updater_fsm.core.versions import InvalidVersion, Version
 from updater_fsm.ops.delta import ZstdDict, apply_patch, write_all
 from updater_fsm.ops.zip_bounds import judge_central_directory
@@ -65,7 +66,7 @@ _MODULE_KEYS = frozenset(
     {"name", "src", "dst", "dest", "process_name", "restart_order", "md5", "sha256", "size"}
     | {"post_cmds", "health", "delta", "base_sha256", "base"}
 )
-_TOP_KEYS = frozenset({"version", "modules", "base_version", "removed"})
+_TOP_KEYS = frozenset({"version", "modules", "base_version", "removed", "updater"})
 _HEALTH_KEYS = frozenset({"http", "command", "timeout_s"})
 _KEEP_MODE_BITS = 0o775  # drop setuid/setgid/sticky (not in 0o777) and world-write
 _DEFAULT_MODE = 0o644
@@ -159,12 +160,59 @@ def _structure_manifest(version: str, doc: dict[str, Any]) -> Manifest:
         removed_paths = STRICT_CONVERTER.structure(removed or [], tuple[str, ...])
     except ValueRefused as exc:
         _invalid(f"removed: {exc}")
+    updater = doc.get("updater")
     return Manifest(
         version=version,
         modules=tuple(_structure_module(m, f"modules[{i}]") for i, m in enumerate(modules)),
         base_version=base_version,
         removed=removed_paths,
+        updater=None if updater is None else _structure_updater(updater),
     )
+
+
+def _structure_updater(value: object) -> UpdaterBundle:
+    try:
+        return STRICT_CONVERTER.structure(value, UpdaterBundle)
+    except ValueRefused as exc:
+        _invalid(f"updater: {exc}")
+    except Exception as exc:
+        messages = cattrs.transform_error(exc, path="updater", format_exception=_format_exc)
+        first = messages[0] if messages else "invalid value @ updater"
+        reason, _, path = first.rpartition(" @ ")
+        _invalid(f"{path}: {reason}")
+
+
+def _validate_updater(
+    bundle: UpdaterBundle,
+    files: dict[str, zipfile.ZipInfo],
+    limits: PackageLimits,
+    check_arch: bool,
+) -> None:
+    """The path, size and digest rules of modules, plus a version and a known arch; a
+    bundle for another architecture than this machine's is ``UPDATER_ARCH_MISMATCH``."""
+    problem = _entry_name_problem(bundle.src, limits)
+    if problem:
+        _invalid(f"updater.src: {problem}")
+    info = files.get(bundle.src)
+    if info is None:
+        _invalid(f"updater.src: {bundle.src!r} is not in the archive")
+    if bundle.size != info.file_size:
+        _invalid(f"updater.size: manifest says {bundle.size} bytes, entry holds {info.file_size}")
+    if not _SHA256_RE.match(bundle.sha256):
+        _invalid("updater.sha256: must be 64 hex characters")
+    try:
+        Version.parse(bundle.version)
+    except InvalidVersion as exc:
+        _invalid(f"updater.version: {exc}")
+    if bundle.arch not in UPDATER_ARCHS:
+        _invalid(f"updater.arch: must be one of {', '.join(UPDATER_ARCHS)}")
+    machine = platform.machine()
+    if check_arch and bundle.arch != machine:
+        raise UpdaterError(
+            ErrorCode.UPDATER_ARCH_MISMATCH,
+            f"the package's updater {bundle.version} is built for {bundle.arch}, this device"
+            f" is {machine}: use tope-updater-{bundle.version}-{machine}.tar.gz",
+        )
 
 
 # --------------------------------------------------------------------------- paths
@@ -606,6 +654,7 @@ def read_package(
     root: Path,
     extra_roots: Sequence[Path] = (),
     limits: PackageLimits = PackageLimits(),
+    check_updater_arch: bool = True,
 ) -> Manifest:
     """Validate a package ZIP and return its manifest. Reads only; writes nothing.
 
@@ -616,10 +665,12 @@ def read_package(
         root: the install root (``/opt/tope``); ``dst`` under it goes into the snapshot.
         extra_roots: directories outside ``root`` where a ``dst`` may also point.
         limits: archive and manifest bounds.
+        check_updater_arch: an updater bundle for another architecture than this machine's
+            is ``UPDATER_ARCH_MISMATCH`` (off for the builder, which builds for devices).
 
     Raises:
-        UpdaterError: ``INVALID_MANIFEST`` naming the offending field or entry, or
-            ``VERSION_MISMATCH``.
+        UpdaterError: ``INVALID_MANIFEST`` naming the offending field or entry,
+            ``VERSION_MISMATCH`` or ``UPDATER_ARCH_MISMATCH``.
     """
     with open_package(zip_path, limits) as zf:
         files, dirs = _check_entries(zf, limits)
@@ -658,6 +709,11 @@ def read_package(
         dsts[dst] = index
     _check_nested_dsts(dsts)
     _check_removed(manifest, root, dsts)
+    if manifest.updater is not None:
+        _validate_updater(manifest.updater, files, limits, check_updater_arch)
+        used = {m.src for m in manifest.modules}
+        if manifest.updater.src in used:
+            _invalid("updater.src: also the src of a module")
     return manifest
 
 
@@ -874,3 +930,15 @@ def os_error(exc: OSError, detail: str) -> UpdaterError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return UpdaterError(ErrorCode.DISK_FULL, f"{detail}: {exc.strerror}", retryable=True)
     return UpdaterError(ErrorCode.DEPLOYMENT_FAILED, f"{detail}: {exc}")
+
+
+def extract_updater_bundle(
+    zip_path: Path, bundle: UpdaterBundle, dest_file: Path, limits: PackageLimits
+) -> None:
+    """Stream the package's updater bundle into ``dest_file``, its size and SHA-256 checked
+    as a module's are (``INVALID_MANIFEST`` on a mismatch)."""
+    as_module = Module(
+        name="updater", dst=str(dest_file), src=bundle.src, sha256=bundle.sha256, size=bundle.size
+    )
+    with open_package(zip_path, limits) as zf:
+        extract_module(zf, as_module, dest_file, label="updater", limits=limits)

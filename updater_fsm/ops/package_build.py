@@ -37,6 +37,7 @@ import json
 import os
 import posixpath
 import stat
+import tarfile
 import tomllib
 import zipfile
 import zlib
@@ -245,6 +246,7 @@ def build_package(
     delta_from: Path | None = None,
     base_version: str | None = None,
     limits: PackageLimits = PackageLimits(),
+    updater_bundle: Path | None = None,
 ) -> BuildResult:
     """Build, self-check and optionally sign a package from a tree mirroring the root.
 
@@ -263,6 +265,9 @@ def build_package(
             deflated file) or ``added``; files gone from the base are ``removed``.
         base_version: the base's version (checked against a base package's manifest).
         limits: the device's limits (``max_patch_bytes``).
+        updater_bundle: a release bundle ``tope-updater-<version>-<arch>.tar.gz``
+            (systemd/bundle.py) the package carries as ``updater/<name>``: the device's
+            updater switches to it once the device is healthy on ``version``.
 
     Raises:
         BuildError: bad source tree, config, version, key, or a package the device would
@@ -297,11 +302,14 @@ def build_package(
         if base.version == version:
             raise BuildError(f"the base {delta_from} is already v{version}")
         manifest, payload, patches = _delta_manifest(version, files, base, root, config, limits)
+    if updater_bundle is not None:
+        entry, data, manifest["updater"] = _updater_entry(updater_bundle)
+        patches[entry] = (data, 0o644)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     try:
         _write_zip(tmp, manifest, payload, patches)
-        parsed = read_package(tmp, expected_version=version, root=root)
+        parsed = read_package(tmp, expected_version=version, root=root, check_updater_arch=False)
     except UpdaterError as exc:
         tmp.unlink(missing_ok=True)
         raise BuildError(f"the device would reject this package: {exc}") from exc
@@ -313,6 +321,31 @@ def build_package(
     size, md5, sha = _hash_file(output)
     signature = base64.b64encode(key.sign(_sha256_raw(output))).decode("ascii") if key else None
     return BuildResult(output, size, md5, sha, signature, parsed)
+
+
+def _updater_entry(bundle: Path) -> tuple[str, bytes, dict[str, Any]]:
+    """The ZIP entry name, bytes and manifest ``updater`` value of a release bundle."""
+    try:
+        data = bundle.read_bytes()
+        with tarfile.open(bundle, "r:gz") as tar:
+            member = next(
+                (m for m in tar.getmembers() if m.name.count("/") == 1
+                 and m.name.endswith("/manifest.json")),
+                None,
+            )  # fmt: skip
+            raw = tar.extractfile(member).read() if member is not None else None  # type: ignore[union-attr]
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise BuildError(f"--updater-bundle {bundle}: {exc}") from None
+    if raw is None:
+        raise BuildError(f"--updater-bundle {bundle}: no manifest.json (not a release bundle)")
+    try:
+        meta = json.loads(raw)
+        info = {"version": str(meta["version"]), "arch": str(meta["arch"])}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BuildError(f"--updater-bundle {bundle}: unusable manifest.json ({exc!r})") from None
+    entry = f"updater/{bundle.name}"
+    digest = hashlib.sha256(data).hexdigest()
+    return entry, data, {"src": entry, **info, "sha256": digest, "size": len(data)}
 
 
 # --------------------------------------------------------------------------- delta
