@@ -41,6 +41,10 @@ AFTER_SWITCH = (
     State.HEALTH_CHECK,
     State.ROLLBACK_PREVIOUS,
     State.ROLLBACK_FACTORY,
+    # the device is healthy on its new version; the updater switches itself (issue 15)
+    State.UPDATER_STAGING,
+    State.UPDATER_SWITCHING,
+    State.UPDATER_PROBATION,
 )
 ENDED = (State.IDLE, State.SUCCESS, State.FAILED)
 BUSY = (*(s for s in BEFORE_SWITCH if s is not State.READY), *AFTER_SWITCH)
