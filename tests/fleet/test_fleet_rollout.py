@@ -11,6 +11,7 @@ model, so one release fits all (``dst`` paths are absolute).
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,11 @@ from tests.support.package_server import ThreadedPackageServer
 
 DEVICES = 10
 GROUPS = 5
+
+#: Like the systemd tests: root (as in CI) for the devices' mount namespaces, else a reason.
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the fleet's devices need mount namespaces (root)"
+)
 
 
 @pytest.fixture(scope="module")
