@@ -195,19 +195,14 @@ class FleetPoller:
             self._deployment = parse_deployment(body, action)
         except DdiProtocolError as exc:
             self._deployment = None
-            await self._finish(
-                Feedback(
-                    action,
-                    Execution.CLOSED,
-                    Finished.FAILURE,
-                    (f"VALIDATION_ERROR: {exc}", self._running()),
-                )
-            )
+            await self._fail(action, f"VALIDATION_ERROR: {exc}")
             return
         self.stats.action = action
 
-    def _running(self) -> str:
-        return f"running {self._control.links.current or 'no version'}"
+    async def _fail(self, action: str, error: str) -> None:
+        """Close ``action`` with ``failure``: ``error`` and the version the device runs."""
+        running = f"running {self._control.links.current or 'no version'}"
+        await self._finish(Feedback(action, Execution.CLOSED, Finished.FAILURE, (error, running)))
 
     def _attributes(self) -> dict[str, str]:
         links = self._control.links
@@ -239,10 +234,10 @@ class FleetPoller:
                 return
             await self._start(deployment)
         elif step is Step.WAIT_FOR_DEVICE:
+            text = f"waiting: the device is busy with another job ({snapshot.state.value})"
             await self._say_once(
-                deployment.action_id,
                 "busy",
-                f"waiting: the device is busy with another job ({snapshot.state.value})",
+                Feedback(deployment.action_id, Execution.PROCEEDING, Finished.NONE, (text,)),
             )
         elif step is Step.REPORT_PROGRESS:
             await self._report_progress(deployment.action_id, snapshot)
@@ -252,9 +247,8 @@ class FleetPoller:
             feedback = downloaded_feedback(deployment, snapshot)
             if deployment.download_only:
                 await self._finish(feedback)  # `downloaded` closes a download-only action
-            elif (deployment.action_id, "downloaded") not in self._said_once:
-                self._said_once.add((deployment.action_id, "downloaded"))
-                await self._send("deploymentBase", feedback)
+            else:
+                await self._say_once("downloaded", feedback)
 
     async def _start(self, deployment: Deployment) -> None:
         request = deployment.request
@@ -268,14 +262,7 @@ class FleetPoller:
         )
         if decision.accepted or decision.reply.code == 409:
             return  # 409: device-api's job got there first; asked again at the next turn
-        await self._finish(
-            Feedback(
-                deployment.action_id,
-                Execution.CLOSED,
-                Finished.FAILURE,
-                (decision.reply.msg, self._running()),
-            )
-        )
+        await self._fail(deployment.action_id, decision.reply.msg)
 
     async def _install(self, deployment: Deployment, snapshot: Snapshot) -> None:
         if self._install_asked_for == snapshot.job_id:
@@ -288,14 +275,7 @@ class FleetPoller:
         if reply.code == 410:  # the verified package outlived its trust window: fetch again
             await self._start(deployment)
             return
-        await self._finish(
-            Feedback(
-                deployment.action_id,
-                Execution.CLOSED,
-                Finished.FAILURE,
-                (reply.msg, self._running()),
-            )
-        )
+        await self._fail(deployment.action_id, reply.msg)
 
     async def _report_progress(self, action: str, snapshot: Snapshot) -> None:
         now = self._clock()
@@ -310,13 +290,12 @@ class FleetPoller:
         self._progress_sent = (action, snapshot.state, now)
         await self._send("deploymentBase", progress_feedback(action, snapshot))
 
-    async def _say_once(self, action: str, topic: str, text: str) -> None:
-        if (action, topic) in self._said_once:
+    async def _say_once(self, topic: str, feedback: Feedback) -> None:
+        """Send ``feedback`` unless this action was already told about ``topic``."""
+        if (feedback.action_id, topic) in self._said_once:
             return
-        self._said_once.add((action, topic))
-        await self._send(
-            "deploymentBase", Feedback(action, Execution.PROCEEDING, Finished.NONE, (text,))
-        )
+        self._said_once.add((feedback.action_id, topic))
+        await self._send("deploymentBase", feedback)
 
     # ---- cancel -------------------------------------------------------------------------
     async def _on_cancel(self, cancel_url: str, cancel_id: str) -> None:
@@ -335,11 +314,11 @@ class FleetPoller:
                 decision = await self._control.submit(Cancel())
                 if not decision.accepted:
                     break
-        status = await self._client.send_feedback("cancelAction", answer.feedback)
-        self.stats.feedback_sent += 1
+        status = await self._send("cancelAction", answer.feedback)
         self._cancels_answered.add(cancel_id)
         if answer.feedback.execution is Execution.CLOSED:
-            self._journal.close(stop_id)
+            if not answer.stop_job:  # a stopped job's action was closed before the cancel
+                self._journal.close(stop_id)
             self._deployment = None
         _log.info(
             "fleet cancel answered",
@@ -349,9 +328,11 @@ class FleetPoller:
         )
 
     # ---- feedback ---------------------------------------------------------------------------
-    async def _send(self, resource: str, feedback: Feedback) -> None:
-        await self._client.send_feedback(resource, feedback)
+    async def _send(self, resource: str, feedback: Feedback) -> int:
+        """POST a feedback that is not an action's last word; the HTTP status."""
+        status = await self._client.send_feedback(resource, feedback)
         self.stats.feedback_sent += 1
+        return status
 
     async def _finish(self, feedback: Feedback) -> None:
         """The action's last word: journaled, then sent (exactly once, see the journal)."""
