@@ -132,6 +132,10 @@ class FleetPoller:
                 except Exception as exc:  # never let one bad turn end the fleet's polling
                     _log.exception("fleet poller turn failed")
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    # A poll that raised set no next one: wait at least the floor, never
+                    # poll again at once (a bug must not become a loop hammering the server).
+                    floor = self._clock() + self._interval(self._config.ddi_poll_min_s)
+                    next_poll = max(next_poll, floor)
                 wait = max(0.0, next_poll - self._clock())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(subscription.get(), wait)
