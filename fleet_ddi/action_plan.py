@@ -13,12 +13,8 @@ import enum
 import attrs
 
 from fleet_ddi.ddi_protocol import Deployment, Execution, Feedback, Finished
-from updater_fsm.control import BUSY_STATES, Snapshot, State
+from updater_fsm.control import BUSY_STATES, CANCELLABLE_STATES, Snapshot, State
 
-#: Before the switch: a cancel from the server can still stop the job without a trace.
-CANCELLABLE = frozenset(
-    {State.DOWNLOADING, State.VERIFYING, State.READY, State.WAITING_IDLE, State.DEPLOYING}
-)
 #: hawkBit's progress is ``cnt`` of ``of`` steps: where each state is on the way.
 _STEP = {
     State.DOWNLOADING: 1,
@@ -131,7 +127,7 @@ def answer_cancel(cancel_id: str, stop_id: str, snapshot: Snapshot) -> CancelAns
             Feedback(cancel_id, Execution.CLOSED, Finished.SUCCESS, ("not started: cancelled",))
         )
     state = snapshot.state
-    if state in CANCELLABLE:
+    if state in CANCELLABLE_STATES:
         return CancelAnswer(
             Feedback(
                 cancel_id,

@@ -25,7 +25,6 @@ import attrs
 import structlog
 
 from fleet_ddi.action_plan import (
-    CANCELLABLE,
     Step,
     answer_cancel,
     downloaded_feedback,
@@ -49,6 +48,7 @@ from fleet_ddi.ddi_protocol import (
 from fleet_ddi.feedback_journal import FeedbackJournal
 from updater_fsm.config import Config
 from updater_fsm.control import (
+    CANCELLABLE_STATES,
     Cancel,
     DownloadRequested,
     Snapshot,
@@ -314,7 +314,7 @@ class FleetPoller:
             # Closed first: the cancelled job must never be reported as a failed update.
             self._journal.close(stop_id)
             # (waiting for the printer: one cancel back to ready, a second to idle)
-            while self._control.snapshot.state in CANCELLABLE:
+            while self._control.snapshot.state in CANCELLABLE_STATES:
                 decision = await self._control.submit(Cancel())
                 if not decision.accepted:
                     break

@@ -31,14 +31,14 @@ from updater_fsm.core.manifest import units_named
 from updater_fsm.core.printer import BusyPolicy, PrinterStatus
 from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.report_outbox import OutgoingReport, ReportOutbox, worth_reporting
-from updater_fsm.core.states import BUSY_STATES
-from updater_fsm.core.table import Stage, State
+from updater_fsm.core.table import BUSY_STATES, CANCELLABLE_STATES, Stage, State
 from updater_fsm.core.urls import redact_url
 from updater_fsm.core.versions import VERSION_MAX_LENGTH, VERSION_PATTERN, Version
 from updater_fsm.engine import Subscription
 
 __all__ = [
     "BUSY_STATES",
+    "CANCELLABLE_STATES",
     "VERSION_MAX_LENGTH",
     "VERSION_PATTERN",
     "BusyPolicy",

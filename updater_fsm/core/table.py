@@ -42,6 +42,7 @@ from updater_fsm.core.states import (
 
 __all__ = [
     "BUSY_STATES",
+    "CANCELLABLE_STATES",
     "INITIAL",
     "INSTALL_STATES",
     "STAGE_OF",
@@ -364,4 +365,9 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(T.RESUME, (S.UPDATER_PROBATION,), None, (), D.resume_probation),
     Transition(T.RESUME, (S.ROLLBACK_PREVIOUS, S.ROLLBACK_FACTORY), None, (), D.resume_rollback),
     Transition(T.RESUME, (S.SUCCESS, S.FAILED), None, (), D.resume_terminal),
+)
+
+#: The states a ``cancel`` is accepted in (from the table: every source of a cancel row).
+CANCELLABLE_STATES = frozenset(
+    state for row in TRANSITIONS if row.trigger is T.CANCEL for state in row.sources
 )
