@@ -21,7 +21,7 @@ import structlog
 
 from fleet_ddi.ddi_protocol import ControllerBase, Feedback, config_data_body, parse_base
 from updater_fsm.config import Config
-from updater_fsm.ops.fleet_access import access_for, fleet_access
+from updater_fsm.ops.fleet_access import fleet_access, on_fleet_server
 
 _log = structlog.get_logger(__name__)
 #: The largest answer read (a deployment with a few chunks is a few KiB).
@@ -90,8 +90,9 @@ class DdiClient:
 
     async def _call(self, method: str, url: str, body: Any = None) -> tuple[int, bytes]:
         assert self._session is not None, "open() first"
-        # The token only for the fleet server itself (ddi_url's scheme, host and port).
-        headers = dict(access_for(self._config, url).headers)
+        # The token only for the fleet server itself (ddi_url's scheme, host and port); the
+        # session's TLS trust was built once, in open().
+        headers = dict(self._access.headers) if on_fleet_server(self._config, url) else {}
         try:
             async with (
                 asyncio.timeout(self._deadline_s),
@@ -110,11 +111,16 @@ class DdiClient:
             # ValueError: a URL aiohttp/yarl refuses (the links come from the server).
             raise DdiUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from None
 
-    async def get_json(self, url: str) -> Any:
-        """GET a DDI resource; its JSON, or :class:`DdiUnavailable`."""
+    async def _get_ok(self, url: str) -> tuple[int, bytes]:
+        """GET ``url``; its body when the answer is 200, else :class:`DdiUnavailable`."""
         status, raw = await self._call("GET", url)
         if status != 200:
             raise DdiUnavailable(f"GET {url}: HTTP {status} {_excerpt(raw)}", status)
+        return status, raw
+
+    async def get_json(self, url: str) -> Any:
+        """GET a DDI resource; its JSON, or :class:`DdiUnavailable`."""
+        status, raw = await self._get_ok(url)
         try:
             return _strict_json(raw)
         except (ValueError, RecursionError) as exc:
@@ -123,9 +129,7 @@ class DdiClient:
     async def get_small_text(self, url: str, limit: int) -> str:
         """GET a small text resource (an artifact such as a signature), at most ``limit``
         bytes of ASCII, or :class:`DdiUnavailable`."""
-        status, raw = await self._call("GET", url)
-        if status != 200:
-            raise DdiUnavailable(f"GET {url}: HTTP {status} {_excerpt(raw)}", status)
+        status, raw = await self._get_ok(url)
         if len(raw) > limit:
             raise DdiUnavailable(f"GET {url}: larger than {limit} bytes", status)
         try:

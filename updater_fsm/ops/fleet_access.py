@@ -45,10 +45,13 @@ def fleet_access(config: Config) -> SourceAccess:
     return SourceAccess(headers=headers, ssl=tls_context(config.ddi_ca_file))
 
 
+def on_fleet_server(config: Config, url: str) -> bool:
+    """``url`` has ``ddi_url``'s scheme, host and port: the only place the token may go."""
+    return config.ddi_url is not None and _origin(url) == _origin(config.ddi_url)
+
+
 def access_for(config: Config, url: str) -> SourceAccess:
     """What a download of ``url`` needs: the fleet credentials when ``url`` is on the fleet
-    server (same scheme, host and port as ``ddi_url``), nothing otherwise — a token is never
-    sent to another host (a redirect elsewhere drops it too, aiohttp's rule)."""
-    if config.ddi_url is None or _origin(url) != _origin(config.ddi_url):
-        return SourceAccess()
-    return fleet_access(config)
+    server, nothing otherwise — a token is never sent to another host (a redirect elsewhere
+    drops it too, aiohttp's rule)."""
+    return fleet_access(config) if on_fleet_server(config, url) else SourceAccess()
