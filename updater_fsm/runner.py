@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import aiohttp
 import attrs
@@ -86,6 +86,24 @@ def package_limits(config: Config) -> package.PackageLimits:
     return package.PackageLimits(
         max_total_uncompressed=config.max_package_bytes, max_ratio=config.max_zip_ratio
     )
+
+
+_T = TypeVar("_T")
+
+
+async def _in_thread_to_the_end(work: Callable[[], _T]) -> _T:
+    """Run ``work`` in a worker thread; a cancel waits for it to finish (or fail) first.
+
+    A thread cannot be interrupted: a cancel's clean-up (discarding a staging directory, a
+    half-built slot) would otherwise race the thread still writing there.
+    """
+    thread = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await thread
+        raise
 
 
 class OpsRunner:
@@ -399,15 +417,8 @@ class OpsRunner:
             )
             return units_of(manifest)
 
-        thread = asyncio.ensure_future(asyncio.to_thread(stage))
         try:
-            units = await asyncio.shield(thread)
-        except asyncio.CancelledError:
-            # A thread cannot be interrupted: let it finish (or fail) before the cancel's
-            # clean-up runs, or that clean-up would race a copy still writing.
-            with contextlib.suppress(Exception):
-                await thread
-            raise
+            units = await _in_thread_to_the_end(stage)
         except UpdaterError as err:
             self._engine.post(ev.StageFailed(effect.job_id, err.failure))
             return
@@ -544,13 +555,8 @@ class OpsRunner:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
-        thread = asyncio.ensure_future(asyncio.to_thread(build))
         try:
-            await asyncio.shield(thread)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await thread
-            raise
+            await _in_thread_to_the_end(build)
         except UpdaterError as err:
             self._engine.post(ev.UpdaterStageFailed(effect.job_id, err.failure))
             return
