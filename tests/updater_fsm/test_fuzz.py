@@ -49,6 +49,10 @@ FACTS = st.builds(
 )
 
 
+#: A download for device-api (None) or for a fleet server's action.
+FLEET_ACTIONS = st.sampled_from([None, "7", "8"])
+#: A package without (None) or with a new updater in it.
+UPDATER_VERSIONS = st.sampled_from([None, "0.2.0"])
 #: What the engine may attach to a command that would stop services (None: nobody asked).
 PRINTER = st.sampled_from([None, PrinterStatus(True, "standby"), PrinterStatus(False, "printing")])
 
@@ -56,7 +60,7 @@ PRINTER = st.sampled_from([None, PrinterStatus(True, "standby"), PrinterStatus(F
 def events(job_id: int) -> st.SearchStrategy[ev.Event]:
     jid = st.sampled_from([job_id, job_id, job_id, job_id - 1, job_id + 1])
     return st.one_of(
-        st.builds(ev.DownloadRequested, st.sampled_from(REQUESTS)),
+        st.builds(ev.DownloadRequested, st.sampled_from(REQUESTS), FLEET_ACTIONS),
         st.builds(
             ev.DownloadCheckpoint,
             jid,
@@ -72,7 +76,7 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
             ev.PrinterAnswered, jid, st.builds(PrinterStatus, st.just(False), st.just("printing"))
         ),
         st.builds(ev.WaitExpired, jid),
-        st.builds(ev.Staged, jid, st.just(UNITS), LINKS, PRINTER),
+        st.builds(ev.Staged, jid, st.just(UNITS), LINKS, PRINTER, UPDATER_VERSIONS),
         st.builds(ev.StageFailed, jid, ERRORS),
         st.builds(ev.PostCmdDone, jid, st.integers(1, 3)),
         st.builds(ev.Switched, jid),
@@ -86,6 +90,11 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
             st.just(()),
             PRINTER,
         ),
+        st.builds(ev.UpdaterStaged, jid),
+        st.builds(ev.UpdaterStageFailed, jid, ERRORS),
+        st.builds(ev.UpdaterStarted, jid),
+        st.builds(ev.UpdaterConfirmed, jid),
+        st.builds(ev.UpdaterRolledBack, jid, ERRORS),
         st.builds(ev.RollbackOk, jid),
         st.builds(ev.RollbackFailed, jid, ERRORS),
         st.just(ev.Cancel()),
@@ -95,8 +104,11 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
 
 #: The machine's default crash-loop breaker limit (config ``resume_limit``).
 RESUME_LIMIT = 3
-#: States in which a step runs that a crash can interrupt.
-STEP_STATES = BUSY_STATES
+#: The updater's own switch and probation: the new updater restarts through them on
+#: purpose, so no crash-loop breaker counts them; the guard outside the code judges them.
+GUARDED_STATES = frozenset({State.UPDATER_SWITCHING, State.UPDATER_PROBATION})
+#: States in which a step runs that a crash can interrupt (and the breaker counts).
+STEP_STATES = BUSY_STATES - GUARDED_STATES
 
 
 def expected_after_resume(record: Record, facts: ev.DiskFacts, now: float) -> State:
@@ -150,7 +162,40 @@ class UpdaterFuzz(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def send_event(self, data: st.DataObject) -> None:
-        event = data.draw(events(max(self._job_id(), 1)))
+        self._send(data.draw(events(max(self._job_id(), 1))))
+
+    @rule(data=st.data())
+    def the_running_step_succeeds(self, data: st.DataObject) -> None:
+        """The result a healthy device sends for the step in progress: random events alone
+        seldom get a job past its health check, where the updater's own switch begins."""
+        record = self.machine.record
+        job_id = record.job.job_id if record.job else 1
+        version = record.job.version if record.job and record.job.version else "1.2.3"
+        free = PrinterStatus(True, "standby")
+        steps: dict[State, ev.Event] = {
+            State.DOWNLOADING: ev.DownloadDone(job_id, 1000, MD5, SHA),
+            State.VERIFYING: ev.Verified(job_id),
+            State.READY: ev.UpdateRequested(version, free),
+            State.WAITING_IDLE: ev.PrinterFree(job_id),
+            State.DEPLOYING: ev.Staged(
+                job_id,
+                UNITS,
+                ev.LinkVersions("1.0.0", None, "1.0.0"),
+                free,
+                data.draw(UPDATER_VERSIONS),
+            ),
+            State.SWITCHING: ev.Switched(job_id),
+            State.HEALTH_CHECK: ev.Healthy(job_id),
+            State.UPDATER_STAGING: ev.UpdaterStaged(job_id),
+            State.UPDATER_SWITCHING: ev.UpdaterStarted(job_id),
+            State.UPDATER_PROBATION: ev.UpdaterConfirmed(job_id),
+        }
+        default = ev.DownloadRequested(
+            data.draw(st.sampled_from(REQUESTS)), data.draw(FLEET_ACTIONS)
+        )
+        self._send(steps.get(record.state, default))
+
+    def _send(self, event: ev.Event) -> None:
         before = self.machine.record
         decision = self.machine.handle(event, self.now)
         if not decision.accepted:
@@ -161,7 +206,20 @@ class UpdaterFuzz(RuleBasedStateMachine):
         self.journal.save(decision.record)
         entered = decision.record.state if decision.state_changed else None
         if entered is State.SUCCESS:
-            assert decision.before is State.HEALTH_CHECK
+            # A package with a new updater succeeds only once that updater confirmed itself.
+            updater = decision.record.job.updater_version if decision.record.job else None
+            if updater is None:
+                assert decision.before is State.HEALTH_CHECK
+            else:
+                assert decision.before is State.UPDATER_PROBATION
+                assert isinstance(event, ev.UpdaterConfirmed)
+        if entered is State.UPDATER_STAGING:
+            # The updater switches itself only after the device is healthy on its new version.
+            assert decision.before is State.HEALTH_CHECK and isinstance(event, ev.Healthy)
+            job = decision.record.job
+            assert job is not None and job.updater_version is not None
+        if entered is State.UPDATER_SWITCHING:
+            assert decision.before is State.UPDATER_STAGING
         if entered is State.ROLLBACK_FACTORY:
             manual = isinstance(event, ev.RollbackRequested) and event.target == "factory"
             escalated = decision.before is State.ROLLBACK_PREVIOUS and isinstance(
@@ -186,7 +244,13 @@ class UpdaterFuzz(RuleBasedStateMachine):
             assert printer is None or printer.free
             assert self.gate is not PrinterGate.WAIT or isinstance(event, ev.PrinterFree)
         if decision.reply.code == 410:
-            assert isinstance(event, ev.UpdateRequested) and decision.record.state is State.IDLE
+            # The package outlived its trust window: the job ends idle, PACKAGE_EXPIRED. Of
+            # the commands only an install is answered so; a result that expires it while
+            # waiting for the printer (WaitExpired, PrinterFree) has no caller to answer.
+            job = decision.record.job
+            assert decision.record.state is State.IDLE
+            assert job is not None and job.error_code is ErrorCode.PACKAGE_EXPIRED
+            assert hasattr(event, "job_id") or isinstance(event, ev.UpdateRequested)
 
     @rule(seconds=st.sampled_from([1.0, 3600.0, PACKAGE_TTL_S + 1, -7200.0]))
     def clock_moves(self, seconds: float) -> None:
@@ -233,6 +297,12 @@ class UpdaterFuzz(RuleBasedStateMachine):
         record = self.machine.record
         if record.state in STEP_STATES:
             assert record.interruptions < RESUME_LIMIT
+
+    @invariant()
+    def a_fleet_job_carries_its_action(self) -> None:
+        job = self.machine.record.job
+        if job is not None and job.fleet_action is not None:
+            assert job.fleet_action in ("7", "8") and job.request is not None
 
     @invariant()
     def busy_states_have_a_job(self) -> None:
