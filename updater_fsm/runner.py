@@ -27,7 +27,7 @@ import structlog
 from updater_fsm.config import Config, ServiceControl
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
-from updater_fsm.core.errors import ErrorCode, Failure, UpdaterError
+from updater_fsm.core.errors import ErrorCode, Failure, UpdaterError, code_for_os_error
 from updater_fsm.core.manifest import Manifest, ServiceUnit, units_of
 from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.progress import Transfer
@@ -423,7 +423,7 @@ class OpsRunner:
             self._engine.post(ev.StageFailed(effect.job_id, err.failure))
             return
         except OSError as err:
-            code = ErrorCode.DISK_FULL if err.errno == 28 else ErrorCode.DEPLOYMENT_FAILED
+            code = code_for_os_error(err.errno, ErrorCode.DEPLOYMENT_FAILED)
             self._engine.post(ev.StageFailed(effect.job_id, Failure(code, str(err))))
             return
         # The switch stops the printer's services: ask the busy probe again, a print may

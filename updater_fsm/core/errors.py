@@ -7,6 +7,7 @@ GUI can match on the prefix while a human reads the detail that follows it.
 from __future__ import annotations
 
 import enum
+import errno
 
 import attrs
 
@@ -111,3 +112,16 @@ class UpdaterError(Exception):
     def error(self) -> str:
         """The contract ``error`` string, ``"<CODE>: <detail>"``."""
         return f"{self.code.value}: {self.detail}"
+
+
+#: ``errno`` values that mean the filesystem is out of room (space or the user's quota).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def code_for_os_error(errno_value: int | None, otherwise: ErrorCode) -> ErrorCode:
+    """The error code of a failed file operation: ``DISK_FULL`` when the filesystem is out
+    of room (ENOSPC, EDQUOT), else ``otherwise`` (the step's own code).
+
+    Pure: callers pass ``OSError.errno``; every executor maps errors through this one rule.
+    """
+    return ErrorCode.DISK_FULL if errno_value in DISK_FULL_ERRNOS else otherwise

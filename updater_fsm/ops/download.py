@@ -45,7 +45,7 @@ import attrs
 import structlog
 
 from updater_fsm import durable, faults
-from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError, code_for_os_error
 from updater_fsm.core.events import DownloadRequest, ResumePoint
 from updater_fsm.core.urls import redact_url
 from updater_fsm.ops.verify import hash_file
@@ -440,7 +440,7 @@ def _check_disk_space(
 
 
 def _disk_error(exc: _DiskWriteError, part: Path) -> UpdaterError:
-    if exc.cause.errno in (errno.ENOSPC, errno.EDQUOT):
+    if code_for_os_error(exc.cause.errno, ErrorCode.DOWNLOAD_FAILED) is ErrorCode.DISK_FULL:
         st = os.statvfs(part.parent)
         return UpdaterError(
             ErrorCode.DISK_FULL,

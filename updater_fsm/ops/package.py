@@ -30,7 +30,6 @@ Policy decisions (documented here because packages in the field rely on them):
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -48,7 +47,7 @@ import attrs
 import cattrs
 import structlog
 
-from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError, code_for_os_error
 from updater_fsm.core.manifest import UPDATER_ARCHS, DeltaKind, Manifest, Module, UpdaterBundle
 from updater_fsm.core.versions import InvalidVersion, Version
 from updater_fsm.ops.delta import ZstdDict, apply_patch, write_all
@@ -927,7 +926,7 @@ def _remove_quietly(path: Path) -> None:
 
 def os_error(exc: OSError, detail: str) -> UpdaterError:
     """Map an ``OSError`` to ``DISK_FULL`` (ENOSPC/EDQUOT) or ``DEPLOYMENT_FAILED``."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if code_for_os_error(exc.errno, ErrorCode.DEPLOYMENT_FAILED) is ErrorCode.DISK_FULL:
         return UpdaterError(ErrorCode.DISK_FULL, f"{detail}: {exc.strerror}", retryable=True)
     return UpdaterError(ErrorCode.DEPLOYMENT_FAILED, f"{detail}: {exc}")
 
