@@ -56,7 +56,7 @@ _STAGES = (
     "transitions",
     "updater_fsm.engine",
     "updater_fsm.runner",
-    "http_shell.web_app",
+    "http_shell.api.app",
     "http_shell.daemon",
     "http_shell.cli",
 )

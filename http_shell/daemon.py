@@ -190,7 +190,7 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int
         stop.set()
 
     async with running_updater(config, restart_self=restart_self) as updater:
-        from http_shell.web_app import create_app
+        from http_shell.api.app import create_app
 
         app = create_app(
             config,
