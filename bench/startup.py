@@ -57,7 +57,7 @@ _STAGES = (
     "updater_fsm.engine",
     "updater_fsm.runner",
     "http_shell.api.app",
-    "http_shell.daemon",
+    "http_shell.daemon.assembly",
     "http_shell.cli",
 )
 _BREAKDOWN = """

@@ -76,7 +76,7 @@ def ensure_sandbox(config: Config) -> None:
 
 # ---- commands: the daemon and the device layout --------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from http_shell.daemon import AlreadyRunning, CannotListen, serve
+    from http_shell.daemon.assembly import AlreadyRunning, CannotListen, serve
     from updater_fsm.log_setup import configure_logging
 
     base = sandbox_config(args.sandbox) if args.sandbox else None

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from http_shell.api.app import create_app
 from http_shell.cli_client import ApiClient, watch_progress
-from http_shell.daemon import instance_lock, running_updater
+from http_shell.daemon.assembly import instance_lock, running_updater
 from updater_fsm.config import Config, ServiceControl
 from updater_fsm.ops import package_build, snapshots
 

@@ -33,7 +33,7 @@ from http_shell.api.bodies import MAX_BODY_BYTES, BodyError, envelope
 from http_shell.api.events import MAX_EVENT_STREAMS, SHUTDOWN, SLOTS, StreamSlots, close_streams
 from http_shell.api.guard import SAFE_METHODS, edge_guard, json_only, served_host_names
 from http_shell.api.openapi import PREFIX, openapi_document
-from http_shell.reporter import Reporter
+from http_shell.daemon.reporter import Reporter
 from updater_fsm.config import Config
 from updater_fsm.control import RequestError, UpdaterControl, redact_url
 

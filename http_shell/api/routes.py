@@ -19,7 +19,7 @@ from aiohttp import web
 from fleet_ddi.poller import PollerStats
 from http_shell.api import bodies as b
 from http_shell.api.events import stream_events
-from http_shell.reporter import Reporter
+from http_shell.daemon.reporter import Reporter
 from updater_fsm import control
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
