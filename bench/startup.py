@@ -58,7 +58,7 @@ _STAGES = (
     "updater_fsm.runner",
     "http_shell.api.app",
     "http_shell.daemon.assembly",
-    "http_shell.cli",
+    "http_shell.cli.main",
 )
 _BREAKDOWN = """
 import importlib, sys

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from http_shell.cli import _connect_host, versions_table
+from http_shell.cli.jobs import versions_table
+from http_shell.cli.options import connect_host
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -220,4 +221,4 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     ],
 )
 def test_connect_host(host: str, expected: str) -> None:
-    assert _connect_host(host) == expected
+    assert connect_host(host) == expected
