@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 
@@ -31,6 +30,8 @@ def cmd_verify_setup(args: argparse.Namespace) -> int:
     links = snapshots.read_links(layout)
     fleet = None
     if config.ddi_url is not None:
+        import asyncio
+
         from fleet_ddi.setup_check import check_fleet_server
 
         fleet = asyncio.run(check_fleet_server(config))
