@@ -202,7 +202,7 @@ class SandboxUpdater:
                 sys.executable,
                 "-c",
                 f"import sys; sys.setswitchinterval({self.switch_interval_s!r});"
-                " from http_shell.cli import main; sys.argv[0] = 'tope-updater';"
+                " from http_shell.cli.main import main; sys.argv[0] = 'tope-updater';"
                 " sys.exit(main())",
             ]
         argv = [

@@ -56,9 +56,9 @@ _STAGES = (
     "transitions",
     "updater_fsm.engine",
     "updater_fsm.runner",
-    "http_shell.web_app",
-    "http_shell.daemon",
-    "http_shell.cli",
+    "http_shell.api.app",
+    "http_shell.daemon.assembly",
+    "http_shell.cli.main",
 )
 _BREAKDOWN = """
 import importlib, sys

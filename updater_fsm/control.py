@@ -1,13 +1,15 @@
 """The engine's public surface: everything a source of commands may use.
 
-A source of commands — the HTTP API and the CLI today, a fleet poller or an on-screen
-display tomorrow — does three things and nothing else: it **submits** an event (and gets
-the machine's decision back), it **reads** the latest progress snapshot (and the links),
-and it **subscribes** to snapshots as they change. :class:`UpdaterControl` is that
-interface; :class:`~updater_fsm.engine.Engine` implements it. The values a source needs to
-build commands and read answers are re-exported here, so ``http_shell`` never imports the
-decision core directly (an import contract in ``pyproject.toml`` checks it) — so is the
-device-api reporter's delivery policy (:class:`ReportOutbox`), which the reporter only drives.
+A source of commands — the HTTP API (``http_shell.api``) and the hawkBit poller
+(``fleet_ddi``) — does three things and nothing else: it **submits** an event (and gets the
+machine's decision back), it **reads** the latest progress snapshot (and the links), and it
+**subscribes** to snapshots as they change. The ``tope-updater`` CLI and the progress
+screen are not sources of their own: they are clients of the HTTP API.
+:class:`UpdaterControl` is that interface; :class:`~updater_fsm.engine.Engine` implements
+it. The values a source needs to build commands and read answers are re-exported here, so
+neither ``http_shell`` nor ``fleet_ddi`` imports the decision core directly (import
+contracts in ``pyproject.toml`` check it) — so is the device-api reporter's delivery policy
+(:class:`ReportOutbox`), which the reporter (``http_shell.daemon.reporter``) only drives.
 """
 
 from __future__ import annotations

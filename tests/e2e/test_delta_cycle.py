@@ -13,8 +13,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from http_shell.daemon import running_updater
-from http_shell.web_app import create_app
+from http_shell.api.app import create_app
+from http_shell.daemon.assembly import running_updater
 from tests.e2e.test_sandbox_cycle import install_over_http, sandbox
 from tests.support.package_server import PackageServer
 from updater_fsm.config import Config

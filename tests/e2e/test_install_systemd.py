@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from http_shell.daemon import Updater, running_updater
+from http_shell.daemon.assembly import Updater, running_updater
 from tests.e2e.units import (
     Rig,
     Timeline,

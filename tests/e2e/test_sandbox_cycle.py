@@ -16,8 +16,8 @@ from typing import Any
 import attrs
 import pytest
 
-from http_shell.daemon import running_updater
-from http_shell.web_app import create_app
+from http_shell.api.app import create_app
+from http_shell.daemon.assembly import running_updater
 from tests.support.package_server import PackageServer
 from tests.support.packages import make_package
 from updater_fsm.config import Config

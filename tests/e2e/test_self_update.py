@@ -5,8 +5,8 @@ The device runs what ``install.sh --bundle`` installs from a bundle built by
 ``Restart=always``, the hardening), the guard ``updater-guard.sh`` as ``ExecStartPre``, the
 updater in the slot ``<prefix>/versions/0.1.0``. The new updaters are bundles built the same
 way from a copy of this tree with another version in ``pyproject.toml`` (0.2.0), one of them
-broken on purpose (0.3.0: ``http_shell/daemon.py`` raises at import, so ``serve`` dies at
-every start). Packages are built by the installed ``tope-updater package build
+broken on purpose (0.3.0: ``http_shell/daemon/assembly.py`` raises at import, so ``serve``
+dies at every start). Packages are built by the installed ``tope-updater package build
 --updater-bundle``, served over HTTP and installed through the API like device-api does.
 
 **Needs PyPI** to build the bundles (once per session; skipped when unreachable).

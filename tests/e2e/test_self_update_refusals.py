@@ -12,7 +12,7 @@ from pathlib import Path
 
 import attrs
 
-from http_shell.daemon import running_updater
+from http_shell.daemon.assembly import running_updater
 from tests.e2e.test_sandbox_cycle import request_for, sandbox, wait_for
 from tests.support.package_server import PackageServer
 from tests.support.packages import Entry, make_manifest, write_zip

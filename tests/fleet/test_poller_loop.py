@@ -8,8 +8,8 @@ from pathlib import Path
 import attrs
 
 from fleet_ddi.ddi_protocol import ControllerBase
-from http_shell.cli import sandbox_config
-from http_shell.daemon import running_updater
+from http_shell.cli.serve import sandbox_config
+from http_shell.daemon.assembly import running_updater
 from tests.support.hawkbit import free_port
 from updater_fsm.ops import snapshots
 

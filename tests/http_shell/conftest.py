@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp.test_utils import TestClient
 
-from http_shell.reporter import Reporter
-from http_shell.web_app import create_app
+from http_shell.api.app import create_app
+from http_shell.daemon.reporter import Reporter
 from updater_fsm.config import Config
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev

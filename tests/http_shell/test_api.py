@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from http_shell.web_app import create_app
+from http_shell.api.app import create_app
 from tests.http_shell.conftest import (
     API,
     MD5,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from http_shell.cli import _connect_host, versions_table
+from http_shell.cli.jobs import versions_table
+from http_shell.cli.options import connect_host
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -220,4 +221,25 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     ],
 )
 def test_connect_host(host: str, expected: str) -> None:
-    assert _connect_host(host) == expected
+    assert connect_host(host) == expected
+
+
+def test_the_command_line_loads_no_asyncio_nor_the_updater() -> None:
+    """Building the parser stays cheap: ``tope-updater screen`` runs beside the updater on
+    a small device, so the command modules import asyncio (and with it ssl), aiohttp, the
+    logging setup and the engine only in the handlers that need them (docs/PERFORMANCE.md)."""
+    heavy = ("asyncio", "ssl", "aiohttp", "structlog", "updater_fsm.engine", "http_shell.daemon")
+    script = (
+        "import sys\nfrom http_shell.cli.main import build_parser\nbuild_parser()\n"
+        f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.strip() == ""

@@ -12,10 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 RUN = """
 import sys
-from http_shell import cli, demo
-demo.PAYLOAD_BYTES = 256 * 1024
-demo.PRINT_SECONDS = 2.0
-sys.exit(cli.main(["demo", "--dir", sys.argv[1]]))
+from http_shell.cli import demo_cycle
+from http_shell.cli.main import main
+demo_cycle.PAYLOAD_BYTES = 256 * 1024
+demo_cycle.PRINT_SECONDS = 2.0
+sys.exit(main(["demo", "--dir", sys.argv[1]]))
 """
 
 
@@ -53,7 +54,7 @@ def test_demo_waits_for_the_print_then_installs_and_rolls_back(tmp_path: Path) -
 
 
 def test_the_demo_opens_the_screen_only_with_a_display() -> None:
-    from http_shell.demo import screen_command
+    from http_shell.cli.demo_cycle import screen_command
 
     url = "http://127.0.0.1:4242"
     assert screen_command(url, {}) is None

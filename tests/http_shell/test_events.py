@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import ClientResponse
 
-from http_shell.web_events import MAX_EVENT_STREAMS, SHUTDOWN
+from http_shell.api.events import MAX_EVENT_STREAMS, SHUTDOWN
 from tests.http_shell.conftest import API, ClientFactory, Rig, body, call
 from updater_fsm.core.progress import Transfer
 

@@ -6,7 +6,7 @@ them — and sends them to the real app over loopback. Besides its own checks (n
 error, documented status code and content type, response matches its schema), each
 response must honour the envelope rule: a request body violating the schema is answered
 code 400, and one satisfying it never is (so the schemas are neither looser nor stricter
-than the validation in :mod:`http_shell.web_bodies`).
+than the validation in :mod:`http_shell.api.bodies`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from http_shell.web_api import OPENAPI
-from http_shell.web_app import create_app
+from http_shell.api.app import create_app
+from http_shell.api.routes import OPENAPI
 from tests.http_shell.conftest import API, Rig
 from updater_fsm.config import Config
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import structlog
 
-from http_shell.daemon import running_updater
-from http_shell.web_app import create_app
+from http_shell.api.app import create_app
+from http_shell.daemon.assembly import running_updater
 from tests.support.device_api import DeviceApi, device_api
 from tests.support.package_server import Behaviour, PackageServer
 from updater_fsm.config import Config

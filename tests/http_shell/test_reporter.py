@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import pytest
 
-from http_shell.reporter import Reporter, worth_reporting
+from http_shell.daemon.reporter import Reporter, worth_reporting
 from tests.http_shell.conftest import ClientFactory, Rig, body, call
 from tests.support.device_api import DeviceApi, device_api, free_port, start_device_api
 from updater_fsm.core import events as ev

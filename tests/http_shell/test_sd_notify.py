@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from http_shell import sd_notify
+from http_shell.daemon import sd_notify
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
-from http_shell.cli_client import watch_progress
+from http_shell.cli.client import watch_progress
 
 
 class _Events:

@@ -77,7 +77,7 @@ def build_bundle(tmp: Path, version: str, *, broken: bool = False, hangs: bool =
     text = pyproject.read_text()
     pyproject.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text, count=1))
     if broken:
-        daemon = src / "http_shell" / "daemon.py"
+        daemon = src / "http_shell" / "daemon" / "assembly.py"
         head, sep, tail = daemon.read_text().partition("from __future__ import annotations\n")
         daemon.write_text(head + sep + BROKEN_LINE + tail)
     if hangs:

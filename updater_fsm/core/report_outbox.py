@@ -1,8 +1,8 @@
 """The device-api report outbox: what to report, in which order, and when (contract §2).
 
-Pure: no clock, no I/O, no tasks. The sender (``http_shell/reporter.py``) passes the time in
-(``now``: seconds on any monotonic clock), asks :meth:`ReportOutbox.next_report` what to POST,
-and tells the outbox how it went (:meth:`~ReportOutbox.delivered`,
+Pure: no clock, no I/O, no tasks. The sender (``http_shell/daemon/reporter.py``) passes the
+time in (``now``: seconds on any monotonic clock), asks :meth:`ReportOutbox.next_report` what
+to POST, and tells the outbox how it went (:meth:`~ReportOutbox.delivered`,
 :meth:`~ReportOutbox.failed`); every decision is made here and returned as a value.
 
 The policy:

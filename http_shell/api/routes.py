@@ -17,9 +17,9 @@ import attrs
 from aiohttp import web
 
 from fleet_ddi.poller import PollerStats
-from http_shell import web_bodies as b
-from http_shell.reporter import Reporter
-from http_shell.web_events import stream_events
+from http_shell.api import bodies as b
+from http_shell.api.events import stream_events
+from http_shell.daemon.reporter import Reporter
 from updater_fsm import control
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
@@ -137,7 +137,7 @@ async def get_versions(request: web.Request) -> web.Response:
 
 
 async def get_events(request: web.Request) -> web.StreamResponse:
-    """``GET /events``: Server-Sent Events, see :mod:`http_shell.web_events`."""
+    """``GET /events``: Server-Sent Events, see :mod:`http_shell.api.events`."""
     return await stream_events(request, request.app[ENGINE], heartbeat_s=request.app[HEARTBEAT_S])
 
 

@@ -1,4 +1,4 @@
-"""``tope-updater demo``: a complete, visible OTA cycle on a sandbox, no root, no systemd.
+"""What ``tope-updater demo`` runs: a complete, visible OTA cycle on a sandbox, no root.
 
 It seeds a sandbox root with factory v1.0.0, builds two packages with the real package
 builder (v1.1.0, healthy; v1.2.0, whose health probe fails), serves them from a local,
@@ -25,9 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
-from http_shell.cli_client import ApiClient, watch_progress
-from http_shell.daemon import instance_lock, running_updater
-from http_shell.web_app import create_app
+from http_shell.api.app import create_app
+from http_shell.cli.client import ApiClient, watch_progress
+from http_shell.daemon.assembly import instance_lock, running_updater
 from updater_fsm.config import Config, ServiceControl
 from updater_fsm.ops import package_build, snapshots
 
@@ -158,7 +158,7 @@ def screen_command(url: str, environ: Mapping[str, str] = os.environ) -> str | N
         return None
     if importlib.util.find_spec("pygame") is None:
         return None
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     argv = ["env", f"PYTHONPATH={checkout}", sys.executable, "-m", "http_shell.cli", "screen"]
     return shlex.join([*argv, "--window", "800x480", "--close-after", "10", "--url", url])
 

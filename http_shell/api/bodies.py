@@ -5,7 +5,7 @@ unknown fields, exact JSON types — ``"10"`` is not an int, ``true`` is not an 
 :func:`validate_download` / :func:`validate_update` / :func:`validate_rollback` check the
 values. Every failure is a :class:`BodyError` naming the field, which the API answers as
 code 400 ``VALIDATION_ERROR: <field> …``. The same rules are written out as JSON Schema in
-:mod:`http_shell.web_openapi`; keep both in step.
+:mod:`http_shell.api.openapi`; keep both in step.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """The aiohttp application: routes, error envelope, optional auth, startup and shutdown.
 
-``create_app`` wires the handlers of :mod:`http_shell.web_api` to an engine that the
+``create_app`` wires the handlers of :mod:`http_shell.api.routes` to an engine that the
 caller built, started and will stop. Two middlewares make the contract's promise that
 nothing is ever answered with an HTML error page or a traceback:
 
 * :func:`envelope_errors` turns a bad body into code 400 (``VALIDATION_ERROR: …``, also for
-  bodies over :data:`~http_shell.web_bodies.MAX_BODY_BYTES`), unknown paths and methods into
+  bodies over :data:`~http_shell.api.bodies.MAX_BODY_BYTES`), unknown paths and methods into
   a JSON body with the real HTTP 404/405, and any unexpected exception into code 500.
 * :func:`bearer_auth` (only when ``config.api_token`` is set) answers mutating requests
   that lack ``Authorization: Bearer <token>`` with HTTP 401 and the envelope code 401,
   and ``GET /events`` too (a stream holds a connection for as long as the client wants);
   the other reads stay open so dashboards and device-api polling keep working.
 
-Before those, :mod:`http_shell.web_guard` refuses foreign ``Host``/``Origin`` headers
+Before those, :mod:`http_shell.api.guard` refuses foreign ``Host``/``Origin`` headers
 (HTTP 403, ``FORBIDDEN: …``) and state-changing bodies not declared ``application/json``
 (code 400). The order is: envelope errors ⊃ Host/Origin ⊃ token ⊃ content type ⊃ handler.
 """
@@ -28,12 +28,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from fleet_ddi.poller import PollerStats
-from http_shell import web_api
-from http_shell.reporter import Reporter
-from http_shell.web_bodies import MAX_BODY_BYTES, BodyError, envelope
-from http_shell.web_events import MAX_EVENT_STREAMS, SHUTDOWN, SLOTS, StreamSlots, close_streams
-from http_shell.web_guard import SAFE_METHODS, edge_guard, json_only, served_host_names
-from http_shell.web_openapi import PREFIX, openapi_document
+from http_shell.api import routes
+from http_shell.api.bodies import MAX_BODY_BYTES, BodyError, envelope
+from http_shell.api.events import MAX_EVENT_STREAMS, SHUTDOWN, SLOTS, StreamSlots, close_streams
+from http_shell.api.guard import SAFE_METHODS, edge_guard, json_only, served_host_names
+from http_shell.api.openapi import PREFIX, openapi_document
+from http_shell.daemon.reporter import Reporter
 from updater_fsm.config import Config
 from updater_fsm.control import RequestError, UpdaterControl, redact_url
 
@@ -124,15 +124,15 @@ def create_app(
         middlewares.append(bearer_auth(config.api_token, frozenset({f"{PREFIX}/events"})))
     middlewares.append(json_only)
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
-    app[web_api.ENGINE] = engine
-    app[web_api.CONFIG] = config
-    app[web_api.REPORTER] = reporter
-    app[web_api.FLEET] = fleet
-    app[web_api.HEARTBEAT_S] = sse_heartbeat_s
-    app[web_api.OPENAPI] = openapi_document(auth=bool(config.api_token))
+    app[routes.ENGINE] = engine
+    app[routes.CONFIG] = config
+    app[routes.REPORTER] = reporter
+    app[routes.FLEET] = fleet
+    app[routes.HEARTBEAT_S] = sse_heartbeat_s
+    app[routes.OPENAPI] = openapi_document(auth=bool(config.api_token))
     app[SHUTDOWN] = asyncio.Event()
     app[SLOTS] = StreamSlots(max_event_streams)
-    app.add_routes(web_api.routes(PREFIX))
+    app.add_routes(routes.routes(PREFIX))
     app.on_shutdown.append(close_streams)
     if reporter is not None:
         app.on_cleanup.append(_stop_reporter(reporter))

@@ -25,7 +25,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from http_shell.web_bodies import envelope
+from http_shell.api.bodies import envelope
 from updater_fsm.config import Config
 from updater_fsm.control import ErrorCode, RequestError
 

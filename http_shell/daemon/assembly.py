@@ -36,7 +36,7 @@ from updater_fsm.runner import OpsRunner
 
 if TYPE_CHECKING:
     from fleet_ddi.poller import FleetPoller
-    from http_shell.reporter import Reporter
+    from http_shell.daemon.reporter import Reporter
 
 _log = structlog.get_logger(__name__)
 #: How long a stop waits for HTTP requests still in flight (API calls take milliseconds).
@@ -116,7 +116,7 @@ async def running_updater(
     )
     reporter = None
     if report:
-        from http_shell.reporter import Reporter
+        from http_shell.daemon.reporter import Reporter
 
         reporter = Reporter(config.device_api_url)
     runner = OpsRunner(
@@ -162,9 +162,10 @@ async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> i
 
     Under systemd (``Type=notify``) it sends ``READY=1`` once the API listens,
     ``STOPPING=1`` when it begins to stop, and pings the watchdog from the event loop at
-    half of ``WatchdogSec`` (see :mod:`http_shell.sd_notify`); elsewhere these are no-ops.
+    half of ``WatchdogSec`` (see :mod:`http_shell.daemon.sd_notify`); elsewhere these are
+    no-ops.
     """
-    from http_shell import sd_notify
+    from http_shell.daemon import sd_notify
 
     with instance_lock(config.state_path):
         # Pinging starts before recovery: systemd runs the watchdog from the unit's start.
@@ -178,7 +179,7 @@ async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> i
 
 
 async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int:
-    from http_shell import sd_notify
+    from http_shell.daemon import sd_notify
 
     stop = asyncio.Event()
     exit_status = 0
@@ -190,7 +191,7 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int
         stop.set()
 
     async with running_updater(config, restart_self=restart_self) as updater:
-        from http_shell.web_app import create_app
+        from http_shell.api.app import create_app
 
         app = create_app(
             config,

@@ -1,11 +1,11 @@
 """The hand-written OpenAPI 3.0 description of the HTTP API, served at ``/openapi.json``.
 
 Written to match the behaviour exactly: request schemas use the very patterns
-:mod:`http_shell.web_bodies` validates with and forbid unknown fields; every JSON response
+:mod:`http_shell.api.bodies` validates with and forbid unknown fields; every JSON response
 is the envelope ``{"code", "msg", "data"}`` with HTTP 200 (the outcome is ``code``). When an
 API token is configured the document also declares the bearer scheme and the HTTP 401 that
 mutating endpoints answer without it (GET endpoints stay open). Every operation lists the
-HTTP 403 of :mod:`http_shell.web_guard` (foreign ``Host``/``Origin``). ``tests/http_shell`` checks
+HTTP 403 of :mod:`http_shell.api.guard` (foreign ``Host``/``Origin``). ``tests/http_shell`` checks
 that every route is listed and runs schemathesis against the document when available.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from http_shell import web_bodies as b
+from http_shell.api import bodies as b
 from updater_fsm.control import VERSION_MAX_LENGTH, VERSION_PATTERN, Stage, State
 
 PREFIX = "/api/v1.0"

@@ -1,0 +1,10 @@
+"""The exit statuses of ``tope-updater``.
+
+0 success; 1 the operation failed (an API ``code`` other than 200, a failed update,
+problems found by ``verify-setup``); 2 bad usage or configuration; 3 another updater
+already runs on the same state directory.
+"""
+
+from __future__ import annotations
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3

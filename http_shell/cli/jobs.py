@@ -1,0 +1,229 @@
+"""The commands that drive a running updater through its HTTP API.
+
+``download``, ``update``, ``rollback``, ``cancel`` and ``reset`` send one request (and
+follow the progress with ``--watch``); ``progress`` and ``versions`` read. Each prints the
+envelope's message or data (``--json``: the envelope) and exits 1 unless its code is 200.
+The HTTP client is :mod:`http_shell.cli.client`, imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from http_shell.cli.options import add_client_parser, api_token, api_url
+
+
+def _print_envelope(args: argparse.Namespace, env: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(env))
+    else:
+        data = env.get("data")
+        print(env.get("msg") if env.get("code") != 200 else _human(data))
+    return EXIT_OK if env.get("code") == 200 else EXIT_FAILED
+
+
+def _human(data: Any) -> str:
+    if not isinstance(data, dict):
+        return str(data)
+    return "\n".join(f"{k}: {v}" for k, v in data.items())
+
+
+def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
+    import asyncio
+
+    from http_shell.cli.client import ApiClient
+
+    url = api_url(args)
+
+    async def run() -> int:
+        async with ApiClient(url, token=api_token(args)) as client:
+            result: int = await fn(client)
+            return result
+
+    try:
+        return asyncio.run(run())
+    except OSError as exc:
+        print(f"tope-updater: cannot reach the updater at {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _file_digests(path: Path) -> tuple[int, str, str]:
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            md5.update(chunk)
+            sha.update(chunk)
+            size += len(chunk)
+    return size, md5.hexdigest(), sha.hexdigest()
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "version": args.version,
+        "package_url": args.package_url,
+        "package_name": args.name or args.package_url.rstrip("/").rsplit("/", 1)[-1],
+    }
+    if args.file:
+        size, md5, sha = _file_digests(args.file)
+        body |= {"package_size": size, "package_md5": md5, "package_sha256": sha}
+    else:
+        if args.size is None or args.md5 is None:
+            print("tope-updater: give --size and --md5, or --file to compute them", file=sys.stderr)
+            return EXIT_USAGE
+        body |= {"package_size": args.size, "package_md5": args.md5}
+        if args.sha256:
+            body["package_sha256"] = args.sha256
+    if args.signature:
+        body["package_signature"] = args.signature
+
+    async def go(client: Any) -> int:
+        code = _print_envelope(args, await client.post("/download", body))
+        if code == EXIT_OK and args.watch:
+            return await _watch(args, client)
+        return code
+
+    return _client_call(args, go)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        code = _print_envelope(args, await client.post("/update", {"version": args.version}))
+        if code == EXIT_OK and args.watch:
+            return await _watch(args, client)
+        return code
+
+    return _client_call(args, go)
+
+
+async def _watch(args: argparse.Namespace, client: Any) -> int:
+    from http_shell.cli.client import watch_progress
+
+    last = await watch_progress(client)
+    if args.json:
+        print(json.dumps(last))
+    elif last.get("error"):
+        print(f"error: {last['error']}")
+    return EXIT_FAILED if last.get("stage") == "failed" else EXIT_OK
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        if args.watch:
+            return await _watch(args, client)
+        env = await client.get("/progress")
+        if args.json:
+            print(json.dumps(env))
+        else:
+            from http_shell.cli.client import render_line
+
+            data = env.get("data") or {}
+            print(render_line(data))
+            if data.get("error"):
+                print(f"error: {data['error']}")
+        return EXIT_OK if env.get("code") == 200 else EXIT_FAILED
+
+    return _client_call(args, go)
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        env = await client.get("/versions")
+        if args.json or env.get("code") != 200:
+            return _print_envelope(args, env)
+        print(versions_table(env.get("data") or {}))
+        return EXIT_OK
+
+    return _client_call(args, go)
+
+
+def versions_table(data: dict[str, Any]) -> str:
+    """``GET /versions`` for people: one row per snapshot, which links name it, its size."""
+    rows = [("VERSION", "LINKS", "SIZE")]
+    for item in data.get("installed") or []:
+        links = ", ".join(item.get("links") or []) or "-"
+        rows.append((f"v{item.get('version')}", links, _size(item.get("size_bytes") or 0)))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{v:<{widths[0]}}  {links:<{widths[1]}}  {size:>9}" for v, links, size in rows]
+    for name in ("current", "previous", "factory"):
+        if data.get(name) is None:
+            lines.append(f"({name}: none)")
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if value < 1000:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def _simple(
+    method: str, path: str, body: Callable[[argparse.Namespace], Any] | None = None
+) -> Callable[[argparse.Namespace], int]:
+    """A client command that sends one request (and optionally watches progress)."""
+
+    def command(args: argparse.Namespace) -> int:
+        async def go(client: Any) -> int:
+            if method == "GET":
+                env = await client.get(path)
+            else:
+                env = await client.post(path, body(args) if body else None)
+            code = _print_envelope(args, env)
+            if code == EXIT_OK and getattr(args, "watch", False):
+                return await _watch(args, client)
+            return code
+
+        return _client_call(args, go)
+
+    return command
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = add_client_parser(sub, "download", "ask the updater to download a package")
+    p.add_argument("package_url")
+    p.add_argument("--version", required=True)
+    p.add_argument("--name", help="package file name (default: last URL segment)")
+    p.add_argument("--file", type=Path, help="local copy: compute size, md5 and sha256 from it")
+    p.add_argument("--size", type=int)
+    p.add_argument("--md5")
+    p.add_argument("--sha256")
+    p.add_argument("--signature")
+    p.add_argument("--watch", action="store_true", help="show progress until verified")
+    p.set_defaults(func=cmd_download)
+
+    p = add_client_parser(sub, "update", "install a downloaded, verified package")
+    p.add_argument("version")
+    p.add_argument("--watch", action="store_true", help="show progress until done")
+    p.set_defaults(func=cmd_update)
+
+    p = add_client_parser(sub, "progress", "show progress (or follow it with --watch)")
+    p.add_argument("--watch", action="store_true")
+    p.set_defaults(func=cmd_progress)
+
+    p = add_client_parser(sub, "versions", "list installed versions")
+    p.set_defaults(func=cmd_versions)
+
+    p = add_client_parser(
+        sub, "rollback", "roll back by hand to the previous or the factory version"
+    )
+    p.add_argument("--to", choices=("previous", "factory"), default="previous")
+    p.add_argument("--watch", action="store_true")
+    p.set_defaults(func=_simple("POST", "/rollback", lambda a: {"target": a.to}))
+
+    p = add_client_parser(
+        sub, "cancel", "cancel a download or an install that has not switched yet"
+    )
+    p.set_defaults(func=_simple("POST", "/cancel"))
+
+    p = add_client_parser(sub, "reset", "forget a finished job (back to idle)")
+    p.set_defaults(func=_simple("POST", "/reset"))
