@@ -55,6 +55,7 @@ from updater_fsm.control import (
     State,
     UpdaterControl,
     UpdateRequested,
+    visible,
 )
 from updater_fsm.faults import crash_point
 from updater_fsm.ops.self_update import running_version
@@ -131,7 +132,7 @@ class FleetPoller:
                     self._note_error(exc)
                 except Exception as exc:  # never let one bad turn end the fleet's polling
                     _log.exception("fleet poller turn failed")
-                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    self.stats.last_error = visible(f"{type(exc).__name__}: {exc}", 500)
                     # A poll that raised set no next one: wait at least the floor, never
                     # poll again at once (a bug must not become a loop hammering the server).
                     floor = self._clock() + self._interval(self._config.ddi_poll_min_s)
@@ -144,7 +145,7 @@ class FleetPoller:
             await self._client.aclose()
 
     def _note_error(self, exc: Exception) -> None:
-        self.stats.last_error = str(exc)
+        self.stats.last_error = visible(str(exc), 500)  # the server's words: outside text
         _log.warning("fleet server", error=str(exc))
 
     def _interval(self, asked_s: float) -> float:

@@ -87,13 +87,18 @@ class _Inbox:
 
 
 def _follow(options: Options, inbox: _Inbox) -> None:
+    """Run the follower for as long as the screen is open: should it ever stop (it is not
+    meant to), say so and start it again, with the link shown as unreadable meanwhile."""
     from screen.follower import Follower
 
-    follower = Follower(options.url, inbox.put, token=options.token, poll_s=options.poll_s)
-    try:
-        follower.run()
-    except Exception as exc:  # never a traceback on the screen, and never a crash
-        print(f"tope-updater screen: follower stopped: {exc!r}", file=sys.stderr)
+    while True:
+        follower = Follower(options.url, inbox.put, token=options.token, poll_s=options.poll_s)
+        try:
+            follower.run()
+        except Exception as exc:  # never a traceback on the screen, and never a crash
+            print(f"tope-updater screen: follower stopped: {exc!r:.300}", file=sys.stderr)
+        inbox.put(follower.last, Link.UNREADABLE)
+        time.sleep(1.0)
 
 
 def run(options: Options) -> int:
@@ -134,7 +139,7 @@ def run(options: Options) -> int:
     recorder = _Recorder(options.snapshot_dir) if options.snapshot_dir else None
     try:
         while True:
-            view = view_of(snap, fonts.lang, link=link, seen_work=seen_work)
+            view = _view_or_unreadable(snap, fonts.lang, link, seen_work)
             animating = view.fraction is None and view.outcome.value == "working"
             now = time.monotonic()
             if view.ended and ended_at is None:
@@ -178,6 +183,18 @@ def run(options: Options) -> int:
                     seen_work = True
     finally:
         pygame.quit()
+
+
+def _view_or_unreadable(
+    snap: Mapping[str, Any] | None, lang: str, link: Link, seen_work: bool
+) -> View:
+    """The view of ``snap``; should a snapshot the follower let through still defeat the
+    view (a bug of ours), the "cannot read the updater" view instead of a dead screen."""
+    try:
+        return view_of(snap, lang, link=link, seen_work=seen_work)
+    except Exception as exc:
+        print(f"tope-updater screen: cannot show {snap!r:.300}: {exc!r}", file=sys.stderr)
+        return view_of(None, lang, link=Link.UNREADABLE)
 
 
 def _pressed(event: Any, button: Any, width: int, height: int) -> bool:

@@ -16,6 +16,8 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
     EN: {
         "connecting": "Connecting to the updater…",
         "reconnecting": "Reconnecting…",
+        "unreadable": "Cannot read the updater's answers; retrying…",
+        "unreadable_banner": "Cannot read the updater; retrying…",
         "idle": "No update in progress",
         "idle_detail": "The printer is ready to use",
         "downloading": "Downloading the update",
@@ -70,6 +72,8 @@ CATALOGUE: Mapping[str, Mapping[str, str]] = {
     ZH_CN: {
         "connecting": "正在连接更新程序…",
         "reconnecting": "正在重新连接…",
+        "unreadable": "无法读取更新程序的应答，正在重试…",
+        "unreadable_banner": "无法读取更新程序，正在重试…",
         "idle": "当前没有更新",
         "idle_detail": "打印机可以正常使用",
         "downloading": "正在下载更新",

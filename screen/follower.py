@@ -17,6 +17,12 @@ and aiohttp with asyncio, yarl and multidict cost it about 18 MB of RSS, ``http.
   ``401`` because the token is missing, a proxy without streaming, an old updater without
   ``/events``), it polls ``GET /progress`` every ``poll_s`` (500 ms) and tries the stream
   again every ``retry_stream_s``.
+* Whatever the other end sends, the follower does not die and its memory stays bounded:
+  a status line or header is read up to :data:`_MAX_LINE`, a ``/progress`` answer, a
+  chunk and one event up to :data:`MAX_MESSAGE`, lines are split in linear time, and an
+  answer that is too big, not JSON, too deep or of the wrong shape
+  (:func:`screen.snapshot.read_snapshot`) shows :attr:`~screen.view.Link.UNREADABLE` and
+  reconnects.
 """
 
 from __future__ import annotations
@@ -24,17 +30,21 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from screen.snapshot import Unreadable, read_snapshot
 from screen.view import Link
 
 API_PREFIX = "/api/v1.0"
 Update = Callable[[Mapping[str, Any] | None, Link], None]
 #: a status line or header longer than this is not the updater
 _MAX_LINE = 64 * 1024
+#: the largest ``/progress`` answer, chunk or event accepted (a real one is ~1 KB)
+MAX_MESSAGE = 1024 * 1024
 
 
 class Response:
@@ -66,23 +76,49 @@ class Response:
             while piece := self._reader.read1(64 * 1024):
                 yield piece
             return
-        while size := int(self._line().split(b";")[0], 16):
-            yield self._reader.read(size)
+        while size := self._chunk_size():
+            while size > 0:
+                piece = self._reader.read1(min(size, 64 * 1024))
+                if not piece:
+                    raise ConnectionError("the connection ended inside a chunk")
+                size -= len(piece)
+                yield piece
             self._line()
 
-    def lines(self) -> Iterator[bytes]:
-        """The body, line by line, as it arrives."""
-        rest = b""
-        for piece in self._chunks():
-            rest += piece
-            *whole, rest = rest.split(b"\n")
-            for line in whole:
-                yield line + b"\n"
-        if rest:
-            yield rest
+    def _chunk_size(self) -> int:
+        field = self._line().split(b";")[0].strip()
+        if not field or len(field) > 8 or not all(c in b"0123456789abcdefABCDEF" for c in field):
+            raise Unreadable(f"not a chunk size: {field[:20]!r}")
+        size = int(field, 16)
+        if size > MAX_MESSAGE:
+            raise Unreadable(f"a chunk of {size} bytes")
+        return size
 
-    def read(self) -> bytes:
-        return b"".join(self._chunks())
+    def lines(self, limit: int = MAX_MESSAGE) -> Iterator[bytes]:
+        """The body, line by line, as it arrives; :class:`Unreadable` for a line longer
+        than ``limit``. Linear in the body's size however it is cut into pieces."""
+        pending = bytearray()
+        for piece in self._chunks():
+            scanned = len(pending)  # no newline in what was there before
+            pending += piece
+            start = 0
+            while (end := pending.find(b"\n", max(start, scanned))) >= 0:
+                yield bytes(pending[start : end + 1])
+                start = end + 1
+            del pending[:start]
+            if len(pending) > limit:
+                raise Unreadable(f"a line longer than {limit} bytes")
+        if pending:
+            yield bytes(pending)
+
+    def read(self, limit: int = MAX_MESSAGE) -> bytes:
+        """The whole body; :class:`Unreadable` when it is longer than ``limit``."""
+        body = bytearray()
+        for piece in self._chunks():
+            body += piece
+            if len(body) > limit:
+                raise Unreadable(f"an answer longer than {limit} bytes")
+        return bytes(body)
 
     def close(self) -> None:
         self._reader.close()
@@ -149,7 +185,8 @@ class Follower:
         self._publish(self.last, Link.RECONNECTING if self.last is not None else Link.CONNECTING)
 
     def run(self) -> None:
-        """Follow forever (blocking: run it in a daemon thread)."""
+        """Follow forever (blocking: run it in a daemon thread). Never returns, never raises
+        (but for what ends the interpreter)."""
         delay = self.backoff_s[0]
         while True:
             try:
@@ -162,11 +199,19 @@ class Follower:
                     delay = self.backoff_s[0]
                     continue  # polled for a while: try the stream again, still live
                 delay = self.backoff_s[0]  # the stream ended (the updater stopped)
+                self._lost()
+            except Unreadable as exc:  # it answers, but not something we can show
+                self._unreadable(exc)
             except (OSError, ValueError):  # unreachable, gone, silent, or nonsense
-                pass
-            self._lost()
+                self._lost()
+            except Exception as exc:  # too deep to parse (RecursionError), or a bug of ours
+                self._unreadable(exc)
             time.sleep(delay)
             delay = min(self.backoff_s[1], delay * 2)
+
+    def _unreadable(self, exc: BaseException) -> None:
+        print(f"tope-updater screen: cannot read the updater: {exc!r:.300}", file=sys.stderr)
+        self._publish(self.last, Link.UNREADABLE)
 
     def _get(self, path: str, accept: str) -> Response:
         """Send ``GET path`` on a new connection; the answer's head is read.
@@ -199,16 +244,19 @@ class Follower:
             kind = resp.headers.get("content-type", "")
             if resp.status != 200 or not kind.startswith("text/event-stream"):
                 raise StreamUnavailable(f"HTTP {resp.status} {kind}")
-            data: list[str] = []
+            data: list[bytes] = []
+            size = 0
             for raw in resp.lines():
-                line = raw.decode("utf-8").rstrip("\r\n")
-                if line.startswith("data:"):
+                line = raw.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
                     data.append(line[5:].lstrip())
+                    size += len(line)
+                    if size > MAX_MESSAGE:
+                        raise Unreadable(f"an event longer than {MAX_MESSAGE} bytes")
                 elif not line and data:
-                    snap = json.loads("\n".join(data))
-                    data = []
-                    if isinstance(snap, dict):
-                        self._publish(snap, Link.LIVE)
+                    snap = _parse(b"\n".join(data))
+                    data, size = [], 0
+                    self._publish(read_snapshot(snap), Link.LIVE)
         finally:
             resp.close()
 
@@ -221,11 +269,19 @@ class Follower:
         while time.monotonic() < until:
             resp = self._get(self.prefix + "/progress", "application/json")
             try:
-                body = json.loads(resp.read())
+                body = _parse(resp.read())
             finally:
                 resp.close()
-            data = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(data, dict):
-                raise ValueError(f"no progress data in HTTP {resp.status}")
-            self._publish(data, Link.LIVE)
+            if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
+                raise Unreadable(f"no progress data in HTTP {resp.status}")
+            self._publish(read_snapshot(body["data"]), Link.LIVE)
             time.sleep(self.poll_s)
+
+
+def _parse(raw: bytes) -> object:
+    """JSON text as a value; :class:`Unreadable` when it is not UTF-8 JSON (or is nested
+    deeper than the parser goes)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise Unreadable(f"not JSON: {exc!s:.200}") from None

@@ -41,6 +41,9 @@ class Link(enum.StrEnum):
     CONNECTING = "connecting"
     LIVE = "live"
     RECONNECTING = "reconnecting"
+    #: it answers, but with something the screen cannot read (too big, not JSON, the wrong
+    #: shape): the last readable view stays under a banner, and the follower reconnects
+    UNREADABLE = "unreadable"
 
 
 #: Accent colour of each outcome (bar fill, title), on the dark :data:`BACKGROUND`.
@@ -250,9 +253,13 @@ def view_of(
             an ``idle`` or ``ready`` after it is then an end (a cancel while waiting for the
             printer, a manual rollback) rather than a quiet state.
     """
+    if link is Link.UNREADABLE and snap is None:
+        return attrs.evolve(_view(None, lang, seen_work=seen_work), title=text(lang, "unreadable"))
     view = _view(snap, lang, seen_work=seen_work)
     if link is Link.RECONNECTING and snap is not None:
         return attrs.evolve(view, banner=text(lang, "reconnecting"))
+    if link is Link.UNREADABLE:
+        return attrs.evolve(view, banner=text(lang, "unreadable_banner"))
     return view
 
 

@@ -30,6 +30,7 @@ from updater_fsm.core.events import (
 )
 from updater_fsm.core.machine import Decision, Reply
 from updater_fsm.core.manifest import units_named
+from updater_fsm.core.outside_text import visible
 from updater_fsm.core.printer import BusyPolicy, PrinterStatus
 from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.report_outbox import OutgoingReport, ReportOutbox, worth_reporting
@@ -69,6 +70,7 @@ __all__ = [
     "Version",
     "redact_url",
     "units_named",
+    "visible",
     "worth_reporting",
 ]
 

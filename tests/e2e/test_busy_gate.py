@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -515,6 +517,67 @@ def test_a_print_started_during_staging_is_not_interrupted(
         printer.free()
         final = finish(rig, proc)
         h.check_invariants(rig, final)
+        assert proc.terminate() == 0
+    finally:
+        rig.close()
+
+
+# ---- 8. what a probe prints is shown, never acted on ------------------------------------------
+#: A busy probe's line with a NUL, a screen clear, an OSC title with BEL and a right-to-left
+#: override that reverses what follows; then a CR that would overwrite the line on a
+#: terminal (the probe's first line ends there: what follows is never shown).
+HOSTILE = "printing\x00\x1b[2J\x1b]0;owned\x07 \u202eevil\rhidden"
+HOSTILE_SHOWN = "printing\\x00\\x1b[2J\\x1b]0;owned\\x07 \\u202eevil"
+
+
+def _events(rig: h.Rig, seconds: float) -> str:
+    """What ``GET /events`` streams in ``seconds`` (the first event is the current state)."""
+    chunks: list[bytes] = []
+    with (
+        contextlib.suppress(TimeoutError, OSError),
+        urllib.request.urlopen(f"{rig.url}/events", timeout=seconds) as resp,
+    ):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            chunk = resp.read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\n\n" in b"".join(chunks):
+                break
+    return b"".join(chunks).decode("utf-8")
+
+
+@pytest.mark.parametrize("policy", ["refuse", "wait"])
+def test_control_characters_a_probe_prints_are_shown_as_escapes_everywhere(
+    tmp_path: Path, server: ThreadedPackageServer, policy: str
+) -> None:
+    """A 409's message (``refuse``), or ``/progress``, ``/events`` and device-api's reports
+    (``wait``) carry the probe's line with every control and bidi character as a visible
+    escape (before: raw, a NUL and terminal escapes included)."""
+    script = tmp_path / "probe.py"
+    script.write_text(f"import sys\nsys.stdout.write({HOSTILE!r} + '\\n')\nsys.exit(1)\n")
+    probe = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    rig, _ = busy_rig(tmp_path, server, policy=policy, probe=probe)
+    try:
+        proc = rig.start()
+        download(rig)
+        env = request_update(rig)
+        if policy == "refuse":
+            assert (env["code"], env["msg"]) == (409, f"PRINTER_BUSY: {HOSTILE_SHOWN}"), env
+            texts = [env["msg"]]
+        else:
+            assert env["code"] == 200, env
+            wait_for_waiting(rig, f"Waiting for the printer to be free: {HOSTILE_SHOWN}")
+            stream = _events(rig, 3)
+            assert HOSTILE_SHOWN.replace("\\", "\\\\") in stream, stream
+            assert h.wait_until(
+                lambda: any(HOSTILE_SHOWN in str(r.get("message")) for r in rig.device_api.reports),
+                5,
+            ), rig.device_api.reports
+            texts = [stream, str(rig.progress()), str(rig.device_api.reports)]
+        for text in texts:
+            assert not any(ch in text for ch in "\x00\x1b\x07\r\u202e"), repr(text)
         assert proc.terminate() == 0
     finally:
         rig.close()

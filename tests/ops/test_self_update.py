@@ -168,3 +168,52 @@ def test_find_slots(tmp_path: Path) -> None:
     assert self_update.find_slots(tmp_path) == Slots(tmp_path)
     # The test runner's own venv is not a slot (<prefix>/versions/<version>).
     assert self_update.find_slots(None) is None
+
+
+# ---- a bundle is judged from its headers before anything is unpacked -------------------
+def _nothing_unpacked(tmp_path: Path) -> bool:
+    unpacked = tmp_path / "work" / "unpacked"
+    return not unpacked.exists() or not any(unpacked.iterdir())
+
+
+def test_too_many_entries_are_refused_before_unpacking(tmp_path: Path) -> None:
+    many = [entry(f"tope-updater-0.2.0-x/f{i}", size=0) for i in range(2001)]
+    err = refused(tmp_path, make_bundle(tmp_path / "b.tar.gz", extra=many))
+    assert "more than 2000 entries" in err.detail, err.detail
+    assert _nothing_unpacked(tmp_path)
+
+
+def test_a_bundle_larger_than_the_limit_is_refused_before_unpacking(tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz", extra=[entry("tope-updater-0.2.0-x/big", size=3_000_000)]
+    )
+    slots = Slots(tmp_path / "prefix")
+    limits = self_update.BundleLimits(max_bytes=2_000_000)
+    with pytest.raises(UpdaterError) as err:
+        self_update.build_slot(slots, bundle, "0.2.0", tmp_path / "work", limits)
+    assert "unpacks to more than 1.9 MiB" in err.value.detail, err.value.detail
+    assert _nothing_unpacked(tmp_path) and not slots.slot("0.2.0").exists()
+
+
+def test_a_bundle_bomb_is_refused_by_its_ratio(tmp_path: Path) -> None:
+    """32 MiB of one byte repeated, in a gzip of ~33 KB: 1000 times its size."""
+    bomb = [entry("tope-updater-0.2.0-x/xxx", size=32 * 1024**2)]
+    err = refused(tmp_path, make_bundle(tmp_path / "b.tar.gz", extra=bomb))
+    assert "unpacks to 32.0 MiB from" in err.detail and "more than 50 times" in err.detail
+    assert _nothing_unpacked(tmp_path)
+
+
+def test_a_bundle_larger_than_the_free_space_is_refused_before_unpacking(tmp_path: Path) -> None:
+    from tests.ops.test_download import tiny_fs
+
+    with tiny_fs(tmp_path / "small", "1m") as small:
+        bundle = make_bundle(
+            tmp_path / "b.tar.gz", extra=[entry("tope-updater-0.2.0-x/data", size=2_000_000)]
+        )
+        slots = Slots(tmp_path / "prefix")
+        limits = self_update.BundleLimits(headroom_bytes=0)
+        with pytest.raises(UpdaterError) as err:
+            self_update.build_slot(slots, bundle, "0.2.0", small / "work", limits)
+        assert f"{small / 'work'} has " in err.value.detail and " free" in err.value.detail
+        unpacked = small / "work" / "unpacked"
+        assert not unpacked.exists() or not any(unpacked.iterdir())

@@ -11,6 +11,8 @@ import errno
 
 import attrs
 
+from updater_fsm.core.outside_text import visible
+
 
 class ErrorCode(enum.StrEnum):
     """The application error codes of contract §5 (plus extensions, never removals)."""
@@ -80,7 +82,9 @@ class Failure:
     """
 
     code: ErrorCode
-    detail: str
+    #: for people; text from outside (a probe's output, a server's answer) is made
+    #: :func:`~updater_fsm.core.outside_text.visible` here, so every failure shown is safe
+    detail: str = attrs.field(converter=visible)
 
     def __str__(self) -> str:
         return f"{self.code.value}: {self.detail}"
@@ -98,6 +102,7 @@ class UpdaterError(Exception):
     """
 
     def __init__(self, code: ErrorCode, detail: str, *, retryable: bool = False) -> None:
+        detail = visible(detail)
         super().__init__(f"{code.value}: {detail}")
         self.code = code
         self.detail = detail

@@ -12,6 +12,11 @@ import enum
 
 import attrs
 
+from updater_fsm.core.outside_text import visible
+
+#: Longest busy reason kept (a probe's first line), in characters.
+REASON_LIMIT = 300
+
 
 class BusyPolicy(enum.StrEnum):
     """What ``POST /update`` does while the printer is busy."""
@@ -33,6 +38,10 @@ class PrinterGate(enum.StrEnum):
     REFUSE = "refuse"
 
 
+def _reason(text: str) -> str:
+    return visible(text, REASON_LIMIT)
+
+
 @attrs.frozen
 class PrinterStatus:
     """One answer of the busy probe.
@@ -41,8 +50,9 @@ class PrinterStatus:
         free: the probe exited 0; anything else (another status, a timeout, a probe that
             cannot start or prints too much) is busy: fail safe.
         reason: the first line of the probe's output, or why it counts as busy, for people
-            ("printing benchy.gcode, 43 %").
+            ("printing benchy.gcode, 43 %"); made :func:`visible` (a probe prints
+            anything) and cut at :data:`REASON_LIMIT` characters.
     """
 
     free: bool
-    reason: str = ""
+    reason: str = attrs.field(default="", converter=_reason)

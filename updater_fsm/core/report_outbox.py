@@ -37,6 +37,7 @@ from typing import Any
 
 import attrs
 
+from updater_fsm.core.outside_text import visible
 from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.table import Stage
 
@@ -235,7 +236,7 @@ class ReportOutbox:
         """
         flying = self._settle(report)
         self.failed_attempts += 1
-        self.last_error = reason
+        self.last_error = visible(reason, 500)  # device-api's answer: outside text
         self._retry_at = now + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, self.max_backoff_s)
         if flying.must_deliver:

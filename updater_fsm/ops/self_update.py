@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
@@ -209,7 +210,33 @@ def collect_slots(slots: Slots) -> list[str]:
     return removed
 
 
-def build_slot(slots: Slots, bundle_file: Path, version: str, work: Path) -> None:
+@attrs.frozen
+class BundleLimits:
+    """What an updater bundle may unpack to, judged from its headers before anything is
+    written (a release bundle: ~25 wheels, a manifest, a few scripts, ~30 MB).
+
+    Attributes:
+        max_members: most entries (files and directories).
+        max_bytes: largest sum of the files' sizes.
+        max_ratio: largest unpacked/compressed size ratio (a gzip of zeros is ~1000).
+        ratio_min_bytes: bundles unpacking to less than this skip the ratio check.
+        headroom_bytes: free space left on the work directory's filesystem once unpacked.
+    """
+
+    max_members: int = 2000
+    max_bytes: int = 1024**3
+    max_ratio: float = 50.0
+    ratio_min_bytes: int = 16 * 1024**2
+    headroom_bytes: int = 64 * 1024**2
+
+
+def build_slot(
+    slots: Slots,
+    bundle_file: Path,
+    version: str,
+    work: Path,
+    limits: BundleLimits = BundleLimits(),
+) -> None:
     """Install the release bundle ``bundle_file`` into ``<prefix>/versions/<version>``.
 
     Offline: ``python -m venv`` with the running interpreter, then the slot's pip with
@@ -226,7 +253,7 @@ def build_slot(slots: Slots, bundle_file: Path, version: str, work: Path) -> Non
     if (target / SLOT_MARK).is_file():
         _log.info("updater.slot_present", version=version)
         return
-    top = _unpack(bundle_file, work)
+    top = _unpack(bundle_file, work, limits)
     wheels = _check_bundle(top, version)
     if target.exists():
         shutil.rmtree(target)  # left half-built by an interrupted run
@@ -256,15 +283,17 @@ def build_slot(slots: Slots, bundle_file: Path, version: str, work: Path) -> Non
     faults.crash_point("updater:slot_built")
 
 
-def _unpack(bundle_file: Path, work: Path) -> Path:
+def _unpack(bundle_file: Path, work: Path, limits: BundleLimits) -> Path:
     dest = work / "unpacked"
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     try:
         with tarfile.open(bundle_file, "r:gz") as tar:
+            _judge(tar, bundle_file.stat().st_size, work, limits)
+        with tarfile.open(bundle_file, "r:gz") as tar:
             _extract_plain(tar, dest)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         _fail(f"cannot unpack the bundle: {exc}")
     tops = [p for p in dest.iterdir() if p.is_dir()]
     if len(tops) != 1:
@@ -272,17 +301,58 @@ def _unpack(bundle_file: Path, work: Path) -> Path:
     return tops[0]
 
 
+def _judge(tar: tarfile.TarFile, compressed: int, work: Path, limits: BundleLimits) -> None:
+    """Refuse a bundle from its headers alone, before a byte of it is written: too many
+    entries, too large in all, too compressed, an unsafe name or kind of entry, or more
+    than the work directory's filesystem can hold.
+
+    A tar member's size is exact (the format is positional), so summing the headers' sizes
+    is what unpacking would write. Each header is judged as it is read: a member declaring
+    terabytes is refused before its data is skipped.
+    """
+    total = 0
+    for members, member in enumerate(tar, start=1):
+        if members > limits.max_members:
+            _fail(f"the bundle has more than {limits.max_members} entries")
+        _judge_name(member)
+        if not (member.isdir() or member.isfile()) or member.issparse():
+            _fail(f"the bundle has an entry that is not a file or directory: {member.name!r}")
+        total += member.size if member.isfile() else 0
+        if total > limits.max_bytes:
+            _fail(f"the bundle unpacks to more than {_mib(limits.max_bytes)}")
+    if total >= limits.ratio_min_bytes and total > limits.max_ratio * max(compressed, 1):
+        _fail(
+            f"the bundle unpacks to {_mib(total)} from {_mib(compressed)}: more than"
+            f" {limits.max_ratio:g} times its size"
+        )
+    st = os.statvfs(work)
+    free = st.f_bavail * st.f_frsize
+    if total + limits.headroom_bytes > free:
+        _fail(f"the bundle unpacks to {_mib(total)}, {work} has {_mib(free)} free")
+
+
+def _judge_name(member: tarfile.TarInfo) -> None:
+    parts = PurePosixPath(member.name).parts
+    if not parts or member.name.startswith("/") or ".." in parts or "\x00" in member.name:
+        _fail(f"the bundle has an unsafe entry {member.name!r}")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.1f} MiB"
+
+
 def _extract_plain(tar: tarfile.TarFile, dest: Path) -> None:
     """Extract only directories and regular files with relative, ``..``-free names (what
-    ``filter="data"`` does on Python >= 3.11.4; Debian 12's 3.11.2 has no filters)."""
+    ``filter="data"`` does on Python >= 3.11.4; Debian 12's 3.11.2 has no filters).
+    :func:`_judge` read the same headers first; they are checked again here, as they are
+    read a second time from the file."""
     for member in tar:
+        _judge_name(member)
         parts = PurePosixPath(member.name).parts
-        if not parts or member.name.startswith("/") or ".." in parts:
-            _fail(f"the bundle has an unsafe entry {member.name!r}")
         target = dest.joinpath(*parts)
         if member.isdir():
             target.mkdir(parents=True, exist_ok=True)
-        elif member.isfile():
+        elif member.isfile() and not member.issparse():
             target.parent.mkdir(parents=True, exist_ok=True)
             source = tar.extractfile(member)
             assert source is not None
