@@ -66,11 +66,11 @@ def sandbox_config(directory: Path) -> Config:
 
 def ensure_sandbox(config: Config) -> None:
     """Seed the sandbox root with a factory version on first run."""
-    from updater_fsm.ops import snapshots
+    from updater_fsm.ops import snapshot_store
 
-    layout = snapshots.Layout(config.root)
-    if snapshots.read_links(layout).current is None:
-        snapshots.init_layout(config.root, SANDBOX_FACTORY_VERSION)
+    layout = snapshot_store.Layout(config.root)
+    if snapshot_store.read_links(layout).current is None:
+        snapshot_store.init_layout(config.root, SANDBOX_FACTORY_VERSION)
         print(f"sandbox: created {config.root} with factory version v{SANDBOX_FACTORY_VERSION}")
 
 
@@ -98,21 +98,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import snapshots
+    from updater_fsm.ops import snapshot_store
 
-    snapshots.init_layout(args.root, args.version, args.from_dir)
-    links = snapshots.read_links(snapshots.Layout(args.root))
+    snapshot_store.init_layout(args.root, args.version, args.from_dir)
+    links = snapshot_store.read_links(snapshot_store.Layout(args.root))
     print(f"initialised {args.root}: current=v{links.current} factory=v{links.factory}")
     return EXIT_OK
 
 
 def cmd_verify_setup(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import snapshots
+    from updater_fsm.ops import snapshot_store
 
     config = _config_from(args)
-    layout = snapshots.Layout(config.root)
-    problems = snapshots.verify_setup(layout)
-    links = snapshots.read_links(layout)
+    layout = snapshot_store.Layout(config.root)
+    problems = snapshot_store.verify_setup(layout)
+    links = snapshot_store.read_links(layout)
     fleet = None
     if config.ddi_url is not None:
         from fleet_ddi.setup_check import check_fleet_server
@@ -149,10 +149,10 @@ def cmd_statechart(args: argparse.Namespace) -> int:
 
 
 def cmd_package_build(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import package_build
+    from updater_fsm.package import builder
 
     try:
-        result = package_build.build_package(
+        result = builder.build_package(
             args.src,
             version=args.version,
             output=args.output,
@@ -163,7 +163,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
             base_version=args.base_version,
             updater_bundle=args.updater_bundle,
         )
-    except package_build.BuildError as exc:
+    except builder.BuildError as exc:
         print(f"tope-updater: package build failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     fields = {
@@ -189,9 +189,9 @@ def cmd_package_build(args: argparse.Namespace) -> int:
 
 
 def cmd_package_keygen(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import package_build
+    from updater_fsm.package import builder
 
-    package_build.generate_keypair(args.private, args.public)
+    builder.generate_keypair(args.private, args.public)
     print(f"private key: {args.private}\npublic key:  {args.public} (set trusted_key to it)")
     return EXIT_OK
 

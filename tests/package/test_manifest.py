@@ -25,15 +25,11 @@ from tests.support.packages import (
 )
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.manifest import HealthProbe
-from updater_fsm.ops.package import (
-    PackageLimits,
-    entry_mode,
-    external_modules,
-    extract_module,
-    internal_modules,
-    open_package,
-    read_package,
-)
+from updater_fsm.package.archive import entry_mode, open_package
+from updater_fsm.package.destinations import external_modules, internal_modules
+from updater_fsm.package.extraction import extract_module
+from updater_fsm.package.limits import PackageLimits
+from updater_fsm.package.manifest import read_package
 
 ROOT = DEFAULT_ROOT
 
