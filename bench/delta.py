@@ -4,8 +4,8 @@ For each release pair it pip-downloads the two OctoPrint wheels (``--no-deps``: 
 application itself), unpacks each into a tree, builds the full package of the new release
 and the delta against the old one's full package with our builder, then in a fresh process
 per run installs the old release as the factory snapshot and stages the new one from the
-full package and from the delta (``snapshots.stage_snapshot``), recording the wall time and
-that process's peak RSS (``VmHWM``). Then, end to end for the first pair: a real
+full package and from the delta (``snapshot_staging.stage_snapshot``), recording the wall
+time and that process's peak RSS (``VmHWM``). Then, end to end for the first pair: a real
 ``tope-updater serve --sandbox`` running the old release, the package served over a link
 throttled to ``--link-rate`` bytes/s (the tests' package server, ``Behaviour(rate_bps=…)``),
 ``POST /download`` → ``toInstall`` → ``POST /update`` → ``success``, once with the full
@@ -37,9 +37,9 @@ sys.path.insert(0, str(REPO))
 from _util import SandboxUpdater, device_api_stub, get_json, machine, post_json  # noqa: E402
 
 from tests.support.package_server import Behaviour, ThreadedPackageServer  # noqa: E402
-from updater_fsm.ops.package import read_package  # noqa: E402
-from updater_fsm.ops.package_build import build_package  # noqa: E402
-from updater_fsm.ops.snapshots import init_layout  # noqa: E402
+from updater_fsm.ops.snapshot_store import init_layout  # noqa: E402
+from updater_fsm.package.builder import build_package  # noqa: E402
+from updater_fsm.package.manifest import read_package  # noqa: E402
 
 PAIRS = [("1.10.2", "1.10.3"), ("1.11.1", "1.11.2"), ("1.10.3", "1.11.0")]
 
@@ -47,8 +47,9 @@ _STAGE = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from updater_fsm.ops.package import read_package
-    from updater_fsm.ops.snapshots import Layout, init_layout, stage_snapshot
+    from updater_fsm.ops.snapshot_staging import stage_snapshot
+    from updater_fsm.ops.snapshot_store import Layout, init_layout
+    from updater_fsm.package.manifest import read_package
 
     def peak_kb():
         with open("/proc/self/status") as fh:

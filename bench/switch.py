@@ -1,6 +1,6 @@
 """Benchmark: the version switch, alone and with the services around it.
 
-1. ``snapshots.switch_links`` on a realistic snapshot store (factory + two snapshots of
+1. ``snapshot_store.switch_links`` on a realistic snapshot store (factory + two snapshots of
    ``--files`` files each), alternating between two versions ``--reps`` times. Each call
    reads the links, replaces ``previous`` and ``current`` (temp link + rename + directory
    fsync, twice) and reads them back. Goal: < 1 ms (p50).
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from updater_fsm.core.manifest import ServiceUnit
 from updater_fsm.log_setup import configure_logging
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 
 GOAL_SWITCH_MS = 1.0
 _VERSIONS = ("1.1.0", "1.2.0")
@@ -68,8 +68,8 @@ def build_store(root: Path, files: int) -> None:
         script = tree / "bin" / name
         script.write_text("#!/bin/sh\nexec sleep 600\n")
         script.chmod(0o755)
-    snapshots.init_layout(root, "1.0.0", from_dir=tree)
-    layout = snapshots.Layout(root)
+    snapshot_store.init_layout(root, "1.0.0", from_dir=tree)
+    layout = snapshot_store.Layout(root)
     for version in _VERSIONS:
         shutil.copytree(tree, layout.snapshot_dir(version), symlinks=True)
     shutil.rmtree(tree)
@@ -77,12 +77,12 @@ def build_store(root: Path, files: int) -> None:
 
 def bench_links(root: Path, reps: int) -> list[float]:
     """Time ``switch_links`` alternating between the two versions; seconds per call."""
-    layout = snapshots.Layout(root)
+    layout = snapshot_store.Layout(root)
     times = []
     for i in range(reps):
         version = _VERSIONS[i % 2]
         t0 = time.perf_counter()
-        snapshots.switch_links(layout, version)
+        snapshot_store.switch_links(layout, version)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -95,14 +95,14 @@ def bench_steps(root: Path, reps: int) -> dict[str, list[float]]:
     """
     from updater_fsm import durable
 
-    versions = snapshots.Layout(root).versions
+    versions = snapshot_store.Layout(root).versions
     link, tmp = versions / ".bench-link", versions / ".bench-link.tmp"
     steps: dict[str, list[float]] = {"read_links": [], "symlink+rename": [], "fsync(dir)": []}
-    layout = snapshots.Layout(root)
+    layout = snapshot_store.Layout(root)
     try:
         for i in range(reps):
             t0 = time.perf_counter()
-            snapshots.read_links(layout)
+            snapshot_store.read_links(layout)
             t1 = time.perf_counter()
             os.symlink(f"v{_VERSIONS[i % 2]}", tmp)
             os.replace(tmp, link)
@@ -150,14 +150,14 @@ async def _cycles(
         sandbox.systemctl_prefix, start_confirm_s=confirm_s, poll_s=0.02, start_timeout=10
     )
     units = [ServiceUnit(f"{name}.service", order) for name, order in _UNITS]
-    layout = snapshots.Layout(root)
+    layout = snapshot_store.Layout(root)
     phases: dict[str, list[float]] = {k: [] for k in ("stop", "switch", "start", "health")}
     phases["total"] = []
     for i in range(cycles):
         t0 = time.perf_counter()
         await ctl.stop_units(units)
         t1 = time.perf_counter()
-        await asyncio.to_thread(snapshots.switch_links, layout, _VERSIONS[i % 2])
+        await asyncio.to_thread(snapshot_store.switch_links, layout, _VERSIONS[i % 2])
         t2 = time.perf_counter()
         await ctl.start_units(units)
         t3 = time.perf_counter()
@@ -185,7 +185,7 @@ def bench_systemd(root: Path, cycles: int, confirm_s: float, settle_s: float) ->
     if reason is not None:
         print(f"\nsystemd part skipped: {reason}")
         return
-    versions = snapshots.Layout(root).versions
+    versions = snapshot_store.Layout(root).versions
     sandbox = SystemdSandbox()
     try:
         sandbox.boot()

@@ -36,15 +36,19 @@ from updater_fsm.ops import (
     download,
     external_files,
     fleet_access,
-    package,
     self_update,
-    snapshots,
+    snapshot_staging,
+    snapshot_store,
     verify,
 )
 from updater_fsm.ops.commands import CommandTimeout, describe_exit, run_command, run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
 from updater_fsm.ops.printer_probe import configured_probe
 from updater_fsm.ops.services import ServiceController
+from updater_fsm.package.destinations import external_modules
+from updater_fsm.package.extraction import extract_updater_bundle
+from updater_fsm.package.limits import PackageLimits
+from updater_fsm.package.manifest import read_package
 from updater_fsm.state_layout import package_path
 
 if TYPE_CHECKING:
@@ -82,8 +86,8 @@ class ReportSink(Protocol):
         """Send the current snapshot soon; ``terminal`` ones must never be dropped."""
 
 
-def package_limits(config: Config) -> package.PackageLimits:
-    return package.PackageLimits(
+def package_limits(config: Config) -> PackageLimits:
+    return PackageLimits(
         max_total_uncompressed=config.max_package_bytes, max_ratio=config.max_zip_ratio
     )
 
@@ -133,7 +137,7 @@ class OpsRunner:
         self._slots = self_update.find_slots(config.updater_prefix)
         self._config = config
         self._reporter = reporter
-        self._layout = snapshots.Layout(config.root)
+        self._layout = snapshot_store.Layout(config.root)
         self._limits = package_limits(config)
         if controller is None and config.service_control is ServiceControl.SYSTEMD:
             controller = ServiceController(
@@ -383,7 +387,7 @@ class OpsRunner:
 
     # ---- install -------------------------------------------------------------------
     def _read_manifest(self, version: str, package_name: str) -> Manifest:
-        return package.read_package(
+        return read_package(
             self._package_path(package_name),
             expected_version=version,
             root=self._config.root,
@@ -407,7 +411,7 @@ class OpsRunner:
                         " (install it with systemd/install.sh, or set updater_prefix)",
                     )
                 updater_version = manifest.updater.version
-            snapshots.stage_snapshot(
+            snapshot_staging.stage_snapshot(
                 self._layout,
                 manifest,
                 self._package_path(effect.package_name),
@@ -429,11 +433,11 @@ class OpsRunner:
         # The switch stops the printer's services: ask the busy probe again, a print may
         # have started while the snapshot was built.
         printer = await self._ask_printer() if self._ask_printer is not None else None
-        links = snapshots.read_links(self._layout)
+        links = snapshot_store.read_links(self._layout)
         self._engine.post(ev.Staged(effect.job_id, units, links, printer, updater_version))
 
     async def _discard_staging(self, effect: fx.DiscardStaging) -> None:
-        await asyncio.to_thread(snapshots.discard_staging, self._layout, effect.version)
+        await asyncio.to_thread(snapshot_staging.discard_staging, self._layout, effect.version)
 
     async def _switch(self, effect: fx.SwitchVersion) -> None:
         started = time.perf_counter()
@@ -441,7 +445,7 @@ class OpsRunner:
             await self._stop_units(effect.units)
             crash_point("switch:units_stopped")
             await asyncio.to_thread(self._apply_external, effect.version, effect.package_name)
-            await asyncio.to_thread(snapshots.switch_links, self._layout, effect.version)
+            await asyncio.to_thread(snapshot_store.switch_links, self._layout, effect.version)
             self._engine.refresh_links()
             crash_point("switch:links_switched")
             await self._start_units(effect.units)
@@ -476,7 +480,7 @@ class OpsRunner:
         if not self._config.extra_roots:
             return
         manifest = self._read_manifest(version, package_name)
-        outside = package.external_modules(manifest, self._config.root)
+        outside = external_modules(manifest, self._config.root)
         if outside:
             external_files.apply_external(
                 outside,
@@ -506,10 +510,12 @@ class OpsRunner:
                 await asyncio.to_thread(
                     external_files.restore_external, self._backup_dir(effect.failed_version)
                 )
-            await asyncio.to_thread(snapshots.point_current, self._layout, effect.target_version)
+            await asyncio.to_thread(
+                snapshot_store.point_current, self._layout, effect.target_version
+            )
             if effect.previous_after:
                 await asyncio.to_thread(
-                    snapshots.point_previous, self._layout, effect.previous_after
+                    snapshot_store.point_previous, self._layout, effect.previous_after
                 )
             self._engine.refresh_links()
             crash_point("rollback:links_switched")
@@ -545,7 +551,7 @@ class OpsRunner:
             work.mkdir(parents=True)
             try:
                 bundle_file = work / "bundle.tar.gz"
-                package.extract_updater_bundle(
+                extract_updater_bundle(
                     self._package_path(effect.package_name),
                     manifest.updater,
                     bundle_file,
@@ -696,12 +702,12 @@ class OpsRunner:
 
     async def _remove_snapshot(self, effect: fx.RemoveSnapshot) -> None:
         try:
-            await asyncio.to_thread(snapshots.remove_snapshot, self._layout, effect.version)
+            await asyncio.to_thread(snapshot_store.remove_snapshot, self._layout, effect.version)
         except UpdaterError as err:
             _log.info("snapshot kept", version=effect.version, reason=err.detail)
 
     async def _collect_garbage(self, effect: fx.CollectGarbage) -> None:
-        await asyncio.to_thread(snapshots.collect_garbage, self._layout)
+        await asyncio.to_thread(snapshot_store.collect_garbage, self._layout)
         if self._config.backups_dir.is_dir():
             for backup in self._config.backups_dir.iterdir():
                 await asyncio.to_thread(external_files.drop_backups, backup)

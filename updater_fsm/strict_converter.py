@@ -26,7 +26,7 @@ collects these in a ``ClassValidationError`` whose notes name the field
 Text (environment variables, command-line flags) is not a typed source: the configuration
 turns it into typed values first (:mod:`updater_fsm.config`), then structures those here.
 A manifest's own notations (the ``dest`` alias, unknown keys that are tolerated) are handled
-by :mod:`updater_fsm.ops.package` before structuring; its ``health`` notation is
+by :mod:`updater_fsm.package.manifest` before structuring; its ``health`` notation is
 :class:`~updater_fsm.core.manifest.HealthProbeNotation`, turned into a ``HealthProbe`` here.
 """
 

@@ -23,7 +23,7 @@ from http_shell.daemon.reporter import Reporter
 from updater_fsm import control
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 from updater_fsm.ops.self_update import running_version
 
 ENGINE: web.AppKey[UpdaterControl] = web.AppKey("engine", UpdaterControl)
@@ -104,12 +104,12 @@ async def post_reset(request: web.Request) -> web.Response:
 
 def _installed(root: Path, links: control.LinkVersions) -> list[dict[str, Any]]:
     """Snapshot dirs with their sizes (blocking: walks whole trees)."""
-    layout = snapshots.Layout(root)
+    layout = snapshot_store.Layout(root)
     named = {"current": links.current, "previous": links.previous, "factory": links.factory}
     out = []
-    for version in snapshots.list_snapshots(layout):
+    for version in snapshot_store.list_snapshots(layout):
         try:
-            size = snapshots.snapshot_size(layout.snapshot_dir(version))
+            size = snapshot_store.snapshot_size(layout.snapshot_dir(version))
         except OSError:
             size = 0  # removed while we looked (garbage collection): report what we can
         out.append(

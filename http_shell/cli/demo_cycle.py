@@ -29,7 +29,8 @@ from http_shell.api.app import create_app
 from http_shell.cli.client import ApiClient, watch_progress
 from http_shell.daemon.assembly import instance_lock, running_updater
 from updater_fsm.config import Config, ServiceControl
-from updater_fsm.ops import package_build, snapshots
+from updater_fsm.ops import snapshot_store
+from updater_fsm.package import builder
 
 MARKER = ".tope-demo"
 PAYLOAD_BYTES = 24 * 1024 * 1024
@@ -166,7 +167,7 @@ def screen_command(url: str, environ: Mapping[str, str] = os.environ) -> str | N
 async def _install(
     client: ApiClient,
     url: str,
-    result: package_build.BuildResult,
+    result: builder.BuildResult,
     printing: SimulatedPrint | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Download and install ``result``; with ``printing``, a print runs meanwhile.
@@ -242,7 +243,7 @@ def run_demo(directory: Path, *, keep: bool = False) -> int:
     return 0 if ok else 1
 
 
-def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
+def _prepare(directory: Path) -> tuple[Config, list[builder.BuildResult]]:
     root = directory / "root"
     port = _free_port()
     config = Config(
@@ -261,7 +262,7 @@ def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
     (factory_src / "bin").mkdir(parents=True)
     (factory_src / "bin" / "hello").write_text(_hello("1.0.0"))
     (factory_src / "bin" / "hello").chmod(0o755)
-    snapshots.init_layout(root, "1.0.0", factory_src)
+    snapshot_store.init_layout(root, "1.0.0", factory_src)
     print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
     print("    busy gate: an install waits while busy_probe exits non-zero:")
     print(f"      {config.busy_probe}")
@@ -274,7 +275,7 @@ def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
     for version, broken in (("1.1.0", False), ("1.2.0", True)):
         src = directory / f"src-{version}"
         _write_tree(src, version, root, broken=broken)
-        result = package_build.build_package(
+        result = builder.build_package(
             src, version=version, output=directory / f"update-{version}.zip", root=root
         )
         built.append(result)
@@ -283,7 +284,7 @@ def _prepare(directory: Path) -> tuple[Config, list[package_build.BuildResult]]:
     return config, built
 
 
-async def _drive(config: Config, built: list[package_build.BuildResult]) -> bool:
+async def _drive(config: Config, built: list[builder.BuildResult]) -> bool:
     root = config.root
     file_server, url = await _serve_files({r.path.name: r.path for r in built})
     ok = True

@@ -13,21 +13,21 @@ from http_shell.cli.options import add_config_flags, config_from
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import snapshots
+    from updater_fsm.ops import snapshot_store
 
-    snapshots.init_layout(args.root, args.version, args.from_dir)
-    links = snapshots.read_links(snapshots.Layout(args.root))
+    snapshot_store.init_layout(args.root, args.version, args.from_dir)
+    links = snapshot_store.read_links(snapshot_store.Layout(args.root))
     print(f"initialised {args.root}: current=v{links.current} factory=v{links.factory}")
     return EXIT_OK
 
 
 def cmd_verify_setup(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import snapshots
+    from updater_fsm.ops import snapshot_store
 
     config = config_from(args)
-    layout = snapshots.Layout(config.root)
-    problems = snapshots.verify_setup(layout)
-    links = snapshots.read_links(layout)
+    layout = snapshot_store.Layout(config.root)
+    problems = snapshot_store.verify_setup(layout)
+    links = snapshot_store.read_links(layout)
     fleet = None
     if config.ddi_url is not None:
         import asyncio

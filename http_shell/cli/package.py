@@ -11,10 +11,10 @@ from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK
 
 
 def cmd_package_build(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import package_build
+    from updater_fsm.package import builder
 
     try:
-        result = package_build.build_package(
+        result = builder.build_package(
             args.src,
             version=args.version,
             output=args.output,
@@ -25,7 +25,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
             base_version=args.base_version,
             updater_bundle=args.updater_bundle,
         )
-    except package_build.BuildError as exc:
+    except builder.BuildError as exc:
         print(f"tope-updater: package build failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
     fields = {
@@ -51,9 +51,9 @@ def cmd_package_build(args: argparse.Namespace) -> int:
 
 
 def cmd_package_keygen(args: argparse.Namespace) -> int:
-    from updater_fsm.ops import package_build
+    from updater_fsm.package import builder
 
-    package_build.generate_keypair(args.private, args.public)
+    builder.generate_keypair(args.private, args.public)
     print(f"private key: {args.private}\npublic key:  {args.public} (set trusted_key to it)")
     return EXIT_OK
 

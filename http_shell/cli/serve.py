@@ -29,11 +29,11 @@ def sandbox_config(directory: Path) -> Config:
 
 def ensure_sandbox(config: Config) -> None:
     """Seed the sandbox root with a factory version on first run."""
-    from updater_fsm.ops import snapshots
+    from updater_fsm.ops import snapshot_store
 
-    layout = snapshots.Layout(config.root)
-    if snapshots.read_links(layout).current is None:
-        snapshots.init_layout(config.root, SANDBOX_FACTORY_VERSION)
+    layout = snapshot_store.Layout(config.root)
+    if snapshot_store.read_links(layout).current is None:
+        snapshot_store.init_layout(config.root, SANDBOX_FACTORY_VERSION)
         print(f"sandbox: created {config.root} with factory version v{SANDBOX_FACTORY_VERSION}")
 
 

@@ -27,7 +27,7 @@ from aiohttp import web
 from updater_fsm.config import Config
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 from updater_fsm.ops.printer_probe import configured_probe
 from updater_fsm.ops.self_update import EXIT_SWITCHED
 from updater_fsm.ops.services import ServiceController
@@ -100,7 +100,7 @@ async def running_updater(
 
     ``restart_self`` ends the process for its supervisor to start the updater again (a
     self-update's hand-over; see :class:`~updater_fsm.runner.OpsRunner`)."""
-    layout = snapshots.Layout(config.root)
+    layout = snapshot_store.Layout(config.root)
     journal = Journal(config.state_path)
     recovered = load_record(journal)
     config.downloads_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ async def running_updater(
         recovered.record,
         journal,
         resume_limit=config.resume_limit,
-        read_links=lambda: snapshots.read_links(layout),
+        read_links=lambda: snapshot_store.read_links(layout),
         clock=clock or time.time,
         gate=config.printer_gate,
         ask_printer=configured_probe(config.busy_probe, timeout_s=config.busy_probe_timeout_s),

@@ -55,7 +55,7 @@ from tests.support.package_server import Behaviour, RequestRecord, ThreadedPacka
 from tests.support.packages import make_package
 from updater_fsm import journal as journal_mod
 from updater_fsm.core.record import Record
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 
 # Ports for updaters and device-api mocks come from below the kernel's ephemeral range, one
 # process-wide counter, never reused: a killed updater frees its port until it is restarted,
@@ -355,7 +355,7 @@ class Rig:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
             p.chmod(mode)
-        snapshots.init_layout(self.root, FACTORY_VERSION, factory_src)
+        snapshot_store.init_layout(self.root, FACTORY_VERSION, factory_src)
         shutil.rmtree(factory_src)
         self.factory_digest = tree_digest(self.root / "versions" / "factory")
         pkg = make_package(
@@ -431,8 +431,8 @@ class Rig:
                     best = rec
         return best
 
-    def links(self) -> snapshots.LinkState:
-        return snapshots.read_links(snapshots.Layout(self.root))
+    def links(self) -> snapshot_store.LinkState:
+        return snapshot_store.read_links(snapshot_store.Layout(self.root))
 
     def package_requests(self) -> list[RequestRecord]:
         return list(self.server.server.requests(self.package_name))

@@ -27,7 +27,7 @@ import pytest
 
 from tests.crash import harness as h
 from tests.support.package_server import ThreadedPackageServer
-from updater_fsm.ops.package_build import build_package
+from updater_fsm.package.builder import build_package
 
 BASE_VERSION = h.GOOD_VERSION  # 1.1.0
 DELTA_VERSION = "1.2.0"

@@ -18,7 +18,7 @@ from http_shell.daemon.assembly import running_updater
 from tests.e2e.test_sandbox_cycle import install_over_http, sandbox
 from tests.support.package_server import PackageServer
 from updater_fsm.config import Config
-from updater_fsm.ops.package_build import build_package
+from updater_fsm.package.builder import build_package
 
 V1 = {
     "bin/app": b"#!/bin/sh\necho 1.1.0\n",

@@ -24,7 +24,7 @@ from updater_fsm.config import Config
 from updater_fsm.core import events as ev
 from updater_fsm.core.table import State
 from updater_fsm.engine import Engine
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_staging, snapshot_store
 from updater_fsm.ops.verify import hash_file
 
 API = "/api/v1.0"
@@ -40,7 +40,7 @@ async def wait_for(engine: Engine, *states: State, timeout: float = 20.0) -> Non
 
 def sandbox(tmp_path: Path) -> Config:
     root = tmp_path / "root"
-    snapshots.init_layout(root, "1.0.0")
+    snapshot_store.init_layout(root, "1.0.0")
     return Config(root=root, state_dir=tmp_path / "state", service_control="none", settle_s=0.1)
 
 
@@ -193,7 +193,7 @@ async def test_cancel_while_staging_leaves_no_snapshot_or_staging_behind(
     remove whatever it built — a half-built ``.staging`` or a finished, unlinked snapshot."""
     config = sandbox(tmp_path)
     root = config.root
-    real_stage, real_discard = snapshots.stage_snapshot, snapshots.discard_staging
+    real_stage, real_discard = snapshot_staging.stage_snapshot, snapshot_staging.discard_staging
     staged, stage_over = threading.Event(), threading.Event()
     discarded_while_staging: list[bool] = []
 
@@ -210,8 +210,8 @@ async def test_cancel_while_staging_leaves_no_snapshot_or_staging_behind(
         discarded_while_staging.append(not stage_over.is_set())
         real_discard(*args, **kwargs)
 
-    monkeypatch.setattr(snapshots, "stage_snapshot", slow_stage)
-    monkeypatch.setattr(snapshots, "discard_staging", watched_discard)
+    monkeypatch.setattr(snapshot_staging, "stage_snapshot", slow_stage)
+    monkeypatch.setattr(snapshot_staging, "discard_staging", watched_discard)
     pkg = make_package(tmp_path / "p.zip", "1.1.0", {"bin/v": b"1.1.0"}, root=root)
     async with running_updater(config, report=False) as u:
         engine = u.engine

@@ -33,7 +33,7 @@ from updater_fsm.config import Config
 from updater_fsm.core import events as ev
 from updater_fsm.core.table import State
 from updater_fsm.engine import Engine
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.ops.verify import hash_file
 
@@ -131,7 +131,7 @@ class Rig:
         for rel, data in {SCRIPT: good_script("1.0.0"), **(extra or {})}.items():
             (factory / rel).write_bytes(data)
             (factory / rel).chmod(0o755)
-        snapshots.init_layout(self.root, "1.0.0", from_dir=factory)
+        snapshot_store.init_layout(self.root, "1.0.0", from_dir=factory)
         self.flags.mkdir(exist_ok=True)  # a test may set flags before the first start
         self.status.parent.mkdir()
         service = (

@@ -11,7 +11,7 @@ from fleet_ddi.ddi_protocol import ControllerBase
 from http_shell.cli.serve import sandbox_config
 from http_shell.daemon.assembly import running_updater
 from tests.support.hawkbit import free_port
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 
 
 async def test_a_poll_that_raises_is_logged_and_retried_at_the_floor_not_at_once(
@@ -24,7 +24,7 @@ async def test_a_poll_that_raises_is_logged_and_retried_at_the_floor_not_at_once
         ddi_poll_min_s=0.1,
         ddi_poll_max_s=0.4,
     )
-    snapshots.init_layout(config.root, "1.0.0")
+    snapshot_store.init_layout(config.root, "1.0.0")
     calls = 0
 
     async def broken_base() -> ControllerBase:

@@ -26,7 +26,7 @@ from updater_fsm.core.machine import Decision
 from updater_fsm.core.record import Record
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 
 E = TypeVar("E", bound=fx.Effect)
 API = "/api/v1.0"
@@ -126,7 +126,7 @@ class Rig:
 
 def make_layout(root: Path, *, previous: bool = True) -> None:
     """``versions/`` with factory v1.0.0 and (when ``previous``) current v1.1.0."""
-    snapshots.init_layout(root, "1.0.0")
+    snapshot_store.init_layout(root, "1.0.0")
     if previous:
         new = root / "versions" / "v1.1.0"
         (new / "bin").mkdir(parents=True)
@@ -155,11 +155,11 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def rig(tmp_path: Path, clock: FakeClock, root: Path) -> AsyncIterator[Rig]:
-    layout = snapshots.Layout(root)
+    layout = snapshot_store.Layout(root)
     engine = Engine(
         Record(),
         Journal(tmp_path / "state"),
-        read_links=lambda: snapshots.read_links(layout),
+        read_links=lambda: snapshot_store.read_links(layout),
         clock=clock,
     )
     runner = RecordingRunner()

@@ -32,7 +32,7 @@ from updater_fsm.core.progress import Transfer
 from updater_fsm.core.record import Record
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 
 Client = TestClient[Any, Any]
 
@@ -221,11 +221,11 @@ async def test_manual_rollback_prefers_the_last_installs_units(
     tmp_path: Path, root: Path, aiohttp_client: Any
 ) -> None:
     journaled = (ServiceUnit("printer.service", restart_order=3),)
-    layout = snapshots.Layout(root)
+    layout = snapshot_store.Layout(root)
     engine = Engine(
         Record(last_units=journaled),
         Journal(tmp_path / "state"),
-        read_links=lambda: snapshots.read_links(layout),
+        read_links=lambda: snapshot_store.read_links(layout),
     )
     runner = RecordingRunner()
     engine.attach(runner)

@@ -27,7 +27,7 @@ from tests.support.package_server import Behaviour, PackageServer
 from updater_fsm.config import Config
 from updater_fsm.core.table import State
 from updater_fsm.log_setup import configure_logging
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 
 __all__ = ["device_api"]
 
@@ -69,7 +69,7 @@ async def test_url_credentials_appear_nowhere_but_the_journal(
     file_logging: None,
 ) -> None:
     root = tmp_path / "root"
-    snapshots.init_layout(root, "1.0.0")
+    snapshot_store.init_layout(root, "1.0.0")
     config = Config(
         root=root,
         state_dir=tmp_path / "state",

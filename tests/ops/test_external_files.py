@@ -20,7 +20,8 @@ from updater_fsm.ops.external_files import (
     drop_backups,
     restore_external,
 )
-from updater_fsm.ops.package import external_modules, read_package
+from updater_fsm.package.destinations import external_modules
+from updater_fsm.package.manifest import read_package
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,7 +120,8 @@ def test_crash_after_first_replace_resumes_without_retaking_backups(
         f"""
         from pathlib import Path
         from updater_fsm.ops.external_files import apply_external
-        from updater_fsm.ops.package import external_modules, read_package
+        from updater_fsm.package.destinations import external_modules
+        from updater_fsm.package.manifest import read_package
         root = Path({str(tmp_path / "root")!r})
         m = read_package(Path({str(pkg)!r}), expected_version="1.1.0", root=root,
                          extra_roots=[Path({str(extra)!r})])

@@ -14,22 +14,21 @@ import pytest
 
 from tests.support.packages import make_package
 from updater_fsm.core.errors import ErrorCode, UpdaterError
-from updater_fsm.ops.package import read_package
-from updater_fsm.ops.snapshots import (
+from updater_fsm.ops.snapshot_staging import discard_staging, stage_snapshot
+from updater_fsm.ops.snapshot_store import (
     Layout,
     LinkState,
     collect_garbage,
-    discard_staging,
     init_layout,
     list_snapshots,
     point_current,
     read_links,
     remove_snapshot,
     snapshot_size,
-    stage_snapshot,
     switch_links,
     verify_setup,
 )
+from updater_fsm.package.manifest import read_package
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,8 +238,9 @@ def test_crash_before_rename_leaves_no_snapshot(layout: Layout, tmp_path: Path) 
     script = textwrap.dedent(
         f"""
         from pathlib import Path
-        from updater_fsm.ops.package import read_package
-        from updater_fsm.ops.snapshots import Layout, stage_snapshot
+        from updater_fsm.package.manifest import read_package
+        from updater_fsm.ops.snapshot_staging import stage_snapshot
+        from updater_fsm.ops.snapshot_store import Layout
         layout = Layout(Path({str(layout.root)!r}))
         m = read_package(Path({str(pkg)!r}), expected_version="1.1.0", root=layout.root)
         stage_snapshot(layout, m, Path({str(pkg)!r}))

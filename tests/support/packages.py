@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 from updater_fsm.core.errors import ErrorCode
-from updater_fsm.ops.package import PackageLimits
+from updater_fsm.package.limits import PackageLimits
 
 DEFAULT_ROOT = Path("/opt/tope")
 FileSpec = bytes | tuple[bytes, int]

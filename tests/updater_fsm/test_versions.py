@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from updater_fsm.core.versions import VERSION_MAX_LENGTH, InvalidVersion, Version
-from updater_fsm.ops import snapshots
+from updater_fsm.ops import snapshot_store
 
 
 @pytest.mark.parametrize("text", ["1.2.3", "0.0.0", "10.20.30", "01.2.3"])
@@ -61,17 +61,18 @@ def test_round_trip_and_key(parts: tuple[int, int, int]) -> None:
 
 def test_snapshot_names_and_manifests_use_the_same_parser(tmp_path: Path) -> None:
     """A trailing newline was a valid snapshot name and manifest version before."""
-    assert snapshots.snapshot_version("v1.2.3") == "1.2.3"
-    assert snapshots.snapshot_version("v1.2.3\n") is None
-    assert snapshots.snapshot_version("1.2.3") is None
-    layout = snapshots.Layout(tmp_path)
+    assert snapshot_store.snapshot_version("v1.2.3") == "1.2.3"
+    assert snapshot_store.snapshot_version("v1.2.3\n") is None
+    assert snapshot_store.snapshot_version("1.2.3") is None
+    layout = snapshot_store.Layout(tmp_path)
     with pytest.raises(InvalidVersion):
         layout.snapshot_dir("1.2.3\n")
 
 
 def test_manifest_version_with_a_newline_is_refused(tmp_path: Path) -> None:
     from updater_fsm.core.errors import ErrorCode, UpdaterError
-    from updater_fsm.ops.package import PackageLimits, read_package
+    from updater_fsm.package.limits import PackageLimits
+    from updater_fsm.package.manifest import read_package
 
     pkg = tmp_path / "p.zip"
     with zipfile.ZipFile(pkg, "w") as zf:

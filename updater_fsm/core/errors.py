@@ -130,3 +130,14 @@ def code_for_os_error(errno_value: int | None, otherwise: ErrorCode) -> ErrorCod
     Pure: callers pass ``OSError.errno``; every executor maps errors through this one rule.
     """
     return ErrorCode.DISK_FULL if errno_value in DISK_FULL_ERRNOS else otherwise
+
+
+def error_for_os_error(exc: OSError, detail: str, otherwise: ErrorCode) -> UpdaterError:
+    """A failed file operation as an :class:`UpdaterError` (code by :func:`code_for_os_error`).
+
+    ``DISK_FULL`` (retryable, ``"<detail>: <strerror>"``) when the filesystem is out of room,
+    else ``otherwise`` with ``"<detail>: <exc>"``.
+    """
+    if code_for_os_error(exc.errno, otherwise) is ErrorCode.DISK_FULL:
+        return UpdaterError(ErrorCode.DISK_FULL, f"{detail}: {exc.strerror}", retryable=True)
+    return UpdaterError(otherwise, f"{detail}: {exc}")

@@ -1,8 +1,8 @@
 """The update package's manifest (contract §3) as plain attrs classes.
 
 This module only defines the shapes. Parsing and validating a ``manifest.json`` (strict,
-hostile-input-proof) is :mod:`updater_fsm.ops.package`'s job; the builder that writes one
-is :mod:`updater_fsm.ops.package_build`. The job journal stores the installed modules'
+hostile-input-proof) is :mod:`updater_fsm.package.manifest`'s job; the builder that writes
+one is :mod:`updater_fsm.package.builder`. The job journal stores the installed modules'
 :class:`ServiceUnit` list so a restarted updater knows which units a switch touches.
 """
 

@@ -29,17 +29,13 @@ from typing import Any
 import structlog
 
 from updater_fsm import durable
-from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.core.errors import ErrorCode, UpdaterError, error_for_os_error
 from updater_fsm.core.manifest import Module
 from updater_fsm.faults import crash_point
-from updater_fsm.ops.package import (
-    PackageLimits,
-    dst_relative_to,
-    extract_module,
-    open_package,
-    os_error,
-    real_dst_problem,
-)
+from updater_fsm.package.archive import open_package
+from updater_fsm.package.destinations import dst_relative_to, real_dst_problem
+from updater_fsm.package.extraction import extract_module
+from updater_fsm.package.limits import PackageLimits
 
 log = structlog.get_logger(__name__)
 
@@ -205,7 +201,9 @@ def apply_external(
                 crash_point("external:after_replace")
                 written.append(module.dst)
     except OSError as exc:
-        raise os_error(exc, "cannot replace files outside the install root") from exc
+        raise error_for_os_error(
+            exc, "cannot replace files outside the install root", ErrorCode.DEPLOYMENT_FAILED
+        ) from exc
     log.info("external_files_applied", files=written, backup_dir=str(backup_dir))
     return written
 

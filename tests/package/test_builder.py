@@ -12,15 +12,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from updater_fsm.core.manifest import HealthProbe, units_of
-from updater_fsm.ops.package import read_package
-from updater_fsm.ops.package_build import (
+from updater_fsm.ops.snapshot_staging import stage_snapshot
+from updater_fsm.ops.snapshot_store import Layout, init_layout
+from updater_fsm.package.builder import (
     BuildError,
     build_package,
     generate_keypair,
     load_public_key,
     verify_file_signature,
 )
-from updater_fsm.ops.snapshots import Layout, init_layout, stage_snapshot
+from updater_fsm.package.manifest import read_package
 
 CONFIG = """
 [modules."services/device-api/*"]

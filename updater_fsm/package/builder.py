@@ -1,4 +1,4 @@
-"""Build update packages (the ZIPs :mod:`updater_fsm.ops.package` reads).
+"""Build update packages (the ZIPs :mod:`updater_fsm.package.manifest` reads).
 
 ``SRC_DIR`` mirrors the install root: ``SRC/bin/device-api`` becomes a module with
 ``dst = <root>/bin/device-api``, stored in the ZIP as ``files/bin/device-api`` with its
@@ -57,16 +57,11 @@ from updater_fsm import durable
 from updater_fsm.core.errors import UpdaterError
 from updater_fsm.core.manifest import DeltaKind, Manifest
 from updater_fsm.core.versions import InvalidVersion, Version
-from updater_fsm.ops import delta as zdelta
-from updater_fsm.ops.package import (
-    MANIFEST_NAME,
-    PackageLimits,
-    dst_relative_to,
-    entry_mode,
-    open_package,
-    parse_manifest_json,
-    read_package,
-)
+from updater_fsm.package import delta as zdelta
+from updater_fsm.package.archive import entry_mode, open_package
+from updater_fsm.package.destinations import dst_relative_to
+from updater_fsm.package.limits import PackageLimits
+from updater_fsm.package.manifest import MANIFEST_NAME, parse_manifest_json, read_package
 
 CONFIG_NAME = "tope-package.toml"
 PAYLOAD_PREFIX = "files/"

@@ -21,13 +21,11 @@ from tests.support.packages import make_manifest, make_package
 from tests.support.raw_zip import write_raw_zip
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.ops.external_files import apply_external
-from updater_fsm.ops.package import (
-    PackageLimits,
-    external_modules,
-    extract_module,
-    open_package,
-    read_package,
-)
+from updater_fsm.package.archive import open_package
+from updater_fsm.package.destinations import external_modules
+from updater_fsm.package.extraction import extract_module
+from updater_fsm.package.limits import PackageLimits
+from updater_fsm.package.manifest import read_package
 
 REPO = Path(__file__).resolve().parents[2]
 ROOT = Path("/opt/tope")
@@ -63,7 +61,7 @@ def _judge_in_fresh_process(package: Path) -> dict[str, Any]:
         import json, sys, time
         from pathlib import Path
         from updater_fsm.core.errors import UpdaterError
-        from updater_fsm.ops.package import read_package
+        from updater_fsm.package.manifest import read_package
 
         before = peak_kb()
         started = time.perf_counter()

@@ -19,15 +19,13 @@ import hashlib
 import io
 import os
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import pyzstd
 from pyzstd import ZstdDict
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError
-
-if TYPE_CHECKING:
-    from updater_fsm.ops.package import PackageLimits
+from updater_fsm.package.limits import PackageLimits
 
 #: zstd level the builder uses (``--patch-from`` runs are small: the slow levels pay off).
 PATCH_LEVEL = 19

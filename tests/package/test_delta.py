@@ -18,10 +18,12 @@ from tests.support.fresh_interpreter import run_measured
 from tests.support.packages import Entry, write_zip
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.manifest import DeltaKind
-from updater_fsm.ops import delta
-from updater_fsm.ops.package import PackageLimits, read_package
-from updater_fsm.ops.package_build import BuildError, build_package
-from updater_fsm.ops.snapshots import Layout, init_layout, read_links, stage_snapshot
+from updater_fsm.ops.snapshot_staging import stage_snapshot
+from updater_fsm.ops.snapshot_store import Layout, init_layout, read_links
+from updater_fsm.package import delta
+from updater_fsm.package.builder import BuildError, build_package
+from updater_fsm.package.limits import PackageLimits
+from updater_fsm.package.manifest import read_package
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -453,8 +455,9 @@ def test_applying_a_16_mib_patch_stays_far_below_memory_max(tmp_path: Path) -> N
         f"""
         import json, sys
         from pathlib import Path
-        from updater_fsm.ops.package import read_package
-        from updater_fsm.ops.snapshots import Layout, stage_snapshot
+        from updater_fsm.package.manifest import read_package
+        from updater_fsm.ops.snapshot_staging import stage_snapshot
+        from updater_fsm.ops.snapshot_store import Layout
 
         before = peak_kb()
         root = Path({str(root)!r})
@@ -480,7 +483,7 @@ async def test_a_delta_is_signed_and_verified_like_any_package(
 ) -> None:
     """One URL, one MD5/SHA-256, one signature: the device checks a delta as any package."""
     from updater_fsm.ops import verify
-    from updater_fsm.ops.package_build import generate_keypair
+    from updater_fsm.package.builder import generate_keypair
 
     root, v1, v2 = trees
     private, public = tmp_path / "sign.pem", tmp_path / "sign.pub"

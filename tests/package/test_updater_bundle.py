@@ -16,8 +16,10 @@ import pytest
 
 from tests.support.packages import Entry, make_manifest, write_zip
 from updater_fsm.core.errors import ErrorCode, UpdaterError
-from updater_fsm.ops import package_build
-from updater_fsm.ops.package import PackageLimits, extract_updater_bundle, read_package
+from updater_fsm.package import builder
+from updater_fsm.package.extraction import extract_updater_bundle
+from updater_fsm.package.limits import PackageLimits
+from updater_fsm.package.manifest import read_package
 
 ROOT = Path("/opt/tope")
 MACHINE = platform.machine()
@@ -57,7 +59,7 @@ def test_build_carries_the_bundle_and_the_reader_accepts_it(tmp_path: Path) -> N
     (src / "bin" / "app").write_text("app\n")
     bundle = fake_bundle(tmp_path / f"tope-updater-0.2.0-{MACHINE}.tar.gz")
     out = tmp_path / "pkg.zip"
-    result = package_build.build_package(
+    result = builder.build_package(
         src, version="1.1.0", output=out, root=ROOT, updater_bundle=bundle
     )
     updater = result.manifest.updater
@@ -78,7 +80,7 @@ def test_a_bundle_for_another_arch_builds_but_the_device_refuses_it(tmp_path: Pa
     (src / "bin" / "app").write_text("app\n")
     bundle = fake_bundle(tmp_path / "b.tar.gz", arch=OTHER_ARCH)
     out = tmp_path / "pkg.zip"
-    package_build.build_package(src, version="1.1.0", output=out, root=ROOT, updater_bundle=bundle)
+    builder.build_package(src, version="1.1.0", output=out, root=ROOT, updater_bundle=bundle)
     with pytest.raises(UpdaterError) as err:
         read_package(out, expected_version="1.1.0", root=ROOT)
     assert err.value.code is ErrorCode.UPDATER_ARCH_MISMATCH
@@ -91,8 +93,8 @@ def test_not_a_bundle_is_refused_by_the_builder(tmp_path: Path) -> None:
     (src / "bin" / "app").write_text("app\n")
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not a tarball")
-    with pytest.raises(package_build.BuildError, match="--updater-bundle"):
-        package_build.build_package(
+    with pytest.raises(builder.BuildError, match="--updater-bundle"):
+        builder.build_package(
             src, version="1.1.0", output=tmp_path / "p.zip", root=ROOT, updater_bundle=junk
         )
 
