@@ -72,6 +72,7 @@ _FAILURES = frozenset(
     {
         Trigger.DOWNLOAD_FAILED,
         Trigger.VERIFY_FAILED,
+        Trigger.WAIT_FAILED,
         Trigger.STAGE_FAILED,
         Trigger.SWITCH_FAILED,
         Trigger.UNHEALTHY,

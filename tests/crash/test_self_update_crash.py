@@ -14,7 +14,7 @@ one-shot file makes harmless), and the update must end as if nothing had happene
 * no probation, no start counter, no guard record, no other slot left behind;
 * and the kill did happen (the one-shot file exists).
 
-The points are the ``updater:*`` crash points of ``updater_fsm/runner.py`` and
+The points are the ``updater:*`` crash points of ``updater_fsm/runner/self_update.py`` and
 ``updater_fsm/ops/self_update.py`` (each of its durable writes has a ``:before_rename`` and
 an ``:after_rename``); ``updater:*_begun`` come right after the transition that asks for the
 step is journaled (``engine:journaled`` of that transition). The first trial also records a

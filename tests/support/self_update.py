@@ -57,8 +57,8 @@ class Bundles:
     hanging: Path
 
 
-#: Patched into updater_fsm/runner.py of the "hanging" updater: it starts, serves, pings the
-#: watchdog, but never confirms its probation.
+#: Patched into updater_fsm/runner/self_update.py of the "hanging" updater: it starts, serves,
+#: pings the watchdog, but never confirms its probation.
 HANG = (
     'crash_point("updater:probation_begun")',
     "await asyncio.Event().wait()  # never confirms (tests/support/self_update.py)",
@@ -81,7 +81,7 @@ def build_bundle(tmp: Path, version: str, *, broken: bool = False, hangs: bool =
         head, sep, tail = daemon.read_text().partition("from __future__ import annotations\n")
         daemon.write_text(head + sep + BROKEN_LINE + tail)
     if hangs:
-        runner = src / "updater_fsm" / "runner.py"
+        runner = src / "updater_fsm" / "runner" / "self_update.py"
         assert runner.read_text().count(HANG[0]) == 1
         runner.write_text(runner.read_text().replace(*HANG))
     out = tmp / "out"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
+from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.machine import UpdaterMachine
 from updater_fsm.core.printer import PrinterGate, PrinterStatus
 from updater_fsm.core.record import PACKAGE_TTL_S
@@ -186,3 +187,19 @@ def test_busy_again_after_staging_under_refuse_fails_and_keeps_the_package() -> 
     assert not any(isinstance(e, fx.SwitchVersion | fx.DiscardPackage) for e in d.effects)
     drive(m, ev.UpdateRequested("1.2.3", printer=FREE))
     assert m.state is State.DEPLOYING
+
+
+def test_a_broken_busy_gate_fails_the_wait_and_keeps_the_package() -> None:
+    """The wait's executor raised: fail before anything is stopped; a retry waits again."""
+    m = at_ready(PrinterGate.WAIT)
+    drive(m, ev.UpdateRequested("1.2.3"))
+    assert not m.handle(ev.WaitFailed(7, Failure(ErrorCode.PRINTER_BUSY, "x")), T0).accepted
+    d = drive(m, ev.WaitFailed(1, Failure(ErrorCode.DOWNLOAD_FAILED, "probe exploded")))
+    assert m.state is State.FAILED
+    job = m.record.job
+    assert job is not None and job.error_code is ErrorCode.PRINTER_BUSY
+    assert job.error == "PRINTER_BUSY: the busy gate failed: probe exploded"
+    assert job.package_kept
+    assert d.effects == (fx.Report(terminal=True),)  # nothing stopped, nothing deleted
+    drive(m, ev.UpdateRequested("1.2.3"))
+    assert m.state is State.WAITING_IDLE

@@ -76,6 +76,7 @@ def events(job_id: int) -> st.SearchStrategy[ev.Event]:
             ev.PrinterAnswered, jid, st.builds(PrinterStatus, st.just(False), st.just("printing"))
         ),
         st.builds(ev.WaitExpired, jid),
+        st.builds(ev.WaitFailed, jid, ERRORS),
         st.builds(ev.Staged, jid, st.just(UNITS), LINKS, PRINTER, UPDATER_VERSIONS),
         st.builds(ev.StageFailed, jid, ERRORS),
         st.builds(ev.PostCmdDone, jid, st.integers(1, 3)),

@@ -273,6 +273,14 @@ class Decisions:
         self._set_job(printer_reason=event.status.reason)
         self.effects.append(fx.Report())
 
+    def fail_wait(self, event: ev.WaitFailed) -> None:
+        """The busy gate broke down while waiting: fail, keeping the verified package for a
+        later ``POST /update``; nothing was stopped (the printer keeps printing)."""
+        self._fail_job(
+            Failure(ErrorCode.PRINTER_BUSY, f"the busy gate failed: {event.failure.detail}"),
+            package_kept=True,
+        )
+
     def stop_waiting(self, event: ev.Event) -> None:
         """Cancelled while waiting: stop asking; the verified package stays installable."""
         self.effects.append(fx.StopJob(self.job.job_id))

@@ -186,6 +186,16 @@ class WaitExpired(Event):
 
 
 @attrs.frozen
+class WaitFailed(Event):
+    """Waiting for the printer broke down (the busy gate raised what it should not): the
+    job fails, keeping its verified package; nothing was stopped, the printer prints on."""
+
+    trigger = Trigger.WAIT_FAILED
+    job_id: int
+    failure: Failure
+
+
+@attrs.frozen
 class Staged(Event):
     """The new snapshot is complete on disk; ``links`` as they were before the switch.
 

@@ -102,6 +102,7 @@ class Trigger(enum.StrEnum):
     PRINTER_FREE = "printer_free"
     PRINTER_ANSWERED = "printer_answered"
     WAIT_EXPIRED = "wait_expired"
+    WAIT_FAILED = "wait_failed"
     STAGED = "staged"
     STAGE_FAILED = "stage_failed"
     SWITCHED = "switched"

@@ -183,6 +183,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     # The trust window closed while waiting: ends as any expiry does.
     Transition(T.PRINTER_FREE, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
     Transition(T.WAIT_EXPIRED, (S.WAITING_IDLE,), S.IDLE, (D.current_job,), D.expire),
+    # The busy gate itself broke down: fail before anything is stopped, keeping the package.
+    Transition(T.WAIT_FAILED, (S.WAITING_IDLE,), S.FAILED, (D.current_job,), D.fail_wait),
     Transition(
         T.STAGED, (S.DEPLOYING,), S.SWITCHING, (D.current_job, D.printer_not_busy), D.begin_switch
     ),
