@@ -23,10 +23,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_verify_setup(args: argparse.Namespace) -> int:
     from updater_fsm.ops import snapshots
+    from updater_fsm.state_layout import links_where_files_belong
 
     config = config_from(args)
     layout = snapshots.Layout(config.root)
-    problems = snapshots.verify_setup(layout)
+    problems = snapshots.verify_setup(layout) + links_where_files_belong(config.state_path)
     links = snapshots.read_links(layout)
     fleet = None
     if config.ddi_url is not None:
