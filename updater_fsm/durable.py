@@ -9,7 +9,9 @@ reader (or a restarted updater) sees either the old or the new content, never a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from pathlib import Path
 
 from updater_fsm import faults
@@ -33,6 +35,47 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+#: Flags of every file the updater opens under its own directories: never through a link.
+NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class StateFileRefused(Exception):
+    """A file of the state directory (the lock, the log) is a symlink or not a regular
+    file: the updater never follows a link there, it says so and stops."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        why = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be used ({exc})"
+        super().__init__(f"{path} {why}: remove it (tope-updater never follows links there)")
+        self.path = path
+
+
+def create_new(path: Path, mode: int) -> int:
+    """Open ``path`` as a new, empty file for writing and return its descriptor.
+
+    Whatever was there — a stale temp file, or a symlink or FIFO planted in its place — is
+    removed first, and the file is created with ``O_EXCL | O_NOFOLLOW``: a write never goes
+    through a link to somewhere else, nor truncates the file a link names.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NO_FOLLOW, mode)
+
+
+def read_no_follow(path: Path) -> bytes:
+    """The content of the regular file ``path``; ``OSError`` (ELOOP) when it is a symlink,
+    ``OSError`` (EINVAL) when it is not a regular file (a FIFO would block a read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NO_FOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, point: str = "") -> None:
     """Replace ``path`` with ``data`` atomically and durably.
 
@@ -43,7 +86,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, point: str
         point: name of this write for fault injection (``faults.crash_point``); empty = none.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = create_new(tmp, mode)
     try:
         view = memoryview(data)
         while view:

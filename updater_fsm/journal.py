@@ -27,7 +27,7 @@ import structlog
 
 from updater_fsm import faults
 from updater_fsm.core.record import Record
-from updater_fsm.durable import fsync_dir
+from updater_fsm.durable import create_new, fsync_dir, read_no_follow
 from updater_fsm.strict_converter import STRICT_CONVERTER
 
 #: 2: a job's download position is one ``durable`` value (offset, etag, last_modified)
@@ -167,7 +167,7 @@ class Journal:
         fsync_dir(self.dir)
 
     def _write_tmp(self, data: bytes) -> None:
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = create_new(self.tmp, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -182,7 +182,7 @@ class Journal:
         bad: list[Path] = []
         for path in (self.path, self.tmp, self.prev):
             try:
-                raw = path.read_bytes()
+                raw = read_no_follow(path)  # a link or a FIFO here is set aside
             except FileNotFoundError:
                 continue
             except OSError as exc:

@@ -9,14 +9,19 @@ flow through the same handlers. URL credentials are masked in every line
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import logging.handlers
+import os
+import stat
 import sys
 from pathlib import Path
 
 import structlog
 
 from updater_fsm.core.urls import redact_url
+from updater_fsm.durable import NO_FOLLOW, StateFileRefused
 
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 3
@@ -44,6 +49,37 @@ def redact_credentials(
     return event_dict
 
 
+#: The log's permission bits: the updater (root) writes it, its group (adm) reads it, no
+#: one else (it names URLs, versions and units).
+LOG_FILE_MODE = 0o640
+
+
+class _NoFollowRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """The rotating log, opened without following a link and with mode 0640.
+
+    A symlink (or a FIFO) planted at ``updater.log`` is refused with
+    :class:`~updater_fsm.durable.StateFileRefused` instead of appending the log to whatever
+    it names; an existing file's mode is tightened to :data:`LOG_FILE_MODE`.
+    """
+
+    def _open(self) -> io.TextIOWrapper:
+        path = Path(self.baseFilename)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | NO_FOLLOW
+        try:
+            fd = os.open(path, flags, LOG_FILE_MODE)
+        except OSError as exc:
+            raise StateFileRefused(path, exc) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StateFileRefused(path, OSError(errno.EINVAL, "not a regular file"))
+            os.set_blocking(fd, True)
+            os.fchmod(fd, LOG_FILE_MODE)
+            return open(fd, "a", encoding=self.encoding, errors=self.errors)
+        except BaseException:
+            os.close(fd)
+            raise
+
+
 def configure_logging(logs_dir: Path | None, *, level: str = "info", console: bool = True) -> None:
     """Route structlog and stdlib logging to the rotating JSON file and/or the console.
 
@@ -55,7 +91,7 @@ def configure_logging(logs_dir: Path | None, *, level: str = "info", console: bo
     handlers: list[logging.Handler] = []
     if logs_dir is not None:
         logs_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = _NoFollowRotatingFileHandler(
             logs_dir / "updater.log",
             maxBytes=LOG_FILE_BYTES,
             backupCount=LOG_FILE_BACKUPS,

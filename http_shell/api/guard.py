@@ -22,8 +22,11 @@ read the answers. Two middlewares close that:
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from yarl import URL
 
 from http_shell.api.bodies import envelope
 from updater_fsm.config import Config
@@ -49,16 +52,18 @@ def normalize_host_name(name: str) -> str:
     return name.rstrip(".") if name not in (".", "") else name
 
 
-def host_without_port(header: str) -> str:
-    """The host name of a ``Host`` header value (``[::1]:12315`` → ``::1``), normalized."""
-    header = header.strip()
-    if header.startswith("["):
-        end = header.find("]")
-        return normalize_host_name(header[: end + 1] if end != -1 else header)
-    name, colon, port = header.rpartition(":")
-    if colon and port.isdigit() and ":" not in name:
-        return normalize_host_name(name)
-    return normalize_host_name(header)
+#: ``Host`` (RFC 9110 §7.2): a bracketed IPv6 literal, or a name or IPv4 address without a
+#: colon, then at most ``:port``. Nothing else may follow a ``]``.
+_HOST = re.compile(r"(\[[0-9A-Za-z:.%]+\]|[^\[\]:/@\s]*)(:[0-9]{0,5})?")
+
+
+def host_without_port(header: str) -> str | None:
+    """The host name of a ``Host`` header value (``[::1]:12315`` → ``::1``), normalized;
+    None when the value is not ``host[:port]`` (``[::1]x``, ``a:b:c``, ``user@host``)."""
+    match = _HOST.fullmatch(header.strip())
+    if match is None:
+        return None
+    return normalize_host_name(match.group(1))
 
 
 def served_host_names(config: Config) -> frozenset[str]:
@@ -90,14 +95,28 @@ def edge_guard(names: frozenset[str]) -> Middleware:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        host = request.headers.get("Host")
+        hosts = request.headers.getall("Host", [])
+        if len(hosts) > 1:
+            return forbidden("more than one Host header")
+        host = hosts[0] if hosts else None
         if host is not None and host_without_port(host) not in names:
             return forbidden(
                 f"Host {_quote(host)} is not a name this updater serves"
                 " (list it in the allowed_hosts setting)"
             )
-        origin = request.headers.get("Origin")
-        if origin is not None:
+        target = request.raw_path  # the request target as sent
+        if not target.startswith("/"):  # absolute-form (`GET http://name/… HTTP/1.1`): its
+            # authority is the host asked for, whatever Host says (RFC 9112 §3.2.2)
+            url = URL(target)
+            if not url.absolute or host_without_port(url.raw_authority or "") not in names:
+                return forbidden(
+                    f"request target {_quote(target)} names a host this updater does not serve"
+                )
+        origins = request.headers.getall("Origin", [])
+        if len(origins) > 1:
+            return forbidden("more than one Origin header")
+        if origins:
+            origin = origins[0]
             own = () if host is None else (f"http://{host}".lower(), f"https://{host}".lower())
             if origin.strip().lower() not in own:
                 return forbidden(f"cross-origin request from Origin {_quote(origin)} refused")

@@ -23,10 +23,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_verify_setup(args: argparse.Namespace) -> int:
     from updater_fsm.ops import snapshot_store
+    from updater_fsm.state_layout import links_where_files_belong
 
     config = config_from(args)
     layout = snapshot_store.Layout(config.root)
-    problems = snapshot_store.verify_setup(layout)
+    problems = snapshot_store.verify_setup(layout) + links_where_files_belong(config.state_path)
     links = snapshot_store.read_links(layout)
     fleet = None
     if config.ddi_url is not None:

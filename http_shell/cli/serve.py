@@ -39,17 +39,25 @@ def ensure_sandbox(config: Config) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from http_shell.daemon.assembly import AlreadyRunning, CannotListen, serve
+    from updater_fsm.durable import StateFileRefused
     from updater_fsm.log_setup import configure_logging
 
     base = sandbox_config(args.sandbox) if args.sandbox else None
     config = config_from(args, base)
-    configure_logging(config.logs_dir, level=config.log_level)  # first: seeding logs too
+    try:
+        configure_logging(config.logs_dir, level=config.log_level)  # first: seeding logs too
+    except StateFileRefused as exc:
+        print(f"tope-updater: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.sandbox:
         ensure_sandbox(config)
     import asyncio
 
     try:
         status = asyncio.run(serve(config))
+    except StateFileRefused as exc:
+        print(f"tope-updater: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except AlreadyRunning as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_LOCKED

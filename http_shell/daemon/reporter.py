@@ -218,13 +218,20 @@ class Reporter:
             self._session = aiohttp.ClientSession()
         body = report.body
         try:
-            async with self._session.post(self.url, json=body, timeout=self._timeout) as resp:
+            # No redirects: a 3xx is a failed delivery, retried later, never the report's
+            # body sent to whatever host or port device-api's answer names.
+            async with self._session.post(
+                self.url, json=body, timeout=self._timeout, allow_redirects=False
+            ) as resp:
                 # Bounded, never resp.read()/text()/json(): a misbehaving device-api could
                 # answer with hundreds of MB (300 MB took the RSS from 44 to 658 MB).
                 await resp.content.read(MAX_ANSWER_BYTES)
                 if resp.status == 200:
                     _log.debug("reported", stage=body.get("stage"), progress=body.get("progress"))
                     return None
+                if 300 <= resp.status < 400:
+                    where = resp.headers.get("Location", "nowhere")
+                    return f"device-api answered HTTP {resp.status} to {where} (not followed)"
                 return f"device-api answered HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"

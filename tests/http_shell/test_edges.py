@@ -232,3 +232,82 @@ async def test_http_1_0_request_without_host_is_served(client: Client) -> None:
     """No Host header at all (HTTP/1.0 tools): not a browser, nothing to re-bind."""
     status, env = await _raw_request(client.port, b"GET /api/v1.0/progress HTTP/1.0\r\n\r\n")
     assert status.endswith("200 OK") and env["code"] == 200
+
+
+# ---- round 2 (issue 21): the exact Host and Origin grammar, absolute-form targets --------
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::1]evil.example",
+        "[::1].evil.example:80",
+        "[::1]:80:90",
+        "[::1]@evil.example",
+        "127.0.0.1:80:90",
+        "user@127.0.0.1",
+        "127.0.0.1/evil",
+        "127.0.0.1:123456",
+    ],
+)
+async def test_a_host_that_is_not_host_and_port_is_refused(client: Client, host: str) -> None:
+    msg = await _refused(client, "GET", "/progress", headers={"Host": host})
+    assert "is not a name this updater serves" in msg
+
+
+@pytest.mark.parametrize("host", ["[::1]", "[::1]:12315", "127.0.0.1:", "localhost:1"])
+async def test_bracketed_ipv6_and_ports_are_still_served(client: Client, host: str) -> None:
+    env = await call(client, "GET", "/progress", headers={"Host": host})
+    assert env["code"] == 200, env
+
+
+async def test_two_origin_headers_are_refused_whichever_comes_first(
+    client: Client, rig: Rig
+) -> None:
+    own = f"http://127.0.0.1:{client.port}"
+    for first, second in ((own, "http://evil.example"), ("http://evil.example", own)):
+        request = (
+            b"POST /api/v1.0/cancel HTTP/1.1\r\n"
+            b"Host: 127.0.0.1:" + str(client.port).encode() + b"\r\n"
+            b"Origin: " + first.encode() + b"\r\nOrigin: " + second.encode() + b"\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        status, env = await _raw_request(client.port, request)
+        assert status.startswith("HTTP/1.1 403"), (status, env)
+        assert env["msg"] == "FORBIDDEN: more than one Origin header", env
+    _assert_nothing_happened(rig)
+
+
+async def test_two_host_headers_are_refused(client: Client) -> None:
+    """aiohttp's parser refuses it before the app sees it (HTTP 400)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(
+            b"GET /api/v1.0/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    assert raw.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), raw[:200]
+
+
+async def test_an_absolute_form_target_is_judged_by_its_authority(client: Client, rig: Rig) -> None:
+    """``POST http://evil.example/… HTTP/1.1`` with a loopback ``Host``: a proxy-style
+    request for another host, refused (before: served, judged by ``Host`` alone)."""
+    payload = json.dumps(body()).encode()
+    request = (
+        b"POST http://evil.example/api/v1.0/download HTTP/1.1\r\n"
+        b"Host: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\n"
+        b"Connection: close\r\n\r\n" + payload
+    )
+    status, env = await _raw_request(client.port, request)
+    assert status.startswith("HTTP/1.1 403"), (status, env)
+    assert "names a host this updater does not serve" in env["msg"], env
+    _assert_nothing_happened(rig)
+    ok = (
+        b"GET http://127.0.0.1/api/v1.0/progress HTTP/1.1\r\n"
+        b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    status, env = await _raw_request(client.port, ok)
+    assert status == "HTTP/1.1 200 OK" and env["code"] == 200, env

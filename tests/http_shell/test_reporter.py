@@ -12,7 +12,13 @@ import pytest
 
 from http_shell.daemon.reporter import Reporter, worth_reporting
 from tests.http_shell.conftest import ClientFactory, Rig, body, call
-from tests.support.device_api import DeviceApi, device_api, free_port, start_device_api
+from tests.support.device_api import (
+    REPORT_PATH,
+    DeviceApi,
+    device_api,
+    free_port,
+    start_device_api,
+)
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.manifest import ServiceUnit
@@ -156,6 +162,28 @@ async def test_retries_while_device_api_answers_errors(
     assert [r["stage"] for r in reports] == ["failed"]
     await _until(lambda: reporter.stats.sent == 1)
     assert reporter.stats.last_error is None and reporter.stats.pending == 0
+
+
+async def test_a_redirect_is_a_failed_delivery_and_is_not_followed(
+    rig: Rig, reporter: Reporter, device_api: DeviceApi
+) -> None:
+    """A 3xx from device-api is not followed: the report's body never reaches the host or
+    port it names, and the delivery is retried (before: followed and counted delivered)."""
+    elsewhere = await start_device_api()
+    try:
+        device_api.redirect_to = f"{elsewhere.url}{REPORT_PATH}"
+        await rig.to_failed()
+        await _until(lambda: reporter.stats.failed_attempts >= 2)
+        assert elsewhere.reports == [] and reporter.stats.sent == 0
+        assert reporter.stats.last_error == (
+            f"device-api answered HTTP 307 to {elsewhere.url}{REPORT_PATH} (not followed)"
+        )
+        device_api.redirect_to = None
+        reports = await device_api.wait_for(lambda r: bool(r))
+        assert [r["stage"] for r in reports] == ["failed"]
+        assert elsewhere.reports == []
+    finally:
+        await elsewhere.stop()
 
 
 async def test_a_failed_older_report_is_not_retried_after_a_newer_terminal_one(

@@ -30,6 +30,8 @@ class DeviceApi:
         huge_answer_bytes: when set, answer with a body of this many bytes, generated
             lazily in 64 KiB chunks (a misbehaving device-api; nothing is held in memory).
         answer_bytes_sent: body bytes of such huge answers actually written to the socket.
+        redirect_to: when set, answer every report with ``307`` to this URL (a device-api
+            that tries to send the updater's reports elsewhere).
     """
 
     def __init__(self) -> None:
@@ -40,6 +42,7 @@ class DeviceApi:
         self.arrived = 0
         self.huge_answer_bytes: int | None = None
         self.answer_bytes_sent = 0
+        self.redirect_to: str | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Condition()
@@ -68,13 +71,15 @@ class DeviceApi:
     async def _report(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.arrived += 1
-        status = self.status
+        status = 307 if self.redirect_to else self.status
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         self.reports.append(body)
         self._ok.append(status == 200)
         async with self._changed:
             self._changed.notify_all()
+        if self.redirect_to:
+            raise web.HTTPTemporaryRedirect(self.redirect_to)
         if self.huge_answer_bytes is not None:
             return await self._huge_answer(request, self.huge_answer_bytes)
         return web.json_response({"code": status, "msg": "ok", "data": None}, status=status)
