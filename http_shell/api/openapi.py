@@ -130,11 +130,12 @@ _SCHEMAS: dict[str, Schema] = {
     },
     "Versions": {
         "type": "object",
-        "required": ["current", "previous", "factory", "installed"],
+        "required": ["current", "previous", "factory", "installed", "rollback_floor"],
         "properties": {
             "current": _STR_OR_NULL,
             "previous": _STR_OR_NULL,
             "factory": _STR_OR_NULL,
+            "rollback_floor": _STR_OR_NULL,
             "installed": {
                 "type": "array",
                 "items": {

@@ -24,6 +24,7 @@ from updater_fsm import control
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
 from updater_fsm.ops import snapshot_store
+from updater_fsm.ops.rollback_floor import read_floor
 from updater_fsm.ops.self_update import running_version
 
 ENGINE: web.AppKey[UpdaterControl] = web.AppKey("engine", UpdaterControl)
@@ -127,11 +128,13 @@ async def get_versions(request: web.Request) -> web.Response:
     links = request.app[ENGINE].links
     root = request.app[CONFIG].root
     installed = await asyncio.to_thread(_installed, root, links)
+    floor = await asyncio.to_thread(read_floor, request.app[CONFIG].state_path)
     data = {
         "current": links.current,
         "previous": links.previous,
         "factory": links.factory,
         "installed": installed,
+        "rollback_floor": floor,
     }
     return b.envelope(200, "success", data)
 

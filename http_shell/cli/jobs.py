@@ -155,6 +155,13 @@ def versions_table(data: dict[str, Any]) -> str:
     for name in ("current", "previous", "factory"):
         if data.get(name) is None:
             lines.append(f"({name}: none)")
+    floor = data.get("rollback_floor")
+    lines.append(
+        f"rollback floor: v{floor} (the highest version this device has run; with"
+        " allow_downgrade off, nothing older installs)"
+        if floor
+        else "rollback floor: none recorded yet"
+    )
     return "\n".join(lines)
 
 

@@ -27,11 +27,13 @@ import structlog
 from aiohttp import web
 
 from updater_fsm.config import Config
+from updater_fsm.control import State
 from updater_fsm.durable import NO_FOLLOW, StateFileRefused
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
 from updater_fsm.ops import snapshot_store
 from updater_fsm.ops.printer_probe import configured_probe
+from updater_fsm.ops.rollback_floor import start_floor
 from updater_fsm.ops.self_update import EXIT_SWITCHED
 from updater_fsm.ops.services import ServiceController
 from updater_fsm.recovery import disk_facts, load_record, sweep_downloads
@@ -95,6 +97,10 @@ class Updater:
     poller: FleetPoller | None = None
 
 
+#: States in which ``current`` names a version that runs for good (not one on trial).
+_SETTLED = frozenset({State.IDLE, State.SUCCESS, State.FAILED})
+
+
 @contextlib.asynccontextmanager
 async def running_updater(
     config: Config,
@@ -133,6 +139,8 @@ async def running_updater(
     engine.attach(runner)
     if reporter is not None:
         reporter.start(engine)
+    if recovered.record.state in _SETTLED:  # never from a version still on trial
+        await asyncio.to_thread(start_floor, config.state_path, engine.links.current)
     facts = disk_facts(recovered.record, config.downloads_dir, engine.links)
     decision = await engine.start(facts)
     _log.info(

@@ -56,6 +56,7 @@ from tests.support.packages import make_package
 from updater_fsm import journal as journal_mod
 from updater_fsm.core.record import Record
 from updater_fsm.ops import snapshot_store
+from updater_fsm.ops.rollback_floor import read_floor
 
 # Ports for updaters and device-api mocks come from below the kernel's ephemeral range, one
 # process-wide counter, never reused: a killed updater frees its port until it is restarted,
@@ -100,6 +101,8 @@ KILL_POINTS: dict[str, dict[str, int]] = {
         "download:before_rename": 1,
         "download:checkpoint": 2,
         "engine:journaled": 12,
+        "floor:after_rename": 2,
+        "floor:before_rename": 2,
         "journal:prev_moved": 12,
         "journal:tmp_written": 12,
         "stage:after_rename": 1,
@@ -118,6 +121,8 @@ KILL_POINTS: dict[str, dict[str, int]] = {
         "download:before_rename": 1,
         "download:checkpoint": 2,
         "engine:journaled": 11,
+        "floor:after_rename": 1,
+        "floor:before_rename": 1,
         "journal:prev_moved": 11,
         "journal:tmp_written": 11,
         "rollback:current:after_rename": 1,
@@ -668,6 +673,10 @@ def check_invariants(rig: Rig, final: dict[str, Any], *, settle_s: float = 5.0) 
         raise TrialFailure(f"journal does not decode: {exc}") from None
     if str(record.state) != sc.outcome:
         raise TrialFailure(f"journal state {record.state}, expected {sc.outcome}")
+    # The rollback floor: the highest version that succeeded, never a failed one.
+    want_floor = sc.version if sc.outcome == "success" else FACTORY_VERSION
+    if not wait_until(lambda: read_floor(rig.state) == want_floor, settle_s):
+        raise TrialFailure(f"rollback floor {read_floor(rig.state)!r}, expected {want_floor}")
 
 
 # --------------------------------------------------------------------------- trials

@@ -157,6 +157,45 @@ async def test_downgrade_refused_over_http_when_configured(
     assert not any(config.downloads_dir.iterdir())  # the refused package is gone too
 
 
+async def test_a_factory_rollback_does_not_reopen_old_releases(
+    tmp_path: Path, package_server: PackageServer, aiohttp_client: Any
+) -> None:
+    """The rollback floor: after 1.2.0 ran, a rollback to factory (1.0.0) does not let an
+    older release (1.0.5) in again, across a restart; 1.2.0 itself, and a manual rollback,
+    still work (before: 1.0.5 installed once the device ran 1.0.0)."""
+    config = attrs.evolve(sandbox(tmp_path), allow_downgrade=False)
+    root = config.root
+    for version in ("1.2.0", "1.0.5"):
+        make_package(tmp_path / f"{version}.zip", version, {"bin/v": version.encode()}, root=root)
+
+    async def install(client: Any, u: Any, version: str) -> dict[str, Any]:
+        package = tmp_path / f"{version}.zip"
+        return await install_over_http(client, package_server, package, version, u)
+
+    async with running_updater(config, report=False) as u:
+        client = await aiohttp_client(create_app(config, u.engine))
+        versions = await (await client.get(f"{API}/versions")).json()
+        assert versions["data"]["rollback_floor"] == "1.0.0"  # started from what runs
+        assert (await install(client, u, "1.2.0"))["data"]["stage"] == "success"
+        env = await (await client.post(f"{API}/rollback", json={"target": "factory"})).json()
+        assert env["code"] == 200, env
+        await wait_for(u.engine, State.IDLE)
+        await u.runner.idle()
+        assert os.readlink(root / "versions/current") == "v1.0.0"
+        versions = await (await client.get(f"{API}/versions")).json()
+        assert versions["data"]["rollback_floor"] == "1.2.0", versions
+    async with running_updater(config, report=False) as u:  # a restart keeps it
+        client = await aiohttp_client(create_app(config, u.engine))
+        envelope = await install(client, u, "1.0.5")
+        assert envelope["msg"] == (
+            "Update failed: DOWNGRADE_REFUSED: 1.0.5 is below 1.2.0, the highest version"
+            " this device has run"
+        ), envelope
+        assert envelope["data"]["current_version"] == "1.0.0"
+        assert envelope["data"]["rollback_level"] == 0
+        assert (await install(client, u, "1.2.0"))["data"]["stage"] == "success"
+
+
 async def test_rollback_target_failing_its_own_probe_escalates_to_factory(
     tmp_path: Path, package_server: PackageServer
 ) -> None:

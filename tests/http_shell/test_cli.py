@@ -106,8 +106,10 @@ def test_versions_prints_a_table_and_json(served: dict[str, str]) -> None:
     assert lines[1].startswith("v1.0.0") and "current, factory" in lines[1]
     assert "(previous: none)" in lines
     assert "None" not in table.stdout and "{" not in table.stdout
+    assert lines[-1].startswith("rollback floor: v1.0.0 ")  # started from what runs
     data = json.loads(cli("versions", "--json", env=served).stdout)["data"]
     assert data["current"] == "1.0.0" and data["previous"] is None
+    assert data["rollback_floor"] == "1.0.0"
 
 
 def test_versions_table_sizes() -> None:
@@ -124,7 +126,13 @@ def test_versions_table_sizes() -> None:
         "VERSION  LINKS                   SIZE",
         "v1.0.0   previous, factory      512 B",
         "v1.1.0   current              12.3 MB",
+        "rollback floor: none recorded yet",
     ]
+    data["rollback_floor"] = "1.2.0"
+    assert versions_table(data).splitlines()[-1] == (
+        "rollback floor: v1.2.0 (the highest version this device has run; with"
+        " allow_downgrade off, nothing older installs)"
+    )
 
 
 def test_verify_setup_json(tmp_path: Path) -> None:

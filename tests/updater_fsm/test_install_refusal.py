@@ -95,3 +95,48 @@ def test_the_details_are_the_documented_ones() -> None:
         ErrorCode.DEPLOYMENT_FAILED,
         "v1.0.0 is the factory snapshot, which is never modified (roll back to factory instead)",
     )
+
+
+# ---- the rollback floor (issue 21) -------------------------------------------------------
+DOWNGRADE = "DOWNGRADE_REFUSED"
+FLOOR_CASES = [
+    # (id, version, current, factory, floor, allow_downgrade, expected code or None)
+    ("replay_after_factory_rollback", "1.0.5", "1.0.0", "1.0.0", "1.2.0", False, DOWNGRADE),
+    ("replay_after_previous_rollback", "1.1.5", "1.1.0", "1.0.0", "1.2.0", False, DOWNGRADE),
+    ("the_floor_itself_installs", "1.2.0", "1.0.0", "1.0.0", "1.2.0", False, None),
+    ("above_the_floor_installs", "1.3.0", "1.0.0", "1.0.0", "1.2.0", False, None),
+    ("below_the_floor_with_downgrades_allowed", "1.0.5", "1.0.0", "1.0.0", "1.2.0", True, None),
+    ("no_floor_recorded", "1.0.5", "1.0.0", "1.0.0", None, False, None),
+    ("floor_compares_numbers", "1.9.0", "1.0.0", "1.0.0", "1.10.0", False, DOWNGRADE),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("version", "current", "factory", "floor", "allow_downgrade", "code"),
+    [case[1:] for case in FLOOR_CASES],
+    ids=[case[0] for case in FLOOR_CASES],
+)
+def test_the_rollback_floor(
+    version: str,
+    current: str,
+    factory: str,
+    floor: str | None,
+    allow_downgrade: bool,
+    code: str | None,
+) -> None:
+    links = LinkVersions(current, None, factory)
+    refusal = refuse_install(version, links, allow_downgrade, floor)
+    if code is None:
+        assert refusal is None
+    else:
+        assert refusal == Failure(
+            ErrorCode(code), f"{version} is below {floor}, the highest version this device has run"
+        )
+
+
+def test_below_the_running_version_keeps_its_own_message_before_the_floors() -> None:
+    refusal = refuse_install("1.0.5", LinkVersions("1.1.0", None, "1.0.0"), False, "1.2.0")
+    assert refusal == Failure(
+        ErrorCode.DOWNGRADE_REFUSED,
+        "v1.0.5 is older than the running v1.1.0 (allow_downgrade is off)",
+    )

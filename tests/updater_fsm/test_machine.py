@@ -82,7 +82,8 @@ def test_happy_path_effects_in_order() -> None:
     assert d.effects[0] == fx.CheckHealth(1, UNITS)
     d = drive(m, ev.Healthy(1))
     assert m.state is State.SUCCESS
-    assert kinds(d) == ["DiscardPackage", "CollectGarbage", "Report"]
+    assert kinds(d) == ["RaiseRollbackFloor", "DiscardPackage", "CollectGarbage", "Report"]
+    assert d.effects[0] == fx.RaiseRollbackFloor("1.2.3")
     assert d.effects[-1] == fx.Report(terminal=True)
     assert m.record.last_units == UNITS
 

@@ -353,6 +353,7 @@ class Decisions:
             self.record, last_units=self.job.units, last_version=self._request().version
         )
         self.effects += [
+            fx.RaiseRollbackFloor(self._request().version),
             fx.DiscardPackage(self._request().package_name),
             fx.CollectGarbage(),
             fx.Report(terminal=True),
@@ -626,8 +627,12 @@ class Decisions:
         """A finished outcome is reported again: device-api may never have received it.
 
         The clean-up that followed the outcome (removing the failed snapshot, old ones) may
-        have died with the process too; collecting garbage again is idempotent.
+        have died with the process too; collecting garbage again is idempotent, and so is
+        raising the rollback floor to a successful install's version.
         """
+        job = self.record.job
+        if self.source is State.SUCCESS and job is not None and job.request is not None:
+            self.effects.append(fx.RaiseRollbackFloor(job.request.version))
         self.effects += [fx.CollectGarbage(), fx.Report(terminal=True)]
 
 

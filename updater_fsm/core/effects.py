@@ -172,6 +172,16 @@ class RollBack(Effect):
 
 
 @attrs.frozen
+class RaiseRollbackFloor(Effect):
+    """``version`` was installed successfully: the rollback floor becomes the higher of it
+    and what it was. Kept in a file of its own beside the journal, so that neither a
+    factory rollback, nor a self-update's way back to an older updater, nor a journal set
+    aside can lower it. Idempotent."""
+
+    version: str
+
+
+@attrs.frozen
 class RemoveSnapshot(Effect):
     """Delete a failed snapshot (never one a link names)."""
 

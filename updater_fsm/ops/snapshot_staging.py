@@ -199,6 +199,7 @@ def stage_snapshot(
     extra_roots: Sequence[Path] = (),
     limits: PackageLimits = PackageLimits(),
     allow_downgrade: bool = True,
+    floor: str | None = None,
 ) -> Path:
     """Build ``versions/v<version>/`` = current snapshot + the package's files under R.
 
@@ -221,7 +222,9 @@ def stage_snapshot(
         package_path: the package ZIP.
         extra_roots: allowed roots outside R (every ``dst`` is re-checked).
         limits: extraction limits.
-        allow_downgrade: False = refuse a version older than the running one.
+        allow_downgrade: False = refuse a version older than the running one, or than
+            ``floor``.
+        floor: the rollback floor (:mod:`updater_fsm.ops.rollback_floor`), or None.
 
     Returns:
         The new snapshot directory.
@@ -235,7 +238,7 @@ def stage_snapshot(
     links = read_links(layout)
     if links.current is None:
         raise UpdaterError(ErrorCode.DEPLOYMENT_FAILED, f"{layout.current} is missing or dangling")
-    refusal = refuse_install(version, links, allow_downgrade)
+    refusal = refuse_install(version, links, allow_downgrade, floor)
     if refusal is not None:
         raise UpdaterError(refusal.code, refusal.detail)
     # Destinations outside the root are written at the switch, after the units were

@@ -17,7 +17,7 @@ from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure, UpdaterError, code_for_os_error
 from updater_fsm.core.manifest import ServiceUnit, units_of
 from updater_fsm.faults import crash_point
-from updater_fsm.ops import external_files, snapshot_staging, snapshot_store
+from updater_fsm.ops import external_files, rollback_floor, snapshot_staging, snapshot_store
 from updater_fsm.ops.commands import run_post_cmds
 from updater_fsm.ops.health import check_health, probe_once
 from updater_fsm.package.destinations import external_modules
@@ -50,6 +50,7 @@ async def stage_snapshot(ctx: ExecutorContext, effect: fx.StageSnapshot) -> None
             extra_roots=config.extra_roots,
             limits=ctx.limits,
             allow_downgrade=config.allow_downgrade,
+            floor=rollback_floor.read_floor(config.state_path),
         )
         return units_of(manifest)
 
@@ -236,3 +237,8 @@ def _with_probes_of(
     none); unit state is checked either way."""
     probes = {unit.unit: unit.health for unit in target_units}
     return tuple(attrs.evolve(unit, health=probes.get(unit.unit)) for unit in units)
+
+
+async def raise_rollback_floor(ctx: ExecutorContext, effect: fx.RaiseRollbackFloor) -> None:
+    """Record a successful install's version as the floor (if higher): durable, idempotent."""
+    await asyncio.to_thread(rollback_floor.raise_floor, ctx.config.state_path, effect.version)

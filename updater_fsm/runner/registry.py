@@ -142,6 +142,7 @@ REGISTRY: Registry = _table(
         install.roll_back,
         failure_event(ev.RollbackFailed, C.ROLLBACK_FAILED),
     ),
+    _short(fx.RaiseRollbackFloor, install.raise_rollback_floor),
     _short(fx.RemoveSnapshot, install.remove_snapshot),
     _short(fx.CollectGarbage, install.collect_garbage),
     # --- the updater updates itself ---------------------------------------------
