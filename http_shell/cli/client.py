@@ -2,6 +2,10 @@
 
 Every call returns the parsed envelope ``{"code", "msg", "data"}``; :func:`watch_progress`
 follows ``GET /events`` (Server-Sent Events) and draws a progress bar.
+
+What the updater answers is read up to :data:`MAX_ANSWER_BYTES` (one event up to
+:data:`MAX_EVENT_BYTES`), and the progress lines go through
+:func:`~http_shell.cli.output.terminal_safe`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,18 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from http_shell.cli.output import terminal_safe
+
 API_PREFIX = "/api/v1.0"
 TERMINAL_STAGES = ("success", "failed")
+#: Most of an answer ever read (a real one is a few KB): beyond it, an error, not memory.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+#: Most of one ``/events`` message read.
+MAX_EVENT_BYTES = 1024 * 1024
+
+
+class UnreadableAnswer(Exception):
+    """The updater's answer (or event stream) is too large or not JSON."""
 
 
 class ApiClient:
@@ -58,23 +72,59 @@ class ApiClient:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Progress snapshots from ``GET /events`` as they happen."""
         async with self.session.get(self.base + "/events") as resp:
-            data_lines: list[str] = []
-            async for raw in resp.content:
-                line = raw.decode("utf-8").rstrip("\r\n")
-                if line.startswith("data:"):
-                    data_lines.append(line[5:].lstrip())
-                elif not line and data_lines:
-                    yield json.loads("\n".join(data_lines))
-                    data_lines = []
+            data_lines: list[bytes] = []
+            size = 0
+            try:
+                async for raw in resp.content:  # aiohttp bounds each line
+                    line = raw.rstrip(b"\r\n")
+                    if line.startswith(b"data:"):
+                        data_lines.append(line[5:].lstrip())
+                        size += len(line)
+                        if size > MAX_EVENT_BYTES:
+                            raise UnreadableAnswer(f"an event larger than {MAX_EVENT_BYTES} bytes")
+                    elif not line and data_lines:
+                        event = _json(b"\n".join(data_lines))
+                        if not isinstance(event, dict):
+                            raise UnreadableAnswer("an event that is not a JSON object")
+                        yield event
+                        data_lines, size = [], 0
+            except ValueError as exc:  # a line beyond aiohttp's bound
+                raise UnreadableAnswer(f"the event stream: {exc}") from None
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise UnreadableAnswer(f"not JSON: {exc!s:.200}") from None
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or None when it is longer than ``limit`` (the rest is never read)."""
+    body = bytearray()
+    while chunk := await resp.content.read(65536):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 async def _envelope(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    # An answer that cannot be read is never a success, whatever its HTTP status.
+    code = resp.status if resp.status != 200 else 502
+    raw = await _read_bounded(resp, MAX_ANSWER_BYTES)
+    if raw is None:
+        return {
+            "code": code,
+            "msg": f"HTTP {resp.status}: an answer larger than {MAX_ANSWER_BYTES} bytes (not read)",
+            "data": None,
+        }
     try:
-        body = await resp.json(content_type=None)
-    except (json.JSONDecodeError, aiohttp.ContentTypeError):
+        body = _json(raw)
+    except UnreadableAnswer:
         body = None
     if not isinstance(body, dict) or "code" not in body:
-        return {"code": resp.status, "msg": f"HTTP {resp.status} {resp.reason}", "data": None}
+        return {"code": code, "msg": f"HTTP {resp.status} {resp.reason}", "data": None}
     return body
 
 
@@ -100,7 +150,7 @@ def render_line(data: dict[str, Any], width: int | None = None) -> str:
             parts.append(f"ETA {data['eta_s']:.0f} s")
     else:
         parts.append(str(data.get("message") or ""))
-    return "  ".join(parts)[: max(20, width - 1)]
+    return terminal_safe("  ".join(parts))[: max(20, width - 1)]
 
 
 async def watch_progress(

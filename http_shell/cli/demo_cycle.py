@@ -27,6 +27,7 @@ from aiohttp import web
 
 from http_shell.api.app import create_app
 from http_shell.cli.client import ApiClient, watch_progress
+from http_shell.cli.output import say
 from http_shell.daemon.assembly import instance_lock, running_updater
 from updater_fsm.config import Config, ServiceControl
 from updater_fsm.ops import snapshot_store
@@ -186,7 +187,7 @@ async def _install(
         "package_sha256": result.sha256,
     }
     env = await client.post("/download", body)
-    print(f"    answer: {env}")
+    say(f"    answer: {env}")
     await watch_progress(client)
     task = None
     if printing is not None:
@@ -195,7 +196,7 @@ async def _install(
         _say(f"A print is running: {PRINT_FILE} (simulated; it ends in {PRINT_SECONDS:g} s)")
     _say(f"POST /update v{version}")
     env = await client.post("/update", {"version": version})
-    print(f"    answer: {env}")
+    say(f"    answer: {env}")
     waited = True
     try:
         if task is not None:
@@ -218,7 +219,7 @@ async def _show_wait(client: ApiClient) -> bool:
         seen = True
         message = str(data.get("message") or "")
         if message != shown:
-            print(f"    {data.get('stage')}/{data.get('state')}  {message}", flush=True)
+            say(f"    {data.get('stage')}/{data.get('state')}  {message}")
             shown = message
     return seen
 
@@ -306,12 +307,12 @@ async def _drive(config: Config, built: list[builder.BuildResult]) -> bool:
                         last, _ = await _install(client, url, built[1])
                         ok &= str(last.get("error", "")).startswith("ROLLBACK_LEVEL_1_SUCCESS")
                         _say("The broken v1.2.0 failed its health check and was rolled back")
-                        print(f"    error: {last.get('error')}")
+                        say(f"    error: {last.get('error')}")
                         print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
 
                         env = await client.get("/versions")
                         _say("GET /versions")
-                        print(f"    {env.get('data')}")
+                        say(f"    {env.get('data')}")
                 finally:
                     await api.cleanup()
     finally:

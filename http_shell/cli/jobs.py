@@ -18,6 +18,7 @@ from typing import Any
 
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from http_shell.cli.options import add_client_parser, api_token, api_url
+from http_shell.cli.output import say
 
 
 def _print_envelope(args: argparse.Namespace, env: dict[str, Any]) -> int:
@@ -25,7 +26,7 @@ def _print_envelope(args: argparse.Namespace, env: dict[str, Any]) -> int:
         print(json.dumps(env))
     else:
         data = env.get("data")
-        print(env.get("msg") if env.get("code") != 200 else _human(data))
+        say(env.get("msg") if env.get("code") != 200 else _human(data))
     return EXIT_OK if env.get("code") == 200 else EXIT_FAILED
 
 
@@ -38,7 +39,7 @@ def _human(data: Any) -> str:
 def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
     import asyncio
 
-    from http_shell.cli.client import ApiClient
+    from http_shell.cli.client import ApiClient, UnreadableAnswer
 
     url = api_url(args)
 
@@ -50,7 +51,10 @@ def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
     try:
         return asyncio.run(run())
     except OSError as exc:
-        print(f"tope-updater: cannot reach the updater at {url}: {exc}", file=sys.stderr)
+        say(f"tope-updater: cannot reach the updater at {url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except UnreadableAnswer as exc:
+        say(f"tope-updater: cannot read the updater's answer at {url}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -110,7 +114,7 @@ async def _watch(args: argparse.Namespace, client: Any) -> int:
     if args.json:
         print(json.dumps(last))
     elif last.get("error"):
-        print(f"error: {last['error']}")
+        say(f"error: {last['error']}")
     return EXIT_FAILED if last.get("stage") == "failed" else EXIT_OK
 
 
@@ -125,9 +129,9 @@ def cmd_progress(args: argparse.Namespace) -> int:
             from http_shell.cli.client import render_line
 
             data = env.get("data") or {}
-            print(render_line(data))
+            say(render_line(data))
             if data.get("error"):
-                print(f"error: {data['error']}")
+                say(f"error: {data['error']}")
         return EXIT_OK if env.get("code") == 200 else EXIT_FAILED
 
     return _client_call(args, go)
@@ -138,7 +142,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         env = await client.get("/versions")
         if args.json or env.get("code") != 200:
             return _print_envelope(args, env)
-        print(versions_table(env.get("data") or {}))
+        say(versions_table(env.get("data") or {}))
         return EXIT_OK
 
     return _client_call(args, go)

@@ -251,3 +251,68 @@ def test_the_command_line_loads_no_asyncio_nor_the_updater() -> None:
         check=True,
     )
     assert proc.stdout.strip() == ""
+
+
+# ---- what the updater answers is read bounded and printed safe (issue 21) ----------------
+class _HostileUpdater:
+    """An "updater" on 127.0.0.1 answering ``/progress`` with terminal escapes in its
+    message and ``/versions`` with 64 MiB, written lazily (what the CLI reads is counted)."""
+
+    ESCAPES = "printing\x1b[2J\x1b]0;pwned\x07 \x00 \u202eevil"
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        hostile = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.endswith("/progress"):
+                    data = {"stage": "toInstall", "state": "waiting_idle", "progress": 100,
+                            "message": hostile.ESCAPES, "error": "E: \x1b[31mred"}  # fmt: skip
+                    body = json.dumps({"code": 200, "msg": "ok", "data": data}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(64 * 1024 * 1024))
+                self.end_headers()
+                try:
+                    for _ in range(1024):
+                        self.wfile.write(b" " * 65536)
+                        hostile.sent += 65536
+                except OSError:
+                    pass
+
+        self.sent = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_cli_prints_no_control_character_and_reads_answers_bounded() -> None:
+    hostile = _HostileUpdater()
+    try:
+        result = cli("progress", "--url", hostile.url, env=_env(COLUMNS="200"))
+        assert result.returncode == 0, result.stderr
+        assert "\\x1b[2J\\x1b]0;pwned\\x07 \\x00 \\u202eevil" in result.stdout, result.stdout
+        assert "error: E: \\x1b[31mred" in result.stdout
+        assert not any(ch in result.stdout for ch in "\x1b\x07\x00\u202e"), repr(result.stdout)
+        started = time.monotonic()
+        result = cli("versions", "--url", hostile.url, env=_env())
+        assert result.returncode == 1, result
+        assert "an answer larger than 4194304 bytes (not read)" in result.stdout, result
+        assert time.monotonic() - started < 20
+        assert hostile.sent < 32 * 1024 * 1024  # it stopped reading long before the end
+    finally:
+        hostile.close()
