@@ -208,6 +208,7 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int
 
     async with running_updater(config, restart_self=restart_self) as updater:
         from http_shell.api.app import create_app
+        from http_shell.api.low_level import EnvelopeAppRunner
 
         app = create_app(
             config,
@@ -219,7 +220,7 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int
         # tests/crash/test_faults.py): after refusing an oversized body aiohttp keeps reading
         # it for lingering_time (default 10 s), and it waits shutdown_timeout (default 60 s)
         # for requests still in flight, e.g. a body trickling in at a byte a second.
-        runner = web.AppRunner(
+        runner = EnvelopeAppRunner(
             app,
             access_log=None,
             handle_signals=False,

@@ -276,19 +276,67 @@ async def test_two_origin_headers_are_refused_whichever_comes_first(
     _assert_nothing_happened(rig)
 
 
-async def test_two_host_headers_are_refused(client: Client) -> None:
-    """aiohttp's parser refuses it before the app sees it (HTTP 400)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+@pytest.fixture
+async def served(rig: Rig, tmp_path: Any) -> Any:
+    """The app served as ``serve`` serves it (its runner: aiohttp's own refusals in the
+    envelope); yields the port."""
+    from aiohttp import web
+
+    from http_shell.api.app import create_app
+    from http_shell.api.low_level import EnvelopeAppRunner
+    from updater_fsm.config import Config
+
+    runner = EnvelopeAppRunner(create_app(Config(root=rig.root), rig.engine), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        writer.write(
-            b"GET /api/v1.0/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
-            b"Connection: close\r\n\r\n"
-        )
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def _raw(port: int, request: bytes) -> tuple[str, str, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
         async with asyncio.timeout(5):
             raw = await reader.read()
     finally:
         writer.close()
-    assert raw.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), raw[:200]
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    kind = next(
+        (v for k, _, v in (h.partition(": ") for h in lines[1:]) if k.lower() == "content-type"), ""
+    )
+    return lines[0], kind, payload
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "says"),
+    [
+        (b"GARBAGE\r\n\r\n", "Invalid method"),
+        (b"GET /api/v1.0/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nX: " + b"y" * 20000 + b"\r\n\r\n",
+         "Got more than 8190 bytes"),
+        (b"GET /api/v1.0/progress HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
+         "Duplicate 'Host' header"),
+        (b"POST /api/v1.0/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n",
+         "Content-Length"),
+    ],
+    ids=["not-http", "header-too-long", "two-hosts", "bad-content-length"],
+)  # fmt: skip
+async def test_aiohttps_own_refusals_come_in_the_envelope(
+    served: int, request_bytes: bytes, says: str
+) -> None:
+    """Refused by aiohttp's parser before the app sees it: still the API's JSON envelope
+    (before: text/plain, ``400 Bad Request`` and aiohttp's words)."""
+    status, kind, payload = await _raw(served, request_bytes)
+    assert status.endswith(" 400 Bad Request"), status
+    assert kind.startswith("application/json"), kind
+    env = json.loads(payload)
+    assert env["code"] == 400 and env["data"] is None, env
+    assert env["msg"].startswith("VALIDATION_ERROR: ") and says in env["msg"], env
+    assert "\n" not in env["msg"] and len(env["msg"]) < 400
 
 
 async def test_an_absolute_form_target_is_judged_by_its_authority(client: Client, rig: Rig) -> None:
