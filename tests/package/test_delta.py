@@ -432,6 +432,27 @@ def test_a_frame_asking_for_a_huge_window_is_refused(
     assert "corrupt patch" in detail
 
 
+def test_a_patch_against_a_base_too_short_for_a_dictionary_applies(tmp_path: Path) -> None:
+    """``zstd --patch-from`` ignores a base under ``MIN_PREFIX_BYTES`` (its frame is an
+    ordinary one); the device decodes it so too (it refused the package as INVALID_MANIFEST,
+    "corrupt or unsupported ZIP (ValueError: Zstandard dictionary content too short …)")."""
+    v1 = _write(tmp_path / "v1", {"VERSION": b"1.0.0\n"})
+    root = tmp_path / "root"
+    init_layout(root, "1.1.0", from_dir=v1)
+    patch = pyzstd.compress(b"1.2.0\n")  # what `zstd --patch-from=VERSION` writes
+    module = {
+        "name": "VERSION",
+        "dst": f"{root}/VERSION",
+        "size": 6,
+        "sha256": hashlib.sha256(b"1.2.0\n").hexdigest(),
+        "base_sha256": hashlib.sha256(b"1.0.0\n").hexdigest(),
+    }
+    pkg = _hostile(tmp_path, root, patch, size=6, extra=module)
+    layout = Layout(root)
+    staged = stage_snapshot(layout, read_package(pkg, expected_version="1.2.0", root=root), pkg)
+    assert (staged / "VERSION").read_bytes() == b"1.2.0\n"
+
+
 def test_garbage_and_truncated_patches_are_refused(
     tmp_path: Path, trees: tuple[Path, Path, Path]
 ) -> None:

@@ -30,9 +30,10 @@ from updater_fsm.package.limits import PackageLimits
 #: zstd level the builder uses (``--patch-from`` runs are small: the slow levels pay off).
 PATCH_LEVEL = 19
 _MIN_WINDOW_LOG = 10
-#: The shortest base that serves as a zstd prefix dictionary: the binding refuses shorter
+#: The shortest base that serves as a zstd prefix dictionary. The binding refuses shorter
 #: content (``ZstdDict``: "Zstandard dictionary content too short (must have at least
-#: eight bytes)").
+#: eight bytes)") and libzstd ignores a dictionary that short when it compresses (``zstd
+#: --patch-from`` against it writes an ordinary frame), so :func:`prefix_dict` leaves it out.
 MIN_PREFIX_BYTES = 8
 
 
@@ -56,7 +57,7 @@ def make_patch(base: bytes, new: bytes, *, level: int = PATCH_LEVEL) -> bytes:
     """One zstd frame that turns ``base`` into ``new`` (``zstd --patch-from`` semantics).
 
     The frame records the content size, so the device's decoder buffer is at most the
-    result's size.
+    result's size. A base shorter than :data:`MIN_PREFIX_BYTES` is not referenced.
 
     Raises:
         PatchError: zstd refused these files (the builder ships such a file in full).
@@ -91,12 +92,13 @@ __all__ = [
 
 
 def prefix_dict(base: bytes) -> ZstdDict | None:
-    """The base as a raw-content zstd dictionary (None for an empty base).
+    """The base as a raw-content zstd dictionary (None for a base shorter than
+    :data:`MIN_PREFIX_BYTES`, which zstd does not take as one: its frames never refer to it).
 
     The dictionary holds its own copy: callers drop ``base`` afterwards, so a large base is
     in memory once.
     """
-    return pyzstd.ZstdDict(base, is_raw=True) if base else None
+    return pyzstd.ZstdDict(base, is_raw=True) if len(base) >= MIN_PREFIX_BYTES else None
 
 
 def _decompressor(
