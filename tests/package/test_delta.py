@@ -89,7 +89,7 @@ def test_builder_classifies_kept_patched_added_removed(
     assert manifest.base_version == "1.1.0"
     assert manifest.removed == (f"{root}/lib/gone.py",)
     assert _kinds(out, root) == {
-        "bin/app": DeltaKind.PATCHED,  # even 21 bytes: the patch beats deflate
+        "bin/app": DeltaKind.ADDED,  # its 24-byte patch is not smaller than the 21 bytes
         "lib/core.so": DeltaKind.PATCHED,
         "lib/new.py": DeltaKind.ADDED,
         "lib/same.py": DeltaKind.KEPT,
@@ -162,6 +162,72 @@ def test_large_files_ship_in_full(tmp_path: Path, trees: tuple[Path, Path, Path]
     assert _kinds(out, root)["lib/core.so"] is DeltaKind.ADDED
 
 
+#: Changed files too short to be a zstd dictionary (``delta.MIN_PREFIX_BYTES``) or empty:
+#: every release's ``VERSION``. The builder crashed on them ("Zstandard dictionary content
+#: too short").
+TINY_V1 = {
+    "VERSION": b"1.0.0\n",
+    "etc/seven": b"7 bytes",
+    "etc/eight": b"8 bytes!",
+    "etc/emptied": b"was not empty\n",
+    "etc/filled": b"",
+    "etc/still-empty": b"",
+    "lib/core.so": LIB_V1,
+}
+TINY_V2 = {
+    "VERSION": b"1.1.0\n",
+    "etc/seven": b"7 bytes, then some more",
+    "etc/eight": b"8 bytes! then some more",
+    "etc/emptied": b"",
+    "etc/filled": b"now filled\n",
+    "etc/still-empty": b"",
+    "etc/new-empty": b"",
+    "lib/v2/VERSION": b"1.1.0\n",  # no base at its path: tried against the tiny VERSION
+    "lib/core.so": LIB_V2,
+}
+
+
+def test_tiny_and_empty_changed_files_ship_added(tmp_path: Path) -> None:
+    assert len(TINY_V1["etc/seven"]) == delta.MIN_PREFIX_BYTES - 1
+    assert len(TINY_V1["etc/eight"]) == delta.MIN_PREFIX_BYTES
+    v1 = _write(tmp_path / "v1", TINY_V1)
+    v2 = _write(tmp_path / "v2", TINY_V2)
+    root = tmp_path / "root"
+    init_layout(root, "1.1.0", from_dir=v1)
+    out = _delta(tmp_path, root, v1, v2)
+    assert _kinds(out, root) == {
+        "VERSION": DeltaKind.ADDED,
+        "etc/seven": DeltaKind.ADDED,
+        "etc/eight": DeltaKind.ADDED,  # a patch would not be smaller than the file
+        "etc/emptied": DeltaKind.ADDED,
+        "etc/filled": DeltaKind.ADDED,
+        "etc/still-empty": DeltaKind.KEPT,
+        "etc/new-empty": DeltaKind.ADDED,
+        "lib/v2/VERSION": DeltaKind.ADDED,
+        "lib/core.so": DeltaKind.PATCHED,  # the rest of the delta is still a delta
+    }
+    layout = Layout(root)
+    staged = stage_snapshot(layout, read_package(out, expected_version="1.2.0", root=root), out)
+    got = {
+        p.relative_to(staged).as_posix(): p.read_bytes() for p in staged.rglob("*") if p.is_file()
+    }
+    assert got == TINY_V2
+
+
+def test_a_patch_zstd_refuses_ships_the_file_added(
+    tmp_path: Path, trees: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, v1, v2 = trees
+
+    def refuse(base: bytes, new: bytes) -> bytes:
+        raise delta.PatchError("zstd said no")
+
+    monkeypatch.setattr(delta, "make_patch", refuse)
+    out = _delta(tmp_path, root, v1, v2)
+    assert _kinds(out, root)["lib/core.so"] is DeltaKind.ADDED
+    assert _kinds(out, root)["bin/app"] is DeltaKind.ADDED
+
+
 def test_delta_stages_the_same_tree_as_the_new_release(
     tmp_path: Path, trees: tuple[Path, Path, Path]
 ) -> None:
@@ -214,13 +280,14 @@ def test_a_moved_file_is_patched_from_its_old_path(tmp_path: Path) -> None:
     assert record.kind is license_.kind is DeltaKind.PATCHED
     assert record.base == f"{root}/lib/app-1.1.0.dist-info/RECORD"
     assert license_.base == f"{root}/lib/app-1.1.0.dist-info/LICENSE"  # same content
-    assert by_name["lib/app/__init__.py"].base is None  # patched at its own path
+    # 18 bytes changed in place: its 25-byte patch is not smaller, so it ships whole.
+    assert by_name["lib/app/__init__.py"].kind is DeltaKind.ADDED
     assert sorted(result.manifest.removed) == [
         f"{root}/lib/app-1.1.0.dist-info/LICENSE",
         f"{root}/lib/app-1.1.0.dist-info/RECORD",
     ]
     with zipfile.ZipFile(out) as zf:
-        assert not any(n.startswith("files/") for n in zf.namelist())
+        assert [n for n in zf.namelist() if n.startswith("files/")] == ["files/lib/app/__init__.py"]
     assert result.size < 2000
     layout = Layout(root)
     running = tree_digest(layout.snapshot_dir("1.1.0"))
@@ -363,6 +430,27 @@ def test_a_frame_asking_for_a_huge_window_is_refused(
     pkg = _hostile(tmp_path, root, big_window, size=len(LIB_V2))
     detail = _refused(Layout(root), pkg, ErrorCode.INVALID_MANIFEST)
     assert "corrupt patch" in detail
+
+
+def test_a_patch_against_a_base_too_short_for_a_dictionary_applies(tmp_path: Path) -> None:
+    """``zstd --patch-from`` ignores a base under ``MIN_PREFIX_BYTES`` (its frame is an
+    ordinary one); the device decodes it so too (it refused the package as INVALID_MANIFEST,
+    "corrupt or unsupported ZIP (ValueError: Zstandard dictionary content too short …)")."""
+    v1 = _write(tmp_path / "v1", {"VERSION": b"1.0.0\n"})
+    root = tmp_path / "root"
+    init_layout(root, "1.1.0", from_dir=v1)
+    patch = pyzstd.compress(b"1.2.0\n")  # what `zstd --patch-from=VERSION` writes
+    module = {
+        "name": "VERSION",
+        "dst": f"{root}/VERSION",
+        "size": 6,
+        "sha256": hashlib.sha256(b"1.2.0\n").hexdigest(),
+        "base_sha256": hashlib.sha256(b"1.0.0\n").hexdigest(),
+    }
+    pkg = _hostile(tmp_path, root, patch, size=6, extra=module)
+    layout = Layout(root)
+    staged = stage_snapshot(layout, read_package(pkg, expected_version="1.2.0", root=root), pkg)
+    assert (staged / "VERSION").read_bytes() == b"1.2.0\n"
 
 
 def test_garbage_and_truncated_patches_are_refused(

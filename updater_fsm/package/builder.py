@@ -256,8 +256,9 @@ def build_package(
         delta_from: build a delta package against this base: the previous release's
             (full) package, or its unpacked tree (then ``base_version`` is required).
             Unchanged files become ``kept``, changed ones ``patched`` (when both sides
-            are at most ``limits.max_patch_bytes`` and the patch is smaller than the
-            deflated file) or ``added``; files gone from the base are ``removed``.
+            are at most ``limits.max_patch_bytes``, the base is long enough to be a zstd
+            dictionary and the patch is smaller than the file and its deflated payload)
+            or ``added``; files gone from the base are ``removed``.
         base_version: the base's version (checked against a base package's manifest).
         limits: the device's limits (``max_patch_bytes``).
         updater_bundle: a release bundle ``tope-updater-<version>-<arch>.tar.gz``
@@ -511,10 +512,24 @@ def _renamed_patch(
     return best
 
 
+def _deflated_size(data: bytes) -> int:
+    """The size of ``data`` as an ``added`` entry's payload (raw deflate, as ``zipfile``)."""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return len(deflate.compress(data)) + len(deflate.flush())
+
+
 def _patch_for(file: _File, old: _BaseFile, limits: PackageLimits) -> bytes | None:
-    """A checked patch from ``old`` to ``file``, or None when shipping it whole is better."""
+    """A checked patch from ``old`` to ``file``, or None when shipping it whole is better.
+
+    None (the file is ``added``) when either side is over ``max_patch_bytes``, the base is
+    shorter than zstd's smallest dictionary (:data:`~updater_fsm.package.delta.MIN_PREFIX_BYTES`:
+    an agent that predates the rule cannot decode against it), zstd refuses the pair, or the
+    patch is not smaller than both the file and its deflated form.
+    """
     if max(old.size, file.size) > limits.max_patch_bytes:
         return None  # the device holds the base in memory: bounded by max_patch_bytes
+    if old.size < zdelta.MIN_PREFIX_BYTES:
+        return None  # too short to be a dictionary: a patch would only compress the file
     if zdelta.window_log_for(old.size, file.size) > limits.patch_window_log_max:
         return None
     base = old.read()
@@ -523,8 +538,11 @@ def _patch_for(file: _File, old: _BaseFile, limits: PackageLimits) -> bytes | No
         file.sha256
     ):
         raise BuildError(f"{file.rel}: changed while the delta was being built")
-    patch = zdelta.make_patch(base, new)
-    if len(patch) >= len(zlib.compress(new, 6)):
+    try:
+        patch = zdelta.make_patch(base, new)
+    except zdelta.PatchError:
+        return None
+    if len(patch) >= min(len(new), _deflated_size(new)):
         return None
     # Prove the patch with the device's own decoder before shipping it.
     check = zdelta.decode_in_memory(base, patch, len(new), limits)

@@ -30,6 +30,15 @@ from updater_fsm.package.limits import PackageLimits
 #: zstd level the builder uses (``--patch-from`` runs are small: the slow levels pay off).
 PATCH_LEVEL = 19
 _MIN_WINDOW_LOG = 10
+#: The shortest base that serves as a zstd prefix dictionary. The binding refuses shorter
+#: content (``ZstdDict``: "Zstandard dictionary content too short (must have at least
+#: eight bytes)") and libzstd ignores a dictionary that short when it compresses (``zstd
+#: --patch-from`` against it writes an ordinary frame), so :func:`prefix_dict` leaves it out.
+MIN_PREFIX_BYTES = 8
+
+
+class PatchError(Exception):
+    """zstd cannot make a patch between these two files."""
 
 
 def _invalid(detail: str) -> NoReturn:
@@ -48,7 +57,10 @@ def make_patch(base: bytes, new: bytes, *, level: int = PATCH_LEVEL) -> bytes:
     """One zstd frame that turns ``base`` into ``new`` (``zstd --patch-from`` semantics).
 
     The frame records the content size, so the device's decoder buffer is at most the
-    result's size.
+    result's size. A base shorter than :data:`MIN_PREFIX_BYTES` is not referenced.
+
+    Raises:
+        PatchError: zstd refused these files (the builder ships such a file in full).
     """
     options: dict[int, int] = {
         pyzstd.CParameter.compressionLevel: level,
@@ -57,22 +69,36 @@ def make_patch(base: bytes, new: bytes, *, level: int = PATCH_LEVEL) -> bytes:
         pyzstd.CParameter.contentSizeFlag: 1,
         pyzstd.CParameter.checksumFlag: 1,
     }
-    if not base:
-        return pyzstd.compress(new, options)
-    compressor = pyzstd.ZstdCompressor(options, pyzstd.ZstdDict(base, is_raw=True).as_prefix)
-    return compressor.compress(new, pyzstd.ZstdCompressor.FLUSH_FRAME)
+    try:
+        zdict = prefix_dict(base)
+        if zdict is None:
+            return pyzstd.compress(new, options)
+        compressor = pyzstd.ZstdCompressor(options, zdict.as_prefix)
+        return compressor.compress(new, pyzstd.ZstdCompressor.FLUSH_FRAME)
+    except (ValueError, pyzstd.ZstdError) as exc:
+        raise PatchError(str(exc)) from exc
 
 
-__all__ = ["ZstdDict", "apply_patch", "make_patch", "prefix_dict", "read_base", "write_all"]
+__all__ = [
+    "MIN_PREFIX_BYTES",
+    "PatchError",
+    "ZstdDict",
+    "apply_patch",
+    "make_patch",
+    "prefix_dict",
+    "read_base",
+    "write_all",
+]
 
 
 def prefix_dict(base: bytes) -> ZstdDict | None:
-    """The base as a raw-content zstd dictionary (None for an empty base).
+    """The base as a raw-content zstd dictionary (None for a base shorter than
+    :data:`MIN_PREFIX_BYTES`, which zstd does not take as one: its frames never refer to it).
 
     The dictionary holds its own copy: callers drop ``base`` afterwards, so a large base is
     in memory once.
     """
-    return pyzstd.ZstdDict(base, is_raw=True) if base else None
+    return pyzstd.ZstdDict(base, is_raw=True) if len(base) >= MIN_PREFIX_BYTES else None
 
 
 def _decompressor(
