@@ -16,7 +16,7 @@ import tomllib
 import types
 import typing
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,15 @@ class ServiceControl(enum.StrEnum):
 
 class ConfigError(ValueError):
     """The configuration is unusable; the message names the key and the problem."""
+
+
+def _key_entries(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``trusted_key`` as given: one entry (a string), several (a list), or none."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    return tuple(value)
 
 
 @attrs.frozen
@@ -68,7 +77,10 @@ class Config:
             ``Host`` header may carry; loopback names and ``host`` are always accepted.
             Anything else is refused with ``FORBIDDEN`` (DNS rebinding). Binding ``host`` to
             ``0.0.0.0``/``::`` needs the device's names or addresses listed here.
-        trusted_key: Ed25519 public key (PEM file path or base64 raw key) for signatures.
+        trusted_key: the Ed25519 public keys a package's signature may verify against, any
+            one of them (a keyring, so signing keys can be rotated): each entry a PEM file
+            path, a directory of ``*.pem`` files, or a base64 raw key; one string or a list
+            in TOML, shell-quoted words in the environment. Empty: signatures not enforced.
         stop_timeout_s, start_timeout_s, settle_s, post_cmd_timeout_s: install timings.
         connect_timeout_s, read_timeout_s, download_attempts: download robustness.
         max_package_bytes, max_zip_ratio: zip-bomb limits for packages.
@@ -132,7 +144,7 @@ class Config:
     allow_downgrade: bool = True
     api_token: str | None = None
     allowed_hosts: tuple[str, ...] = ()
-    trusted_key: str | None = None
+    trusted_key: tuple[str, ...] = attrs.field(default=(), converter=_key_entries)
     stop_timeout_s: float = 10.0
     start_timeout_s: float = 30.0
     settle_s: float = 5.0
@@ -238,6 +250,9 @@ def _paths_from_text(text: str) -> object:
 
 #: How text becomes the typed value a TOML file would hold, per declared type (without
 #: ``| None``); text for any other type (strings, paths, enums) is taken as it is.
+#: Keys whose TOML value may be one string or a list of strings.
+_ONE_OR_MANY = frozenset({"trusted_key"})
+
 _FROM_TEXT: dict[object, Callable[[str], object]] = {
     bool: _bool_from_text,
     int: _int_from_text,
@@ -257,6 +272,8 @@ def _typed(key: str, value: Any, *, from_text: bool) -> Any:
     type_ = _FIELD_TYPES[key]
     try:
         toml_value = _FROM_TEXT.get(_without_none(type_), str)(value) if from_text else value
+        if key in _ONE_OR_MANY and isinstance(toml_value, str):
+            toml_value = [toml_value]  # `trusted_key = "…"`: one key, as before lists
         typed = STRICT_CONVERTER.structure(toml_value, type_)
         if key in _CHOICES and typed not in _CHOICES[key]:
             raise ValueRefused(f"must be one of {', '.join(_CHOICES[key])}")
@@ -401,7 +418,7 @@ def load_config(
         **_from_overrides(overrides or {}),
     }
     config = attrs.evolve(base or Config(), **values)
-    if "allow_downgrade" not in values and config.trusted_key is not None:
+    if "allow_downgrade" not in values and config.trusted_key:
         # Signed packages stay valid forever: without anti-rollback anyone who can reach
         # the API could re-install an old, signed, vulnerable version.
         config = attrs.evolve(config, allow_downgrade=False)

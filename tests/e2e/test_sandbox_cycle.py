@@ -196,6 +196,55 @@ async def test_a_factory_rollback_does_not_reopen_old_releases(
         assert (await install(client, u, "1.2.0"))["data"]["stage"] == "success"
 
 
+async def test_signing_keys_rotate_old_then_both_then_new_only(
+    tmp_path: Path, package_server: PackageServer, aiohttp_client: Any
+) -> None:
+    """The rotation procedure of docs/DEPLOYMENT.md, step by step over the HTTP API: a
+    device trusting the old key; a release that adds the new key (both trusted) installs a
+    package signed by the new key; a release that drops the old key refuses a package
+    signed by it (SIGNATURE_INVALID) and installs one signed by the new key."""
+    from updater_fsm.package.builder import generate_keypair, sign_file
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    generate_keypair(keys / "old.key", keys / "old.pem")
+    generate_keypair(keys / "new.key", keys / "new.pem")
+    base = sandbox(tmp_path)
+    root = base.root
+    for version in ("1.1.0", "1.2.0", "1.3.0"):
+        make_package(tmp_path / f"{version}.zip", version, {"bin/v": version.encode()}, root=root)
+
+    async def install(config: Config, version: str, signed_by: str) -> dict[str, Any]:
+        package = tmp_path / f"{version}.zip"
+        async with running_updater(config, report=False) as u:
+            client = await aiohttp_client(create_app(config, u.engine))
+            req = attrs.evolve(
+                await request_for(package_server, package, version),
+                package_signature=sign_file(package, keys / f"{signed_by}.key"),
+            )
+            body = {k: v for k, v in attrs.asdict(req).items() if v is not None}
+            assert (await (await client.post(f"{API}/download", json=body)).json())["code"] == 200
+            await wait_for(u.engine, State.READY, State.FAILED)
+            if u.engine.snapshot.state is State.READY:
+                await client.post(f"{API}/update", json={"version": version})
+                await wait_for(u.engine, State.SUCCESS, State.FAILED)
+            await u.runner.idle()
+            return dict(u.engine.snapshot.data())
+
+    old_only = attrs.evolve(base, trusted_key=(str(keys / "old.pem"),))
+    both = attrs.evolve(base, trusted_key=(str(keys / "old.pem"), str(keys / "new.pem")))
+    new_only = attrs.evolve(base, trusted_key=(str(keys / "new.pem"),))
+    assert (await install(old_only, "1.1.0", "old"))["stage"] == "success"
+    refused = await install(old_only, "1.2.0", "new")  # the new key is not trusted yet
+    assert refused["error"].startswith("SIGNATURE_INVALID: signature of 1.2.0.zip"), refused
+    assert (await install(both, "1.2.0", "new"))["stage"] == "success"
+    refused = await install(new_only, "1.3.0", "old")
+    assert refused["error"] == "SIGNATURE_INVALID: signature of 1.3.0.zip does not match the key"
+    assert refused["current_version"] == "1.2.0"
+    assert (await install(new_only, "1.3.0", "new"))["stage"] == "success"
+    assert os.readlink(root / "versions/current") == "v1.3.0"
+
+
 async def test_rollback_target_failing_its_own_probe_escalates_to_factory(
     tmp_path: Path, package_server: PackageServer
 ) -> None:

@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError
-from updater_fsm.ops.verify import Digests, hash_file, load_public_key, verify_digests
+from updater_fsm.ops.verify import (
+    Digests,
+    hash_file,
+    load_public_key,
+    load_trusted_keys,
+    verify_digests,
+)
 
 DATA = bytes(range(256)) * 5000 + b"tail"
 MD5 = hashlib.md5(DATA).hexdigest()
@@ -46,7 +52,7 @@ def test_all_checks_pass_and_file_stays(package: Path) -> None:
         md5=MD5.upper(),  # case-insensitive
         sha256=SHA.upper(),
         signature_b64=SIGNATURE,
-        trusted_key=PUBLIC,
+        trusted_keys=(PUBLIC,),
     )
     assert package.read_bytes() == DATA
 
@@ -59,7 +65,7 @@ def test_signature_ignored_without_a_key(package: Path) -> None:
         md5=MD5,
         sha256=None,
         signature_b64="not even base64!",
-        trusted_key=None,
+        trusted_keys=(),
     )
     assert package.exists()
 
@@ -78,7 +84,7 @@ OTHER_SIG = base64.b64encode(PRIVATE.sign(b"\0" * 32)).decode()
         ({"signature_b64": "%%%"}, ErrorCode.SIGNATURE_INVALID, "not base64"),
         ({"signature_b64": OTHER_SIG}, ErrorCode.SIGNATURE_INVALID, "does not match"),
         (
-            {"trusted_key": Ed25519PrivateKey.generate().public_key()},
+            {"trusted_keys": (Ed25519PrivateKey.generate().public_key(),)},
             ErrorCode.SIGNATURE_INVALID,
             "does not match",
         ),
@@ -92,7 +98,7 @@ def test_each_failure_deletes_the_package(
         "md5": MD5,
         "sha256": SHA,
         "signature_b64": SIGNATURE,
-        "trusted_key": PUBLIC,
+        "trusted_keys": (PUBLIC,),
         **change,
     }
     with pytest.raises(UpdaterError) as err:
@@ -114,7 +120,7 @@ def test_digests_of_a_tampered_file_are_caught(package: Path) -> None:
             md5=MD5,
             sha256=None,
             signature_b64=None,
-            trusted_key=None,
+            trusted_keys=(),
         )
     assert str(err.value) == f"MD5_MISMATCH: expected {MD5}, got {bad}"
     assert not package.exists()
@@ -149,3 +155,61 @@ def test_load_public_key_rejects_other_key_types() -> None:
     )
     with pytest.raises(ValueError, match="not an Ed25519"):
         load_public_key(pem)
+
+
+def test_a_signature_by_any_key_of_the_keyring_verifies(package: Path) -> None:
+    """Key rotation: a release signed by the new key installs while the old one is trusted
+    too; one signed by neither is refused naming the keyring."""
+    other = Ed25519PrivateKey.generate().public_key()
+    for keyring in ((PUBLIC, other), (other, PUBLIC)):
+        verify_digests(
+            package,
+            Digests(MD5, SHA, len(DATA)),
+            size=len(DATA),
+            md5=MD5,
+            sha256=SHA,
+            signature_b64=SIGNATURE,
+            trusted_keys=keyring,
+        )
+    with pytest.raises(UpdaterError) as err:
+        verify_digests(
+            package,
+            Digests(MD5, SHA, len(DATA)),
+            size=len(DATA),
+            md5=MD5,
+            sha256=SHA,
+            signature_b64=SIGNATURE,
+            trusted_keys=(other, Ed25519PrivateKey.generate().public_key()),
+        )
+    assert err.value.code is ErrorCode.SIGNATURE_INVALID
+    assert err.value.detail.endswith("does not match any of the 2 keys")
+
+
+def test_the_keyring_from_files_a_directory_and_base64(tmp_path: Path) -> None:
+    def pem(key: Ed25519PublicKey) -> bytes:
+        return key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    keys = [Ed25519PrivateKey.generate().public_key() for _ in range(4)]
+    ring = tmp_path / "keys.d"
+    ring.mkdir()
+    (ring / "a.pem").write_bytes(pem(keys[0]))
+    (ring / "b.pem").write_bytes(pem(keys[1]))
+    (ring / "README").write_text("not a key")
+    single = tmp_path / "c.pem"
+    single.write_bytes(pem(keys[2]))
+    raw = base64.b64encode(
+        keys[3].public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
+    loaded = load_trusted_keys([str(ring), str(single), raw])
+    assert [pem(k) for k in loaded] == [pem(k) for k in keys]
+    (tmp_path / "empty.d").mkdir()
+    for entry, says in (
+        (str(tmp_path / "empty.d"), "a directory with no .pem file"),
+        (str(tmp_path / "missing.pem"), "cannot read trusted key"),
+        ("bm90IGEga2V5", "raw Ed25519 public key must be 32 bytes"),
+    ):
+        with pytest.raises(UpdaterError) as err:
+            load_trusted_keys([str(single), entry])
+        assert err.value.code is ErrorCode.SIGNATURE_INVALID and says in err.value.detail

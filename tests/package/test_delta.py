@@ -597,7 +597,7 @@ async def test_a_delta_is_signed_and_verified_like_any_package(
         md5=result.md5,
         sha256=result.sha256,
         signature_b64=result.signature,
-        trusted_key=key,
+        trusted_keys=(key,),
     )
     other_private, other_public = tmp_path / "other.pem", tmp_path / "other.pub"
     generate_keypair(other_private, other_public)
@@ -609,6 +609,6 @@ async def test_a_delta_is_signed_and_verified_like_any_package(
             md5=result.md5,
             sha256=result.sha256,
             signature_b64=result.signature,
-            trusted_key=verify.load_public_key(other_public.read_bytes()),
+            trusted_keys=(verify.load_public_key(other_public.read_bytes()),),
         )
     assert info.value.code is ErrorCode.SIGNATURE_INVALID

@@ -168,6 +168,23 @@ def test_trusted_key_turns_downgrades_off_unless_set_explicitly(tmp_path: Path) 
     assert load_config(env={}).allow_downgrade is True  # no key: unchanged default
 
 
+def test_trusted_key_is_one_key_or_a_keyring(tmp_path: Path) -> None:
+    """One string (as before), a list (key rotation), shell-quoted words in the environment;
+    an empty list is no key."""
+    one = load_config(file=write(tmp_path, 'trusted_key = "/etc/k.pem"\n'), env={})
+    assert one.trusted_key == ("/etc/k.pem",)
+    ring = 'trusted_key = ["/etc/old.pem", "/etc/tope-updater/keys.d"]\n'
+    many = load_config(file=write(tmp_path, ring), env={})
+    assert many.trusted_key == ("/etc/old.pem", "/etc/tope-updater/keys.d")
+    assert many.allow_downgrade is False
+    env = {"TOPE_UPDATER_TRUSTED_KEY": "/etc/old.pem '/etc/new key.pem'"}
+    assert load_config(env=env).trusted_key == ("/etc/old.pem", "/etc/new key.pem")
+    none = load_config(file=write(tmp_path, "trusted_key = []\n"), env={})
+    assert none.trusted_key == () and none.allow_downgrade is True
+    with pytest.raises(ConfigError, match="config key 'trusted_key'"):
+        load_config(file=write(tmp_path, "trusted_key = [1]\n"), env={})
+
+
 def test_busy_gate_keys(tmp_path: Path) -> None:
     from updater_fsm.core.printer import BusyPolicy, PrinterGate
 

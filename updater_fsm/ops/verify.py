@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,36 @@ def load_public_key(pem_or_raw_b64: str | bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def load_trusted_keys(entries: Sequence[str]) -> tuple[Ed25519PublicKey, ...]:
+    """The keyring ``trusted_key`` names: each entry a PEM file (an absolute path or a name
+    ending ``.pem``), a directory whose ``*.pem`` files are each a key, or a base64 raw key.
+
+    Raises:
+        UpdaterError: ``SIGNATURE_INVALID`` naming an entry that cannot be read, a directory
+            without any ``.pem``, or a key that is not Ed25519.
+    """
+    keys: list[Ed25519PublicKey] = []
+    for entry in entries:
+        path = Path(entry)
+        try:
+            if entry.startswith("/") and path.is_dir():
+                files = sorted(p for p in path.glob("*.pem") if p.is_file())
+                if not files:
+                    raise ValueError("a directory with no .pem file")
+                keys += [load_public_key(file.read_bytes()) for file in files]
+            elif entry.startswith("/") or entry.endswith(".pem"):
+                keys.append(load_public_key(path.read_bytes()))
+            else:
+                keys.append(load_public_key(entry))
+        except OSError as exc:
+            raise UpdaterError(
+                ErrorCode.SIGNATURE_INVALID, f"cannot read trusted key {entry}: {exc.strerror}"
+            ) from None
+        except ValueError as exc:
+            raise UpdaterError(ErrorCode.SIGNATURE_INVALID, f"trusted key {entry}: {exc}") from None
+    return tuple(keys)
+
+
 def _reject(path: Path, code: ErrorCode, detail: str) -> UpdaterError:
     """Delete the package durably and build the error to raise."""
     try:
@@ -109,13 +140,14 @@ def verify_digests(
     md5: str,
     sha256: str | None,
     signature_b64: str | None,
-    trusted_key: Ed25519PublicKey | None,
+    trusted_keys: Sequence[Ed25519PublicKey],
 ) -> None:
     """Check a downloaded package against what the request promised.
 
     Checks in order: size, MD5 (case-insensitive), SHA-256 if given, then the signature. The
     signature is Ed25519 over the RAW 32-byte SHA-256 digest of the package; it is required
-    when ``trusted_key`` is set and checked (against that key) whenever both are present.
+    when ``trusted_keys`` holds any key, and valid when any one of them verifies it (a
+    keyring: a release signed by a new key installs while the old key is still trusted).
 
     Args:
         path: the package file; deleted durably on any failure.
@@ -124,7 +156,7 @@ def verify_digests(
         md5: expected MD5, hex.
         sha256: expected SHA-256, hex, or None if the request gave none.
         signature_b64: base64 signature from the request, or None.
-        trusted_key: the configured signing key, or None if signatures are not enforced.
+        trusted_keys: the configured signing keys; empty if signatures are not enforced.
 
     Raises:
         UpdaterError: ``PACKAGE_SIZE_MISMATCH``, ``MD5_MISMATCH``, ``SHA256_MISMATCH``,
@@ -143,7 +175,7 @@ def verify_digests(
         want_sha, got_sha = sha256.lower(), digests.sha256.lower()
         if not hmac.compare_digest(want_sha, got_sha):
             raise _reject(path, ErrorCode.SHA256_MISMATCH, f"expected {want_sha}, got {got_sha}")
-    if trusted_key is None:
+    if not trusted_keys:
         return
     if not signature_b64:
         raise _reject(
@@ -157,13 +189,19 @@ def verify_digests(
         raise _reject(path, ErrorCode.SIGNATURE_INVALID, f"signature is not base64: {exc}") from exc
     from cryptography.exceptions import InvalidSignature
 
-    try:
-        trusted_key.verify(signature, bytes.fromhex(digests.sha256))
-    except InvalidSignature:
+    digest = bytes.fromhex(digests.sha256)
+    for key in trusted_keys:
+        try:
+            key.verify(signature, digest)
+            break
+        except InvalidSignature:
+            continue
+    else:
+        which = "the key" if len(trusted_keys) == 1 else f"any of the {len(trusted_keys)} keys"
         raise _reject(
-            path, ErrorCode.SIGNATURE_INVALID, f"signature of {path.name} does not match the key"
+            path, ErrorCode.SIGNATURE_INVALID, f"signature of {path.name} does not match {which}"
         ) from None
     _log.info("verify.ok", path=str(path), size=size, signed=True)
 
 
-__all__ = ["Digests", "hash_file", "load_public_key", "verify_digests"]
+__all__ = ["Digests", "hash_file", "load_public_key", "load_trusted_keys", "verify_digests"]

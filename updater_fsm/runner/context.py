@@ -18,7 +18,6 @@ import attrs
 
 from updater_fsm.config import Config, ServiceControl
 from updater_fsm.core import events as ev
-from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.manifest import Manifest
 from updater_fsm.core.printer import PrinterStatus
 from updater_fsm.core.progress import Transfer
@@ -91,7 +90,7 @@ class ExecutorContext:
         layout: the version snapshots under ``config.root``.
         limits: the package's size and ratio bounds.
         controller: the systemctl client; None with ``service_control = "none"``.
-        trusted_key: the key package signatures must verify against (None: unsigned).
+        trusted_keys: the keys a package's signature may verify against (empty: unsigned).
         slots: the updater's own slots (None: this updater runs from no slot).
         ask_printer: the busy probe (None: no ``busy_probe`` configured).
         restart_self: ends this process for its supervisor to start the updater again
@@ -106,7 +105,7 @@ class ExecutorContext:
     layout: snapshot_store.Layout
     limits: PackageLimits
     controller: ServiceController | None
-    trusted_key: Ed25519PublicKey | None
+    trusted_keys: tuple[Ed25519PublicKey, ...]
     slots: self_update.Slots | None
     ask_printer: Callable[[], Awaitable[PrinterStatus]] | None
     restart_self: Callable[[], None] | None
@@ -133,16 +132,14 @@ class ExecutorContext:
                 stop_timeout=config.stop_timeout_s,
                 start_timeout=config.start_timeout_s,
             )
-        trusted_key = None
-        if config.trusted_key:
-            trusted_key = verify.load_public_key(_read_key(config.trusted_key))
+        trusted_keys = verify.load_trusted_keys(config.trusted_key)
         return cls(
             engine=engine,
             config=config,
             layout=snapshot_store.Layout(config.root),
             limits=package_limits(config),
             controller=controller,
-            trusted_key=trusted_key,
+            trusted_keys=trusted_keys,
             slots=self_update.find_slots(config.updater_prefix),
             ask_printer=configured_probe(config.busy_probe, timeout_s=config.busy_probe_timeout_s),
             restart_self=restart_self,
@@ -182,16 +179,3 @@ async def in_thread_to_the_end(work: Callable[[], _T]) -> _T:
         with contextlib.suppress(Exception):
             await thread
         raise
-
-
-def _read_key(value: str) -> str | bytes:
-    """``trusted_key`` is a path to a PEM file or the key itself (base64)."""
-    path = Path(value)
-    if value.startswith("/") or value.endswith(".pem"):
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise UpdaterError(
-                ErrorCode.SIGNATURE_INVALID, f"cannot read trusted key {value}: {exc.strerror}"
-            ) from None
-    return value

@@ -60,7 +60,7 @@ async def verify_package(ctx: ExecutorContext, effect: fx.VerifyPackage) -> None
             md5=request.package_md5,
             sha256=request.package_sha256,
             signature_b64=request.package_signature,
-            trusted_key=ctx.trusted_key,
+            trusted_keys=ctx.trusted_keys,
         )
     except UpdaterError as err:
         ctx.engine.post(ev.VerifyFailed(effect.job_id, err.failure))
