@@ -52,6 +52,9 @@ TIER_OF_FIXTURE: dict[str, str] = {
     "hawkbit": "fleet_server",
     # tests/support/serve_port.py: the port of a real `tope-updater serve` subprocess.
     "serve_port": "e2e",
+    # Release bundles built from PyPI (systemd/bundle.py): minutes, and the network.
+    "bundle": "slow",  # tests/e2e/test_bundle.py
+    "updater_bundles": "slow",  # tests/support/self_update.py
 }
 
 #: A test whose module imports one of these modules (directly, or through test helpers that
