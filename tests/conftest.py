@@ -9,8 +9,10 @@ uses, so a new test lands in the right tier without anyone remembering to mark i
 
 * a fixture it uses, directly or through other fixtures (:data:`TIER_OF_FIXTURE`);
 * a helper module its module imports, directly or through other test helpers
-  (:data:`TIERS_OF_HELPER`): the crash harness, the memory cgroup, the bench's sandbox
-  updater.
+  (:data:`TIERS_OF_HELPER`): the crash harness, the bench's and the screen's sandbox
+  updaters;
+* a helper its test function calls itself (:data:`TIERS_OF_CALL`): the memory cgroup, the
+  fresh interpreter that measures peak memory.
 
 Explicit ``@pytest.mark.<tier>`` marks stay valid (and are needed where a test builds the
 real part itself, e.g. ``SystemdSandbox()`` without the fixture).
@@ -37,8 +39,8 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-# Local iterations (`./dev.sh fast`): a fifth of CI's examples.
-settings.register_profile("dev", max_examples=100, deadline=None)
+# Local iterations (`./dev.sh fast`): a twentieth of CI's examples.
+settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: The tiers (also registered in pyproject.toml, which runs pytest with --strict-markers).
@@ -62,13 +64,38 @@ TIER_OF_FIXTURE: dict[str, str] = {
 TIERS_OF_HELPER: dict[str, tuple[str, ...]] = {
     # Real `tope-updater serve` subprocesses, killed and restarted (Rig, UpdaterProcess).
     "tests.crash.harness": ("crash", "e2e"),
-    # The unit's MemoryMax around a real updater: big outputs, long runs.
-    "tests.support.memory_cgroup": ("slow",),
     # bench/_util.py (the bench scripts import it as `_util`): SandboxUpdater, a real serve.
     "_util": ("e2e",),
     # The screen's Updater: a real `tope-updater serve --sandbox` under Xvfb.
     "tests.screen.test_screen_xvfb": ("e2e",),
 }
+
+
+#: A test whose function itself calls a helper of one of these modules is in these tiers.
+TIERS_OF_CALL: dict[str, tuple[str, ...]] = {
+    # The unit's MemoryMax around a real updater: big outputs, long runs.
+    "tests.support.memory_cgroup": ("slow",),
+    # Peak memory of a job in a fresh interpreter: big inputs, a process per measurement.
+    "tests.support.fresh_interpreter": ("slow",),
+}
+
+
+def _called(item: pytest.Item) -> set[str]:
+    """Modules of the globals (functions, classes, modules) the test function names."""
+    function = getattr(item, "function", None)
+    code = getattr(function, "__code__", None)
+    if code is None:
+        return set()
+    names = getattr(function, "__globals__", {})
+    found = set()
+    for name in code.co_names:
+        value = names.get(name)
+        owner = (
+            value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        )
+        if isinstance(owner, str):
+            found.add(owner)
+    return found
 
 
 def _helpers(module: ModuleType, seen: dict[str, frozenset[str]]) -> frozenset[str]:
@@ -103,6 +130,8 @@ def tiers_of(item: pytest.Item, seen: dict[str, frozenset[str]]) -> set[str]:
     if module is not None:
         for helper in _helpers(module, seen):
             tiers.update(TIERS_OF_HELPER.get(helper, ()))
+    for helper in _called(item):
+        tiers.update(TIERS_OF_CALL.get(helper, ()))
     return tiers
 
 
