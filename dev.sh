@@ -4,13 +4,17 @@
 #   ./dev.sh run    set up .venv if needed, then run the updater on a local sandbox root
 #                   (./var: factory v1.0.0 seeded on first run; API on 127.0.0.1:12315;
 #                   no root privileges, no systemd)
-#   ./dev.sh test   set up .venv with the test tools, then lint, type-check and run the
-#                   whole test suite (the exact command CI runs)
+#   ./dev.sh test   set up .venv with the test tools, then lint, type-check, check the
+#                   import contracts and run the whole test suite (the exact command CI runs)
+#   ./dev.sh fast   the same checks, then only the fast tier: no systemd, hawkBit, crash
+#                   harness, `serve` subprocess or slow test (tests/conftest.py marks them),
+#                   on all cores, with fewer hypothesis examples (profile dev); a few minutes
 #   ./dev.sh demo   set up, then run a complete visible OTA cycle (download, install
 #                   once a simulated print is over, broken update, automatic rollback)
 #                   on a throwaway sandbox
 #
-# Extra arguments are passed on: `./dev.sh run --port 8080`, `./dev.sh test -k journal`.
+# Extra arguments are passed on: `./dev.sh run --port 8080`, `./dev.sh test -k journal`,
+# `./dev.sh fast tests/ops`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,6 +39,16 @@ setup() {
     fi
 }
 
+# The tiers the fast run leaves out (markers registered in pyproject.toml).
+FAST_TIER="not (systemd or fleet_server or crash or e2e or slow)"
+
+checks() {
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/mypy"
+    "$VENV/bin/lint-imports" --no-cache --no-logo  # the architecture's import contracts (pyproject.toml)
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -48,14 +62,19 @@ case "$cmd" in
         ;;
     test)
         setup test
-        "$VENV/bin/ruff" check .
-        "$VENV/bin/ruff" format --check .
-        "$VENV/bin/mypy"
-        "$VENV/bin/lint-imports" --no-cache --no-logo  # the architecture's import contracts (pyproject.toml)
+        checks
         exec "$VENV/bin/pytest" "$@"
         ;;
+    fast)
+        setup test
+        checks
+        # pytest-xdist spreads the tier over the cores (-n auto); only here: the full run
+        # keeps one process, as its session fixtures (systemd, hawkBit, bundles) expect.
+        HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-dev} \
+            exec "$VENV/bin/pytest" -n auto -m "$FAST_TIER" "$@"
+        ;;
     *)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

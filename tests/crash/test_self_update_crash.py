@@ -39,7 +39,8 @@ from tests.support.self_update import BASE, NEW, Bundles, Device, install_device
 from tests.support.self_update import updater_bundles as updater_bundles  # the fixture
 from tests.support.systemd_sandbox import SystemdSandbox
 
-pytestmark = pytest.mark.systemd
+# Crash matrix without the subprocess harness (so tests/conftest.py cannot derive `crash`).
+pytestmark = [pytest.mark.systemd, pytest.mark.crash]
 
 #: Every crash point of a self-update, in the order a run reaches them. ``slot_built`` is
 #: reached only when the slot is new: the first trial (0.2.0) builds it.

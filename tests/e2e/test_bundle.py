@@ -25,6 +25,7 @@ import pytest
 
 from tests.e2e.test_deploy_systemd import SYSTEM_PYTHON, UNIT, Site, show
 from tests.e2e.test_deploy_systemd import site as site  # the fixture
+from tests.support.serve_port import free_port
 from tests.support.systemd_sandbox import SystemdSandbox
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,11 +86,14 @@ def test_bundle_contents(bundle: Path, tmp_path: Path) -> None:
 
 
 def install_argv(site: Site, bundle: Path, unit_dir: Path, systemctl: str) -> list[str]:
+    # The installed updater serves on a free port (never the default 12315, which a
+    # developer's `./dev.sh run` may hold) and reports to a device-api nobody runs.
     return [
         str(INSTALL), "--bundle", str(bundle),
         *("--root", str(site.root), "--prefix", str(site.prefix)),
         *("--config-dir", str(site.config_dir), "--unit-dir", str(unit_dir)),
         *("--bin-links", str(site.bin_links), "--version", "1.0.0"),
+        *("--port", str(free_port()), "--device-api-url", f"http://127.0.0.1:{free_port()}"),
         *("--python", str(SYSTEM_PYTHON), "--systemctl", systemctl, "--no-enable"),
     ]  # fmt: skip
 

@@ -24,13 +24,6 @@ from http_shell.cli.options import connect_host
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOPE_UPDATER_")}
     env["PYTHONPATH"] = str(REPO)
@@ -52,9 +45,9 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[dict[str, str]]:
+def served(tmp_path: Path, serve_port: int) -> Iterator[dict[str, str]]:
     """A sandbox ``serve`` on a free port; yields the environment that names that port."""
-    env = _env(TOPE_UPDATER_PORT=str(_free_port()))
+    env = _env(TOPE_UPDATER_PORT=str(serve_port))
     argv = [sys.executable, "-m", "http_shell.cli", "serve", "--sandbox", str(tmp_path / "sb")]
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=log)

@@ -153,10 +153,12 @@ def _free_port() -> int:
         return port
 
 
-def test_serve_sends_ready_watchdog_and_stopping(path_listener: Listener, tmp_path: Path) -> None:
+def test_serve_sends_ready_watchdog_and_stopping(
+    path_listener: Listener, tmp_path: Path, serve_port: int
+) -> None:
     """The real ``tope-updater serve`` process: READY=1 once the API listens (it answers
     then), WATCHDOG=1 at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM, then exit 0."""
-    port = _free_port()
+    port = serve_port
     env = {
         **os.environ,
         **path_listener.env,
@@ -187,10 +189,10 @@ def test_serve_sends_ready_watchdog_and_stopping(path_listener: Listener, tmp_pa
         print((tmp_path / "serve.log").read_text(errors="replace")[-3000:])
 
 
-def test_sigterm_with_undeliverable_reports_exits_promptly(tmp_path: Path) -> None:
+def test_sigterm_with_undeliverable_reports_exits_promptly(tmp_path: Path, serve_port: int) -> None:
     """device-api is down (it often is: it is being updated) and a report is pending when
     systemd stops the updater: the process must still exit well within TimeoutStopSec."""
-    port, dead = _free_port(), _free_port()
+    port, dead = serve_port, _free_port()
     env = {**os.environ, "TOPE_UPDATER_DEVICE_API_URL": f"http://127.0.0.1:{dead}"}
     argv = [sys.executable, "-m", "http_shell.cli", "serve", "--sandbox", str(tmp_path)]
     with open(tmp_path / "serve.log", "wb") as log:

@@ -6,7 +6,16 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from http_shell.cli.client import watch_progress
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lines are cut to the terminal's width: pin it to the width off a terminal (100) so
+    the messages checked below fit whatever COLUMNS says (80 in pytest-xdist's workers)."""
+    monkeypatch.setenv("COLUMNS", "100")
 
 
 class _Events:

@@ -123,17 +123,40 @@ async def test_restart_loop_fails_on_nrestarts(
 async def test_crash_waiting_for_slow_restart_fails(
     systemd_sandbox: SystemdSandbox, tmp_path: Path
 ) -> None:
+    # The unit runs until the test tells it to crash; systemd restarts it only after 300 s,
+    # so throughout the check it waits in auto-restart. (Crashing on a timer raced the start
+    # confirmation and the settle period on a loaded machine.)
+    trigger = tmp_path / "crash-now"
     add_service(
         systemd_sandbox,
         tmp_path,
         "lazy",
-        "sleep 0.5\nexit 1\n",
-        service="Restart=on-failure\nRestartSec=30\n",
+        f"while [ ! -e {trigger} ]; do sleep 0.05; done\nexit 1\n",
+        service="Restart=on-failure\nRestartSec=300\n",
     )
     ctl = controller(systemd_sandbox)
     await ctl.start("lazy.service")
+    show, crashed = ctl.show, False
+
+    async def show_then_crash(unit: str, *props: str) -> dict[str, str]:
+        """The check's first query (its baseline) is answered only once the unit crashed
+        (it was up when asked): the crash falls inside the check whatever the load."""
+        nonlocal crashed
+        answer = await show(unit, *props)
+        if not crashed:
+            crashed = True
+            assert answer["ActiveState"] == "active", answer
+            trigger.touch()
+            deadline = time.monotonic() + 30
+            while (await show(unit, "SubState"))["SubState"] != "auto-restart":
+                assert time.monotonic() < deadline, "the unit never crashed"
+                await asyncio.sleep(0.05)
+        return answer
+
+    ctl.show = show_then_crash  # type: ignore[method-assign]
     with pytest.raises(UpdaterError) as info:
         await check_health(ctl, [ServiceUnit("lazy.service")], settle_s=1.0, poll_s=0.1)
+    assert crashed
     assert info.value.detail == (
         "lazy.service: crashed, systemd is about to restart it "
         "(activating/auto-restart, Result=exit-code)"

@@ -31,7 +31,6 @@ import hashlib
 import math
 import os
 import random
-import re
 import ssl as ssl_module
 import threading
 import time
@@ -45,6 +44,7 @@ import attrs
 import structlog
 
 from updater_fsm import durable, faults
+from updater_fsm.core.download_response import Verdict, judge_response
 from updater_fsm.core.errors import ErrorCode, UpdaterError, code_for_os_error
 from updater_fsm.core.events import DownloadRequest, ResumePoint
 from updater_fsm.core.urls import redact_url
@@ -55,8 +55,6 @@ _log = structlog.get_logger(__name__)
 
 KiB = 1024
 MiB = 1024 * KiB
-
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
 @attrs.frozen
@@ -579,68 +577,28 @@ class _Download:
             await self._stream(resp)
 
     async def _accept(self, resp: aiohttp.ClientResponse, offset: int) -> None:
-        """Validate status and lengths before a byte is written; set validators."""
-        status = resp.status
-        url = redact_url(
-            self.request.package_url
-        )  # for error details: shown in /progress and the log
-        if status == 416:
-            if offset == 0:
-                raise UpdaterError(ErrorCode.DOWNLOAD_FAILED, f"HTTP 416 for {url} without Range")
-            total = resp.headers.get("Content-Range", "").rpartition("/")[2].strip()
-            if total.isdigit() and int(total) != self.request.package_size:
-                raise UpdaterError(
-                    ErrorCode.PACKAGE_SIZE_MISMATCH,
-                    f"server announces {total} bytes, expected {self.request.package_size}",
-                )
-            await self.restart_from_zero("server answered 416 to the resume range")
-            exc = _Transient(f"HTTP 416 for {url}")
-            exc.immediate = True
+        """Act on the response's judgement before a byte is written; set validators."""
+        judged = judge_response(
+            resp.status,
+            resp.headers,
+            offset=offset,
+            size=self.request.package_size,
+            etag=self.etag,
+            last_modified=self.last_modified,
+            # for error details: shown in /progress and the log
+            url=redact_url(self.request.package_url),
+            status_text=str(resp.reason),
+        )
+        if judged.discard is not None:
+            await self.restart_from_zero(judged.discard)
+        if judged.verdict is Verdict.FATAL:
+            raise UpdaterError(judged.code, judged.reason)
+        if judged.verdict is Verdict.TRANSIENT:
+            exc = _Transient(judged.reason, retry_after=_parse_retry_after(judged.retry_after))
+            exc.immediate = judged.immediate
             raise exc
-        if status in (408, 429) or status >= 500:
-            raise _Transient(
-                f"HTTP {status} {resp.reason} for {url}",
-                retry_after=_parse_retry_after(resp.headers.get("Retry-After")),
-            )
-        if status not in (200, 206):
-            raise UpdaterError(ErrorCode.DOWNLOAD_FAILED, f"HTTP {status} {resp.reason} for {url}")
-        etag = resp.headers.get("ETag")
-        last_modified = resp.headers.get("Last-Modified")
-        size = self.request.package_size
-        if status == 206:
-            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-            if match is None:
-                raise _Transient(f"HTTP 206 without a usable Content-Range from {url}")
-            start, end, total = int(match[1]), int(match[2]), match[3]
-            if total != "*" and int(total) != size:
-                raise UpdaterError(
-                    ErrorCode.PACKAGE_SIZE_MISMATCH,
-                    f"server announces {total} bytes, expected {size}",
-                )
-            changed = (self.etag is not None and etag is not None and etag != self.etag) or (
-                self.etag is None
-                and self.last_modified is not None
-                and last_modified is not None
-                and last_modified != self.last_modified
-            )
-            if start != offset or end != size - 1 or changed:
-                # A range of some other file or of the wrong place: never splice it.
-                await self.restart_from_zero(
-                    f"unusable 206 (Content-Range {start}-{end}, validator changed: {changed})"
-                )
-                exc = _Transient(f"unusable partial response from {url}")
-                exc.immediate = True
-                raise exc
-        else:
-            if offset:
-                await self.restart_from_zero("server sent the whole file (200) to a resume")
-            if resp.content_length is not None and resp.content_length != size:
-                raise UpdaterError(
-                    ErrorCode.PACKAGE_SIZE_MISMATCH,
-                    f"server announces {resp.content_length} bytes, expected {size}",
-                )
-        self.etag, self.last_modified = etag, last_modified
-        if offset and status == 206:
+        self.etag, self.last_modified = judged.etag, judged.last_modified
+        if offset and resp.status == 206:
             self.log.info("download.resumed", offset=offset)
         # The validators must be durable before bytes that depend on them are.
         await self.checkpoint(force=True)
