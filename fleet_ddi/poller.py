@@ -212,7 +212,7 @@ class FleetPoller:
     def _attributes(self) -> dict[str, str]:
         links = self._control.links
         return {
-            "model": device_model(self._config.device_model),
+            "model": device_model(self._config.compatible),
             "current_version": links.current or "",
             "previous_version": links.previous or "",
             "factory_version": links.factory or "",

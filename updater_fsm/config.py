@@ -117,8 +117,14 @@ class Config:
             the system's).
         ddi_poll_min_s, ddi_poll_max_s: the bounds of the polling interval the server asks
             for (``config.polling.sleep``); each wait gets ±10 % jitter.
-        device_model: the model reported to the fleet server as an attribute; unset: the
-            device tree's or DMI's product name, else ``unknown``.
+        compatible: this device's model (``tope-x1``): a package whose manifest names
+            another model is refused ``INCOMPATIBLE_DEVICE`` at verify, and so is one naming
+            none unless ``allow_incompatible``; unset: every package is accepted. Also the
+            ``model`` attribute the fleet server sees (unset: the device tree's or DMI's
+            product name, else ``unknown``).
+        allow_incompatible: accept packages that name no model on a device that names one
+            (a migration aid while packages built without ``--compatible`` are in use).
+        device_model: the former name of ``compatible`` (its alias: either may be set).
         updater_prefix: where the updater's own slots are (``<prefix>/versions/<version>``,
             ``current``, ``previous``; systemd/install.sh's ``--prefix``). Unset: derived
             from the running interpreter when it runs from such a slot; otherwise packages
@@ -171,6 +177,8 @@ class Config:
     ddi_ca_file: Path | None = None
     ddi_poll_min_s: float = 5.0
     ddi_poll_max_s: float = 3600.0
+    compatible: str | None = None
+    allow_incompatible: bool = False
     device_model: str | None = None
     updater_prefix: Path | None = None
     updater_probation_s: float = 300.0
@@ -250,6 +258,9 @@ def _paths_from_text(text: str) -> object:
 
 #: How text becomes the typed value a TOML file would hold, per declared type (without
 #: ``| None``); text for any other type (strings, paths, enums) is taken as it is.
+#: A device model name (``compatible``), as a package's manifest names it.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._+-]{0,62}[A-Za-z0-9._+-])?")
+
 #: Keys whose TOML value may be one string or a list of strings.
 _ONE_OR_MANY = frozenset({"trusted_key"})
 
@@ -283,6 +294,11 @@ def _typed(key: str, value: Any, *, from_text: bool) -> Any:
 
 
 def _validate(config: Config) -> Config:
+    if config.compatible is not None and not _MODEL_NAME.fullmatch(config.compatible):
+        raise ConfigError(
+            f"config key 'compatible': must be a device model name (letters, digits,"
+            f" spaces inside, . _ + -, at most 64) (got {config.compatible!r})"
+        )
     if not 0 < config.port < 65536:
         raise ConfigError(f"config key 'port': must be 1..65535 (got {config.port})")
     if not config.device_api_url.startswith(("http://", "https://")):
@@ -418,6 +434,14 @@ def load_config(
         **_from_overrides(overrides or {}),
     }
     config = attrs.evolve(base or Config(), **values)
+    if config.compatible is None and config.device_model is not None:  # the alias
+        config = attrs.evolve(config, compatible=config.device_model)
+    elif config.device_model not in (None, config.compatible):
+        raise ConfigError(
+            f"config keys 'compatible' ({config.compatible}) and 'device_model'"
+            f" ({config.device_model}) differ: device_model is compatible's former name,"
+            " set only compatible"
+        )
     if "allow_downgrade" not in values and config.trusted_key:
         # Signed packages stay valid forever: without anti-rollback anyone who can reach
         # the API could re-install an old, signed, vulnerable version.

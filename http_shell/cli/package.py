@@ -24,6 +24,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
             delta_from=args.delta_from,
             base_version=args.base_version,
             updater_bundle=args.updater_bundle,
+            compatible=args.compatible,
         )
     except builder.BuildError as exc:
         print(f"tope-updater: package build failed: {exc}", file=sys.stderr)
@@ -37,6 +38,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
         "package_signature": result.signature,
         "modules": len(result.manifest.modules),
         "updater": result.manifest.updater.version if result.manifest.updater else None,
+        "compatible": result.manifest.compatible,
     }
     if result.manifest.base_version is not None:
         fields["base_version"] = result.manifest.base_version
@@ -84,6 +86,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="BUNDLE",
         help="carry a new updater (tope-updater-<version>-<arch>.tar.gz from systemd/bundle.py):"
         " the device's updater switches to it once the device is healthy",
+    )
+    p.add_argument(
+        "--compatible",
+        metavar="MODEL",
+        help="the device model the package is for (devices whose `compatible` differs refuse"
+        " it: INCOMPATIBLE_DEVICE)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_package_build)

@@ -245,6 +245,69 @@ async def test_signing_keys_rotate_old_then_both_then_new_only(
     assert os.readlink(root / "versions/current") == "v1.3.0"
 
 
+async def _verify_only(
+    config: Config, server: PackageServer, package: Path, version: str
+) -> dict[str, Any]:
+    """Download ``package`` asking for ``version``; the snapshot once verified or failed."""
+    async with running_updater(config, report=False) as u:
+        await u.engine.submit(ev.DownloadRequested(await request_for(server, package, version)))
+        await wait_for(u.engine, State.READY, State.FAILED)
+        await u.runner.idle()
+        return dict(u.engine.snapshot.data())
+
+
+async def test_what_a_package_holds_is_judged_at_verify_not_at_the_install(
+    tmp_path: Path, package_server: PackageServer
+) -> None:
+    """Known once downloaded, refused before "ready to install" (before: "verified, ready
+    to install", then failed only at POST /update): a package of another version than the
+    one asked for, one whose dst lies outside the device's root (built without --root)."""
+    config = sandbox(tmp_path)
+    other = make_package(tmp_path / "a.zip", "1.1.0", {"bin/v": b"1"}, root=config.root)
+    snap = await _verify_only(config, package_server, other, "1.2.0")
+    assert snap["state"] == "failed" and snap["stage"] == "failed", snap
+    assert snap["error"] == "VERSION_MISMATCH: package is 1.1.0, requested 1.2.0", snap
+    outside = make_package(tmp_path / "b.zip", "1.1.0", {"bin/v": b"1"}, root=Path("/opt/tope"))
+    snap = await _verify_only(config, package_server, outside, "1.1.0")
+    assert snap["error"].startswith("INVALID_MANIFEST: modules[0].dst: "), snap
+    assert not any(config.downloads_dir.iterdir())  # refused packages are deleted
+    assert sorted(p.name for p in (config.root / "versions").iterdir()) == [
+        "current",
+        "factory",
+        "v1.0.0",
+    ]
+
+
+async def test_a_package_for_another_model_is_refused_at_verify(
+    tmp_path: Path, package_server: PackageServer
+) -> None:
+    """``compatible``: a device naming its model refuses a package for another model, and
+    one naming none unless ``allow_incompatible``; the device's own model installs."""
+    config = attrs.evolve(sandbox(tmp_path), compatible="tope-x1")
+    root = config.root
+
+    def package(name: str, model: str | None) -> Path:
+        extra = {"compatible": model} if model else None
+        return make_package(
+            tmp_path / name, "1.1.0", {"bin/v": b"1"}, root=root, manifest_extra=extra
+        )
+
+    snap = await _verify_only(config, package_server, package("x2.zip", "tope-x2"), "1.1.0")
+    assert snap["error"] == "INCOMPATIBLE_DEVICE: package is for tope-x2, this device is tope-x1"
+    assert snap["current_version"] == "1.0.0"
+    snap = await _verify_only(config, package_server, package("none.zip", None), "1.1.0")
+    assert snap["error"].startswith("INCOMPATIBLE_DEVICE: package names no device model"), snap
+    migrating = attrs.evolve(config, allow_incompatible=True)
+    snap = await _verify_only(migrating, package_server, package("none2.zip", None), "1.1.0")
+    assert snap["state"] == "ready", snap
+    snap = await _verify_only(config, package_server, package("x1.zip", "tope-x1"), "1.1.0")
+    assert snap["state"] == "ready", snap
+    async with running_updater(config, report=False) as u:
+        await u.engine.submit(ev.UpdateRequested("1.1.0"))
+        await wait_for(u.engine, State.SUCCESS, State.FAILED)
+        assert u.engine.snapshot.data()["stage"] == "success"
+
+
 async def test_rollback_target_failing_its_own_probe_escalates_to_factory(
     tmp_path: Path, package_server: PackageServer
 ) -> None:

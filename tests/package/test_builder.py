@@ -168,3 +168,15 @@ def test_wrong_key_type_is_reported(src: Path, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="cannot load private key"):
         build_package(src, version="1.4.0", output=tmp_path / "p.zip", sign_key=bad)
     assert not (tmp_path / "p.zip").exists()
+
+
+def test_compatible_names_the_device_model_in_the_manifest(src: Path, tmp_path: Path) -> None:
+    result = build_package(src, version="1.4.0", output=tmp_path / "x1.zip", compatible="tope-x1")
+    assert result.manifest.compatible == "tope-x1"
+    again = read_package(result.path, expected_version="1.4.0", root=Path("/opt/tope"))
+    assert again.compatible == "tope-x1"
+    plain = build_package(src, version="1.4.0", output=tmp_path / "any.zip")
+    assert plain.manifest.compatible is None
+    for bad in ("", " x1", "x1 ", "tope/x1", "x" * 65, "a\x00b"):
+        with pytest.raises(BuildError, match="a device model name"):
+            build_package(src, version="1.4.0", output=tmp_path / "bad.zip", compatible=bad)

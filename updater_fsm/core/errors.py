@@ -51,6 +51,8 @@ class ErrorCode(enum.StrEnum):
     UPDATER_INSTALL_FAILED = "UPDATER_INSTALL_FAILED"
     #: The new updater did not prove itself; the guard put the old one back.
     UPDATER_ROLLBACK = "UPDATER_ROLLBACK"
+    #: The package is built for another device model (``compatible``), refused at verify.
+    INCOMPATIBLE_DEVICE = "INCOMPATIBLE_DEVICE"
     FORBIDDEN = "FORBIDDEN"
     TOO_MANY_CLIENTS = "TOO_MANY_CLIENTS"
 

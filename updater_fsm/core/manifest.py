@@ -144,6 +144,7 @@ class Manifest:
         removed: a delta's files of the base that the new version no longer has
             (absolute paths under the install root, like ``dst``).
         updater: a new updater to switch to once the device is healthy on ``version``.
+        compatible: the device model the package is built for (``tope-x1``); None: any.
     """
 
     version: str
@@ -151,6 +152,7 @@ class Manifest:
     base_version: str | None = None
     removed: tuple[str, ...] = ()
     updater: UpdaterBundle | None = None
+    compatible: str | None = None
 
     @property
     def is_delta(self) -> bool:

@@ -61,7 +61,12 @@ from updater_fsm.package import delta as zdelta
 from updater_fsm.package.archive import entry_mode, open_package
 from updater_fsm.package.destinations import dst_relative_to
 from updater_fsm.package.limits import PackageLimits
-from updater_fsm.package.manifest import MANIFEST_NAME, parse_manifest_json, read_package
+from updater_fsm.package.manifest import (
+    MANIFEST_NAME,
+    is_model_name,
+    parse_manifest_json,
+    read_package,
+)
 
 CONFIG_NAME = "tope-package.toml"
 PAYLOAD_PREFIX = "files/"
@@ -242,6 +247,7 @@ def build_package(
     base_version: str | None = None,
     limits: PackageLimits = PackageLimits(),
     updater_bundle: Path | None = None,
+    compatible: str | None = None,
 ) -> BuildResult:
     """Build, self-check and optionally sign a package from a tree mirroring the root.
 
@@ -260,6 +266,8 @@ def build_package(
             dictionary and the patch is smaller than the file and its deflated payload)
             or ``added``; files gone from the base are ``removed``.
         base_version: the base's version (checked against a base package's manifest).
+        compatible: the device model the package is for (the manifest's ``compatible``;
+            a device naming another model refuses it, ``INCOMPATIBLE_DEVICE``).
         limits: the device's limits (``max_patch_bytes``).
         updater_bundle: a release bundle ``tope-updater-<version>-<arch>.tar.gz``
             (systemd/bundle.py) the package carries as ``updater/<name>``: the device's
@@ -298,6 +306,13 @@ def build_package(
         if base.version == version:
             raise BuildError(f"the base {delta_from} is already v{version}")
         manifest, payload, patches = _delta_manifest(version, files, base, root, config, limits)
+    if compatible is not None:
+        if not is_model_name(compatible):
+            raise BuildError(
+                f"--compatible {compatible!r}: a device model name is letters, digits,"
+                " spaces inside, . _ + - (at most 64)"
+            )
+        manifest["compatible"] = compatible
     if updater_bundle is not None:
         entry, data, manifest["updater"] = _updater_entry(updater_bundle)
         patches[entry] = (data, 0o644)

@@ -55,7 +55,10 @@ _MODULE_KEYS = frozenset(
     {"name", "src", "dst", "dest", "process_name", "restart_order", "md5", "sha256", "size"}
     | {"post_cmds", "health", "delta", "base_sha256", "base"}
 )
-_TOP_KEYS = frozenset({"version", "modules", "base_version", "removed", "updater"})
+_TOP_KEYS = frozenset({"version", "modules", "base_version", "removed", "updater", "compatible"})
+#: Longest device model name (``compatible``).
+COMPATIBLE_MAX_LENGTH = 64
+_COMPATIBLE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._+-]*[A-Za-z0-9._+-])?")
 _HEALTH_KEYS = frozenset({"http", "command", "timeout_s"})
 
 
@@ -107,12 +110,28 @@ def _structure_manifest(version: str, doc: dict[str, Any]) -> Manifest:
     except ValueRefused as exc:
         _invalid(f"removed: {exc}")
     updater = doc.get("updater")
+    compatible = doc.get("compatible")
+    if compatible is not None and not is_model_name(compatible):
+        _invalid(
+            "compatible: must be a device model name (letters, digits, spaces inside,"
+            f" . _ + -, at most {COMPATIBLE_MAX_LENGTH}), got {compatible!r:.80}"
+        )
     return Manifest(
         version=version,
         modules=tuple(_structure_module(m, f"modules[{i}]") for i, m in enumerate(modules)),
         base_version=base_version,
         removed=removed_paths,
         updater=None if updater is None else _structure_updater(updater),
+        compatible=compatible,
+    )
+
+
+def is_model_name(value: object) -> bool:
+    """Whether ``value`` is a device model name ``compatible`` may hold."""
+    return (
+        isinstance(value, str)
+        and len(value) <= COMPATIBLE_MAX_LENGTH
+        and _COMPATIBLE.fullmatch(value) is not None
     )
 
 

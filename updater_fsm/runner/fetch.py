@@ -6,6 +6,7 @@ import asyncio
 
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
+from updater_fsm.core.compatibility import refuse_incompatible
 from updater_fsm.core.errors import ErrorCode, Failure, UpdaterError
 from updater_fsm.core.progress import Transfer
 from updater_fsm.ops import download, fleet_access, verify
@@ -45,6 +46,10 @@ async def start_download(ctx: ExecutorContext, effect: fx.StartDownload) -> None
 
 
 async def verify_package(ctx: ExecutorContext, effect: fx.VerifyPackage) -> None:
+    """The package is what the request promised (size, digests, signature), and what it
+    holds can be installed here: its manifest names the requested version, destinations
+    under the root (or the extra roots) and this device's model. All of it is known now:
+    refused before "ready to install", never later at the install."""
     request = effect.request
     path = ctx.package_path(request.package_name)
     try:
@@ -62,6 +67,12 @@ async def verify_package(ctx: ExecutorContext, effect: fx.VerifyPackage) -> None
             signature_b64=request.package_signature,
             trusted_keys=ctx.trusted_keys,
         )
+        manifest = await asyncio.to_thread(ctx.read_manifest, request.version, request.package_name)
+        refusal = refuse_incompatible(
+            manifest.compatible, ctx.config.compatible, ctx.config.allow_incompatible
+        )
+        if refusal is not None:
+            raise UpdaterError(refusal.code, refusal.detail)
     except UpdaterError as err:
         ctx.engine.post(ev.VerifyFailed(effect.job_id, err.failure))
         return
