@@ -24,9 +24,9 @@ from tests.http_shell.conftest import API, Rig, body, call, make_layout
 
 FILES = 30_000
 READERS = 64
-#: State changes answer within the contract's 100 ms for every answer (their median: one
-#: run on a loaded 2-core machine measured medians of 6-45 ms, maxima of 23-96 ms), and
-#: none later than ``MAX_S`` (before the fix: 25-35 s each, every one; with only the
+#: State changes answer within the contract's 100 ms for every answer (their median: 4
+#: runs on a 2-core machine at load 3-4 measured medians of 3.5-43 ms, maxima of 20-96 ms),
+#: and none later than ``MAX_S`` (before the fix: 25-35 s each, every one; with only the
 #: journal's own thread, 60-150 ms).
 LIMIT_S = 0.1
 MAX_S = 0.5
