@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import attrs
@@ -125,6 +126,7 @@ class Engine:
         self._read_links = read_links
         self._clock = clock
         self._runner: EffectRunner | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._subscribers: set[Subscription] = set()
@@ -141,6 +143,7 @@ class Engine:
     async def start(self, facts: DiskFacts) -> Decision:
         """Start processing events and resume whatever the journal says was running."""
         if self._task is None:
+            self._writer = _journal_writer()
             self._task = asyncio.create_task(self._run(), name="updater-engine")
         return await self.submit(Resume(facts))
 
@@ -151,6 +154,9 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)  # idle: the loop above awaited every save
+            self._writer = None
         if self._runner is not None:
             await self._runner.aclose()
 
@@ -242,8 +248,10 @@ class Engine:
             if _is_result(event):
                 _log.info("ignored stale event", ignored=repr(event), state=str(before.state))
             return decision
+        assert self._writer is not None, "events are processed between start() and stop()"
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._journal.save, decision.record)
+            await loop.run_in_executor(self._writer, self._journal.save, decision.record)
         except OSError as exc:
             # Not durable means not decided: restore the old record, run nothing.
             _log.error("journal write failed; event rejected", error=str(exc))
@@ -253,7 +261,7 @@ class Engine:
             if _is_result(event):
                 # An effect's result has nobody to retry it: losing it would leave the
                 # state (e.g. downloading) waiting forever for a task that has ended.
-                asyncio.get_running_loop().call_later(_RESULT_RETRY_S, self.post, event)
+                loop.call_later(_RESULT_RETRY_S, self.post, event)
             return attrs.evolve(
                 decision,
                 accepted=False,
@@ -293,6 +301,17 @@ class Engine:
         self._snapshot = snap
         for sub in tuple(self._subscribers):
             sub.push(snap)
+
+
+def _journal_writer() -> ThreadPoolExecutor:
+    """The journal's own thread: a save never queues behind other blocking work.
+
+    Not the default executor, which ``asyncio.to_thread`` callers share (``GET /versions``
+    measuring snapshots, executors' file work): with a few dozen of those queued, a
+    transition waited seconds for a free thread before its fsync (issue 21). One thread,
+    since the engine saves one record at a time.
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-write")
 
 
 def _is_result(event: Event) -> bool:

@@ -36,6 +36,7 @@ from http_shell.api.openapi import PREFIX, openapi_document
 from http_shell.daemon.reporter import Reporter
 from updater_fsm.config import Config
 from updater_fsm.control import RequestError, UpdaterControl, redact_url
+from updater_fsm.ops.snapshot_sizes import SnapshotSizes
 
 _log = structlog.get_logger(__name__)
 
@@ -129,14 +130,23 @@ def create_app(
     app[routes.REPORTER] = reporter
     app[routes.FLEET] = fleet
     app[routes.HEARTBEAT_S] = sse_heartbeat_s
+    app[routes.SIZES] = sizes = SnapshotSizes(config.root)
     app[routes.OPENAPI] = openapi_document(auth=bool(config.api_token))
     app[SHUTDOWN] = asyncio.Event()
     app[SLOTS] = StreamSlots(max_event_streams)
     app.add_routes(routes.routes(PREFIX))
     app.on_shutdown.append(close_streams)
+    app.on_cleanup.append(_close_sizes(sizes))
     if reporter is not None:
         app.on_cleanup.append(_stop_reporter(reporter))
     return app
+
+
+def _close_sizes(sizes: SnapshotSizes) -> Callable[[web.Application], Awaitable[None]]:
+    async def close(app: web.Application) -> None:
+        sizes.close()
+
+    return close
 
 
 def _stop_reporter(reporter: Reporter) -> Callable[[web.Application], Awaitable[None]]:

@@ -2,15 +2,15 @@
 
 Handlers only translate: a validated body becomes an event for the engine, the engine's
 decision becomes the response envelope. No handler touches the disk except ``/versions``
-(which measures snapshots in a worker thread); ``/progress`` reads the in-memory snapshot
-and nothing else, so it stays fast while a download saturates the link.
+(which measures each snapshot once, on a thread of its own: ``ops/snapshot_sizes.py``);
+``/progress`` reads the in-memory snapshot and nothing else, so it stays fast while a
+download saturates the link.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,14 +23,15 @@ from http_shell.daemon.reporter import Reporter
 from updater_fsm import control
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
-from updater_fsm.ops import snapshot_store
 from updater_fsm.ops.rollback_floor import read_floor
 from updater_fsm.ops.self_update import running_version
+from updater_fsm.ops.snapshot_sizes import SnapshotSizes
 
 ENGINE: web.AppKey[UpdaterControl] = web.AppKey("engine", UpdaterControl)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 REPORTER: web.AppKey[Reporter | None] = web.AppKey("reporter")
 FLEET: web.AppKey[PollerStats | None] = web.AppKey("fleet")
+SIZES: web.AppKey[SnapshotSizes] = web.AppKey("snapshot_sizes", SnapshotSizes)
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 HEARTBEAT_S: web.AppKey[float] = web.AppKey("sse_heartbeat_s", float)
 
@@ -103,31 +104,18 @@ async def post_reset(request: web.Request) -> web.Response:
     return _answer(decision, {"status": "idle"})
 
 
-def _installed(root: Path, links: control.LinkVersions) -> list[dict[str, Any]]:
-    """Snapshot dirs with their sizes (blocking: walks whole trees)."""
-    layout = snapshot_store.Layout(root)
-    named = {"current": links.current, "previous": links.previous, "factory": links.factory}
-    out = []
-    for version in snapshot_store.list_snapshots(layout):
-        try:
-            size = snapshot_store.snapshot_size(layout.snapshot_dir(version))
-        except OSError:
-            size = 0  # removed while we looked (garbage collection): report what we can
-        out.append(
-            {
-                "version": version,
-                "size_bytes": size,
-                "links": [name for name, v in named.items() if v == version],
-            }
-        )
-    return out
-
-
 async def get_versions(request: web.Request) -> web.Response:
     """``GET /versions``: what the links name and every installed snapshot with its size."""
     links = request.app[ENGINE].links
-    root = request.app[CONFIG].root
-    installed = await asyncio.to_thread(_installed, root, links)
+    named = {"current": links.current, "previous": links.previous, "factory": links.factory}
+    installed = [
+        {
+            "version": snap.version,
+            "size_bytes": snap.size_bytes,
+            "links": [name for name, v in named.items() if v == snap.version],
+        }
+        for snap in await request.app[SIZES].installed()
+    ]
     floor = await asyncio.to_thread(read_floor, request.app[CONFIG].state_path)
     data = {
         "current": links.current,
