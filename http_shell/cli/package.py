@@ -65,9 +65,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         dest="package_command", required=True, metavar="ACTION"
     )
     p = pkg.add_parser("build", help="build a package from a tree mirroring the install root")
-    p.add_argument("src", type=Path)
-    p.add_argument("--version", required=True)
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("src", type=Path, help="the files, laid out as under the install root")
+    p.add_argument("--version", required=True, help="the version the package installs, e.g. 1.2.0")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the package file to write")
     p.add_argument(
         "--root", type=Path, default=Path("/opt/tope"), help="install root on the device"
     )
@@ -93,9 +93,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="the device model the package is for (devices whose `compatible` differs refuse"
         " it: INCOMPATIBLE_DEVICE)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_package_build)
     p = pkg.add_parser("keygen", help="create an Ed25519 signing key pair")
-    p.add_argument("private", type=Path)
-    p.add_argument("public", type=Path)
+    p.add_argument("private", type=Path, help="the private key file to write (PEM; keep it secret)")
+    p.add_argument("public", type=Path, help="the public key file to write (PEM; trusted_key)")
     p.set_defaults(func=cmd_package_keygen)
