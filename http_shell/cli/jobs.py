@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from http_shell.cli.options import add_client_parser, api_token, api_url
+from http_shell.cli.options import add_client_parser, api_token, api_url, version_arg
 from http_shell.cli.output import say
 
 
@@ -202,7 +202,12 @@ def _simple(
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_client_parser(sub, "download", "ask the updater to download a package")
     p.add_argument("package_url", help="where the updater fetches the package (http or https)")
-    p.add_argument("--version", required=True, help="the version the package holds, e.g. 1.2.0")
+    p.add_argument(
+        "--version",
+        required=True,
+        type=version_arg,
+        help="the version the package holds: 1.2.0 or v1.2.0",
+    )
     p.add_argument("--name", help="package file name (default: last URL segment)")
     p.add_argument("--file", type=Path, help="local copy: compute size, md5 and sha256 from it")
     p.add_argument("--size", type=int, help="the package's size in bytes (without --file)")
@@ -215,7 +220,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(func=cmd_download)
 
     p = add_client_parser(sub, "update", "install a downloaded, verified package")
-    p.add_argument("version", help="the downloaded version to install, e.g. 1.2.0")
+    p.add_argument(
+        "version", type=version_arg, help="the downloaded version to install: 1.2.0 or v1.2.0"
+    )
     p.add_argument("--watch", action="store_true", help="show progress until done")
     p.set_defaults(func=cmd_update)
 

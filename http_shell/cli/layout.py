@@ -9,7 +9,7 @@ from pathlib import Path
 import attrs
 
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK
-from http_shell.cli.options import LAYOUT_FLAGS, add_config_flags, config_from
+from http_shell.cli.options import LAYOUT_FLAGS, add_config_flags, config_from, version_arg
 from http_shell.cli.serve import add_sandbox_flag, sandbox_config
 
 
@@ -63,7 +63,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("init", help="create the versions/ layout and the factory version")
     p.add_argument("--root", type=Path, required=True, help="the install root to create")
     p.add_argument(
-        "--version", required=True, help="the factory version it starts with, e.g. 1.0.0"
+        "--version",
+        required=True,
+        type=version_arg,
+        help="the factory version it starts with: 1.0.0 or v1.0.0",
     )
     p.add_argument("--from", dest="from_dir", type=Path, help="copy the first snapshot from here")
     p.set_defaults(func=cmd_init)

@@ -33,6 +33,14 @@ _CONFIG_FLAGS: list[tuple[str, str, str]] = [
 LAYOUT_FLAGS = ("root", "state_dir")
 
 
+def version_arg(text: str) -> str:
+    """A version as typed on the command line, ``1.2.0`` or ``v1.2.0``, in the bare form the
+    updater knows (``1.2.0``): the ``v`` is dropped here, as the API drops it from a body
+    (``updater_fsm.core.versions.bare_version``, which the CLI does not import: it would
+    load the engine). What remains is judged where it is used."""
+    return text[1:] if text[:1] == "v" and text[1:2].isdigit() else text
+
+
 def add_config_flags(parser: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
     """``--config FILE`` and a flag per configuration key that overrides it (those of
     ``only``, when given: a command offers no flag it ignores)."""

@@ -7,13 +7,20 @@ versions typed with a ``v``; an updater that does not answer is said in words.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import http.server
 import importlib.metadata
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from http_shell.cli.main import build_parser
+from tests.http_shell import test_cli
 from tests.http_shell.test_cli import _env, cli
+
+served = test_cli.served  # the fixture: a sandbox `serve` on a free port
 
 
 def _commands(
@@ -71,3 +78,63 @@ def test_verify_setup_checks_the_sandbox_serve_runs_on(tmp_path: Path) -> None:
     assert report["ok"] and report["links"]["factory"] == "1.0.0"
     empty = cli("verify-setup", "--sandbox", str(tmp_path / "none"), "--json", env=_env())
     assert empty.returncode == 1
+
+
+# ---- versions typed with a `v` -------------------------------------------------------------
+@contextlib.contextmanager
+def _file_server(directory: Path) -> Iterator[str]:
+    """``directory`` over HTTP on 127.0.0.1; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_versions_typed_with_a_v_on_the_command_line(
+    tmp_path: Path, served: dict[str, str]
+) -> None:
+    """``package build --version v1.1.0``, ``download … --version v1.1.0``, ``update v1.1.0``:
+    the updater gets and shows the bare ``1.1.0``."""
+    src = tmp_path / "src" / "lib"
+    src.mkdir(parents=True)
+    (src / "app.py").write_text("print('1.1.0')\n")
+    packages = tmp_path / "packages"
+    packages.mkdir()
+    package = packages / "tope-1.1.0.zip"
+    root = str((tmp_path / "sb" / "root").resolve())
+    build = cli(
+        "package", "build", str(tmp_path / "src"), "--version", "v1.1.0", "--root", root,
+        "-o", str(package), "--json", env=_env(),
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    assert json.loads(build.stdout)["version"] == "1.1.0"
+
+    with _file_server(packages) as base:
+        download = cli(
+            "download", f"{base}/{package.name}", "--version", "v1.1.0", "--file", str(package),
+            "--watch", "--json", env=served,
+        )  # fmt: skip
+        assert download.returncode == 0, download.stdout + download.stderr
+        ready = json.loads(download.stdout.splitlines()[-1])
+        assert ready["state"] == "ready" and ready["version"] == "1.1.0", ready
+
+    update = cli("update", "v1.1.0", "--watch", "--json", env=served)
+    assert update.returncode == 0, update.stdout + update.stderr
+    done = json.loads(update.stdout.splitlines()[-1])
+    assert done["stage"] == "success" and done["current_version"] == "1.1.0", done
+
+
+def test_init_takes_a_v_version(tmp_path: Path) -> None:
+    result = cli("init", "--root", str(tmp_path / "root"), "--version", "v1.0.0", env=_env())
+    assert result.returncode == 0, result.stderr
+    assert "current=v1.0.0 factory=v1.0.0" in result.stdout
+    assert (tmp_path / "root" / "versions" / "v1.0.0").is_dir()
