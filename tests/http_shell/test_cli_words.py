@@ -138,3 +138,25 @@ def test_init_takes_a_v_version(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "current=v1.0.0 factory=v1.0.0" in result.stdout
     assert (tmp_path / "root" / "versions" / "v1.0.0").is_dir()
+
+
+# ---- configuration typos -------------------------------------------------------------------
+def test_a_near_miss_of_a_config_key_names_the_key_meant(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("busy_probe_timeout = 5\n")
+    sandbox = ("verify-setup", "--sandbox", str(tmp_path / "sb"))
+    from_file = cli(*sandbox, "--config", str(config), env=_env())
+    assert from_file.returncode == 2
+    assert from_file.stderr.strip() == (
+        f"tope-updater: config file {config}: unknown key 'busy_probe_timeout';"
+        " did you mean `busy_probe_timeout_s`?"
+    )
+    from_env = cli(*sandbox, env=_env(TOPE_UPDATER_BUSYPROBE_TIMEOUT_S="5"))
+    assert from_env.returncode == 2
+    assert from_env.stderr.strip() == (
+        "tope-updater: environment variable TOPE_UPDATER_BUSYPROBE_TIMEOUT_S: unknown key"
+        " 'busyprobe_timeout_s'; did you mean `TOPE_UPDATER_BUSY_PROBE_TIMEOUT_S`?"
+    )
+    far = cli(*sandbox, env=_env(TOPE_UPDATER_FLAVOUR="x"))
+    assert far.returncode == 2
+    assert far.stderr.strip().endswith("unknown key 'flavour'")
