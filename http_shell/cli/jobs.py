@@ -39,7 +39,12 @@ def _human(data: Any) -> str:
 def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
     import asyncio
 
-    from http_shell.cli.client import ApiClient, UnreadableAnswer
+    from http_shell.cli.client import (
+        CONNECTION_ERRORS,
+        ApiClient,
+        UnreadableAnswer,
+        describe_connection_error,
+    )
 
     url = api_url(args)
 
@@ -50,8 +55,8 @@ def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
 
     try:
         return asyncio.run(run())
-    except OSError as exc:
-        say(f"tope-updater: cannot reach the updater at {url}: {exc}", file=sys.stderr)
+    except CONNECTION_ERRORS as exc:
+        say(f"tope-updater: {describe_connection_error(url, exc)}", file=sys.stderr)
         return EXIT_FAILED
     except UnreadableAnswer as exc:
         say(f"tope-updater: cannot read the updater's answer at {url}: {exc}", file=sys.stderr)

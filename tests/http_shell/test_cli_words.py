@@ -12,6 +12,7 @@ import functools
 import http.server
 import importlib.metadata
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,24 @@ def test_a_near_miss_of_a_config_key_names_the_key_meant(tmp_path: Path) -> None
     far = cli(*sandbox, env=_env(TOPE_UPDATER_FLAVOUR="x"))
     assert far.returncode == 2
     assert far.stderr.strip().endswith("unknown key 'flavour'")
+
+
+# ---- the updater not running ---------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # closed again: nobody listens on it
+
+
+def test_an_updater_that_does_not_answer_is_said_in_words() -> None:
+    port = _free_port()
+    for argv in (("progress",), ("versions", "--json"), ("update", "v1.2.0")):
+        result = cli(*argv, env=_env(TOPE_UPDATER_PORT=str(port)))
+        assert result.returncode == 1, argv
+        assert result.stdout == ""
+        assert result.stderr.strip() == (
+            f"tope-updater: nothing answers at http://127.0.0.1:{port} (connection refused):"
+            " is the updater running? start it with `tope-updater serve` (or `systemctl start"
+            " tope-updater`), or point --url / TOPE_UPDATER_HOST/PORT at it"
+        ), argv
