@@ -7,6 +7,7 @@ errors (:class:`ConfigError`), reported as one line by the CLI, which then exits
 
 from __future__ import annotations
 
+import difflib
 import enum
 import ipaddress
 import os
@@ -370,6 +371,15 @@ def _check_host_name(name: str) -> None:
         raise ConfigError(f"config key 'allowed_hosts': {name!r} {problem}")
 
 
+def _did_you_mean(key: str, *, prefix: str = "", upper: bool = False) -> str:
+    """``: did you mean `busy_probe_timeout_s`?`` for a near miss of a known key, else ""."""
+    close = difflib.get_close_matches(key.lower(), _FIELD_TYPES, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    name = prefix + (close[0].upper() if upper else close[0])
+    return f"; did you mean `{name}`?"
+
+
 def _from_file(file: Path) -> dict[str, Any]:
     """The typed values of a TOML file."""
     try:
@@ -381,7 +391,7 @@ def _from_file(file: Path) -> dict[str, Any]:
     values = {}
     for key, value in data.items():  # in file order: the first problem is reported
         if key not in _FIELD_TYPES:
-            raise ConfigError(f"config file {file}: unknown key {key!r}")
+            raise ConfigError(f"config file {file}: unknown key {key!r}{_did_you_mean(key)}")
         values[key] = _typed(key, value, from_text=False)
     return values
 
@@ -399,7 +409,10 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or key in _NOT_CONFIG_KEYS:
             continue
         if key not in _FIELD_TYPES:
-            raise ConfigError(f"environment variable {name}: unknown key {key!r}")
+            raise ConfigError(
+                f"environment variable {name}: unknown key {key!r}"
+                f"{_did_you_mean(key, prefix=ENV_PREFIX, upper=True)}"
+            )
         values[key] = _typed(key, value, from_text=True)
     return values
 

@@ -36,12 +36,19 @@ from updater_fsm.core.progress import Snapshot
 from updater_fsm.core.report_outbox import OutgoingReport, ReportOutbox, worth_reporting
 from updater_fsm.core.table import BUSY_STATES, CANCELLABLE_STATES, Stage, State
 from updater_fsm.core.urls import redact_url
-from updater_fsm.core.versions import VERSION_MAX_LENGTH, VERSION_PATTERN, Version
+from updater_fsm.core.versions import (
+    TYPED_VERSION_PATTERN,
+    VERSION_MAX_LENGTH,
+    VERSION_PATTERN,
+    Version,
+    bare_version,
+)
 from updater_fsm.engine import Subscription
 
 __all__ = [
     "BUSY_STATES",
     "CANCELLABLE_STATES",
+    "TYPED_VERSION_PATTERN",
     "VERSION_MAX_LENGTH",
     "VERSION_PATTERN",
     "BusyPolicy",
@@ -68,6 +75,7 @@ __all__ = [
     "UpdaterControl",
     "UpdaterError",
     "Version",
+    "bare_version",
     "redact_url",
     "units_named",
     "visible",

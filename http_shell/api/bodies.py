@@ -23,11 +23,13 @@ from aiohttp import web
 from yarl import URL
 
 from updater_fsm.control import (
-    VERSION_PATTERN,
+    TYPED_VERSION_PATTERN,
+    VERSION_MAX_LENGTH,
     DownloadRequest,
     RequestError,
     RollbackTarget,
     Version,
+    bare_version,
 )
 from updater_fsm.strict_converter import STRICT_CONVERTER
 
@@ -38,7 +40,8 @@ MAX_BODY_BYTES = 64 * 1024
 # Python's `re` and ECMA-262 (JSON Schema) read the same way; `[0-9]` instead of `\d`
 # because Python's `\d` also matches non-ASCII digits. Python matches them with `fullmatch`:
 # its `$` alone would also accept a trailing newline. Versions have one parser, the core's
-# `Version.parse`; its pattern is re-exported for the OpenAPI document.
+# `Version.parse`; the pattern of what it accepts typed (``v`` allowed) is re-exported for
+# the OpenAPI document.
 MD5_PATTERN = r"^[0-9a-fA-F]{32}$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 #: 64 bytes of standard base64 are exactly 86 alphabet characters and ``==``.
@@ -239,10 +242,12 @@ def _utf8(field: str, value: str) -> str:
 
 
 def check_version(value: str, field: str = "version") -> str:
-    """``1.2.3``: three dot-separated decimal numbers (ASCII digits, at most 64 chars)."""
-    if not Version.is_valid(value):
-        raise BodyError(field, f"must look like 1.2.3 (pattern {VERSION_PATTERN})")
-    return value
+    """``1.2.3``: three dot-separated decimal numbers (ASCII digits, at most 64 chars); a
+    leading ``v`` (``v1.2.3``) is accepted and dropped: the bare form is returned."""
+    bare = bare_version(value)
+    if len(value) > VERSION_MAX_LENGTH or not Version.is_valid(bare):
+        raise BodyError(field, f"must look like 1.2.3 or v1.2.3 (pattern {TYPED_VERSION_PATTERN})")
+    return bare
 
 
 def check_url(value: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from http_shell.api import bodies as b
-from updater_fsm.control import VERSION_MAX_LENGTH, VERSION_PATTERN, Stage, State
+from updater_fsm.control import TYPED_VERSION_PATTERN, VERSION_MAX_LENGTH, Stage, State
 
 PREFIX = "/api/v1.0"
 Schema = dict[str, Any]
@@ -30,7 +30,7 @@ def _nullable(schema: Schema) -> Schema:
 
 _VERSION: Schema = {
     "type": "string",
-    "pattern": VERSION_PATTERN,
+    "pattern": TYPED_VERSION_PATTERN,
     "maxLength": VERSION_MAX_LENGTH,
     "example": "1.2.3",
 }

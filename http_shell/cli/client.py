@@ -11,7 +11,9 @@ What the updater answers is read up to :data:`MAX_ANSWER_BYTES` (one event up to
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import sys
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
@@ -30,6 +32,45 @@ MAX_EVENT_BYTES = 1024 * 1024
 
 class UnreadableAnswer(Exception):
     """The updater's answer (or event stream) is too large or not JSON."""
+
+
+#: What talking to the updater can raise besides :class:`UnreadableAnswer`.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, aiohttp.ClientError)
+
+#: What starts an updater that nothing answers for.
+HOW_TO_START = (
+    "is the updater running? start it with `tope-updater serve` (or `systemctl start"
+    " tope-updater`), or point --url / TOPE_UPDATER_HOST/PORT at it"
+)
+
+
+def describe_connection_error(url: str, exc: BaseException) -> str:
+    """One line, in words, for a failure to talk to the updater at ``url``.
+
+    Nothing listening (refused, unreachable, no such host, no answer to the connect) says
+    so and how to start the updater or point at it; a connection lost mid-answer says that.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"nothing answers at {url} ({_os_reason(exc.os_error)}): {HOW_TO_START}"
+    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp >= 3.10
+    if isinstance(exc, connect_timeout):
+        return f"nothing answers at {url} (no answer to connect within 5 s): {HOW_TO_START}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return f"the updater at {url} closed the connection before answering"
+    if isinstance(exc, TimeoutError):
+        return f"the updater at {url} stopped answering (no data for 60 s)"
+    reason = _os_reason(exc) if isinstance(exc, OSError) else str(exc) or type(exc).__name__
+    return f"lost the connection to the updater at {url}: {reason}"
+
+
+def _os_reason(exc: OSError) -> str:
+    """``connection refused``: an OS error's own words, lower-cased, without the errno."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name: {exc.strerror or exc}".rstrip(": ")
+    # asyncio's "Connect call failed (addr)" keeps the errno; its words are the OS's.
+    text = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+    text = text or type(exc).__name__
+    return text[:1].lower() + text[1:]
 
 
 class ApiClient:

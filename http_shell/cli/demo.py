@@ -22,6 +22,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="a complete, visible OTA cycle on a sandbox (no root)")
-    p.add_argument("--dir", type=Path, default=SANDBOX_DEFAULT / "demo")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=SANDBOX_DEFAULT / "demo",
+        help=f"the demo's sandbox directory (default {SANDBOX_DEFAULT / 'demo'})",
+    )
     p.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
     p.set_defaults(func=cmd_demo)

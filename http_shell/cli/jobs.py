@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from http_shell.cli.options import add_client_parser, api_token, api_url
+from http_shell.cli.options import add_client_parser, api_token, api_url, version_arg
 from http_shell.cli.output import say
 
 
@@ -39,7 +39,12 @@ def _human(data: Any) -> str:
 def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
     import asyncio
 
-    from http_shell.cli.client import ApiClient, UnreadableAnswer
+    from http_shell.cli.client import (
+        CONNECTION_ERRORS,
+        ApiClient,
+        UnreadableAnswer,
+        describe_connection_error,
+    )
 
     url = api_url(args)
 
@@ -50,8 +55,8 @@ def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
 
     try:
         return asyncio.run(run())
-    except OSError as exc:
-        say(f"tope-updater: cannot reach the updater at {url}: {exc}", file=sys.stderr)
+    except CONNECTION_ERRORS as exc:
+        say(f"tope-updater: {describe_connection_error(url, exc)}", file=sys.stderr)
         return EXIT_FAILED
     except UnreadableAnswer as exc:
         say(f"tope-updater: cannot read the updater's answer at {url}: {exc}", file=sys.stderr)
@@ -201,24 +206,33 @@ def _simple(
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_client_parser(sub, "download", "ask the updater to download a package")
-    p.add_argument("package_url")
-    p.add_argument("--version", required=True)
+    p.add_argument("package_url", help="where the updater fetches the package (http or https)")
+    p.add_argument(
+        "--version",
+        required=True,
+        type=version_arg,
+        help="the version the package holds: 1.2.0 or v1.2.0",
+    )
     p.add_argument("--name", help="package file name (default: last URL segment)")
     p.add_argument("--file", type=Path, help="local copy: compute size, md5 and sha256 from it")
-    p.add_argument("--size", type=int)
-    p.add_argument("--md5")
-    p.add_argument("--sha256")
-    p.add_argument("--signature")
+    p.add_argument("--size", type=int, help="the package's size in bytes (without --file)")
+    p.add_argument("--md5", help="the package's MD5, hex (without --file)")
+    p.add_argument("--sha256", help="the package's SHA-256, hex (optional without --file)")
+    p.add_argument(
+        "--signature", help="the package's Ed25519 signature, base64 (package build prints it)"
+    )
     p.add_argument("--watch", action="store_true", help="show progress until verified")
     p.set_defaults(func=cmd_download)
 
     p = add_client_parser(sub, "update", "install a downloaded, verified package")
-    p.add_argument("version")
+    p.add_argument(
+        "version", type=version_arg, help="the downloaded version to install: 1.2.0 or v1.2.0"
+    )
     p.add_argument("--watch", action="store_true", help="show progress until done")
     p.set_defaults(func=cmd_update)
 
     p = add_client_parser(sub, "progress", "show progress (or follow it with --watch)")
-    p.add_argument("--watch", action="store_true")
+    p.add_argument("--watch", action="store_true", help="follow the progress until it settles")
     p.set_defaults(func=cmd_progress)
 
     p = add_client_parser(sub, "versions", "list installed versions")
@@ -227,8 +241,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = add_client_parser(
         sub, "rollback", "roll back by hand to the previous or the factory version"
     )
-    p.add_argument("--to", choices=("previous", "factory"), default="previous")
-    p.add_argument("--watch", action="store_true")
+    p.add_argument(
+        "--to",
+        choices=("previous", "factory"),
+        default="previous",
+        help="the version to go back to (default previous)",
+    )
+    p.add_argument("--watch", action="store_true", help="show progress until done")
     p.set_defaults(func=_simple("POST", "/rollback", lambda a: {"target": a.to}))
 
     p = add_client_parser(

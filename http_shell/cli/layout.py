@@ -9,7 +9,8 @@ from pathlib import Path
 import attrs
 
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK
-from http_shell.cli.options import add_config_flags, config_from
+from http_shell.cli.options import LAYOUT_FLAGS, add_config_flags, config_from, version_arg
+from http_shell.cli.serve import add_sandbox_flag, sandbox_config
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -25,7 +26,7 @@ def cmd_verify_setup(args: argparse.Namespace) -> int:
     from updater_fsm.ops import snapshot_store
     from updater_fsm.state_layout import links_where_files_belong
 
-    config = config_from(args)
+    config = config_from(args, sandbox_config(args.sandbox) if args.sandbox else None)
     layout = snapshot_store.Layout(config.root)
     problems = snapshot_store.verify_setup(layout) + links_where_files_belong(config.state_path)
     links = snapshot_store.read_links(layout)
@@ -60,12 +61,18 @@ def cmd_verify_setup(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("init", help="create the versions/ layout and the factory version")
-    p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--version", required=True)
+    p.add_argument("--root", type=Path, required=True, help="the install root to create")
+    p.add_argument(
+        "--version",
+        required=True,
+        type=version_arg,
+        help="the factory version it starts with: 1.0.0 or v1.0.0",
+    )
     p.add_argument("--from", dest="from_dir", type=Path, help="copy the first snapshot from here")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("verify-setup", help="check the versions/ layout and the factory")
-    add_config_flags(p)
-    p.add_argument("--json", action="store_true")
+    add_config_flags(p, only=LAYOUT_FLAGS)
+    add_sandbox_flag(p, "check the local sandbox `serve --sandbox DIR` runs on (default ./var)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_verify_setup)

@@ -1,6 +1,7 @@
 """Flags several commands share, and what they resolve to.
 
-``serve`` and ``verify-setup`` take the configuration flags (:func:`add_config_flags`);
+``serve`` takes the configuration flags (:func:`add_config_flags`), ``verify-setup`` those
+it reads (:data:`LAYOUT_FLAGS`);
 the clients of a running updater (the commands of :mod:`~http_shell.cli.jobs` and
 ``screen``) take ``--url``, ``--config``, ``--token`` and ``--json``
 (:func:`add_client_parser`) and find the updater the way ``serve`` would listen.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from updater_fsm.config import Config, load_config
@@ -27,11 +29,25 @@ _CONFIG_FLAGS: list[tuple[str, str, str]] = [
 ]
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """``--config FILE`` and a flag per configuration key that overrides it."""
+#: The keys of the flags a command that only reads the install root's layout takes.
+LAYOUT_FLAGS = ("root", "state_dir")
+
+
+def version_arg(text: str) -> str:
+    """A version as typed on the command line, ``1.2.0`` or ``v1.2.0``, in the bare form the
+    updater knows (``1.2.0``): the ``v`` is dropped here, as the API drops it from a body
+    (``updater_fsm.core.versions.bare_version``, which the CLI does not import: it would
+    load the engine). What remains is judged where it is used."""
+    return text[1:] if text[:1] == "v" and text[1:2].isdigit() else text
+
+
+def add_config_flags(parser: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
+    """``--config FILE`` and a flag per configuration key that overrides it (those of
+    ``only``, when given: a command offers no flag it ignores)."""
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     for flag, dest, help_text in _CONFIG_FLAGS:
-        parser.add_argument(flag, dest=dest, help=help_text)
+        if only is None or dest in only:
+            parser.add_argument(flag, dest=dest, help=help_text)
 
 
 def config_from(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -41,9 +57,14 @@ def config_from(args: argparse.Namespace, base: Config | None = None) -> Config:
 
 
 def add_client_parser(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    *,
+    json: bool = True,
 ) -> argparse.ArgumentParser:
-    """A command that talks to a running updater, with the flags that find it."""
+    """A command that talks to a running updater, with the flags that find it (and
+    ``--json`` unless ``json`` is false: a command that prints no outcome)."""
     c = sub.add_parser(name, help=help_text)
     c.add_argument(
         "--url",
@@ -53,7 +74,8 @@ def add_client_parser(
     )
     c.add_argument("--config", type=Path, help="TOML configuration file (as for serve)")
     c.add_argument("--token", help="API bearer token (default: the configured api_token)")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
+    if json:
+        c.add_argument("--json", action="store_true", help="machine-readable output")
     return c
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK
+from http_shell.cli.options import version_arg
 
 
 def cmd_package_build(args: argparse.Namespace) -> int:
@@ -65,9 +66,14 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         dest="package_command", required=True, metavar="ACTION"
     )
     p = pkg.add_parser("build", help="build a package from a tree mirroring the install root")
-    p.add_argument("src", type=Path)
-    p.add_argument("--version", required=True)
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("src", type=Path, help="the files, laid out as under the install root")
+    p.add_argument(
+        "--version",
+        required=True,
+        type=version_arg,
+        help="the version the package installs: 1.2.0 or v1.2.0",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="the package file to write")
     p.add_argument(
         "--root", type=Path, default=Path("/opt/tope"), help="install root on the device"
     )
@@ -79,7 +85,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="BASE",
         help="write a delta package against BASE: the previous release's package or tree",
     )
-    p.add_argument("--base-version", help="the version of BASE (required when BASE is a directory)")
+    p.add_argument(
+        "--base-version",
+        type=version_arg,
+        help="the version of BASE (required when BASE is a directory)",
+    )
     p.add_argument(
         "--updater-bundle",
         type=Path,
@@ -93,9 +103,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="the device model the package is for (devices whose `compatible` differs refuse"
         " it: INCOMPATIBLE_DEVICE)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_package_build)
     p = pkg.add_parser("keygen", help="create an Ed25519 signing key pair")
-    p.add_argument("private", type=Path)
-    p.add_argument("public", type=Path)
+    p.add_argument("private", type=Path, help="the private key file to write (PEM; keep it secret)")
+    p.add_argument("public", type=Path, help="the public key file to write (PEM; trusted_key)")
     p.set_defaults(func=cmd_package_keygen)

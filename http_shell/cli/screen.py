@@ -59,7 +59,10 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add_client_parser(
-        sub, "screen", "the full-screen progress display at the printer (needs [screen])"
+        sub,
+        "screen",
+        "the full-screen progress display at the printer (needs [screen])",
+        json=False,
     )
     p.add_argument(
         "--lang",

@@ -70,11 +70,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the updater and its HTTP API")
     add_config_flags(p)
-    p.add_argument(
-        "--sandbox",
-        type=Path,
-        nargs="?",
-        const=SANDBOX_DEFAULT,
-        help="run on a local sandbox root (default ./var): no root or systemd needed",
-    )
+    add_sandbox_flag(p, "run on a local sandbox root (default ./var): no root or systemd needed")
     p.set_defaults(func=cmd_serve)
+
+
+def add_sandbox_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--sandbox [DIR]``: the local sandbox root ``serve --sandbox`` runs on."""
+    parser.add_argument(
+        "--sandbox", type=Path, nargs="?", const=SANDBOX_DEFAULT, metavar="DIR", help=help_text
+    )

@@ -18,5 +18,10 @@ def cmd_statechart(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("statechart", help="render statecharts/ from the transition table")
-    p.add_argument("--out", type=Path, default=Path("statecharts"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("statecharts"),
+        help="directory to write the drawings into (default statecharts)",
+    )
     p.set_defaults(func=cmd_statechart)

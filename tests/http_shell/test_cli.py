@@ -88,7 +88,7 @@ def test_url_flag_wins(served: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr
     unreachable = cli("progress", env=_env(TOPE_UPDATER_PORT="9"))
     assert unreachable.returncode == 1
-    assert "cannot reach the updater at http://127.0.0.1:9" in unreachable.stderr
+    assert "nothing answers at http://127.0.0.1:9 (connection refused)" in unreachable.stderr
 
 
 def test_versions_prints_a_table_and_json(served: dict[str, str]) -> None:

@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import itertools
 import os
+import re
+import socket
 import subprocess
 import threading
 import time
@@ -19,6 +21,7 @@ import pytest
 from tests.support.package_server import Behaviour, PackageServer
 from updater_fsm.core.errors import ErrorCode, UpdaterError
 from updater_fsm.core.events import DownloadRequest
+from updater_fsm.core.progress import Retry
 from updater_fsm.ops import download
 from updater_fsm.ops.download import (
     DownloadProgress,
@@ -127,7 +130,7 @@ async def test_resume_after_dropped_connection_skips_durable_bytes(
             on_checkpoint=journal,
         )
     assert err.value.code is ErrorCode.INCOMPLETE_DOWNLOAD and err.value.retryable
-    assert "after 1 attempts" in err.value.detail
+    assert re.search(r" \N{EM DASH} 1 attempt over [0-9.]+ s$", err.value.detail)
     point = journal.last
     assert 0 < point.offset <= 600_000
     assert part_path(tmp_path, "pkg.zip").exists()
@@ -346,7 +349,8 @@ async def test_short_body_without_length_is_incomplete(
         await download_package(spec_for(url, data), tmp_path, resume=None, settings=settings)
     assert err.value.code is ErrorCode.INCOMPLETE_DOWNLOAD and err.value.retryable
     assert (
-        err.value.detail == f"connection closed after {SIZE - 10} of {SIZE} bytes after 1 attempts"
+        err.value.detail.partition(" \N{EM DASH} ")[0]
+        == f"connection closed after {SIZE - 10} of {SIZE} bytes"
     )
 
 
@@ -389,7 +393,10 @@ async def test_retry_budget_is_bounded(package_server: PackageServer, tmp_path: 
     with pytest.raises(UpdaterError) as err:
         await download_package(spec_for(url, data), tmp_path, resume=None, settings=FAST)
     assert err.value.code is ErrorCode.DOWNLOAD_FAILED and err.value.retryable
-    assert err.value.detail == f"HTTP 502 Bad Gateway for {url} after 4 attempts"
+    assert re.fullmatch(
+        rf"HTTP 502 Bad Gateway for {re.escape(url)} \N{{EM DASH}} 4 attempts over [0-9.]+ s",
+        err.value.detail,
+    ), err.value.detail
     assert len(package_server.requests("pkg.zip")) == FAST.max_attempts
 
 
@@ -520,3 +527,50 @@ def test_worker_threads_run_at_a_lower_priority_than_the_event_loop() -> None:
     assert seen == [min(base + download.WORKER_NICENESS, 19)]
     # Only that thread: the caller's priority is unchanged.
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+async def test_nothing_listening_is_said_in_words_and_each_retry_is_reported(
+    tmp_path: Path,
+) -> None:
+    """``cannot connect to 127.0.0.1:P: connection refused — 4 attempts over … s``; before
+    each retry a progress sample carries it (``/progress`` shows it while it waits)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens on it
+    data = blob(100)
+    seen: list[DownloadProgress] = []
+    with pytest.raises(UpdaterError) as err:
+        await download_package(
+            spec_for(f"http://127.0.0.1:{port}/pkg.zip", data),
+            tmp_path,
+            resume=None,
+            settings=FAST,
+            on_progress=seen.append,
+        )
+    refused = f"cannot connect to 127.0.0.1:{port}: connection refused"
+    assert err.value.code is ErrorCode.DOWNLOAD_FAILED and err.value.retryable
+    assert re.fullmatch(
+        rf"{re.escape(refused)} \N{{EM DASH}} 4 attempts over [0-9.]+ s", err.value.detail
+    ), err.value.detail
+    retries = [p.retry for p in seen if p.retry is not None]
+    assert [(r.reason, r.next_attempt, r.max_attempts) for r in retries] == [
+        (refused, 2, 4),
+        (refused, 3, 4),
+        (refused, 4, 4),
+    ]
+    assert all(0 < r.delay_s <= FAST.backoff_max_s for r in retries)
+    assert retries[0].words().startswith(f"{refused}; retrying in 0.0 s, attempt 2 of 4")
+
+
+async def test_a_retry_is_shown_until_bytes_flow_again(
+    package_server: PackageServer, tmp_path: Path
+) -> None:
+    data = blob()
+    spec = spec_for(package_server.add("pkg.zip", data), data)
+    package_server.script("pkg.zip", Behaviour(status=503))
+    seen: list[DownloadProgress] = []
+    await download_package(spec, tmp_path, resume=None, settings=FAST, on_progress=seen.append)
+    retries = [p.retry for p in seen if p.retry is not None]
+    assert len(retries) == 1 and "HTTP 503" in retries[0].reason
+    assert retries[0] == Retry(retries[0].reason, retries[0].delay_s, 2, 4)
+    assert seen[-1].bytes_done == SIZE and seen[-1].retry is None

@@ -32,14 +32,40 @@ _INSTALL_PROGRESS = {
 
 
 @attrs.frozen
+class Retry:
+    """A download attempt failed and another follows: why, when, which of how many."""
+
+    reason: str
+    delay_s: float
+    next_attempt: int
+    max_attempts: int
+
+    def words(self) -> str:
+        """``cannot connect to h:80: connection refused; retrying in 4 s, attempt 3 of 8``."""
+        return (
+            f"{self.reason}; retrying in {said_seconds(self.delay_s)},"
+            f" attempt {self.next_attempt} of {self.max_attempts}"
+        )
+
+
+@attrs.frozen
 class Transfer:
-    """Live download figures, updated by the download executor (not journaled)."""
+    """Live download figures, updated by the download executor (not journaled).
+
+    ``retry`` is set while the download waits to try again (and until bytes flow again):
+    ``/progress``'s message shows it, so a retry is visible without a journal write."""
 
     job_id: int
     bytes_done: int
     total: int
     speed_bps: float = 0.0
     eta_s: float | None = None
+    retry: Retry | None = None
+
+
+def said_seconds(seconds: float) -> str:
+    """A duration for people: ``45 s``, ``0.3 s`` below one second."""
+    return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
 
 
 @attrs.frozen
@@ -125,9 +151,10 @@ def build_snapshot(
         version = job.rollback_target
     total = job.request.package_size if job and job.request else 0
     done = job.durable.offset if job else 0
-    speed, eta = 0.0, None
+    speed, eta, retry = 0.0, None, None
     if transfer is not None and job is not None and transfer.job_id == job.job_id:
         done, speed, eta = max(done, transfer.bytes_done), transfer.speed_bps, transfer.eta_s
+        retry = transfer.retry
     if state in (State.VERIFYING, State.READY, State.WAITING_IDLE) or state in _INSTALL_PROGRESS:
         done = total
     error = job.error if job is not None and state in (State.FAILED, State.IDLE) else None
@@ -137,6 +164,8 @@ def build_snapshot(
     if state is State.DOWNLOADING:
         progress = min(99, done * 100 // total) if total else 0
         message = f"Downloading package... {_mb(done)} / {_mb(total)}"
+        if retry is not None:
+            message += f" ({retry.words()})"
     elif state is State.VERIFYING:
         progress, message = 50, f"Verifying package v{version}..."
     elif state is State.READY:

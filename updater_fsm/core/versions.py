@@ -6,6 +6,8 @@ ASCII digits, at most :data:`VERSION_MAX_LENGTH` characters. It names a snapshot
 different snapshots); versions are *ordered* numerically, so ``1.10.0`` is newer than
 ``1.9.0``. Every version that enters the updater — a request body, a manifest, a package
 build, a snapshot directory name, a link target — goes through :meth:`Version.parse`.
+People may type ``v1.2.3`` (as the directories spell it): the edges that take typed
+versions (the CLI, request bodies) drop the ``v`` with :func:`bare_version` first.
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ import attrs
 VERSION_PATTERN = r"^[0-9]+\.[0-9]+\.[0-9]+$"
 VERSION_MAX_LENGTH = 64
 _VERSION = re.compile(VERSION_PATTERN)
+#: A version as people type it: the bare form, or with the ``v`` the snapshot directories
+#: and the device-api reports spell it with (``v1.2.3``). :func:`bare_version` drops it.
+#: The typed text is at most :data:`VERSION_MAX_LENGTH` characters too, ``v`` included.
+TYPED_VERSION_PATTERN = r"^v?[0-9]+\.[0-9]+\.[0-9]+$"
+
+
+def bare_version(text: str) -> str:
+    """``text`` without the leading ``v`` people type (``v1.2.3`` → ``1.2.3``), else as
+    given: versions are normalised at the edges (the CLI, request bodies), the updater
+    itself only knows the bare form."""
+    return text[1:] if text[:1] == "v" and text[1:2].isdigit() else text
 
 
 class InvalidVersion(ValueError):

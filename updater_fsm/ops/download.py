@@ -31,6 +31,7 @@ import hashlib
 import math
 import os
 import random
+import socket
 import ssl as ssl_module
 import threading
 import time
@@ -47,6 +48,7 @@ from updater_fsm import durable, faults
 from updater_fsm.core.download_response import Verdict, judge_response
 from updater_fsm.core.errors import ErrorCode, UpdaterError, code_for_os_error
 from updater_fsm.core.events import DownloadRequest, ResumePoint
+from updater_fsm.core.progress import Retry, said_seconds
 from updater_fsm.core.urls import redact_url
 from updater_fsm.ops.verify import hash_file
 from updater_fsm.state_layout import package_path, part_path
@@ -115,6 +117,8 @@ class DownloadProgress:
     total: int
     speed_bps: float
     eta_s: float | None
+    #: set while the download waits to try again (until bytes flow again)
+    retry: Retry | None = None
 
 
 @attrs.frozen
@@ -370,6 +374,14 @@ class _Meter:
         self._sink = sink
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._last_emit = -math.inf
+        self._retry: Retry | None = None
+        self._retry_done = 0
+
+    def retrying(self, done: int, retry: Retry) -> None:
+        """Say that an attempt failed and when the next one starts (shown until bytes flow)."""
+        self._retry, self._retry_done = retry, done
+        self._samples.clear()  # the time spent waiting says nothing about the speed
+        self._sink(DownloadProgress(done, self._total, 0.0, None, retry))
 
     def update(self, done: int, *, force: bool = False) -> None:
         now = time.monotonic()
@@ -385,7 +397,13 @@ class _Meter:
         speed = (done - b0) / (now - t0) if now > t0 else 0.0
         eta = (self._total - done) / speed if speed > 0 else None
         self._last_emit = now
-        self._sink(DownloadProgress(bytes_done=done, total=self._total, speed_bps=speed, eta_s=eta))
+        if self._retry is not None and done > self._retry_done:
+            self._retry = None  # bytes flow again
+        self._sink(
+            DownloadProgress(
+                bytes_done=done, total=self._total, speed_bps=speed, eta_s=eta, retry=self._retry
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,6 +420,18 @@ class _Transient(Exception):
         self.retry_after = retry_after
         self.incomplete = incomplete
         self.immediate = False
+
+
+def _said(connect: aiohttp.ClientConnectorError) -> str:
+    """Why a connection failed, in words: ``connection refused``, ``cannot resolve the host
+    name``."""
+    exc = connect.os_error
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve the host name"
+    if exc.errno is not None and exc.errno > 0:  # asyncio's "Connect call failed (addr)"
+        text = os.strerror(exc.errno)
+        return text[:1].lower() + text[1:]
+    return str(exc) or type(exc).__name__
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -653,6 +683,7 @@ class _Download:
     async def run(self, session: aiohttp.ClientSession) -> None:
         """Attempt until the .part holds the package's size or the retry budget is spent."""
         attempts = 0
+        started = time.monotonic()
         while self.sink.queued < self.request.package_size:
             attempts += 1
             try:
@@ -674,6 +705,10 @@ class _Download:
                 ) from exc
             except TimeoutError:
                 failure = _Transient("timed out (connect or read)")
+            except aiohttp.ClientSSLError as exc:  # TLS: its own words are the useful ones
+                failure = _Transient(f"{type(exc).__name__}: {exc}")
+            except aiohttp.ClientConnectorError as exc:
+                failure = _Transient(f"cannot connect to {exc.host}:{exc.port}: {_said(exc)}")
             except (aiohttp.ClientError, OSError) as exc:
                 failure = _Transient(f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
             # Keep what arrived: durable now, so a crash during the backoff loses nothing.
@@ -685,10 +720,15 @@ class _Download:
                     if failure.incomplete
                     else ErrorCode.DOWNLOAD_FAILED
                 )
+                spent = said_seconds(time.monotonic() - started)
+                tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
                 raise UpdaterError(
-                    code, f"{failure.reason} after {attempts} attempts", retryable=True
+                    code, f"{failure.reason} \N{EM DASH} {tries} over {spent}", retryable=True
                 )
             delay = 0.0 if failure.immediate else self._backoff(attempts, failure.retry_after)
+            self.meter.retrying(
+                self.sink.queued, Retry(failure.reason, delay, attempts + 1, self.s.max_attempts)
+            )
             self.log.info(
                 "download.retry",
                 attempt=attempts,

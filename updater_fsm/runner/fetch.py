@@ -23,7 +23,7 @@ async def start_download(ctx: ExecutorContext, effect: fx.StartDownload) -> None
 
     def on_progress(p: download.DownloadProgress) -> None:
         ctx.engine.update_transfer(
-            Transfer(effect.job_id, p.bytes_done, p.total, p.speed_bps, p.eta_s)
+            Transfer(effect.job_id, p.bytes_done, p.total, p.speed_bps, p.eta_s, p.retry)
         )
 
     async def on_checkpoint(point: ev.ResumePoint) -> None:
