@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from updater_fsm.config import Config, ConfigError, ServiceControl, load_config
+from updater_fsm.config import _ONE_OR_MANY, Config, ConfigError, ServiceControl, load_config
 from updater_fsm.control import RollbackTarget
 from updater_fsm.core.manifest import HealthProbe, Module
 from updater_fsm.core.printer import BusyPolicy
@@ -176,7 +176,10 @@ _FIELD_TYPES = {f.name: f.type for f in attrs.fields(attrs.resolve_types(Config)
 @st.composite
 def _wrong_toml_value(draw: st.DrawFn) -> tuple[str, Any]:
     key = draw(st.sampled_from(sorted(_FIELD_TYPES)))
-    wrong = sorted(set(_TOML_KINDS) - _KINDS_ACCEPTED[_FIELD_TYPES[key]])
+    accepted = _KINDS_ACCEPTED[_FIELD_TYPES[key]]
+    if key in _ONE_OR_MANY:  # `trusted_key = "…"` is one entry of the list
+        accepted = accepted | {"string"}
+    wrong = sorted(set(_TOML_KINDS) - accepted)
     return key, draw(_TOML_KINDS[draw(st.sampled_from(wrong))])
 
 
