@@ -345,3 +345,21 @@ def validate_update(data: Any) -> str:
 def validate_rollback(data: Any) -> RollbackTarget:
     """The target of a ``POST /rollback`` body (``{}`` or no body: ``previous``)."""
     return structure(data, RollbackBody).target
+
+
+#: ``GET /history?limit=N``: at most this many (the history keeps no more).
+HISTORY_MAX_LIMIT = 100
+_LIMIT = re.compile(r"[1-9][0-9]{0,2}")
+
+
+def validate_history_limit(values: list[str]) -> int:
+    """The ``limit`` query parameter of ``GET /history`` (all of its values): absent is
+    every entry; else one decimal integer from 1 to :data:`HISTORY_MAX_LIMIT`."""
+    if not values:
+        return HISTORY_MAX_LIMIT
+    if len(values) > 1:
+        raise BodyError("limit", "appears more than once")
+    value = values[0]
+    if not _LIMIT.fullmatch(value) or int(value) > HISTORY_MAX_LIMIT:
+        raise BodyError("limit", f"must be an integer from 1 to {HISTORY_MAX_LIMIT}")
+    return int(value)

@@ -153,6 +153,66 @@ _SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "History": {
+        "type": "object",
+        "required": ["entries"],
+        "properties": {
+            "entries": {
+                "type": "array",
+                "maxItems": b.HISTORY_MAX_LIMIT,
+                "description": "The last jobs, newest first.",
+                "items": _ref("HistoryEntry"),
+            }
+        },
+    },
+    "HistoryEntry": {
+        "type": "object",
+        "required": [
+            "job_id",
+            "kind",
+            "from_version",
+            "to_version",
+            "source",
+            "fleet_action",
+            "file",
+            "started_at",
+            "ended_at",
+            "outcome",
+            "error_code",
+            "error",
+            "rollback_level",
+        ],
+        "properties": {
+            "job_id": {"type": "integer", "minimum": 1},
+            "kind": {"type": "string", "enum": ["update", "manual_rollback"]},
+            "from_version": {
+                **_STR_OR_NULL,
+                "description": "What ran when the install began (null: it ended before"
+                " the switch).",
+            },
+            "to_version": {
+                **_STR_OR_NULL,
+                "description": "The version installed, or rolled back to by hand.",
+            },
+            "source": {
+                "type": "string",
+                "enum": ["api", "fleet"],
+                "description": "api: device-api or the CLI (the HTTP API); fleet: a fleet"
+                " server's action (fleet_action).",
+            },
+            "fleet_action": _STR_OR_NULL,
+            "file": {**_STR_OR_NULL, "description": "The package's file name."},
+            "started_at": {"type": "number", "description": "UNIX time"},
+            "ended_at": {"type": "number", "description": "UNIX time"},
+            "outcome": {
+                "type": "string",
+                "enum": ["success", "failed", "rolled_back", "cancelled", "expired", "replaced"],
+            },
+            "error_code": _STR_OR_NULL,
+            "error": _STR_OR_NULL,
+            "rollback_level": {"type": "integer", "enum": [0, 1, 2]},
+        },
+    },
     "Status": {
         "type": "object",
         "required": ["status"],
@@ -240,6 +300,28 @@ def openapi_document(*, auth: bool = False) -> Schema:
         },
         "/versions": {
             "get": _op("Installed snapshots and what the links name", "200", _ref("Versions"))
+        },
+        "/history": {
+            "get": {
+                **_op(
+                    "The last jobs (at most 100), newest first",
+                    "200, 400 VALIDATION_ERROR (limit)",
+                    _ref("History"),
+                ),
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "At most this many entries (default: all)",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": b.HISTORY_MAX_LIMIT,
+                        },
+                    }
+                ],
+            }
         },
         "/cancel": {
             "post": _op(

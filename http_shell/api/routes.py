@@ -2,9 +2,9 @@
 
 Handlers only translate: a validated body becomes an event for the engine, the engine's
 decision becomes the response envelope. No handler touches the disk except ``/versions``
-(which measures each snapshot once, on a thread of its own: ``ops/snapshot_sizes.py``);
-``/progress`` reads the in-memory snapshot and nothing else, so it stays fast while a
-download saturates the link.
+(which measures each snapshot once, on a thread of its own: ``ops/snapshot_sizes.py``) and
+``/history`` (which reads the history file in a worker thread); ``/progress`` reads the
+in-memory snapshot and nothing else, so it stays fast while a download saturates the link.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fleet_ddi.poller import PollerStats
 from http_shell.api import bodies as b
 from http_shell.api.events import stream_events
 from http_shell.daemon.reporter import Reporter
-from updater_fsm import control
+from updater_fsm import control, history
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
 from updater_fsm.ops.rollback_floor import read_floor
@@ -127,6 +127,14 @@ async def get_versions(request: web.Request) -> web.Response:
     return b.envelope(200, "success", data)
 
 
+async def get_history(request: web.Request) -> web.Response:
+    """``GET /history``: the last jobs, newest first (``?limit=N``, 1..100)."""
+    limit = b.validate_history_limit(request.query.getall("limit", []))
+    state_dir = request.app[CONFIG].state_path
+    entries = await asyncio.to_thread(history.read_history, state_dir, limit)
+    return b.envelope(200, "success", {"entries": entries})
+
+
 async def get_events(request: web.Request) -> web.StreamResponse:
     """``GET /events``: Server-Sent Events, see :mod:`http_shell.api.events`."""
     return await stream_events(request, request.app[ENGINE], heartbeat_s=request.app[HEARTBEAT_S])
@@ -185,6 +193,7 @@ def routes(prefix: str) -> list[web.RouteDef]:
         web.post(f"{prefix}/update", post_update),
         web.get(f"{prefix}/progress", get_progress),
         web.get(f"{prefix}/versions", get_versions),
+        web.get(f"{prefix}/history", get_history),
         web.post(f"{prefix}/cancel", post_cancel),
         web.post(f"{prefix}/rollback", post_rollback),
         web.post(f"{prefix}/reset", post_reset),

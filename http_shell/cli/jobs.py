@@ -1,8 +1,9 @@
 """The commands that drive a running updater through its HTTP API.
 
 ``download``, ``update``, ``rollback``, ``cancel`` and ``reset`` send one request (and
-follow the progress with ``--watch``); ``progress`` and ``versions`` read. Each prints the
-envelope's message or data (``--json``: the envelope) and exits 1 unless its code is 200.
+follow the progress with ``--watch``); ``progress``, ``versions`` and ``history`` read.
+Each prints the envelope's message or data (``--json``: the envelope) and exits 1 unless its
+code is 200.
 The HTTP client is :mod:`http_shell.cli.client`, imported when a command runs.
 """
 
@@ -174,6 +175,65 @@ def versions_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    async def go(client: Any) -> int:
+        query = f"?limit={args.limit}" if args.limit is not None else ""
+        env = await client.get(f"/history{query}")
+        if args.json or env.get("code") != 200:
+            return _print_envelope(args, env)
+        say(history_table((env.get("data") or {}).get("entries") or []))
+        return EXIT_OK
+
+    return _client_call(args, go)
+
+
+def history_table(entries: list[dict[str, Any]]) -> str:
+    """``GET /history`` for people: one row per job, newest first."""
+    if not entries:
+        return "no jobs in the history yet"
+    rows = [("JOB", "ENDED (UTC)", "KIND", "FROM", "TO", "OUTCOME", "ERROR", "LEVEL", "SOURCE")]
+    for e in entries:
+        source = e.get("source") or "-"
+        if e.get("fleet_action"):
+            source = f"fleet #{e['fleet_action']}"
+        rows.append(
+            (
+                str(e.get("job_id")),
+                _utc(e.get("ended_at")),
+                "rollback" if e.get("kind") == "manual_rollback" else "install",
+                _version(e.get("from_version")),
+                _version(e.get("to_version")),
+                str(e.get("outcome") or "-"),
+                str(e.get("error_code") or "-"),
+                str(e.get("rollback_level") or "-"),
+                source,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _utc(when: Any) -> str:
+    import datetime as dt
+
+    if not isinstance(when, int | float) or isinstance(when, bool):
+        return "-"
+    return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _version(value: Any) -> str:
+    return f"v{value}" if value else "-"
+
+
+def _limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError("must be an integer from 1 to 100")
+    return int(text)
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KB", "MB"):
@@ -237,6 +297,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = add_client_parser(sub, "versions", "list installed versions")
     p.set_defaults(func=cmd_versions)
+
+    p = add_client_parser(sub, "history", "list the last jobs (newest first)")
+    p.add_argument("--limit", type=_limit, help="at most this many (1-100; default: all)")
+    p.set_defaults(func=cmd_history)
 
     p = add_client_parser(
         sub, "rollback", "roll back by hand to the previous or the factory version"

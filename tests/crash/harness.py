@@ -53,6 +53,7 @@ import attrs
 from tests.support.device_api import DeviceApi
 from tests.support.package_server import Behaviour, RequestRecord, ThreadedPackageServer
 from tests.support.packages import make_package
+from updater_fsm import history as history_mod
 from updater_fsm import journal as journal_mod
 from updater_fsm.core.record import Record
 from updater_fsm.ops import snapshot_store
@@ -103,6 +104,8 @@ KILL_POINTS: dict[str, dict[str, int]] = {
         "engine:journaled": 12,
         "floor:after_rename": 2,
         "floor:before_rename": 2,
+        "history:after_rename": 1,
+        "history:before_rename": 1,
         "journal:prev_moved": 12,
         "journal:tmp_written": 12,
         "stage:after_rename": 1,
@@ -123,6 +126,8 @@ KILL_POINTS: dict[str, dict[str, int]] = {
         "engine:journaled": 11,
         "floor:after_rename": 1,
         "floor:before_rename": 1,
+        "history:after_rename": 1,
+        "history:before_rename": 1,
         "journal:prev_moved": 11,
         "journal:tmp_written": 11,
         "rollback:current:after_rename": 1,
@@ -677,6 +682,22 @@ def check_invariants(rig: Rig, final: dict[str, Any], *, settle_s: float = 5.0) 
     want_floor = sc.version if sc.outcome == "success" else FACTORY_VERSION
     if not wait_until(lambda: read_floor(rig.state) == want_floor, settle_s):
         raise TrialFailure(f"rollback floor {read_floor(rig.state)!r}, expected {want_floor}")
+    # The history: the job's outcome kept exactly once, even when the kill came between the
+    # journaled outcome and the history write.
+    want_outcome = "success" if sc.outcome == "success" else "rolled_back"
+
+    def history_kept() -> bool:
+        entries = history_mod.read_history(rig.state)
+        ids = [e["job_id"] for e in entries]
+        return (
+            bool(entries)
+            and len(ids) == len(set(ids))
+            and (entries[0]["to_version"], entries[0]["outcome"]) == (sc.version, want_outcome)
+        )
+
+    if not wait_until(history_kept, settle_s):
+        kept = history_mod.read_history(rig.state)
+        raise TrialFailure(f"history {kept}, expected {want_outcome} for v{sc.version}")
 
 
 # --------------------------------------------------------------------------- trials

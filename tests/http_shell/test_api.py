@@ -115,7 +115,9 @@ async def test_update_of_expired_package_is_410_and_deletes_it(client: Client, r
     env = await call(client, "POST", "/update", json={"version": "1.2.3"})
     assert env["code"] == 410
     assert env["msg"].startswith("PACKAGE_EXPIRED: ")
-    assert rig.runner.effects[-2:] == [fx.DiscardPackage("tope-1.2.3.zip"), fx.Report(False)]
+    assert rig.runner.effects[-3:-1] == [fx.DiscardPackage("tope-1.2.3.zip"), fx.Report(False)]
+    (kept,) = rig.runner.of(fx.RecordHistory)  # the job's end, in the history
+    assert (kept.entry.outcome.value, kept.entry.error_code) == ("expired", "PACKAGE_EXPIRED")
     assert rig.runner.of(fx.StageSnapshot) == []
     assert rig.engine.record.state == "idle"
 

@@ -200,6 +200,8 @@ def test_a_broken_busy_gate_fails_the_wait_and_keeps_the_package() -> None:
     assert job is not None and job.error_code is ErrorCode.PRINTER_BUSY
     assert job.error == "PRINTER_BUSY: the busy gate failed: probe exploded"
     assert job.package_kept
-    assert d.effects == (fx.Report(terminal=True),)  # nothing stopped, nothing deleted
+    # Nothing stopped, nothing deleted; the job's end kept in the history.
+    assert d.effects[0] == fx.Report(terminal=True)
+    assert [type(e) for e in d.effects] == [fx.Report, fx.RecordHistory]
     drive(m, ev.UpdateRequested("1.2.3"))
     assert m.state is State.WAITING_IDLE

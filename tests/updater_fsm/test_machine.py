@@ -10,9 +10,10 @@ from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.decisions import Decisions
 from updater_fsm.core.errors import ErrorCode, Failure
+from updater_fsm.core.history import HistoryEntry, Outcome, Source
 from updater_fsm.core.machine import UpdaterMachine
 from updater_fsm.core.manifest import HealthProbe, ServiceUnit
-from updater_fsm.core.record import PACKAGE_TTL_S
+from updater_fsm.core.record import PACKAGE_TTL_S, JobKind
 from updater_fsm.core.table import TRANSITIONS, State, Trigger
 
 from .helpers import LINKS, MD5, SHA, T0, UNITS, at_health_check, at_ready, drive, request
@@ -80,11 +81,36 @@ def test_happy_path_effects_in_order() -> None:
     assert d.effects[0] == fx.SwitchVersion(1, "1.2.3", "update.zip", "1.0.0", UNITS)
     d = drive(m, ev.Switched(1))
     assert d.effects[0] == fx.CheckHealth(1, UNITS)
-    d = drive(m, ev.Healthy(1))
+    d = drive(m, ev.Healthy(1), now=T0 + 60)
     assert m.state is State.SUCCESS
-    assert kinds(d) == ["RaiseRollbackFloor", "DiscardPackage", "CollectGarbage", "Report"]
+    assert kinds(d) == [
+        "RaiseRollbackFloor",
+        "DiscardPackage",
+        "CollectGarbage",
+        "Report",
+        "RecordHistory",
+    ]
     assert d.effects[0] == fx.RaiseRollbackFloor("1.2.3")
-    assert d.effects[-1] == fx.Report(terminal=True)
+    assert d.effects[-2] == fx.Report(terminal=True)
+    # The job's end is kept in the history, stamped with the time it ended.
+    assert d.effects[-1] == fx.RecordHistory(
+        HistoryEntry(
+            job_id=1,
+            kind=JobKind.UPDATE,
+            from_version="1.0.0",
+            to_version="1.2.3",
+            source=Source.API,
+            fleet_action=None,
+            file="update.zip",
+            started_at=T0,
+            ended_at=T0 + 60,
+            outcome=Outcome.SUCCESS,
+            error_code=None,
+            error=None,
+            rollback_level=0,
+        )
+    )
+    assert m.record.job is not None and m.record.job.updated_at == T0 + 60
     assert m.record.last_units == UNITS
 
 
@@ -257,7 +283,16 @@ def test_level1_rollback_restores_previous_link_and_reports() -> None:
     d = drive(m, ev.RollbackOk(1))
     assert m.state is State.FAILED
     assert m.record.job.error.startswith("ROLLBACK_LEVEL_1_SUCCESS: v1.0.0")  # type: ignore[union-attr]
-    assert fx.RemoveSnapshot("1.2.3") in d.effects and d.effects[-1] == fx.Report(terminal=True)
+    assert fx.RemoveSnapshot("1.2.3") in d.effects and d.effects[-2] == fx.Report(terminal=True)
+    assert isinstance(d.effects[-1], fx.RecordHistory)
+    entry = d.effects[-1].entry
+    assert (entry.outcome, entry.rollback_level, entry.from_version, entry.to_version) == (
+        Outcome.ROLLED_BACK,
+        1,
+        "1.0.0",
+        "1.2.3",
+    )
+    assert entry.error_code is ErrorCode.ROLLBACK_LEVEL_1_SUCCESS
 
 
 def test_level2_rollback_after_level1_fails() -> None:
@@ -277,7 +312,10 @@ def test_level2_rollback_after_level1_fails() -> None:
         "DiscardPackage",
         "CollectGarbage",
         "Report",
+        "RecordHistory",
     ]
+    entry = d.effects[-1].entry  # type: ignore[attr-defined]
+    assert (entry.outcome, entry.rollback_level) == (Outcome.ROLLED_BACK, 2)
 
 
 def test_rollback_judges_the_target_by_the_probes_it_was_installed_with() -> None:
@@ -362,10 +400,25 @@ def test_cancel_download_and_staging() -> None:
     assert m.state is State.IDLE
     assert d.effects[:2] == (fx.StopJob(1), fx.DiscardPackage("update.zip"))
     assert m.record.job.error.startswith("CANCELLED")  # type: ignore[union-attr]
+    assert isinstance(d.effects[-1], fx.RecordHistory)
+    entry = d.effects[-1].entry
+    assert (entry.outcome, entry.error_code, entry.to_version, entry.from_version) == (
+        Outcome.CANCELLED,
+        ErrorCode.CANCELLED,
+        "1.2.3",
+        None,  # ended before the switch: what ran was not looked at yet
+    )
     m = at_ready()
     drive(m, ev.UpdateRequested("1.2.3"))
     d = drive(m, ev.Cancel())
-    assert kinds(d) == ["StopJob", "DiscardPackage", "DiscardStaging", "CollectGarbage", "Report"]
+    assert kinds(d) == [
+        "StopJob",
+        "DiscardPackage",
+        "DiscardStaging",
+        "CollectGarbage",
+        "Report",
+        "RecordHistory",
+    ]
     assert fx.DiscardStaging("1.2.3") in d.effects
 
 

@@ -132,15 +132,52 @@ def test_finished_outcomes_are_reported_again() -> None:
     drive(m, ev.Healthy(1))
     m, d = restart(m, ev.DiskFacts())
     # A success raises the rollback floor again (idempotent: it may not have been written).
+    # So is the history: the same entry as when the job ended (written once, by job id).
+    ended = drive(at_health_check(), ev.Healthy(1)).effects[-1]
+    assert isinstance(ended, fx.RecordHistory)
     assert m.state is State.SUCCESS and d.effects == (  # type: ignore[attr-defined]
         fx.RaiseRollbackFloor("1.2.3"),
         fx.CollectGarbage(),
         fx.Report(terminal=True),
+        ended,
     )
     m = at_health_check()
-    drive(m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")), ev.RollbackOk(1))
+    drive(m, ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")))
+    ended = drive(m, ev.RollbackOk(1), now=T0 + 5).effects[-1]
+    assert isinstance(ended, fx.RecordHistory) and ended.entry.ended_at == T0 + 5
+    m, d = restart(m, ev.DiskFacts(), now=T0 + 99)
+    assert m.state is State.FAILED and d.effects == (  # type: ignore[attr-defined]
+        fx.CollectGarbage(),
+        fx.Report(terminal=True),
+        ended,
+    )
+
+
+def test_a_job_ended_in_idle_is_kept_in_the_history_again() -> None:
+    """Cancelled (idle): a restart asks for the history entry again; a reset job does not."""
+    m = UpdaterMachine()
+    drive(m, ev.DownloadRequested(request()))
+    ended = drive(m, ev.Cancel(), now=T0 + 3).effects[-1]
+    assert isinstance(ended, fx.RecordHistory)
+    assert ended.entry.outcome.value == "cancelled" and ended.entry.ended_at == T0 + 3
+    m, d = restart(m, ev.DiskFacts(), now=T0 + 99)
+    assert m.state is State.IDLE and d.effects == (ended,)  # type: ignore[attr-defined]
+    drive(m, ev.Reset())
     m, d = restart(m, ev.DiskFacts())
-    assert m.state is State.FAILED and d.effects == (fx.CollectGarbage(), fx.Report(terminal=True))  # type: ignore[attr-defined]
+    assert d.effects == ()  # type: ignore[attr-defined]
+
+
+def test_a_verified_package_replaced_by_a_new_download_is_kept_as_replaced() -> None:
+    m = at_ready()
+    d = drive(m, ev.DownloadRequested(request("1.3.0", name="new.zip")), now=T0 + 7)
+    ended = d.effects[-1]
+    assert isinstance(ended, fx.RecordHistory)
+    assert (ended.entry.job_id, ended.entry.to_version, ended.entry.outcome.value) == (
+        1,
+        "1.2.3",
+        "replaced",
+    )
+    assert ended.entry.ended_at == T0 + 7
 
 
 # ---- the crash-loop breaker -----------------------------------------------------------

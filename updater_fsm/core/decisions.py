@@ -19,6 +19,7 @@ from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.events import ResumePoint, RollbackTarget
+from updater_fsm.core.history import Outcome, ended_job, entry_for
 from updater_fsm.core.printer import PrinterGate
 from updater_fsm.core.record import PACKAGE_TTL_S, Job, JobKind, Record
 from updater_fsm.core.states import TERMINAL_STATES, State
@@ -60,6 +61,7 @@ class Decisions:
         self.reply = Reply()
         self.fired = False
         self.source = State(record.state)
+        self.prior_job: Job | None = record.job
 
     # ---- helpers -------------------------------------------------------------------
     @property
@@ -91,6 +93,7 @@ class Decisions:
     # ---- machine-wide callbacks ----------------------------------------------------
     def on_accept(self, data: EventData) -> None:
         self.fired = True
+        self.prior_job = self.record.job
         if data.transition is not None:
             self.source = State(data.transition.source)
         # A restart that resumes the step in place is one more interruption of it; anything
@@ -109,6 +112,27 @@ class Decisions:
             return  # internal transition: nothing new to report
         if not any(isinstance(e, fx.Report) for e in self.effects):
             self.effects.append(fx.Report(terminal=State(self.state) in TERMINAL_STATES))
+        self._record_ended_job()
+
+    def _record_ended_job(self) -> None:
+        """The one place a job's end is noticed: keep it in the history."""
+        dest = State(self.state)
+        ended = ended_job(self.prior_job, self.source, self.record.job, dest)
+        if ended is None:
+            return
+        if self.record.job is not None and ended.job_id == self.record.job.job_id:
+            self._set_job()  # updated_at: when it ended (a restart rebuilds the same entry)
+            entry = entry_for(self.job, dest)
+        else:  # a new job replaced it before it was installed
+            replaced = attrs.evolve(ended, updated_at=self.now)
+            entry = entry_for(replaced, dest, outcome=Outcome.REPLACED)
+        self.effects.append(fx.RecordHistory(entry))
+
+    def _history_again(self) -> None:
+        """After a restart: the ended job may have been journaled but not yet kept."""
+        job = self.record.job
+        if job is not None:
+            self.effects.append(fx.RecordHistory(entry_for(job, self.source)))
 
     # ---- guards --------------------------------------------------------------------
     def same_package(self, event: ev.DownloadRequested) -> bool:
@@ -577,7 +601,9 @@ class Decisions:
 
     # ---- actions: restart recovery (contract §6) -------------------------------------
     def resume_idle(self, event: ev.Event) -> None:
-        """Nothing was running."""
+        """Nothing is running; a job that ended in idle (cancelled, expired, a manual
+        rollback) is kept in the history again (idempotent)."""
+        self._history_again()
 
     def resume_download(self, event: ev.Resume) -> None:
         """Continue from the last durable byte the ``.part`` file still has."""
@@ -628,12 +654,14 @@ class Decisions:
 
         The clean-up that followed the outcome (removing the failed snapshot, old ones) may
         have died with the process too; collecting garbage again is idempotent, and so is
-        raising the rollback floor to a successful install's version.
+        raising the rollback floor to a successful install's version, and keeping the job
+        in the history (one entry per job id).
         """
         job = self.record.job
         if self.source is State.SUCCESS and job is not None and job.request is not None:
             self.effects.append(fx.RaiseRollbackFloor(job.request.version))
         self.effects += [fx.CollectGarbage(), fx.Report(terminal=True)]
+        self._history_again()
 
 
 def _resumable(job: Job) -> bool:

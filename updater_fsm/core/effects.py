@@ -11,6 +11,7 @@ from __future__ import annotations
 import attrs
 
 from updater_fsm.core.events import DownloadRequest, ResumePoint
+from updater_fsm.core.history import HistoryEntry
 from updater_fsm.core.manifest import ServiceUnit
 
 
@@ -198,3 +199,12 @@ class Report(Effect):
     """Push the current progress snapshot to device-api now (``terminal`` = never drop)."""
 
     terminal: bool = False
+
+
+@attrs.frozen
+class RecordHistory(Effect):
+    """Keep ``entry`` in the device's history (``<state dir>/history.json``, the last 100
+    jobs). Idempotent by ``entry.job_id``: a restart that finds the outcome journaled asks
+    again, and a job already kept is not written twice."""
+
+    entry: HistoryEntry

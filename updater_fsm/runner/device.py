@@ -1,5 +1,5 @@
 """Executors that deal with the printer and its people: the busy gate, the progress display
-at the printer, the reports to device-api."""
+at the printer, the reports to device-api, the device's history of jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import structlog
 
+from updater_fsm import history
 from updater_fsm.core import effects as fx
 from updater_fsm.core import events as ev
 from updater_fsm.core.printer import PrinterStatus
@@ -80,3 +81,8 @@ async def show_screen(ctx: ExecutorContext, effect: fx.ShowScreen) -> None:
 async def report(ctx: ExecutorContext, effect: fx.Report) -> None:
     if ctx.reporter is not None:
         ctx.reporter.kick(effect.terminal)
+
+
+async def record_history(ctx: ExecutorContext, effect: fx.RecordHistory) -> None:
+    """Keep a finished job in ``<state dir>/history.json`` (durable, idempotent by job)."""
+    await asyncio.to_thread(history.record, ctx.config.state_path, effect.entry)

@@ -120,6 +120,7 @@ REGISTRY: Registry = _table(
     ),
     _short(fx.ShowScreen, device.show_screen),
     _short(fx.Report, device.report),
+    _short(fx.RecordHistory, device.record_history),
     # --- the device's install ---------------------------------------------------
     _job(
         fx.StageSnapshot,
