@@ -29,7 +29,8 @@ BAD_DOWNLOADS = [
     # (field named in the message, the field, its bad value)
     *[(f, f, _MISSING) for f in body()],
     ("version", "version", "1.2"),
-    ("version", "version", "v1.2.3"),
+    ("version", "version", "vv1.2.3"),  # one "v" prefix is accepted (and dropped), no more
+    ("version", "version", "V1.2.3"),
     ("version", "version", "1.2.3\n"),
     ("version", "version", "1.2.3.4"),
     ("version", "version", "\u0661.\u0662.\u0663"),  # Arabic-Indic digits are not ASCII
