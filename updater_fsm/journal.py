@@ -13,7 +13,6 @@ rebuilds the state from the disk.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ import attrs
 import structlog
 
 from updater_fsm import faults
+from updater_fsm.core.errors import DISK_FULL_ERRNOS
 from updater_fsm.core.record import Record
 from updater_fsm.durable import create_new, fsync_dir, read_no_follow
 from updater_fsm.strict_converter import STRICT_CONVERTER
@@ -152,7 +152,7 @@ class Journal:
         try:
             self._write_tmp(data)
         except OSError as exc:
-            if exc.errno != errno.ENOSPC or not self.prev.exists():
+            if exc.errno not in DISK_FULL_ERRNOS or not self.prev.exists():
                 raise
             _log.warning("journal: disk full, dropping the previous copy to make room")
             with contextlib.suppress(FileNotFoundError):
