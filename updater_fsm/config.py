@@ -125,7 +125,10 @@ class Config:
             product name, else ``unknown``).
         allow_incompatible: accept packages that name no model on a device that names one
             (a migration aid while packages built without ``--compatible`` are in use).
-        device_model: the former name of ``compatible`` (its alias: either may be set).
+        device_model: the former name of ``compatible`` (its alias: either may be set);
+            set alone, it also makes ``allow_incompatible`` default to true, so a device
+            configured before ``compatible`` existed keeps accepting packages that name no
+            model.
         updater_prefix: where the updater's own slots are (``<prefix>/versions/<version>``,
             ``current``, ``previous``; systemd/install.sh's ``--prefix``). Unset: derived
             from the running interpreter when it runs from such a slot; otherwise packages
@@ -448,7 +451,14 @@ def load_config(
     }
     config = attrs.evolve(base or Config(), **values)
     if config.compatible is None and config.device_model is not None:  # the alias
-        config = attrs.evolve(config, compatible=config.device_model)
+        # A device configured before `compatible` existed named its model for the fleet
+        # only: it refuses packages for another model now, but keeps accepting those that
+        # name none (as it did) unless allow_incompatible is set explicitly.
+        config = attrs.evolve(
+            config,
+            compatible=config.device_model,
+            allow_incompatible=values.get("allow_incompatible", True),
+        )
     elif config.device_model not in (None, config.compatible):
         raise ConfigError(
             f"config keys 'compatible' ({config.compatible}) and 'device_model'"

@@ -288,3 +288,20 @@ def test_ddi_keys_from_file(tmp_path: Path) -> None:
     bad = write(tmp_path, 'ddi_url = "https://user:pw@h"\n')
     with pytest.raises(ConfigError, match="'ddi_url': no credentials"):
         load_config(file=bad, env={})
+
+
+def test_compatible_and_its_former_name_device_model(tmp_path: Path) -> None:
+    """``device_model`` (the fleet attribute's old key) is ``compatible``'s alias; alone it
+    keeps packages without a model accepted, as before the key existed."""
+    new = load_config(env={"TOPE_UPDATER_COMPATIBLE": "tope-x1"})
+    assert (new.compatible, new.allow_incompatible) == ("tope-x1", False)
+    old = load_config(file=write(tmp_path, 'device_model = "TOPE X1"\n'), env={})
+    assert (old.compatible, old.allow_incompatible) == ("TOPE X1", True)
+    strict = load_config(
+        file=write(tmp_path, 'device_model = "TOPE X1"\nallow_incompatible = false\n'), env={}
+    )
+    assert (strict.compatible, strict.allow_incompatible) == ("TOPE X1", False)
+    with pytest.raises(ConfigError, match="'compatible' \\(a\\) and 'device_model' \\(b\\) differ"):
+        load_config(env={"TOPE_UPDATER_COMPATIBLE": "a", "TOPE_UPDATER_DEVICE_MODEL": "b"})
+    with pytest.raises(ConfigError, match="config key 'compatible': must be a device model"):
+        load_config(env={"TOPE_UPDATER_COMPATIBLE": "tope/x1"})
