@@ -204,7 +204,9 @@ async def run_case(
     rate: float,
     window_s: float,
 ) -> Outcome:
-    """Download and verify the case's package, then measure the install's judging."""
+    """Download the case's package and install it, measuring from the download on: what a
+    package holds is judged when it is verified (a hostile archive is refused there) or,
+    once verified, by the install (a post_cmd's output)."""
     md5, sha256 = _digests(package)
     progress_url = f"{updater.base}/progress"
     timeout = aiohttp.ClientTimeout(total=10)
@@ -219,20 +221,14 @@ async def run_case(
             "package_md5": md5,
             "package_sha256": sha256,
         }
-        async with session.post(f"{updater.base}/download", json=body) as resp:
-            answer = await resp.json()
-        if answer.get("code") != 200:
-            raise RuntimeError(f"POST /download refused: {answer}")
-        ready = await _wait_stage(session, progress_url, ("toInstall", "failed"), 120)
-        if ready.get("stage") != "toInstall":
-            raise RuntimeError(f"download of {package.name} failed: {ready.get('error')}")
-        await asyncio.sleep(0.2)  # let the download's buffers go before the baseline
+        await asyncio.sleep(0.2)
         rss_before = proc_status_mb(updater.pid)["VmRSS"]
         exact_peak = _reset_peak_rss(updater.pid)
         sampled_peak = rss_before
         latencies: list[float] = []
         final: dict[str, Any] = {}
         judged_s = float("nan")
+        update_asked = False
         stop = asyncio.Event()
 
         async def sample_memory() -> None:
@@ -243,23 +239,31 @@ async def run_case(
                     sampled_peak = max(sampled_peak, rss)
                 await asyncio.sleep(0.005)
 
+        async def ask_update() -> None:
+            async with session.post(f"{updater.base}/update", json={"version": version}) as r:
+                answer = await r.json()
+            if answer.get("code") != 200:
+                raise RuntimeError(f"POST /update refused: {answer}")
+
         async def one_request() -> None:
-            nonlocal final, judged_s
+            nonlocal final, judged_s, update_asked
             ms, data = await _progress(session, progress_url)
             latencies.append(ms)
-            if data.get("stage") == "failed" or data.get("stage") == "success":
-                if not final:
-                    judged_s = time.perf_counter() - asked
+            if data.get("stage") == "toInstall" and not update_asked:
+                update_asked = True
+                await ask_update()
+            if data.get("stage") in ("failed", "success") and not final:
+                judged_s = time.perf_counter() - asked
                 final = data
 
         sampler = asyncio.create_task(sample_memory())
         asked = time.perf_counter()
-        async with session.post(f"{updater.base}/update", json={"version": version}) as resp:
-            update_answer = await resp.json()
-        if update_answer.get("code") != 200:
-            raise RuntimeError(f"POST /update refused: {update_answer}")
+        async with session.post(f"{updater.base}/download", json=body) as resp:
+            answer = await resp.json()
+        if answer.get("code") != 200:
+            raise RuntimeError(f"POST /download refused: {answer}")
         requests: list[asyncio.Task[None]] = []
-        for i in range(int(rate * 60)):
+        for i in range(int(rate * 180)):
             due = asked + i / rate
             now = time.perf_counter()
             if now - asked >= window_s and final:
@@ -271,7 +275,7 @@ async def run_case(
         stop.set()
         await sampler
     peak = proc_status_mb(updater.pid)["VmHWM"] if exact_peak else sampled_peak
-    error = str(final.get("error") or final.get("stage") or "no outcome within 60 s")
+    error = str(final.get("error") or final.get("stage") or "no outcome within 180 s")
     return Outcome(
         case=case.name,
         rss_before_mb=rss_before,

@@ -1,8 +1,9 @@
 """Hostile inputs judged by a real ``tope-updater serve``: memory and API latency stay low.
 
 Runs the cases of ``bench/hostile_inputs.py`` (the same code the bench prints figures
-with): the package is downloaded from a real HTTP server on 127.0.0.1, verified, and
-judged on ``POST /update`` while ``/progress`` is polled at 200 requests/s.
+with): the package is downloaded from a real HTTP server on 127.0.0.1 and judged — a
+hostile archive when it is verified, a post_cmd's output by the install — while
+``/progress`` is polled at 200 requests/s.
 """
 
 from __future__ import annotations
