@@ -3,8 +3,7 @@
 For each case of :data:`CASES` the bench builds the hostile input, serves it from a file
 server on 127.0.0.1 and — the measured window — has the updater download it (``POST
 /download``), judge it (a hostile archive is refused when it is verified) and, once
-verified, install it (``POST /update``),
-and waits for the outcome. Meanwhile:
+verified, install it (``POST /update``), and waits for the outcome. Meanwhile:
 
 * the updater's peak RSS: ``VmHWM`` of ``/proc/<pid>/status``, reset just before the
   window (``echo 5 > /proc/<pid>/clear_refs``; where that is not permitted, the highest
@@ -329,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     outcomes = measure(rate=args.rate, window_s=min(args.window, 30.0), parent=args.dir)
     print(
-        f"\nPOST /download (and /update) of each hostile package; GET /progress at {args.rate:g}/s during"
+        f"\nPOST /download (and /update) of each hostile package; GET /progress at"
+        f" {args.rate:g}/s during"
         f" the judging (≥ {args.window:g} s); limits: RSS under MemoryMax, /progress"
         f" {PROGRESS_LIMIT_MS:g} ms\n"
     )
