@@ -49,6 +49,24 @@ class StateFileRefused(Exception):
         self.path = path
 
 
+def open_state_file(path: Path, flags: int, mode: int) -> int:
+    """Open the regular file ``path`` of the state directory (the lock, the log) with
+    ``flags``, never through a link and never a FIFO or device: the blocking descriptor,
+    or :class:`StateFileRefused` naming the file."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | NO_FOLLOW, mode)
+    except OSError as exc:
+        raise StateFileRefused(path, exc) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateFileRefused(path, OSError(errno.EINVAL, "not a regular file"))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def create_new(path: Path, mode: int) -> int:
     """Open ``path`` as a new, empty file for writing and return its descriptor.
 

@@ -9,19 +9,17 @@ flow through the same handlers. URL credentials are masked in every line
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import logging.handlers
 import os
-import stat
 import sys
 from pathlib import Path
 
 import structlog
 
 from updater_fsm.core.urls import redact_url
-from updater_fsm.durable import NO_FOLLOW, StateFileRefused
+from updater_fsm.durable import open_state_file
 
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 3
@@ -63,16 +61,9 @@ class _NoFollowRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """
 
     def _open(self) -> io.TextIOWrapper:
-        path = Path(self.baseFilename)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | NO_FOLLOW
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = open_state_file(Path(self.baseFilename), flags, LOG_FILE_MODE)
         try:
-            fd = os.open(path, flags, LOG_FILE_MODE)
-        except OSError as exc:
-            raise StateFileRefused(path, exc) from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StateFileRefused(path, OSError(errno.EINVAL, "not a regular file"))
-            os.set_blocking(fd, True)
             os.fchmod(fd, LOG_FILE_MODE)
             return open(fd, "a", encoding=self.encoding, errors=self.errors)
         except BaseException:

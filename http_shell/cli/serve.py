@@ -55,13 +55,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         status = asyncio.run(serve(config))
-    except StateFileRefused as exc:
-        print(f"tope-updater: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except AlreadyRunning as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except CannotListen as exc:
+    except (StateFileRefused, CannotListen) as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return status

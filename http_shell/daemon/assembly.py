@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import os
 import signal
-import stat
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from aiohttp import web
 
 from updater_fsm.config import Config
 from updater_fsm.control import State
-from updater_fsm.durable import NO_FOLLOW, StateFileRefused
+from updater_fsm.durable import open_state_file
 from updater_fsm.engine import Engine
 from updater_fsm.journal import Journal
 from updater_fsm.ops import snapshot_store
@@ -65,13 +63,9 @@ def instance_lock(state_dir: Path) -> Iterator[None]:
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "updater.lock"
-    try:  # never through a link: it would truncate whatever file the link names
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | NO_FOLLOW, 0o644)
-    except OSError as exc:
-        raise StateFileRefused(path, exc) from None
+    # Never through a link: it would truncate whatever file the link names.
+    fd = open_state_file(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StateFileRefused(path, OSError(errno.EINVAL, "not a regular file"))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
