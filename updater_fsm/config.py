@@ -64,6 +64,10 @@ class Config:
         service_control: ``"systemd"`` to stop/start units, ``"none"`` for a sandbox root
             without systemd (units are then only recorded, not touched).
         extra_roots: directories outside ``root`` where a manifest ``dst`` may point.
+        local_package_dirs: directories a ``file://`` package URL may name (a USB stick's
+            mount point: ``/media``, ``/run/media``); default none, so every ``file://``
+            URL is refused. A path is judged once its links are resolved: a link out of
+            these directories is refused too.
         units: device units a manual rollback restarts (in start order) when the journal
             names none — a fresh install, or a journal that was lost or set aside.
         allow_downgrade: when false, installing a version older than the running one is
@@ -150,6 +154,7 @@ class Config:
         default=ServiceControl.SYSTEMD, converter=ServiceControl
     )
     extra_roots: tuple[Path, ...] = ()
+    local_package_dirs: tuple[Path, ...] = ()
     units: tuple[str, ...] = ()
     allow_downgrade: bool = True
     api_token: str | None = None
@@ -327,6 +332,11 @@ def _validate(config: Config) -> Config:
     _validate_ddi(config)
     for name in config.allowed_hosts:
         _check_host_name(name)
+    for directory in config.local_package_dirs:
+        if not directory.is_absolute():
+            raise ConfigError(
+                f"config key 'local_package_dirs': {str(directory)!r} must be an absolute path"
+            )
     return config
 
 

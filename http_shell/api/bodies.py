@@ -50,7 +50,9 @@ SIGNATURE_PATTERN = r"^[A-Za-z0-9+/]{86}==$"
 NAME_PATTERN = r"^[^./\x00-\x1f\x7f](\.?[^./\x00-\x1f\x7f])*\.?$"
 NAME_MAX_BYTES = 255
 #: No spaces or control characters anywhere (they would end up in an HTTP request line).
-URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f]+$"
+#: ``file://`` names a package file on the device itself, accepted only under the
+#: configured ``local_package_dirs`` (judged by the route, which knows them).
+URL_PATTERN = r"^([Hh][Tt][Tt][Pp][Ss]?|[Ff][Ii][Ll][Ee])://[^\x00-\x20\x7f]+$"
 URL_MAX_LENGTH = 4096
 MAX_PACKAGE_SIZE = 2**63 - 1
 ROLLBACK_TARGETS = tuple(t.value for t in RollbackTarget)
@@ -251,14 +253,18 @@ def check_version(value: str, field: str = "version") -> str:
 
 
 def check_url(value: str) -> str:
-    """An absolute ``http``/``https`` URL with a host."""
+    """An absolute ``http``/``https`` URL with a host, or a ``file:///`` URL (its path is
+    judged against ``local_package_dirs`` by the route)."""
     _utf8("package_url", value)
     if len(value) > URL_MAX_LENGTH:
         raise BodyError("package_url", f"must be at most {URL_MAX_LENGTH} characters")
     if not _URL_RE.fullmatch(value):
         raise BodyError(
-            "package_url", "must be an http:// or https:// URL without spaces or control chars"
+            "package_url",
+            "must be an http://, https:// or file:/// URL without spaces or control chars",
         )
+    if value[:7].lower() == "file://":
+        return value
     try:
         url = URL(value)
         host = url.host

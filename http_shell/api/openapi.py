@@ -48,7 +48,10 @@ _SCHEMAS: dict[str, Schema] = {
                 "format": "uri",
                 "pattern": b.URL_PATTERN,
                 "maxLength": b.URL_MAX_LENGTH,
-                "description": "http:// or https:// URL with a host",
+                "description": (
+                    "http:// or https:// URL with a host; file:///path names a package file"
+                    " on the device, accepted only under the configured local_package_dirs"
+                ),
                 "example": "http://10.0.0.5/tope-1.2.3.zip",
             },
             "package_name": {

@@ -23,6 +23,7 @@ from http_shell.daemon.reporter import Reporter
 from updater_fsm import control, history
 from updater_fsm.config import Config
 from updater_fsm.control import Decision, Stage, State, UpdaterControl, units_named
+from updater_fsm.ops import local_package
 from updater_fsm.ops.rollback_floor import read_floor
 from updater_fsm.ops.self_update import running_version
 from updater_fsm.ops.snapshot_sizes import SnapshotSizes
@@ -61,9 +62,25 @@ async def _json_body(request: web.Request, *, optional: bool = False) -> Any:
 async def post_download(request: web.Request) -> web.Response:
     """``POST /download``: validate, then ask the engine to start (or keep) the download."""
     download = b.validate_download(await _json_body(request))
+    if local_package.is_file_url(download.package_url):
+        await _judge_local_package(request.app[CONFIG], download.package_url)
     engine = request.app[ENGINE]
     decision = await engine.submit(control.DownloadRequested(download))
     return _answer(decision, {"status": "downloading", "state": decision.record.state.value})
+
+
+async def _judge_local_package(config: Config, url: str) -> None:
+    """A ``file://`` package is accepted only under ``local_package_dirs`` and only as a
+    regular file no larger than a package may be: judged now, so the answer says so."""
+    try:
+        await asyncio.to_thread(
+            local_package.judge,
+            url,
+            config.local_package_dirs,
+            local_package.largest_file(config.max_package_bytes),
+        )
+    except local_package.LocalPackageRefused as exc:
+        raise b.BodyError("package_url", str(exc)) from None
 
 
 async def post_update(request: web.Request) -> web.Response:

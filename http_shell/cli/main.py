@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from http_shell.cli import demo, jobs, layout, package, screen, serve, statechart
+from http_shell.cli import demo, install, jobs, layout, package, screen, serve, statechart
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from updater_fsm.config import ConfigError
 
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     statechart.add_parsers(sub)
     package.add_parsers(sub)
     jobs.add_parsers(sub)
+    install.add_parsers(sub)
     screen.add_parsers(sub)
     demo.add_parsers(sub)
     return parser

@@ -384,6 +384,8 @@ class Rig:
         (e.g. a delta built against the package installed before)."""
         data = pkg.read_bytes()
         self.sc = sc
+        self.package_file = pkg
+        self.local_source = False
         self.package_name = pkg.name
         self.package_size = len(data)
         self.package_url = str(
@@ -397,6 +399,16 @@ class Rig:
             "package_md5": hashlib.md5(data).hexdigest(),
             "package_sha256": hashlib.sha256(data).hexdigest(),
         }
+
+    def install_from_file(self, directory: Path) -> None:
+        """Take the package from a file under ``directory`` (a ``file://`` URL, as
+        ``tope-updater install`` and a USB stick do) instead of the package server."""
+        directory.mkdir(parents=True, exist_ok=True)
+        copy = directory / self.package_name
+        shutil.copyfile(self.package_file, copy)
+        self.env["TOPE_UPDATER_LOCAL_PACKAGE_DIRS"] = str(directory)
+        self.request = {**self.request, "package_url": copy.as_uri()}
+        self.local_source = True
 
     # -- process -----------------------------------------------------------------------
     def start(
@@ -841,7 +853,7 @@ def _run_trial(
     # correct (nothing durable to continue from).
     if durable_offset > 0 and result.bytes_sent >= 2 * rig.package_size:
         raise TrialFailure(f"sent {result.bytes_sent} bytes for a {rig.package_size}-byte package")
-    if expect_range_from > 0:
+    if expect_range_from > 0 and not rig.local_source:
         after = requests[n_requests:]
         ranged = [r.range for r in after if r.range]
         result.resumed_from = expect_range_from

@@ -50,6 +50,7 @@ from updater_fsm.core.errors import ErrorCode, UpdaterError, code_for_os_error
 from updater_fsm.core.events import DownloadRequest, ResumePoint
 from updater_fsm.core.progress import Retry, said_seconds
 from updater_fsm.core.urls import redact_url
+from updater_fsm.ops import local_package
 from updater_fsm.ops.verify import hash_file
 from updater_fsm.state_layout import package_path, part_path
 
@@ -102,11 +103,15 @@ class DownloadSettings:
 
 @attrs.frozen
 class SourceAccess:
-    """What a package server needs beyond the URL: request headers (a fleet server's
-    ``Authorization``) and the TLS trust to check it with (None: the system's CAs)."""
+    """What a package source needs beyond the URL: request headers (a fleet server's
+    ``Authorization``) and the TLS trust to check it with (None: the system's CAs); for a
+    ``file://`` URL, the directories it may name (none: refused) and the largest file it
+    may be (:mod:`updater_fsm.ops.local_package`)."""
 
     headers: tuple[tuple[str, str], ...] = ()
     ssl: ssl_module.SSLContext | None = None
+    local_dirs: tuple[Path, ...] = ()
+    local_max_bytes: int = 0
 
 
 @attrs.frozen
@@ -578,6 +583,9 @@ class _Download:
     async def attempt(self, session: aiohttp.ClientSession) -> None:
         """One request; returns when the body ended (complete or not). Raises on failure."""
         offset = self.sink.queued
+        if local_package.is_file_url(self.request.package_url):
+            await self._copy_local(offset)
+            return
         headers = {**dict(self.access.headers), "Accept-Encoding": "identity"}
         if offset:
             validator = self._validator()
@@ -605,6 +613,61 @@ class _Download:
         ) as resp:
             await self._accept(resp, offset)
             await self._stream(resp)
+
+    async def _copy_local(self, offset: int) -> None:
+        """Copy a package file of this device (a ``file://`` URL) from ``offset`` on, with
+        the same checkpoints and progress as a download; the file's identity (device, inode,
+        size, mtime) plays the ETag's part for a resumed copy."""
+        try:
+            fd, path, st = await asyncio.to_thread(
+                local_package.open_package_file,
+                self.request.package_url,
+                self.access.local_dirs,
+                self.access.local_max_bytes,
+            )
+        except local_package.LocalPackageRefused as exc:
+            raise UpdaterError(ErrorCode.DOWNLOAD_FAILED, f"package_url {exc}") from None
+        try:
+            size = self.request.package_size
+            if st.st_size != size:
+                raise UpdaterError(
+                    ErrorCode.PACKAGE_SIZE_MISMATCH,
+                    f"{path} is {st.st_size} bytes, the request said {size}",
+                )
+            validator = local_package.validator(st)
+            if offset and validator != self.etag:
+                await self.restart_from_zero(f"{path} changed since its copy began")
+                offset = 0
+            elif offset:
+                self.log.info("download.resumed", offset=offset)
+            self.etag, self.last_modified = validator, None
+            await self.checkpoint(force=True)
+            await self._copy_from(fd, path, offset, size)
+        finally:
+            os.close(fd)
+
+    async def _copy_from(self, fd: int, path: Path, offset: int, size: int) -> None:
+        s, sink = self.s, self.sink
+        position, since_ckpt = offset, 0
+        while position < size:
+            try:
+                data = await asyncio.to_thread(
+                    os.pread, fd, min(s.chunk_size, size - position), position
+                )
+            except OSError as exc:  # a stick pulled out: EIO, ENODEV
+                raise _Transient(f"cannot read {path}: {exc.strerror}") from None
+            if not data:
+                raise _Transient(f"{path} ended after {position} of {size} bytes", incomplete=True)
+            await sink.feed([data], len(data))
+            position += len(data)
+            since_ckpt += len(data)
+            now = time.monotonic()
+            if (
+                since_ckpt >= s.checkpoint_bytes
+                or now - self._last_ckpt_time >= s.checkpoint_interval_s
+            ) and self.checkpoint_in_background():
+                since_ckpt = 0
+            self.meter.update(sink.queued)
 
     async def _accept(self, resp: aiohttp.ClientResponse, offset: int) -> None:
         """Act on the response's judgement before a byte is written; set validators."""

@@ -13,6 +13,7 @@ import urllib.parse
 from pathlib import Path
 
 from updater_fsm.config import Config
+from updater_fsm.ops import local_package
 from updater_fsm.ops.download import SourceAccess
 
 
@@ -53,5 +54,11 @@ def on_fleet_server(config: Config, url: str) -> bool:
 def access_for(config: Config, url: str) -> SourceAccess:
     """What a download of ``url`` needs: the fleet credentials when ``url`` is on the fleet
     server, nothing otherwise — a token is never sent to another host (a redirect elsewhere
-    drops it too, aiohttp's rule)."""
+    drops it too, aiohttp's rule); for a ``file://`` URL, where it may point
+    (``local_package_dirs``) and how large it may be."""
+    if local_package.is_file_url(url):
+        return SourceAccess(
+            local_dirs=config.local_package_dirs,
+            local_max_bytes=local_package.largest_file(config.max_package_bytes),
+        )
     return fleet_access(config) if on_fleet_server(config, url) else SourceAccess()

@@ -258,7 +258,8 @@ def build_package(
         root: the device's install root the ``dst`` paths are built on.
         modules_config: TOML with service metadata (default ``SRC/tope-package.toml``
             when it exists; that file is never packaged).
-        sign_key: PEM Ed25519 private key (see :func:`generate_keypair`).
+        sign_key: PEM Ed25519 private key (see :func:`generate_keypair`); the signature is
+            also written beside the package (:func:`signature_path`).
         delta_from: build a delta package against this base: the previous release's
             (full) package, or its unpacked tree (then ``base_version`` is required).
             Unchanged files become ``kept``, changed ones ``patched`` (when both sides
@@ -331,7 +332,18 @@ def build_package(
     durable.fsync_dir(output.parent)
     size, md5, sha = _hash_file(output)
     signature = base64.b64encode(key.sign(_sha256_raw(output))).decode("ascii") if key else None
+    sidecar = signature_path(output)
+    if signature is not None:
+        durable.atomic_write_bytes(sidecar, f"{signature}\n".encode("ascii"))
+    else:  # a signature of an earlier build would not verify this one
+        durable.remove_file(sidecar)
     return BuildResult(output, size, md5, sha, signature, parsed)
+
+
+def signature_path(package: Path) -> Path:
+    """Where a signed package's signature is written beside it: ``PACKAGE.sig``, base64
+    (what ``tope-updater install`` and a USB stick's install read)."""
+    return package.with_name(package.name + ".sig")
 
 
 def _updater_entry(bundle: Path) -> tuple[str, bytes, dict[str, Any]]:

@@ -449,6 +449,30 @@ def read_package(
     return manifest
 
 
+def peek_version(zip_path: Path, limits: PackageLimits = PackageLimits()) -> str:
+    """The version a package's manifest names, read with the same bounds as
+    :func:`read_package` but judging nothing else (``tope-updater install FILE`` asks for
+    that version; the device judges the whole package when it verifies it).
+
+    Raises:
+        UpdaterError: ``INVALID_MANIFEST``: not a package, or no valid version in it.
+        OSError: the file cannot be read.
+    """
+    with open_package(zip_path, limits) as zf:
+        info = zf.NameToInfo.get(MANIFEST_NAME)
+        if info is None:
+            _invalid(f"{MANIFEST_NAME}: missing at the archive root")
+        if info.file_size > limits.max_manifest_bytes:
+            _invalid(f"{MANIFEST_NAME}: larger than {limits.max_manifest_bytes} bytes")
+        doc = parse_manifest_json(_read_bounded(zf, info, limits.max_manifest_bytes))
+    version = doc.get("version")
+    try:
+        Version.parse(version)
+    except InvalidVersion as exc:
+        _invalid(f"version: {exc}")
+    return str(version)
+
+
 def _check_nested_dsts(dsts: dict[str, int]) -> None:
     """A file cannot also be a parent directory of another module's file."""
     for dst, index in dsts.items():
