@@ -166,13 +166,29 @@ def _eta(lang: str, seconds: float) -> str:
 
 
 def _from_to(snap: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """The version the printer is leaving and the one it goes to, whichever way the links
-    point now (the switch moves ``current`` to the new version and ``previous`` to the old).
+    """The version the printer is leaving and the one it goes to: ``from_version`` once the
+    updater says it (from the switch on; an updater before it existed never does), else
+    whichever way the links point now (the switch moves ``current`` to the new version and
+    ``previous`` to the old).
     """
     new = _v(snap.get("version"))
+    said = _v(snap.get("from_version"))
+    if said:
+        return said, new
     current = _v(snap.get("current_version"))
     old = _v(snap.get("previous_version")) if current == new else current
     return old, new
+
+
+def _failed_update(lang: str, snap: Mapping[str, Any], guess: str | None) -> str | None:
+    """Which update failed, after a rollback: ``from → to`` when the snapshot says where it
+    started (``from_version``), else from ``guess`` (the version a level-1 rollback
+    restored is the one it started from), else only where it was going."""
+    new = _v(snap.get("version"))
+    old = _v(snap.get("from_version")) or guess
+    if old is not None:
+        return _versions(lang, old, new)
+    return text(lang, "update_to", new=new) if new else None
 
 
 def _versions(lang: str, old: str | None, new: str | None) -> str | None:
@@ -205,13 +221,7 @@ def _ended(lang: str, snap: Mapping[str, Any]) -> View:
             title=text(
                 lang, "restored" if level_1 else "restored_factory", version=restored.group(2)
             ),
-            # level 1 restored the version the update started from; after level 2 the
-            # snapshot no longer says which one that was
-            versions=_versions(lang, restored.group(2), new)
-            if level_1
-            else text(lang, "update_to", new=new)
-            if new
-            else None,
+            versions=_failed_update(lang, snap, restored.group(2) if level_1 else None),
             fraction=None,
             percent=None,
             detail=text(
@@ -225,7 +235,7 @@ def _ended(lang: str, snap: Mapping[str, Any]) -> View:
         return View(
             title=text(lang, "attention"),
             # which update failed; where the links point now proves nothing any more
-            versions=text(lang, "update_to", new=new) if new else None,
+            versions=_failed_update(lang, snap, None),
             fraction=None,
             percent=None,
             detail=text(lang, "attention_detail"),

@@ -366,7 +366,8 @@ def test_full_cycle_then_broken_update_with_a_restart(display: str, tmp_path: Pa
             screen.wait_frame(lambda f: f["banner"] == "Reconnecting…")
             assert screen.proc.poll() is None
             updater.start()  # resumes the health check, fails it, rolls back
-            updater.wait_state("failed", timeout=90)
+            failed = updater.wait_state("failed", timeout=90)
+            assert failed["from_version"] == "1.1.0", failed
             end = screen.wait_frame(lambda f: f["state"] == "failed" and not f["banner"])
             assert end["title"] == (
                 "The update failed; the printer was restored to 1.1.0 — it is safe to use"

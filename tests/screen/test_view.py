@@ -240,8 +240,19 @@ def test_a_factory_rollback_names_the_failed_update_but_no_made_up_origin() -> N
     error = "ROLLBACK_LEVEL_2_SUCCESS: v1.0.0 (cause: HEALTH_CHECK_FAILED: x)"
     v = view_of(snap(state="failed", version="1.2.0", current_version="1.0.0", error=error), EN)
     assert v.title.startswith("The update failed; the printer was restored to its factory")
-    # the snapshot does not say which version the update started from after level 2
+    # an updater without from_version: after level 2 no link names where the update began
     assert v.versions == "Update to 1.2.0"
+    said = view_of(
+        snap(
+            state="failed",
+            version="1.2.0",
+            current_version="1.0.0",
+            from_version="1.1.0",
+            error=error,
+        ),
+        EN,
+    )
+    assert said.versions == "1.1.0 → 1.2.0"
     assert v.note == "Code: HEALTH_CHECK_FAILED"
     garbled = view_of(
         snap(state="failed", version="1.2.0", error="ROLLBACK_LEVEL_1_SUCCESS: v1.1.0"), EN
@@ -266,6 +277,8 @@ def test_failed_without_a_working_version_asks_for_service() -> None:
     assert v.outcome is Outcome.ATTENTION and v.ended
     assert v.detail == "Please contact service before using the printer"
     assert v.versions == "Update to 1.2.0"
+    said = view_of(snap(state="failed", version="1.2.0", from_version="1.1.0", error=error), EN)
+    assert said.versions == "1.1.0 → 1.2.0"
 
 
 def test_idle_is_quiet_unless_work_was_seen() -> None:
