@@ -2,10 +2,12 @@
 
 One full cycle watched by three screens (800x480 and 1920x440 in English, 1920x1080 in
 Chinese): idle, a throttled download that pauses at half, verifying, the install, success;
-each screen closes by itself after its countdown. Then a broken package with a fresh screen
-(as the updater starts one when an install begins): the updater is killed and restarted
-during the health check, the screen shows "Reconnecting…" and continues to the rollback and
-its outcome, and a synthetic click on "Done" closes it at once.
+each screen closes by itself after its countdown. Then a broken package with two fresh
+screens (English and Chinese, as the updater starts one when an install begins): "ready"
+says what happens next; the updater is killed and restarted during the health check, the
+screen shows "Reconnecting…" and continues to the rollback and its outcome (which update
+failed, the cause in words and its code); the updater stops and the outcome stays without
+a banner; a synthetic click on "Done" closes it at once.
 
 Every frame the screens drew is saved (``--snapshot-dir``); the tests check the bar's fill
 in the PNGs against the progress (within a few pixels) and that the text regions are drawn.
