@@ -233,6 +233,9 @@ class _Recorder:
             "ended": view.ended,
             "banner": view.banner,
             "title": view.title,
+            "versions": view.versions,
+            "detail": view.detail,
+            "note": view.note,
             "size": [lay.width, lay.height],
             "time": time.time(),
         }

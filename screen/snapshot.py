@@ -36,6 +36,7 @@ _STRINGS = (
     "current_version",
     "previous_version",
     "factory_version",
+    "from_version",
 )
 _NUMBERS = ("progress", "bytes_downloaded", "total_bytes", "speed_bps", "eta_s")
 

@@ -84,27 +84,33 @@ _WAIT_PREFIX = "Waiting for the printer to be free: "
 _ASKING = "asking the printer"
 _ROLLBACK_TARGET = re.compile(r"\bv(\S+?)\.\.\.$")
 _RESTORED = re.compile(r"^ROLLBACK_LEVEL_([12])_SUCCESS: v(\S+)")
+#: The catalogue key of the sentence that says what each error code means for a person.
 _REASONS: Mapping[str, str] = {
     "DOWNLOAD_FAILED": "reason_download",
-    "INCOMPLETE_DOWNLOAD": "reason_download",
+    "INCOMPLETE_DOWNLOAD": "reason_incomplete",
     "PACKAGE_SIZE_MISMATCH": "reason_damaged",
     "MD5_MISMATCH": "reason_damaged",
     "SHA256_MISMATCH": "reason_damaged",
-    "SIGNATURE_INVALID": "reason_damaged",
-    "SIGNATURE_REQUIRED": "reason_damaged",
+    "SIGNATURE_INVALID": "reason_not_genuine",
+    "SIGNATURE_REQUIRED": "reason_unsigned",
     "DISK_FULL": "reason_space",
     "INVALID_MANIFEST": "reason_invalid",
-    "VERSION_MISMATCH": "reason_invalid",
-    "DEPLOYMENT_FAILED": "reason_invalid",
+    "VERSION_MISMATCH": "reason_wrong_version",
+    "INCOMPATIBLE_DEVICE": "reason_model",
+    "DEPLOYMENT_FAILED": "reason_deploy",
     "DOWNGRADE_REFUSED": "reason_older",
-    "DELTA_BASE_MISMATCH": "reason_invalid",
+    "DELTA_BASE_MISMATCH": "reason_delta",
     "PACKAGE_EXPIRED": "reason_expired",
-    "SERVICE_STOP_FAILED": "reason_start",
-    "SERVICE_STOP_TIMEOUT": "reason_start",
+    "SERVICE_STOP_FAILED": "reason_stop",
+    "SERVICE_STOP_TIMEOUT": "reason_stop",
     "SERVICE_START_FAILED": "reason_start",
-    "POST_CMD_FAILED": "reason_start",
-    "HEALTH_CHECK_FAILED": "reason_start",
-    "RESUME_LIMIT": "reason_start",
+    "POST_CMD_FAILED": "reason_post_cmd",
+    "HEALTH_CHECK_FAILED": "reason_health",
+    "RESUME_LIMIT": "reason_interrupted",
+    "UPDATER_ARCH_MISMATCH": "reason_updater",
+    "UPDATER_NOT_SLOTTED": "reason_updater",
+    "UPDATER_INSTALL_FAILED": "reason_updater",
+    "UPDATER_ROLLBACK": "reason_updater",
 }
 
 
@@ -160,13 +166,29 @@ def _eta(lang: str, seconds: float) -> str:
 
 
 def _from_to(snap: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """The version the printer is leaving and the one it goes to, whichever way the links
-    point now (the switch moves ``current`` to the new version and ``previous`` to the old).
+    """The version the printer is leaving and the one it goes to: ``from_version`` once the
+    updater says it (from the switch on; an updater before it existed never does), else
+    whichever way the links point now (the switch moves ``current`` to the new version and
+    ``previous`` to the old).
     """
     new = _v(snap.get("version"))
+    said = _v(snap.get("from_version"))
+    if said:
+        return said, new
     current = _v(snap.get("current_version"))
     old = _v(snap.get("previous_version")) if current == new else current
     return old, new
+
+
+def _failed_update(lang: str, snap: Mapping[str, Any], guess: str | None) -> str | None:
+    """Which update failed, after a rollback: ``from → to`` when the snapshot says where it
+    started (``from_version``), else from ``guess`` (the version a level-1 rollback
+    restored is the one it started from), else only where it was going."""
+    new = _v(snap.get("version"))
+    old = _v(snap.get("from_version")) or guess
+    if old is not None:
+        return _versions(lang, old, new)
+    return text(lang, "update_to", new=new) if new else None
 
 
 def _versions(lang: str, old: str | None, new: str | None) -> str | None:
@@ -191,21 +213,29 @@ def _ended(lang: str, snap: Mapping[str, Any]) -> View:
     restored = _RESTORED.match(error)
     old, new = _from_to(snap)
     if restored is not None:
-        key = "restored" if restored.group(1) == "1" else "restored_factory"
+        # ``ROLLBACK_LEVEL_n_SUCCESS`` says how the printer was saved, not why the update
+        # failed: the note shows the code of the cause, which the detail puts in words.
+        cause = _cause_code(error)
+        level_1 = restored.group(1) == "1"
         return View(
-            title=text(lang, key, version=restored.group(2)),
-            versions=None,
+            title=text(
+                lang, "restored" if level_1 else "restored_factory", version=restored.group(2)
+            ),
+            versions=_failed_update(lang, snap, restored.group(2) if level_1 else None),
             fraction=None,
             percent=None,
-            detail=text(lang, "reason", reason=text(lang, _reason_key(error))),
-            note=text(lang, "code", code=code),
+            detail=text(
+                lang, "reason", reason=text(lang, _REASONS.get(cause or "", "reason_other"))
+            ),
+            note=text(lang, "code", code=cause) if cause else None,
             outcome=Outcome.SAFE,
             ended=True,
         )
     if code == "ROLLBACK_FAILED":
         return View(
             title=text(lang, "attention"),
-            versions=None,
+            # which update failed; where the links point now proves nothing any more
+            versions=_failed_update(lang, snap, None),
             fraction=None,
             percent=None,
             detail=text(lang, "attention_detail"),
@@ -229,10 +259,11 @@ def _ended(lang: str, snap: Mapping[str, Any]) -> View:
     )
 
 
-def _reason_key(error: str) -> str:
-    """The plain reason of a rollback: the code of its first cause."""
+def _cause_code(error: str) -> str | None:
+    """The code of a rollback's first cause: ``HEALTH_CHECK_FAILED`` in
+    ``ROLLBACK_LEVEL_1_SUCCESS: v1.1.0 (cause: HEALTH_CHECK_FAILED: …)``."""
     cause = error.split("(cause: ", 1)[1] if "(cause: " in error else ""
-    return _REASONS.get(_code(cause) or "", "reason_other")
+    return _code(cause)
 
 
 def view_of(
@@ -248,7 +279,8 @@ def view_of(
         snap: the latest snapshot; None before the first one arrived.
         lang: a catalogue language (``en``, ``zh-CN``).
         link: the connection to the updater; ``reconnecting`` keeps the last view and adds a
-            banner (an updater restarting mid-install is not an error).
+            banner (an updater restarting mid-install is not an error), except on a final
+            outcome, which stays true whether or not the updater still runs.
         seen_work: this screen saw an install or a rollback under way (:func:`is_install`);
             an ``idle`` or ``ready`` after it is then an end (a cancel while waiting for the
             printer, a manual rollback) rather than a quiet state.
@@ -256,7 +288,8 @@ def view_of(
     if link is Link.UNREADABLE and snap is None:
         return attrs.evolve(_view(None, lang, seen_work=seen_work), title=text(lang, "unreadable"))
     view = _view(snap, lang, seen_work=seen_work)
-    if link is Link.RECONNECTING and snap is not None:
+    # A final outcome needs no connection (the updater may well have exited): no banner.
+    if link is Link.RECONNECTING and snap is not None and not view.ended:
         return attrs.evolve(view, banner=text(lang, "reconnecting"))
     if link is Link.UNREADABLE:
         return attrs.evolve(view, banner=text(lang, "unreadable_banner"))
@@ -337,15 +370,15 @@ def _view(snap: Mapping[str, Any] | None, lang: str, *, seen_work: bool) -> View
     # idle or ready: quiet, unless it follows work this screen saw (a cancel, a manual
     # rollback, a package that expired while waiting)
     current = _v(snap.get("current_version"))
+    ready = state == "ready"
     quiet = View(
-        title=text(lang, "ready" if state == "ready" else "idle"),
-        versions=_versions(lang, current, new)
-        if state == "ready"
-        else _versions(lang, None, current),
+        title=text(lang, "ready" if ready else "idle"),
+        versions=_versions(lang, current, new) if ready else _versions(lang, None, current),
         fraction=None,
         percent=None,
-        detail=text(lang, "idle_detail"),
-        note=None,
+        # ready: what happens next, and what the printer will then do
+        detail=text(lang, "ready_detail") if ready else text(lang, "idle_detail"),
+        note=text(lang, "ready_note", version=new or "") if ready and not seen_work else None,
         outcome=Outcome.NEUTRAL,
         ended=seen_work,
     )

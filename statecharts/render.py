@@ -6,7 +6,9 @@ runtime machine is built from, and every row ends up somewhere:
 * the **overview** (``updater.dot``/``updater.svg``/``updater.mmd``): the lifecycle, top to
   bottom. One edge per source→destination pair with the triggers merged into its label;
   rows with many sources (``cancel``, ``reset``, …) are drawn once, from a note naming the
-  sources; the ``current_job`` guard (stale results are ignored) is left out;
+  sources and the triggers (the notes into one state gathered into one note); the edges
+  into ``failed`` say whether a rollback restored a version (:func:`failed_outcome`); the
+  ``current_job`` guard (stale results are ignored) is left out;
 * the **restart table** (``README.md``): what a ``resume`` does in each state, crash-loop
   breaker included;
 * the **full table** (``README.md``): every row, internal ones (the state stays) included,
@@ -42,10 +44,12 @@ GROUPS: dict[str, tuple[State, ...]] = {
     "rollback": (State.ROLLBACK_PREVIOUS, State.ROLLBACK_FACTORY),
     "selfupdate": (State.UPDATER_STAGING, State.UPDATER_SWITCHING, State.UPDATER_PROBATION),
 }
+#: Short, so the edges into a group's first state pass beside its title (the legend says
+#: that every grouped state reports the stage ``installing``).
 _GROUP_TITLES = {
-    "install": "install  (stage: installing)",
-    "rollback": "rollback ladder  (stage: installing)",
-    "selfupdate": "the updater updates itself  (stage: installing)",
+    "install": "install",
+    "rollback": "rollback ladder",
+    "selfupdate": "the updater updates itself",
 }
 
 #: The happy path, drawn as a straight bold spine.
@@ -90,7 +94,15 @@ _REQUESTS = frozenset(
         Trigger.RESET,
     }
 )
-_COLOURS = {"spine": "black", "failure": "#c0392b", "request": "#1f5fa8", "result": "#555555"}
+_COLOURS = {
+    "spine": "black",
+    "failure": "#c0392b",
+    "request": "#1f5fa8",
+    "result": "#555555",
+    "restored": "#c77c02",
+    "not_restored": "#c0392b",
+    "gathered": "#8a7a3a",
+}
 _FILL = {"install": "#eef3fb", "rollback": "#fdf0e6", "selfupdate": "#eefbef"}
 _SVG_HASH = re.compile(r"<!-- dot-sha256: ([0-9a-f]{64}) -->")
 
@@ -115,18 +127,51 @@ def group_of(state: State) -> str | None:
 
 @attrs.frozen
 class Note:
-    """A pseudo-node standing for "any of these states", pinned next to ``dest``."""
+    """A pseudo-node standing for "any of these states", pinned next to ``dest``.
+
+    ``lines`` is set on a *gathered* note: all the notes into one destination drawn as one,
+    a line per row group (its sources, its triggers with their guards, its kind).
+    """
 
     sources: tuple[State, ...]
     dest: State
+    lines: tuple[tuple[tuple[State, ...], tuple[tuple[str, str], ...], str], ...] = ()
 
     @property
     def id(self) -> str:
+        if self.lines:
+            return f"notes_to_{self.dest.value}"
         return "_".join(["from", *(s.value for s in self.sources), "to", self.dest.value])
 
     @property
     def label(self) -> str:
         return "from " + ", ".join(s.value for s in self.sources)
+
+
+#: How a device that ends in ``failed`` stands, by the action of the row that takes it
+#: there. The table's rows already tell a rollback that worked (``finish_rollback``:
+#: ``ROLLBACK_LEVEL_1/2_SUCCESS``) from one that did not (``give_up``: ``ROLLBACK_FAILED``),
+#: so the chart says it on the edges into ``failed``; the machine needs no more states.
+RESTORED = "restored"
+NOT_RESTORED = "not_restored"
+FAILED_OUTCOMES: dict[str, str] = {
+    "finish_rollback": RESTORED,
+    "give_up": NOT_RESTORED,
+    "give_up_interrupted": NOT_RESTORED,
+}
+_RESTORED_WORDS = {
+    State.ROLLBACK_PREVIOUS: "= restored (the previous version runs)",
+    State.ROLLBACK_FACTORY: "= restored (the factory version runs)",
+}
+_NOT_RESTORED_WORDS = "= NOT restored (service needed)"
+
+
+def failed_outcome(row: Transition) -> str | None:
+    """:data:`RESTORED` or :data:`NOT_RESTORED` for a row into ``failed`` that decides it;
+    None for any other row (into ``failed``: a failure that left the device as it was)."""
+    if row.dest is not State.FAILED:
+        return None
+    return FAILED_OUTCOMES.get(_name(row.action))
 
 
 @attrs.frozen
@@ -136,7 +181,8 @@ class Edge:
     tail: State | Note
     head: State
     parts: tuple[tuple[str, str], ...]  # (trigger, "[guards]") per row, in table order
-    kind: str  # spine | failure | request | result
+    # spine | failure | request | result | restored | not_restored | gathered
+    kind: str
     covers: tuple[Pair, ...]
 
     @property
@@ -148,6 +194,15 @@ class Edge:
         """Drawn against the flow (to an earlier state): it must not shape the layout."""
         order = list(State)
         return isinstance(self.tail, State) and order.index(self.tail) >= order.index(self.head)
+
+    @property
+    def outcome(self) -> str | None:
+        """What the device runs after this edge into ``failed``, in words (else None)."""
+        if self.kind == RESTORED and isinstance(self.tail, State):
+            return _RESTORED_WORDS.get(self.tail)
+        if self.kind == NOT_RESTORED:
+            return _NOT_RESTORED_WORDS
+        return None
 
 
 def _is_fallback(index: int, source: State) -> bool:
@@ -203,23 +258,28 @@ def overview() -> tuple[Edge, ...]:
 
     A row with ``FAN_IN`` or more sources off the spine, and a row going far back up, is
     drawn from a note naming its sources placed next to its destination (one short edge
-    instead of many long ones).
+    instead of many long ones); the notes into one destination are gathered into one.
+    Rows into ``failed`` that restored a version and rows that could not are never merged
+    into one edge (:func:`failed_outcome`).
     """
-    merged: dict[tuple[str, State], list[tuple[int, State | Note, tuple[State, ...]]]] = {}
+    merged: dict[tuple[str, State, str | None], list[tuple[int, State | Note, tuple[State, ...]]]]
+    merged = {}
     for index, row in enumerate(TRANSITIONS):
         if where(row) != "overview" or row.dest is None:
             continue
+        outcome = failed_outcome(row)
         rest = tuple(s for s in row.sources if (s, row.dest) not in _SPINE_PAIRS)
         if len(rest) < FAN_IN:
             rest = tuple(s for s in rest if _far_back(s, row.dest))
         if rest:
             note = Note(rest, row.dest)
-            merged.setdefault((note.id, row.dest), []).append((index, note, rest))
+            merged.setdefault((note.id, row.dest, outcome), []).append((index, note, rest))
         direct = [s for s in row.sources if s not in rest]
         for source in direct:
-            merged.setdefault((source.value, row.dest), []).append((index, source, (source,)))
+            key = (source.value, row.dest, outcome)
+            merged.setdefault(key, []).append((index, source, (source,)))
     edges = []
-    for (_, head), items in merged.items():
+    for (_, head, outcome), items in merged.items():
         tail = items[0][1]
         triggers = [TRANSITIONS[i].trigger for i, _, _ in items]
         spine = isinstance(tail, State) and (tail, head) in _SPINE_PAIRS
@@ -228,11 +288,40 @@ def overview() -> tuple[Edge, ...]:
                 tail=tail,
                 head=head,
                 parts=tuple(_part(i, sources) for i, _, sources in items),
-                kind=_kind(triggers, spine),
+                kind=outcome or _kind(triggers, spine),
                 covers=tuple((i, s) for i, _, sources in items for s in sources),
             )
         )
-    return tuple(edges)
+    return _gather(edges)
+
+
+def _gather(edges: list[Edge]) -> tuple[Edge, ...]:
+    """``edges`` with the edges from notes into a destination that has several replaced by
+    one edge from one gathered note (in the place of the first)."""
+    by_head: dict[State, list[Edge]] = {}
+    for edge in edges:
+        if isinstance(edge.tail, Note):
+            by_head.setdefault(edge.head, []).append(edge)
+    out: list[Edge] = []
+    for edge in edges:
+        group = by_head.get(edge.head, [])
+        if not isinstance(edge.tail, Note) or len(group) < 2:
+            out.append(edge)
+            continue
+        if edge is not group[0]:
+            continue
+        lines = tuple((e.tail.sources, e.parts, e.kind) for e in group if isinstance(e.tail, Note))
+        sources = tuple(dict.fromkeys(s for src, _, _ in lines for s in src))
+        out.append(
+            Edge(
+                tail=Note(sources, edge.head, lines),
+                head=edge.head,
+                parts=tuple(p for e in group for p in e.parts),
+                kind="gathered",
+                covers=tuple(pair for e in group for pair in e.covers),
+            )
+        )
+    return tuple(out)
 
 
 def notes(edges: Iterable[Edge]) -> tuple[Note, ...]:
@@ -264,8 +353,14 @@ def _dot_node(state: State) -> str:
 
 
 def _dot_part(part: tuple[str, str]) -> str:
+    """A trigger and its guards, the guards wrapped to lines of about 30 characters, so a
+    label stays narrow and beside its edge."""
     trigger, guards = part
-    return trigger + ("\\n" if len(guards) > 24 else " ") + guards if guards else trigger
+    if not guards:
+        return trigger
+    if len(trigger) + len(guards) < 30:
+        return f"{trigger} {guards}"
+    return "\\n".join([trigger, *_wrap(guards.split(", "), 30)])
 
 
 def _wrap(words: Iterable[str], width: int = 26) -> list[str]:
@@ -277,6 +372,49 @@ def _wrap(words: Iterable[str], width: int = 26) -> list[str]:
             lines.append(word)
         lines[-1] += ","
     return [*lines[:-1], lines[-1].rstrip(",")] if lines else []
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _lines(parts: Iterable[tuple[str, str]]) -> list[str]:
+    """The lines of a label: a trigger with its guards wrapped, per part."""
+    return [line for part in parts for line in _dot_part(part).split("\\n")]
+
+
+def _note_label(lines: Iterable[tuple[tuple[State, ...], tuple[tuple[str, str], ...], str]]) -> str:
+    """A note's HTML-like label: a row per group of sources, ``from <sources>`` and beside it
+    the triggers (with their guards) in the colour of their edge kind. The note says what
+    its edge does, so that edge needs no label of its own to lose in the crowd."""
+    rows = []
+    for sources, parts, kind in lines:
+        said = '<BR ALIGN="LEFT"/>'.join(_html(line) for line in _lines(parts))
+        rows.append(
+            f'<TR><TD ALIGN="LEFT" VALIGN="TOP">from {_html(", ".join(s.value for s in sources))}'
+            '</TD><TD WIDTH="8"></TD>'
+            f'<TD ALIGN="LEFT" BALIGN="LEFT"><FONT COLOR="{_COLOURS[kind]}">{said}</FONT></TD>'
+            # room for a face a little wider than Graphviz measured
+            '<TD WIDTH="12"></TD></TR>'
+        )
+    return (
+        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">'
+        + "".join(rows)
+        + "</TABLE>>"
+    )
+
+
+def _edge_label(lines: list[str]) -> str:
+    """An edge's HTML-like label, left-aligned, a few points clear of its edge on either
+    side (Graphviz puts the edge right against its label's box)."""
+    if not lines:
+        return '""'
+    text = '<BR ALIGN="LEFT"/>'.join(_html(line) for line in lines)
+    return (
+        '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="0"><TR>'
+        f'<TD WIDTH="5"></TD><TD ALIGN="LEFT" BALIGN="LEFT">{text}</TD><TD WIDTH="8"></TD>'
+        "</TR></TABLE>>"
+    )
 
 
 def dot() -> str:
@@ -299,27 +437,37 @@ def dot() -> str:
             out.append(_dot_node(state)[2:])
     for group, members in GROUPS.items():
         out.append(f"  subgraph cluster_{group} {{")
-        out.append(f"    label={_q(_GROUP_TITLES[group])}; labeljust=l; fontsize=10;")
+        # the title on top, where edges leaving the group at the bottom cannot cross it
+        out.append(f"    label={_q(_GROUP_TITLES[group])}; labeljust=l; labelloc=t; fontsize=10;")
         out.append(f'    style="rounded,filled"; color="#9aa5b1"; fillcolor="{_FILL[group]}";')
         out.extend(_dot_node(state) for state in members)
         out.append("  }")
     for same in _SAME_RANK:
         out.append("  { rank=same; " + " ".join(f"{s.value};" for s in same) + " }")
-    for note in notes(edges):
-        label = "\\n".join(["from", *_wrap(s.value for s in note.sources)])
-        out.append(
-            f"  {note.id} [label={_q(label)}, shape=note, style=filled,"
-            ' fillcolor="#fffbe6", color="#b8a55a", fontsize=10];'
-        )
+    for edge in edges:
+        if isinstance(edge.tail, Note):  # one edge per note: its label is the note's
+            note = edge.tail
+            rows = note.lines or ((note.sources, edge.parts, edge.kind),)
+            out.append(
+                f"  {note.id} [label={_note_label(rows)}, shape=note, style=filled,"
+                ' fillcolor="#fffbe6", color="#b8a55a", fontsize=10];'
+            )
     for edge in edges:
         colour = _COLOURS[edge.kind]
+        lines = [] if isinstance(edge.tail, Note) else _lines(edge.parts)
+        if edge.outcome:
+            lines.append(edge.outcome)
         options = [
-            "label=" + _q("\\n".join(_dot_part(p) for p in edge.parts)),
+            "label=" + _edge_label(lines),
             f'color="{colour}"',
             f'fontcolor="{colour}"',
         ]
+        if edge.kind in ("spine", NOT_RESTORED):
+            options.append("penwidth=2.2")
+        if edge.kind == RESTORED:
+            options.append("penwidth=1.8")
         if edge.kind == "spine":
-            options += ["penwidth=2.2", "weight=10"]
+            options.append("weight=10")
         if edge.backward:
             options.append("constraint=false")
         if isinstance(edge.tail, Note):
@@ -338,6 +486,11 @@ _SAME_RANK: tuple[tuple[State, ...], ...] = (
 
 _LEGEND = (
     "Bold: the happy path. Red: failures. Blue: requests (API). Dashed: from a note's states.\n"
+    "Into failed, orange: rolled back, the previous or factory version runs (ROLLBACK_LEVEL_1/2"
+    "_SUCCESS);\n"
+    "bold red: NOT restored (ROLLBACK_FAILED), service needed; thin red: failed before the\n"
+    "switch (the device runs what it ran) or in the updater's own update (the new version runs).\n"
+    "The grouped states report the stage installing.\n"
     "[else]: an earlier row for the same event and state did not match (rows are tried in "
     "order).\n"
     "Not drawn: the guard current_job (results of a cancelled or replaced job are ignored),\n"
@@ -400,6 +553,14 @@ def mermaid(current: State | None = None) -> str:
     out += ["", f"  [*] --> {INITIAL.value}"]
     for edge in edges:
         label = " / ".join(" ".join(x for x in p if x) for p in edge.parts)
+        if isinstance(edge.tail, Note) and edge.tail.lines:  # which sources each part is for
+            label = " / ".join(
+                ", ".join(" ".join(x for x in p if x) for p in parts)
+                + f" (from {', '.join(s.value for s in sources)})"
+                for sources, parts, _ in edge.tail.lines
+            )
+        if edge.outcome:
+            label += " " + edge.outcome
         out.append(f"  {edge.tail_id} --> {edge.head.value} : {label}")
     out.append("")
     for group, members in GROUPS.items():
@@ -484,7 +645,12 @@ def readme(chart: str) -> str:
         "Mermaid; `GET /api/v1.0/statechart` serves it with the current state highlighted).\n"
         "Groups: "
         + "; ".join(f"**{g}**: {', '.join(s.value for s in m)}" for g, m in GROUPS.items())
-        + ".\n\n"
+        + ".\n"
+        "`failed` is one state, but the edges into it say how the device stands: `= restored`\n"
+        "(orange: a rollback put the previous or the factory version back, the error is\n"
+        "`ROLLBACK_LEVEL_1/2_SUCCESS: v… (cause: …)`), `= NOT restored` (bold red:\n"
+        "`ROLLBACK_FAILED`, service needed), or neither (a failure before the switch: the device\n"
+        "runs what it ran; or in the updater's own update: the device runs the new version).\n\n"
         "<details><summary>Mermaid version</summary>\n\n"
         "```mermaid\n" + chart + "```\n\n"
         "</details>\n\n"

@@ -129,6 +129,11 @@ _SCHEMAS: dict[str, Schema] = {
             "previous_version": _STR_OR_NULL,
             "factory_version": _STR_OR_NULL,
             "rollback_level": {"type": "integer", "enum": [0, 1, 2]},
+            "from_version": {
+                **_STR_OR_NULL,
+                "description": "The version that ran when the job's install began (null"
+                " before its switch): after a rollback, which update failed.",
+            },
         },
     },
     "Versions": {

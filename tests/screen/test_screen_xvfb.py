@@ -2,10 +2,12 @@
 
 One full cycle watched by three screens (800x480 and 1920x440 in English, 1920x1080 in
 Chinese): idle, a throttled download that pauses at half, verifying, the install, success;
-each screen closes by itself after its countdown. Then a broken package with a fresh screen
-(as the updater starts one when an install begins): the updater is killed and restarted
-during the health check, the screen shows "Reconnecting…" and continues to the rollback and
-its outcome, and a synthetic click on "Done" closes it at once.
+each screen closes by itself after its countdown. Then a broken package with two fresh
+screens (English and Chinese, as the updater starts one when an install begins): "ready"
+says what happens next; the updater is killed and restarted during the health check, the
+screen shows "Reconnecting…" and continues to the rollback and its outcome (which update
+failed, the cause in words and its code); the updater stops and the outcome stays without
+a banner; a synthetic click on "Done" closes it at once.
 
 Every frame the screens drew is saved (``--snapshot-dir``); the tests check the bar's fill
 in the PNGs against the progress (within a few pixels) and that the text regions are drawn.
@@ -135,13 +137,14 @@ class Screen:
         close_after: float | None = None,
         *,
         window: bool = True,
+        pos: tuple[int, int] = (0, 0),
     ) -> None:
         self.size, self.lang, self.dir = size, lang, directory
         env = {**os.environ, "DISPLAY": display, "SDL_VIDEODRIVER": "x11", "PYTHONPATH": REPO}
         env.pop("WAYLAND_DISPLAY", None)
         argv = [sys.executable, "-m", "http_shell.cli", "screen", "--url", url, "--lang", lang]
         if window:
-            env["SDL_VIDEO_WINDOW_POS"] = "0,0"
+            env["SDL_VIDEO_WINDOW_POS"] = f"{pos[0]},{pos[1]}"
             argv += ["--window", f"{size[0]}x{size[1]}"]
         if close_after is not None:
             argv += ["--close-after", str(close_after)]
@@ -341,8 +344,23 @@ def test_full_cycle_then_broken_update_with_a_restart(display: str, tmp_path: Pa
             screen = Screen(
                 display, updater.url, (800, 480), "en", tmp_path / "b-800x480", close_after=60
             )
-            screens.append(screen)
-            screen.wait_frame(lambda f: f["state"] == "ready")
+            # the same in Chinese, beside it (the click on "Done" below is for the first)
+            zh = Screen(
+                display,
+                updater.url,
+                (800, 480),
+                "zh-CN",
+                tmp_path / "b-800x480-zh",
+                close_after=60,
+                pos=(900, 0),
+            )
+            screens += [screen, zh]
+            ready = screen.wait_frame(lambda f: f["state"] == "ready")
+            # what happens next, not just "ready"
+            assert ready["versions"] == "1.1.0 → 1.2.0", ready
+            assert ready["detail"] == "The install begins when you start it from the printer's app"
+            assert ready["note"] == "The printer then stops, installs 1.2.0 and restarts by itself"
+            zh.wait_frame(lambda f: f["state"] == "ready")
             assert updater.call("POST", "/update", {"version": "1.2.0"})["code"] == 200
             updater.wait_state("health_check")
             screen.wait_frame(lambda f: f["state"] == "health_check")
@@ -350,14 +368,30 @@ def test_full_cycle_then_broken_update_with_a_restart(display: str, tmp_path: Pa
             screen.wait_frame(lambda f: f["banner"] == "Reconnecting…")
             assert screen.proc.poll() is None
             updater.start()  # resumes the health check, fails it, rolls back
-            updater.wait_state("failed", timeout=90)
+            failed = updater.wait_state("failed", timeout=90)
+            assert failed["from_version"] == "1.1.0", failed
             end = screen.wait_frame(lambda f: f["state"] == "failed" and not f["banner"])
             assert end["title"] == (
                 "The update failed; the printer was restored to 1.1.0 — it is safe to use"
             )
+            # which update failed, why in words, and the code of the cause (not "…SUCCESS")
+            assert end["versions"] == "1.1.0 → 1.2.0", end
+            assert end["detail"] == (
+                "Reason: the new version started but did not pass its health check"
+            )
+            assert end["note"] == "Code: HEALTH_CHECK_FAILED"
+            zh_end = zh.wait_frame(lambda f: f["state"] == "failed")
+            assert zh_end["note"] == "代码：HEALTH_CHECK_FAILED", zh_end  # noqa: RUF001
             states = [f["state"] for f in screen.frames()]
             assert "rollback_previous" in states, states
             check_frame(end, screen.dir, ACCENT[Outcome.SAFE])
+            # the updater goes away (as it will when idle): the outcome stays, no banner
+            updater.stop()
+            time.sleep(1.5)
+            for s, outcome in ((screen, end), (zh, zh_end)):
+                after = [f for f in s.frames() if f["time"] >= outcome["time"]]
+                assert after and all(f["banner"] is None for f in after), after
+                assert s.proc.poll() is None
             if not xtest_available():
                 pytest.skip("libXtst is not installed: cannot click 'Done'")
             from screen.render import layout

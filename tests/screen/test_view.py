@@ -206,11 +206,58 @@ def test_failed_after_rollback_says_the_printer_is_safe() -> None:
         EN,
     )
     assert v.title == ("The update failed; the printer was restored to 1.1.0 — it is safe to use")
-    assert v.detail == "Reason: the new version did not start correctly"
-    assert v.note == "Code: ROLLBACK_LEVEL_1_SUCCESS"
+    assert v.versions == "1.1.0 → 1.2.0"  # which update failed
+    # the cause, in words and as the code a support line can look up; never "…SUCCESS"
+    assert v.detail == "Reason: the new version started but did not pass its health check"
+    assert v.note == "Code: HEALTH_CHECK_FAILED"
     assert v.outcome is Outcome.SAFE and v.ended
     zh = view_of(snap(state="failed", version="1.2.0", error=error), ZH_CN)
     assert zh.title == "更新失败，打印机已恢复到 1.1.0，可以放心使用"  # noqa: RUF001
+    assert zh.detail == "原因：新版本已启动，但未通过健康检查"  # noqa: RUF001
+    assert zh.note == "代码：HEALTH_CHECK_FAILED"  # noqa: RUF001
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [
+        ("SERVICE_START_FAILED: hello.service: exit 1", "the new version did not start"),
+        ("POST_CMD_FAILED: migrate: exit 3", "a setup step of the new version failed"),
+        (
+            "RESUME_LIMIT: switching interrupted 3 times",
+            "the install was interrupted too many times",
+        ),
+        ("SOMETHING_NEW: x", "an unexpected problem"),
+    ],
+)
+def test_a_rollback_shows_the_code_of_its_cause(cause: str, reason: str) -> None:
+    error = f"ROLLBACK_LEVEL_1_SUCCESS: v1.1.0 (cause: {cause})"
+    v = view_of(snap(state="failed", version="1.2.0", error=error), EN)
+    assert v.detail == f"Reason: {reason}"
+    assert v.note == f"Code: {cause.split(':', 1)[0]}"
+
+
+def test_a_factory_rollback_names_the_failed_update_but_no_made_up_origin() -> None:
+    error = "ROLLBACK_LEVEL_2_SUCCESS: v1.0.0 (cause: HEALTH_CHECK_FAILED: x)"
+    v = view_of(snap(state="failed", version="1.2.0", current_version="1.0.0", error=error), EN)
+    assert v.title.startswith("The update failed; the printer was restored to its factory")
+    # an updater without from_version: after level 2 no link names where the update began
+    assert v.versions == "Update to 1.2.0"
+    said = view_of(
+        snap(
+            state="failed",
+            version="1.2.0",
+            current_version="1.0.0",
+            from_version="1.1.0",
+            error=error,
+        ),
+        EN,
+    )
+    assert said.versions == "1.1.0 → 1.2.0"
+    assert v.note == "Code: HEALTH_CHECK_FAILED"
+    garbled = view_of(
+        snap(state="failed", version="1.2.0", error="ROLLBACK_LEVEL_1_SUCCESS: v1.1.0"), EN
+    )
+    assert garbled.note is None and garbled.detail == "Reason: an unexpected problem"
 
 
 def test_failed_before_the_switch_leaves_the_printer_unchanged() -> None:
@@ -219,7 +266,8 @@ def test_failed_before_the_switch_leaves_the_printer_unchanged() -> None:
     assert v.title.startswith(
         "The update could not be installed; the printer is unchanged on 1.1.0"
     )
-    assert v.detail == "Reason: the update package is damaged or not genuine"
+    assert v.detail == "Reason: the downloaded update is damaged"
+    assert v.note == "Code: MD5_MISMATCH"
     assert v.outcome is Outcome.SAFE
 
 
@@ -228,6 +276,9 @@ def test_failed_without_a_working_version_asks_for_service() -> None:
     v = view_of(snap(state="failed", version="1.2.0", error=error), EN)
     assert v.outcome is Outcome.ATTENTION and v.ended
     assert v.detail == "Please contact service before using the printer"
+    assert v.versions == "Update to 1.2.0"
+    said = view_of(snap(state="failed", version="1.2.0", from_version="1.1.0", error=error), EN)
+    assert said.versions == "1.1.0 → 1.2.0"
 
 
 def test_idle_is_quiet_unless_work_was_seen() -> None:
@@ -246,6 +297,38 @@ def test_connection_states() -> None:
     v = view_of(running, EN, link=Link.RECONNECTING)
     assert v.banner == "Reconnecting…" and v.title == "Installing the new version"
     assert view_of(running, EN).banner is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "seen_work"),
+    [
+        ({"state": "success", "version": "1.2.0"}, False),
+        ({"state": "failed", "version": "1.2.0", "error": "MD5_MISMATCH: x"}, False),
+        (
+            {
+                "state": "failed",
+                "version": "1.2.0",
+                "error": "ROLLBACK_LEVEL_1_SUCCESS: v1.1.0 (cause: HEALTH_CHECK_FAILED: x)",
+            },
+            False,
+        ),
+        ({"state": "idle", "error": "CANCELLED: by request"}, True),
+    ],
+)
+def test_a_final_outcome_has_no_reconnecting_banner(kw: dict[str, Any], seen_work: bool) -> None:
+    """The updater may exit once it is done: the outcome stays true without it."""
+    v = view_of(snap(**kw), EN, link=Link.RECONNECTING, seen_work=seen_work)
+    assert v.ended and v.banner is None
+
+
+def test_ready_says_what_happens_next() -> None:
+    v = view_of(snap(state="ready", version="1.2.0"), EN)
+    assert (v.title, v.versions) == ("The update is ready to install", "1.1.0 → 1.2.0")
+    assert v.detail == "The install begins when you start it from the printer's app"
+    assert v.note == "The printer then stops, installs 1.2.0 and restarts by itself"
+    assert not v.ended
+    zh = view_of(snap(state="ready", version="1.2.0"), ZH_CN)
+    assert zh.note is not None and "1.2.0" in zh.note
 
 
 @pytest.mark.parametrize("lang", [EN, ZH_CN])

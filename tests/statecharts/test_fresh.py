@@ -115,3 +115,62 @@ def test_guard_and_action_names_may_be_callables() -> None:
         return True
 
     assert render._names(("same_package", package_fresh)) == ("same_package", "package_fresh")
+
+
+def test_a_restored_device_and_a_broken_one_reach_failed_by_distinct_edges() -> None:
+    """`failed` is one state; the edges into it say whether a version was restored."""
+    from updater_fsm.core.decisions import Decisions
+
+    assert all(hasattr(Decisions, action) for action in render.FAILED_OUTCOMES)
+    into_failed = [e for e in render.overview() if e.head is State.FAILED]
+    for edge in into_failed:
+        outcomes = {render.failed_outcome(TRANSITIONS[i]) for i, _ in edge.covers}
+        assert len(outcomes) == 1, f"{edge.tail_id} mixes {outcomes}"
+    restored = {e.tail for e in into_failed if e.kind == render.RESTORED}
+    assert restored == {State.ROLLBACK_PREVIOUS, State.ROLLBACK_FACTORY}
+    not_restored = {e.tail for e in into_failed if e.kind == render.NOT_RESTORED}
+    assert not_restored == {
+        State.SWITCHING,
+        State.HEALTH_CHECK,
+        State.ROLLBACK_PREVIOUS,
+        State.ROLLBACK_FACTORY,
+    }
+    dot, chart = render.dot(), render.mermaid()
+    for text in (dot, chart):
+        assert "= restored (the previous version runs)" in text
+        assert "= restored (the factory version runs)" in text
+        assert text.count("= NOT restored (service needed)") == 4
+    assert "rollback_previous --> failed : rollback_ok [automatic] = restored" in chart
+    assert "rollback_previous --> failed : rollback_failed [else] = NOT restored" in chart
+
+
+def test_the_notes_into_a_state_are_gathered_into_one() -> None:
+    edges = render.overview()
+    from_notes = [e for e in edges if isinstance(e.tail, render.Note)]
+    heads = [e.head for e in from_notes]
+    assert len(heads) == len(set(heads)), "two notes point at the same state"
+    (into_idle,) = [e for e in from_notes if e.head is State.IDLE]
+    note = into_idle.tail
+    assert isinstance(note, render.Note)
+    assert [sources for sources, _, _ in note.lines] == [
+        (State.READY,),
+        (State.WAITING_IDLE,),
+        (State.ROLLBACK_PREVIOUS, State.ROLLBACK_FACTORY),
+        (State.DOWNLOADING, State.VERIFYING, State.READY, State.DEPLOYING),
+        (State.IDLE, State.SUCCESS, State.FAILED),
+    ]
+    dot = render.dot()
+    assert dot.count("-> idle [") == 2  # __start and the one gathered note
+    for trigger in ("update_requested", "printer_free", "wait_expired", "cancel", "reset"):
+        assert trigger in dot.split(f"  {note.id} [", 1)[1].split("\n", 1)[0]
+
+
+def test_group_titles_are_on_top_and_labels_keep_clear_of_their_edge() -> None:
+    dot = render.dot()
+    for group in render.GROUPS:
+        cluster = dot.split(f"subgraph cluster_{group} {{", 1)[1].split("}", 1)[0]
+        assert "labelloc=t" in cluster
+    # every edge label is a left-aligned table with a spacer cell on the edge's side
+    for line in dot.splitlines():
+        if " -> " in line and "label=<" in line:
+            assert '<TD WIDTH="5"></TD><TD ALIGN="LEFT" BALIGN="LEFT">' in line, line

@@ -13,6 +13,7 @@ from updater_fsm.core.errors import ErrorCode, Failure
 from updater_fsm.core.history import HistoryEntry, Outcome, Source
 from updater_fsm.core.machine import UpdaterMachine
 from updater_fsm.core.manifest import HealthProbe, ServiceUnit
+from updater_fsm.core.progress import build_snapshot
 from updater_fsm.core.record import PACKAGE_TTL_S, JobKind
 from updater_fsm.core.table import TRANSITIONS, State, Trigger
 
@@ -316,6 +317,30 @@ def test_level2_rollback_after_level1_fails() -> None:
     ]
     entry = d.effects[-1].entry  # type: ignore[attr-defined]
     assert (entry.outcome, entry.rollback_level) == (Outcome.ROLLED_BACK, 2)
+
+
+def test_the_snapshot_says_which_version_the_update_started_from() -> None:
+    """After a factory rollback no link names the version the update left: ``from_version``
+    does (the screen says which update failed with it)."""
+    factory = ev.LinkVersions(current="0.9.0", previous="0.9.0", factory="0.9.0")
+    m = at_ready()
+    assert build_snapshot(m.record, None, LINKS).data()["from_version"] is None
+    m = at_health_check()
+    assert build_snapshot(m.record, None, LINKS).data()["from_version"] == "1.0.0"
+    drive(
+        m,
+        ev.Unhealthy(1, Failure(ErrorCode.HEALTH_CHECK_FAILED, "x")),
+        ev.RollbackFailed(1, Failure(ErrorCode.SERVICE_START_FAILED, "y")),
+        ev.RollbackOk(1),
+    )
+    data = build_snapshot(m.record, None, factory).data()
+    assert data["error"].startswith("ROLLBACK_LEVEL_2_SUCCESS: v0.9.0")
+    assert (data["from_version"], data["version"], data["current_version"]) == (
+        "1.0.0",
+        "1.2.3",
+        "0.9.0",
+    )
+    assert list(data)[-1] == "from_version"  # an extra field, after the contract's
 
 
 def test_rollback_judges_the_target_by_the_probes_it_was_installed_with() -> None:

@@ -89,6 +89,9 @@ class Snapshot:
     seq: int
     job_id: int = 0
     fleet_action: str | None = None
+    #: the version that ran when the job's install (or manual rollback) began; None before
+    #: the switch of an install and with no job
+    from_version: str | None = None
 
     def data(self) -> dict[str, Any]:
         """The ``data`` object of ``GET /progress`` (contract fields first, then extras)."""
@@ -107,6 +110,7 @@ class Snapshot:
             "previous_version": self.previous_version,
             "factory_version": self.factory_version,
             "rollback_level": self.rollback_level,
+            "from_version": self.from_version,
         }
 
     def report(self) -> dict[str, Any]:
@@ -227,4 +231,5 @@ def build_snapshot(
         seq=record.seq,
         job_id=job.job_id if job else 0,
         fleet_action=job.fleet_action if job else None,
+        from_version=job.from_version if job else None,
     )
