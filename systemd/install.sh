@@ -45,6 +45,9 @@ usage: install.sh [options]
   --no-start          do not (re)start the service
   --screen            install the progress display too (pip extra "screen"; a new
                       config.toml names tope-updater-screen.service as screen_unit)
+  --usb-mount DIR     install the newest signed package of a USB stick mounted at DIR
+                      (tope-updater-usb@.service, enabled for DIR; a new config.toml
+                      lists DIR in local_package_dirs; needs trusted_key); repeatable
   -h, --help          this text
 USAGE
 }
@@ -71,6 +74,7 @@ VERSION=""
 PORT=""
 DEVICE_API_URL=http://127.0.0.1:9080
 EXTRA_ROOTS=()
+USB_MOUNTS=()
 SCREEN=0
 UNITS=()
 PYTHON=python3
@@ -81,6 +85,7 @@ ENABLE=1
 START=1
 UNIT=tope-updater.service
 SCREEN_UNIT=tope-updater-screen.service
+USB_UNIT=tope-updater-usb@.service
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -103,6 +108,7 @@ while [[ $# -gt 0 ]]; do
         --no-enable) ENABLE=0; shift ;;
         --no-start) START=0; shift ;;
         --screen) SCREEN=1; shift ;;
+        --usb-mount) USB_MOUNTS+=("$2"); shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -127,6 +133,7 @@ for pair in "--root:$ROOT" "--prefix:$PREFIX" "--state-dir:$STATE_DIR" \
     check_path "${pair%%:*}" "${pair#*:}"
 done
 for extra in "${EXTRA_ROOTS[@]}"; do check_path --extra-root "$extra"; done
+for mount in "${USB_MOUNTS[@]}"; do check_path --usb-mount "$mount"; done
 for unit in "${UNITS[@]}"; do
     [[ "$unit" =~ ^[A-Za-z0-9@._:-]+$ ]] || die "--unit $unit is not a unit name"
 done
@@ -321,6 +328,8 @@ if [[ ! -e "$CONFIG" ]]; then
         echo "port = ${PORT:-12315}"
         echo "device_api_url = \"$DEVICE_API_URL\""
         toml_list extra_roots "${EXTRA_ROOTS[@]}"
+        echo "# Where a file:// package may come from (a USB stick's mount point):"
+        toml_list local_package_dirs "${USB_MOUNTS[@]}"
         echo "# Restarted (in this order) by a manual rollback when the journal names no units:"
         toml_list units "${UNITS[@]}"
         echo "# allow_downgrade = false   # refuse installing versions older than the running one"
@@ -339,6 +348,10 @@ if [[ ! -e "$CONFIG" ]]; then
     mv -f "$CONFIG.tmp" "$CONFIG"
 else
     step "config $CONFIG (kept)"
+    if [[ ${#USB_MOUNTS[@]} -gt 0 ]]; then
+        echo "    --usb-mount: make sure $CONFIG lists the mount point(s) in local_package_dirs"
+        echo "    and sets trusted_key: $(toml_list local_package_dirs "${USB_MOUNTS[@]}")"
+    fi
 fi
 
 # --- 5. the unit file, with this install's paths ---------------------------------------
@@ -362,12 +375,23 @@ sed -e "s|^ExecStart=.*|ExecStart=$CURRENT_UPDATER screen --config $CONFIG|" \
     "$SRC/systemd/$SCREEN_UNIT" >"$UNIT_DIR/.$SCREEN_UNIT.tmp"
 chmod 0644 "$UNIT_DIR/.$SCREEN_UNIT.tmp"
 mv -f "$UNIT_DIR/.$SCREEN_UNIT.tmp" "$UNIT_DIR/$SCREEN_UNIT"
+# The USB stick's template: always installed, enabled only for --usb-mount directories.
+sed -e "s|^ExecStart=.*|ExecStart=$CURRENT_UPDATER usb-install --config $CONFIG %f|" \
+    -e "s|^Documentation=.*|Documentation=file://$PREFIX/docs/DEPLOYMENT.md|" \
+    "$SRC/systemd/$USB_UNIT" >"$UNIT_DIR/.$USB_UNIT.tmp"
+chmod 0644 "$UNIT_DIR/.$USB_UNIT.tmp"
+mv -f "$UNIT_DIR/.$USB_UNIT.tmp" "$UNIT_DIR/$USB_UNIT"
 
 # --- 6. systemd --------------------------------------------------------------------------
 "${SYSTEMCTL_ARGV[@]}" daemon-reload
 if [[ $ENABLE -eq 1 ]]; then
     step "enable $UNIT"
     "${SYSTEMCTL_ARGV[@]}" enable "$UNIT"
+    for mount in "${USB_MOUNTS[@]}"; do
+        instance="tope-updater-usb@$(systemd-escape --path "$mount").service"
+        step "enable $instance (a stick mounted at $mount installs its signed package)"
+        "${SYSTEMCTL_ARGV[@]}" enable "$instance"
+    done
 fi
 if [[ $START -eq 1 ]]; then
     # restart, not start: a re-install must run the new code. The updater resumes any job

@@ -81,6 +81,17 @@ rm -f "$UNIT_DIR/$UNIT"
 # A self-update's deadline timer still pending (transient: gone once stopped).
 "${SYSTEMCTL_ARGV[@]}" stop 'tope-updater-probation-*.timer' 2>/dev/null || true
 rm -f "$UNIT_DIR/tope-updater-screen.service"
+# The USB stick's instances (install.sh --usb-mount): stopped, disabled, the template gone.
+"${SYSTEMCTL_ARGV[@]}" stop 'tope-updater-usb@*.service' 2>/dev/null || true
+for link in "$UNIT_DIR"/*.mount.wants/tope-updater-usb@*.service; do
+    [[ -L "$link" ]] || continue
+    if [[ $DISABLE -eq 1 ]]; then
+        "${SYSTEMCTL_ARGV[@]}" disable "$(basename "$link")" 2>/dev/null || true
+    fi
+    rm -f "$link"  # a runtime install (--no-disable): the link would dangle
+    rmdir "$(dirname "$link")" 2>/dev/null || true
+done
+rm -f "$UNIT_DIR/tope-updater-usb@.service"
 "${SYSTEMCTL_ARGV[@]}" daemon-reload
 "${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" 2>/dev/null || true
 if [[ -d "$UNIT_DIR/$UNIT.d" ]]; then

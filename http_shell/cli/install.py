@@ -80,11 +80,11 @@ def _signature_of(path: Path, given: str | None) -> str | None:
     return text.strip()
 
 
-def _download_body(args: argparse.Namespace) -> dict[str, Any]:
+def _download_body(path: Path, version: str | None, signature: str | None) -> dict[str, Any]:
     from http_shell.cli.jobs import _file_digests as file_digests
 
-    path = _package_file(args.file)
-    version = args.version or _version_of(path)
+    path = _package_file(path)
+    version = version or _version_of(path)
     size, md5, sha256 = file_digests(path)
     body: dict[str, Any] = {
         "version": version,
@@ -94,7 +94,7 @@ def _download_body(args: argparse.Namespace) -> dict[str, Any]:
         "package_md5": md5,
         "package_sha256": sha256,
     }
-    signature = _signature_of(path, args.signature)
+    signature = _signature_of(path, signature)
     if signature is not None:
         body["package_signature"] = signature
     return body
@@ -108,37 +108,106 @@ async def _follow(args: argparse.Namespace, client: Any) -> dict[str, Any]:
     return await watch_progress(client, out=out)
 
 
+async def _install(args: argparse.Namespace, client: Any, body: dict[str, Any]) -> int:
+    """``POST /download`` of the file, follow it to verified, ``POST /update``, follow it
+    to its outcome; one line per step, the outcome last."""
+    version = body["version"]
+    env = await client.post("/download", body)
+    if env.get("code") != 200:
+        say(f"tope-updater: install refused: {env.get('msg')}", file=sys.stderr)
+        return EXIT_FAILED
+    say(f"copying {body['package_name']} (v{version}) into the updater's download area")
+    last = await _follow(args, client)
+    if last.get("stage") != "toInstall":
+        say(f"install failed: {last.get('error') or last.get('message')}")
+        return EXIT_FAILED
+    say(f"verified v{version}; installing")
+    env = await client.post("/update", {"version": version})
+    if env.get("code") != 200:
+        say(f"tope-updater: install refused: {env.get('msg')}", file=sys.stderr)
+        return EXIT_FAILED
+    last = await _follow(args, client)
+    if last.get("stage") != "success":
+        say(f"install failed: {last.get('error') or last.get('message')}")
+        return EXIT_FAILED
+    say(f"installed v{version}: it is running now")
+    return EXIT_OK
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from http_shell.cli.jobs import _client_call as client_call
 
     try:
-        body = _download_body(args)
+        body = _download_body(args.file, args.version, args.signature)
     except _Refused as exc:
         say(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    version = body["version"]
 
     async def go(client: Any) -> int:
-        env = await client.post("/download", body)
-        if env.get("code") != 200:
-            say(f"tope-updater: install refused: {env.get('msg')}", file=sys.stderr)
-            return EXIT_FAILED
-        say(f"copying {body['package_name']} (v{version}) into the updater's download area")
-        last = await _follow(args, client)
-        if last.get("stage") != "toInstall":
-            say(f"install failed: {last.get('error') or last.get('message')}")
-            return EXIT_FAILED
-        say(f"verified v{version}; installing")
-        env = await client.post("/update", {"version": version})
-        if env.get("code") != 200:
-            say(f"tope-updater: install refused: {env.get('msg')}", file=sys.stderr)
-            return EXIT_FAILED
-        last = await _follow(args, client)
-        if last.get("stage") != "success":
-            say(f"install failed: {last.get('error') or last.get('message')}")
-            return EXIT_FAILED
-        say(f"installed v{version}: it is running now")
+        return await _install(args, client, body)
+
+    return client_call(args, go)
+
+
+# ---- a USB stick -------------------------------------------------------------------------
+def _signed_packages(directory: Path) -> list[tuple[Path, str]]:
+    """The packages at the top of ``directory`` with a signature beside them, and their
+    versions; anything else there is said and skipped."""
+    from updater_fsm.package.builder import signature_path
+
+    found = []
+    for path in sorted(directory.glob("*.zip")):
+        if not signature_path(path).is_file():
+            say(f"skipping {path.name}: no {signature_path(path).name} beside it (not signed)")
+            continue
+        try:
+            found.append((_package_file(path), _version_of(path)))
+        except _Refused as exc:
+            say(f"skipping {path.name}: {exc}")
+    return found
+
+
+def cmd_usb_install(args: argparse.Namespace) -> int:
+    from http_shell.cli.jobs import _client_call as client_call
+    from http_shell.cli.options import client_config
+    from updater_fsm.control import Version
+
+    if not client_config(args).trusted_key:
+        say(
+            "tope-updater: a USB stick installs only signed packages, and no trusted_key is"
+            " configured: nothing installed (docs/DEPLOYMENT.md, installing from a USB stick)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not args.directory.is_dir():
+        say(f"tope-updater: {args.directory} is not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    packages = _signed_packages(args.directory)
+    if not packages:
+        say(
+            f"no signed package (NAME.zip with NAME.zip.sig) at the top of {args.directory}:"
+            " nothing to install"
+        )
         return EXIT_OK
+    path, version = max(packages, key=lambda found: Version.parse(found[1]).key)
+
+    async def go(client: Any) -> int:
+        env = await client.get("/versions")
+        current = (env.get("data") or {}).get("current")
+        if current is not None and Version.parse(current).key >= Version.parse(version).key:
+            same = current == version
+            say(
+                f"v{version} on {args.directory} "
+                + ("already runs" if same else f"is not newer than the running v{current}")
+                + ": nothing to install"
+            )
+            return EXIT_OK
+        try:
+            body = _download_body(path, version, None)
+        except _Refused as exc:
+            say(f"tope-updater: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return await _install(args, client, body)
 
     return client_call(args, go)
 
@@ -168,3 +237,19 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--watch", action="store_true", help="show the progress of every stage")
     p.set_defaults(func=cmd_install)
+
+    p = add_client_parser(
+        sub,
+        "usb-install",
+        "install the newest signed package at the top of a USB stick's mount point"
+        " (what tope-updater-usb@.service runs when the stick is mounted)",
+        json=False,
+    )
+    p.add_argument(
+        "directory",
+        type=Path,
+        metavar="DIR",
+        help="the mount point; it must lie under the updater's local_package_dirs",
+    )
+    p.add_argument("--watch", action="store_true", help="show the progress of every stage")
+    p.set_defaults(func=cmd_usb_install)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_deploy_systemd import UNIT, DeviceApiStub, Site, show
-from tests.e2e.test_deploy_systemd import device_api as device_api  # the fixture
-from tests.e2e.test_deploy_systemd import site as site  # the fixture
+from tests.e2e.deploy_site import UNIT, DeviceApiStub, Site, show
+from tests.e2e.deploy_site import device_api as device_api  # the fixture
+from tests.e2e.deploy_site import site as site  # the fixture
 from tests.support.package_server import ThreadedPackageServer
 from tests.support.self_update import BASE, NEW, Bundles, Device, install_device
 from tests.support.self_update import updater_bundles as updater_bundles  # the fixture

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_deploy_systemd import SYSTEM_PYTHON, UNIT, Site, show
-from tests.e2e.test_deploy_systemd import site as site  # the fixture
+from tests.e2e.deploy_site import SYSTEM_PYTHON, UNIT, Site, show
+from tests.e2e.deploy_site import site as site  # the fixture
 from tests.support.serve_port import free_port
 from tests.support.systemd_sandbox import SystemdSandbox
 

@@ -252,3 +252,33 @@ def test_what_is_not_a_package_file_is_refused_before_the_updater_is_asked(
         assert result.returncode == 2, (path, result.stderr)
         assert result.stderr.startswith(said), (path, result.stderr)
         assert time.monotonic() - started < 20
+
+
+# ---- usb-install: what tope-updater-usb@.service runs when a stick is mounted ------------
+def test_usb_install_refuses_without_a_trusted_key(tmp_path: Path) -> None:
+    result = cli("usb-install", str(tmp_path), env=_env(TOPE_UPDATER_PORT="9"))
+    assert result.returncode == 2
+    assert "installs only signed packages, and no trusted_key is configured" in result.stderr
+
+
+def test_usb_install_takes_the_newest_signed_package_once(
+    device: dict[str, str], tmp_path: Path, keys: tuple[Path, Path]
+) -> None:
+    stick = tmp_path / "media" / "usb"
+    unsigned = _package(tmp_path, "1.3.0", sign_key=None)
+    result = cli("usb-install", str(stick), env=device)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"skipping {unsigned.name}: no {unsigned.name}.sig beside it (not signed)",
+        f"no signed package (NAME.zip with NAME.zip.sig) at the top of {stick}: nothing to install",
+    ]
+    _package(tmp_path, "1.1.0", sign_key=keys[0])
+    _package(tmp_path, "1.2.0", sign_key=keys[0])
+    result = cli("usb-install", str(stick), env=device)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "installed v1.2.0: it is running now"
+    assert _versions(device)["current"] == "1.2.0"
+    # the stick stays in: mounted again at the next boot, it installs nothing
+    result = cli("usb-install", str(stick), env=device)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-1] == f"v1.2.0 on {stick} already runs: nothing to install"

@@ -27,8 +27,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.e2e.test_bundle import ARCH, BUILD_TIMEOUT_S, pypi_reachable
-from tests.e2e.test_deploy_systemd import (
+from tests.e2e.deploy_site import (
     EXAMPLE_UNIT,
     INSTALL,
     SYSTEM_PYTHON,
@@ -41,6 +40,7 @@ from tests.e2e.test_deploy_systemd import (
     run,
     write_exe,
 )
+from tests.e2e.test_bundle import ARCH, BUILD_TIMEOUT_S, pypi_reachable
 from tests.support.package_server import Behaviour, ThreadedPackageServer
 from tests.support.systemd_sandbox import SystemdSandbox
 
