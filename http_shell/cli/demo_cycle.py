@@ -26,8 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from http_shell.api.app import create_app
-from http_shell.cli.client import ApiClient, watch_progress
+from http_shell.cli.client import ApiClient
 from http_shell.cli.output import say
+from http_shell.cli.watch import watch_progress
 from http_shell.daemon.assembly import instance_lock, running_updater
 from updater_fsm.config import Config, ServiceControl
 from updater_fsm.ops import snapshot_store

@@ -1,7 +1,8 @@
 """The exit statuses of ``tope-updater``.
 
-0 success; 1 the operation failed (an API ``code`` other than 200, a failed update,
-problems found by ``verify-setup``); 2 bad usage or configuration; 3 another updater
+0 success; 1 the operation failed (an API ``code`` other than 200, a ``--watch`` whose job
+did not end as asked — a failed update, even one rolled back, a cancel —, problems found by
+``verify-setup``); 2 bad usage or configuration; 3 another updater
 already runs on the same state directory.
 """
 
