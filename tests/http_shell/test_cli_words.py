@@ -207,3 +207,21 @@ def test_serve_refuses_a_root_never_initialised_in_one_line(tmp_path: Path) -> N
     init = cli("init", "--root", str(root), "--version", "1.0.0", env=_env())
     assert init.returncode == 0, init.stderr
     assert not_initialised(root) is None
+
+
+# ---- which root a package targets ----------------------------------------------------------
+def test_package_build_says_which_root_it_targets(tmp_path: Path) -> None:
+    (tmp_path / "src" / "bin").mkdir(parents=True)
+    (tmp_path / "src" / "bin" / "app").write_text("#!/bin/sh\n")
+    build = ("package", "build", str(tmp_path / "src"), "--version", "1.1.0", "-o")
+    default = cli(*build, str(tmp_path / "a.zip"), env=_env())
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.splitlines()[0] == (
+        f"wrote {tmp_path / 'a.zip'}: targets root /opt/tope (the default; --root to change)"
+    )
+    root = tmp_path / "device root"
+    given = cli(*build, str(tmp_path / "b.zip"), "--root", str(root), "--json", env=_env())
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout)["root"] == str(root)
+    text = cli(*build, str(tmp_path / "c.zip"), "--root", str(root), env=_env())
+    assert text.stdout.splitlines()[0] == f"wrote {tmp_path / 'c.zip'}: targets root {root}"
