@@ -308,7 +308,6 @@ async def _drive(config: Config, built: list[builder.BuildResult]) -> bool:
                         last, _ = await _install(client, url, built[1])
                         ok &= str(last.get("error", "")).startswith("ROLLBACK_LEVEL_1_SUCCESS")
                         _say("The broken v1.2.0 failed its health check and was rolled back")
-                        say(f"    error: {last.get('error')}")
                         print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
 
                         env = await client.get("/versions")
