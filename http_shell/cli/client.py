@@ -1,7 +1,8 @@
 """A small client of the updater's HTTP API, used by the CLI commands and the demo.
 
 Every call returns the parsed envelope ``{"code", "msg", "data"}``; :meth:`ApiClient.events`
-follows ``GET /events`` (Server-Sent Events), which :mod:`http_shell.cli.watch` shows.
+follows ``GET /events`` (Server-Sent Events), which :mod:`http_shell.cli.watch` shows
+(its ``watch_progress`` and ``render_line`` are importable from here too).
 
 What the updater answers is read up to :data:`MAX_ANSWER_BYTES` (one event up to
 :data:`MAX_EVENT_BYTES`).
@@ -16,6 +17,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+
+# Shown with the client's events (and imported from here by callers of this module).
+from http_shell.cli.watch import render_line as render_line
+from http_shell.cli.watch import watch_progress as watch_progress
 
 API_PREFIX = "/api/v1.0"
 #: Most of an answer ever read (a real one is a few KB): beyond it, an error, not memory.

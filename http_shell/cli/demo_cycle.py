@@ -189,7 +189,7 @@ async def _install(
     }
     env = await client.post("/download", body)
     say(f"    answer: {env}")
-    await watch_progress(client)
+    await watch_progress(client, show_outcome=True)
     task = None
     if printing is not None:
         printing.start()
@@ -203,7 +203,7 @@ async def _install(
         if task is not None:
             waited = await _show_wait(client)
             _say("The print finished: the install goes ahead on its own")
-        last = await watch_progress(client)
+        last = await watch_progress(client, show_outcome=True)
     finally:
         if task is not None:
             await task

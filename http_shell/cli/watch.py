@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import shutil
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from http_shell.cli.client import ApiClient
 from http_shell.cli.output import terminal_safe
+
+if TYPE_CHECKING:  # http_shell.cli.client re-exports watch_progress and render_line
+    from http_shell.cli.client import ApiClient
 
 #: The stages a job ends in.
 TERMINAL_STAGES = ("success", "failed")
@@ -130,7 +132,7 @@ async def watch_progress(
     *,
     out: TextIO = sys.stdout,
     until_terminal: bool = True,
-    show_outcome: bool = True,
+    show_outcome: bool = False,
 ) -> dict[str, Any]:
     """Show the progress from the event stream; return the last snapshot.
 
@@ -139,7 +141,7 @@ async def watch_progress(
     cancel or a manual rollback; at once when the first snapshot is settled already); an
     install waiting for the printer (state ``waiting_idle``) is followed until it goes on.
     With ``show_outcome`` the settled snapshot's outcome ends the output (a stream that
-    ended before that says so instead).
+    ended before that says so instead); without it, the caller says how it ended.
     """
     view = ProgressView(out, tty=out.isatty())
     last: dict[str, Any] = {}

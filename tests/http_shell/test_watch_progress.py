@@ -100,7 +100,8 @@ async def test_on_a_terminal_a_bar_per_stage_and_the_whole_outcome_last(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "50")
     out = _Tty()
-    last = await watch_progress(_Events([*DOWNLOAD, _snap("idle", "idle")]), out=out)  # type: ignore[arg-type]
+    events = _Events([*DOWNLOAD, _snap("idle", "idle")])
+    last = await watch_progress(events, out=out, show_outcome=True)  # type: ignore[arg-type]
     assert last["state"] == "ready"
     lines = out.getvalue().split("\n")
     assert lines[-2:] == ["Package v1.1.0 verified, ready to install", ""]
@@ -110,7 +111,7 @@ async def test_on_a_terminal_a_bar_per_stage_and_the_whole_outcome_last(
     assert all(len(d) <= 49 for d in downloading + verifying)
 
     out = _Tty()
-    await watch_progress(_Events(INSTALL), out=out)  # type: ignore[arg-type]
+    await watch_progress(_Events(INSTALL), out=out, show_outcome=True)  # type: ignore[arg-type]
     lines = out.getvalue().split("\n")
     assert lines[-2:] == [FAILED, ""]  # whole, though far wider than the terminal
     assert [d[27:30] for d in lines[0].split("\r\x1b[K")[1:]] == [" 10", " 70", " 80"]
@@ -118,7 +119,7 @@ async def test_on_a_terminal_a_bar_per_stage_and_the_whole_outcome_last(
 
 async def test_off_a_terminal_one_line_per_step_and_no_redraw() -> None:
     out = io.StringIO()
-    await watch_progress(_Events(DOWNLOAD), out=out)  # type: ignore[arg-type]
+    await watch_progress(_Events(DOWNLOAD), out=out, show_outcome=True)  # type: ignore[arg-type]
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
     assert [line[33:] for line in lines[:-1]] == [
@@ -134,13 +135,13 @@ async def test_a_manual_rollback_ends_on_what_it_did() -> None:
         _at("installing", "rollback_previous", 80, "Rolling back to previous version v1.0.0..."),
         _at("idle", "idle", 0, "Rolled back to v1.0.0"),
     ]
-    await watch_progress(_Events(snaps), out=out)  # type: ignore[arg-type]
+    await watch_progress(_Events(snaps), out=out, show_outcome=True)  # type: ignore[arg-type]
     assert out.getvalue().splitlines()[-1] == "Rolled back to v1.0.0"
 
 
 async def test_a_stream_that_ends_early_says_so() -> None:
     out = io.StringIO()
-    await watch_progress(_Events(INSTALL[:2]), out=out)  # type: ignore[arg-type]
+    await watch_progress(_Events(INSTALL[:2]), out=out, show_outcome=True)  # type: ignore[arg-type]
     assert out.getvalue().splitlines()[-1] == (
         "the updater's event stream ended before the job settled (last: health_check)"
     )
