@@ -5,7 +5,7 @@
 #                   (./var: factory v1.0.0 seeded on first run; API on 127.0.0.1:12315;
 #                   no root privileges, no systemd)
 #   ./dev.sh test   set up .venv with the test tools, then lint, type-check, check the
-#                   import contracts and run the whole test suite (the exact command CI runs)
+#                   import contracts and run the whole test suite (what .ci/run, CI, ends with)
 #   ./dev.sh fast   the same checks, then only the fast tier: no systemd, hawkBit, crash
 #                   harness, `serve` subprocess or slow test (tests/conftest.py marks them),
 #                   on all cores, with fewer hypothesis examples (profile dev); a few minutes

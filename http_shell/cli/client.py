@@ -1,29 +1,28 @@
 """A small client of the updater's HTTP API, used by the CLI commands and the demo.
 
-Every call returns the parsed envelope ``{"code", "msg", "data"}``; :func:`watch_progress`
-follows ``GET /events`` (Server-Sent Events) and draws a progress bar.
+Every call returns the parsed envelope ``{"code", "msg", "data"}``; :meth:`ApiClient.events`
+follows ``GET /events`` (Server-Sent Events), which :mod:`http_shell.cli.watch` shows
+(its ``watch_progress`` and ``render_line`` are importable from here too).
 
 What the updater answers is read up to :data:`MAX_ANSWER_BYTES` (one event up to
-:data:`MAX_EVENT_BYTES`), and the progress lines go through
-:func:`~http_shell.cli.output.terminal_safe`.
+:data:`MAX_EVENT_BYTES`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import sys
 from collections.abc import AsyncIterator
-from typing import Any, TextIO
+from typing import Any
 
 import aiohttp
 
-from http_shell.cli.output import terminal_safe
+# Shown with the client's events (and imported from here by callers of this module).
+from http_shell.cli.watch import render_line as render_line
+from http_shell.cli.watch import watch_progress as watch_progress
 
 API_PREFIX = "/api/v1.0"
-TERMINAL_STAGES = ("success", "failed")
 #: Most of an answer ever read (a real one is a few KB): beyond it, an error, not memory.
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 #: Most of one ``/events`` message read.
@@ -167,62 +166,3 @@ async def _envelope(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     if not isinstance(body, dict) or "code" not in body:
         return {"code": code, "msg": f"HTTP {resp.status} {resp.reason}", "data": None}
     return body
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1_000_000:.1f} MB"
-
-
-def render_line(data: dict[str, Any], width: int | None = None) -> str:
-    """One status line: a bar, percent, stage, bytes, speed and ETA."""
-    width = width or shutil.get_terminal_size((100, 20)).columns
-    pct = int(data.get("progress") or 0)
-    bar_len = 24
-    filled = bar_len * pct // 100
-    bar = "#" * filled + "-" * (bar_len - filled)
-    parts = [f"[{bar}] {pct:3d}%", f"{data.get('stage')}/{data.get('state')}"]
-    if data.get("state") == "downloading":
-        parts.append(
-            f"{_mb(data.get('bytes_downloaded') or 0)} / {_mb(data.get('total_bytes') or 0)}"
-        )
-        if data.get("speed_bps"):
-            parts.append(f"{_mb(data['speed_bps'])}/s")
-        if data.get("eta_s") is not None:
-            parts.append(f"ETA {data['eta_s']:.0f} s")
-    else:
-        parts.append(str(data.get("message") or ""))
-    return terminal_safe("  ".join(parts))[: max(20, width - 1)]
-
-
-async def watch_progress(
-    client: ApiClient, *, out: TextIO = sys.stdout, until_terminal: bool = True
-) -> dict[str, Any]:
-    """Draw the progress bar from the event stream; return the last snapshot.
-
-    With ``until_terminal`` it returns once the stage is ``success`` or ``failed`` (or
-    ``idle``/``toInstall`` after work was seen, e.g. a cancel or a manual rollback); an
-    install waiting for the printer (state ``waiting_idle``) is followed until it goes on.
-    """
-    tty = out.isatty()
-    last: dict[str, Any] = {}
-    busy_seen = first = False
-    async for data in client.events():
-        first = not last
-        last = data
-        line = render_line(data)
-        if tty:
-            out.write("\r\033[K" + line)
-        else:
-            out.write(line + "\n")
-        out.flush()
-        stage = data.get("stage")
-        # An install waiting for the printer shows the stage toInstall too, but it is not
-        # settled: it goes on by itself when the printer is free.
-        waiting = data.get("state") == "waiting_idle"
-        busy_seen = busy_seen or waiting or stage not in ("idle", "toInstall", *TERMINAL_STAGES)
-        settled = not waiting and stage in (*TERMINAL_STAGES, "idle", "toInstall")
-        if until_terminal and settled and (busy_seen or first):
-            break
-    if tty:
-        out.write("\n")
-    return last

@@ -26,8 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from http_shell.api.app import create_app
-from http_shell.cli.client import ApiClient, watch_progress
+from http_shell.cli.client import ApiClient
 from http_shell.cli.output import say
+from http_shell.cli.watch import watch_progress
 from http_shell.daemon.assembly import instance_lock, running_updater
 from updater_fsm.config import Config, ServiceControl
 from updater_fsm.ops import snapshot_store
@@ -188,7 +189,7 @@ async def _install(
     }
     env = await client.post("/download", body)
     say(f"    answer: {env}")
-    await watch_progress(client)
+    await watch_progress(client, show_outcome=True)
     task = None
     if printing is not None:
         printing.start()
@@ -202,7 +203,7 @@ async def _install(
         if task is not None:
             waited = await _show_wait(client)
             _say("The print finished: the install goes ahead on its own")
-        last = await watch_progress(client)
+        last = await watch_progress(client, show_outcome=True)
     finally:
         if task is not None:
             await task
@@ -307,7 +308,6 @@ async def _drive(config: Config, built: list[builder.BuildResult]) -> bool:
                         last, _ = await _install(client, url, built[1])
                         ok &= str(last.get("error", "")).startswith("ROLLBACK_LEVEL_1_SUCCESS")
                         _say("The broken v1.2.0 failed its health check and was rolled back")
-                        say(f"    error: {last.get('error')}")
                         print(f"    {_links(root)}\n    bin/hello says: {_run_hello(root)}")
 
                         env = await client.get("/versions")

@@ -3,7 +3,10 @@
 ``download``, ``update``, ``rollback``, ``cancel`` and ``reset`` send one request (and
 follow the progress with ``--watch``); ``progress``, ``versions`` and ``history`` read.
 Each prints the envelope's message or data (``--json``: the envelope) and exits 1 unless its
-code is 200.
+code is 200. With ``--watch`` the command then follows the job to its end, prints the
+outcome whole on the last line (``--json``: the last snapshot) and exits 0 only when the job
+ended as asked: ``download`` verified, ``update`` installed and healthy, ``rollback`` back to
+idle without an error (a failed update, even one rolled back, a cancel: 1).
 The HTTP client is :mod:`http_shell.cli.client`, imported when a command runs.
 """
 
@@ -97,7 +100,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         code = _print_envelope(args, await client.post("/download", body))
         if code == EXIT_OK and args.watch:
-            return await _watch(args, client)
+            return await _watch(args, client, _verified)
         return code
 
     return _client_call(args, go)
@@ -107,32 +110,54 @@ def cmd_update(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         code = _print_envelope(args, await client.post("/update", {"version": args.version}))
         if code == EXIT_OK and args.watch:
-            return await _watch(args, client)
+            return await _watch(args, client, _installed)
         return code
 
     return _client_call(args, go)
 
 
-async def _watch(args: argparse.Namespace, client: Any) -> int:
-    from http_shell.cli.client import watch_progress
+async def _watch(
+    args: argparse.Namespace, client: Any, succeeded: Callable[[dict[str, Any]], bool]
+) -> int:
+    """Follow the job to its end (:mod:`http_shell.cli.watch`); exit 0 when ``succeeded``
+    says its last snapshot is what was asked for, else 1."""
+    from http_shell.cli.watch import watch_progress
 
-    last = await watch_progress(client)
+    last = await watch_progress(client, show_outcome=not args.json)
     if args.json:
         print(json.dumps(last))
-    elif last.get("error"):
-        say(f"error: {last['error']}")
-    return EXIT_FAILED if last.get("stage") == "failed" else EXIT_OK
+    return EXIT_OK if succeeded(last) else EXIT_FAILED
+
+
+def _verified(last: dict[str, Any]) -> bool:
+    """``download --watch``: the package is downloaded and verified."""
+    return last.get("state") == "ready"
+
+
+def _installed(last: dict[str, Any]) -> bool:
+    """``update --watch``: the new version runs and is healthy."""
+    return last.get("stage") == "success"
+
+
+def _rolled_back(last: dict[str, Any]) -> bool:
+    """``rollback --watch``: back to idle on the version asked for, without an error."""
+    return last.get("state") == "idle" and not last.get("error")
+
+
+def _not_failed(last: dict[str, Any]) -> bool:
+    """``progress --watch``: whatever it settled on, unless that is a failure."""
+    return last.get("stage") != "failed"
 
 
 def cmd_progress(args: argparse.Namespace) -> int:
     async def go(client: Any) -> int:
         if args.watch:
-            return await _watch(args, client)
+            return await _watch(args, client, _not_failed)
         env = await client.get("/progress")
         if args.json:
             print(json.dumps(env))
         else:
-            from http_shell.cli.client import render_line
+            from http_shell.cli.watch import render_line
 
             data = env.get("data") or {}
             say(render_line(data))
@@ -244,9 +269,13 @@ def _size(n: int) -> str:
 
 
 def _simple(
-    method: str, path: str, body: Callable[[argparse.Namespace], Any] | None = None
+    method: str,
+    path: str,
+    body: Callable[[argparse.Namespace], Any] | None = None,
+    succeeded: Callable[[dict[str, Any]], bool] = _not_failed,
 ) -> Callable[[argparse.Namespace], int]:
-    """A client command that sends one request (and optionally watches progress)."""
+    """A client command that sends one request (and with ``--watch`` follows the job: its
+    exit status is then whether ``succeeded`` says the job ended as asked)."""
 
     def command(args: argparse.Namespace) -> int:
         async def go(client: Any) -> int:
@@ -256,7 +285,7 @@ def _simple(
                 env = await client.post(path, body(args) if body else None)
             code = _print_envelope(args, env)
             if code == EXIT_OK and getattr(args, "watch", False):
-                return await _watch(args, client)
+                return await _watch(args, client, succeeded)
             return code
 
         return _client_call(args, go)
@@ -281,14 +310,22 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--signature", help="the package's Ed25519 signature, base64 (package build prints it)"
     )
-    p.add_argument("--watch", action="store_true", help="show progress until verified")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the download; exit 0 once the package is verified, else 1",
+    )
     p.set_defaults(func=cmd_download)
 
     p = add_client_parser(sub, "update", "install a downloaded, verified package")
     p.add_argument(
         "version", type=version_arg, help="the downloaded version to install: 1.2.0 or v1.2.0"
     )
-    p.add_argument("--watch", action="store_true", help="show progress until done")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the install; exit 0 when it succeeded, else 1 (also when rolled back)",
+    )
     p.set_defaults(func=cmd_update)
 
     p = add_client_parser(sub, "progress", "show progress (or follow it with --watch)")
@@ -311,8 +348,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default="previous",
         help="the version to go back to (default previous)",
     )
-    p.add_argument("--watch", action="store_true", help="show progress until done")
-    p.set_defaults(func=_simple("POST", "/rollback", lambda a: {"target": a.to}))
+    p.add_argument(
+        "--watch", action="store_true", help="follow the rollback; exit 0 when it worked, else 1"
+    )
+    p.set_defaults(func=_simple("POST", "/rollback", lambda a: {"target": a.to}, _rolled_back))
 
     p = add_client_parser(
         sub, "cancel", "cancel a download or an install that has not switched yet"

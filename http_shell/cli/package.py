@@ -10,6 +10,16 @@ from pathlib import Path
 from http_shell.cli.exit_codes import EXIT_FAILED, EXIT_OK
 from http_shell.cli.options import version_arg
 
+#: The install root a package targets without ``--root`` (a device's default ``root``).
+DEFAULT_ROOT = Path("/opt/tope")
+
+
+def target_root(args: argparse.Namespace) -> str:
+    """``targets root /opt/tope (the default; --root to change)``, or the root given."""
+    if args.root is None:
+        return f"targets root {DEFAULT_ROOT} (the default; --root to change)"
+    return f"targets root {args.root}"
+
 
 def cmd_package_build(args: argparse.Namespace) -> int:
     from updater_fsm.package import builder
@@ -19,7 +29,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
             args.src,
             version=args.version,
             output=args.output,
-            root=args.root,
+            root=args.root if args.root is not None else DEFAULT_ROOT,
             modules_config=args.modules_config,
             sign_key=args.sign_key,
             delta_from=args.delta_from,
@@ -33,6 +43,7 @@ def cmd_package_build(args: argparse.Namespace) -> int:
     fields = {
         "package_name": result.path.name,
         "version": args.version,
+        "root": str(args.root if args.root is not None else DEFAULT_ROOT),
         "package_size": result.size,
         "package_md5": result.md5,
         "package_sha256": result.sha256,
@@ -46,9 +57,9 @@ def cmd_package_build(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(fields))
     else:
-        print(f"wrote {result.path}")
+        print(f"wrote {result.path}: {target_root(args)}")
         for key, value in fields.items():
-            if value is not None:
+            if value is not None and key != "root":
                 print(f"  {key}: {value}")
     return EXIT_OK
 
@@ -75,7 +86,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="the package file to write")
     p.add_argument(
-        "--root", type=Path, default=Path("/opt/tope"), help="install root on the device"
+        "--root",
+        type=Path,
+        help=f"the device's install root the package installs under (default {DEFAULT_ROOT});"
+        " a device whose root differs refuses the package",
     )
     p.add_argument("--modules-config", type=Path, help="TOML with per-file service metadata")
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) to sign with")

@@ -1,11 +1,16 @@
 """``tope-updater serve``: run the updater and its HTTP API (optionally on a local sandbox).
 
-The daemon itself is :mod:`http_shell.daemon`; this is its command line.
+The daemon itself is :mod:`http_shell.daemon`; this is its command line. It refuses (exit 2,
+one line naming the ``init`` command to run) to start on an install root that was never
+initialised, before it creates, locks or binds anything; ``--sandbox`` seeds its root
+instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,13 +42,30 @@ def ensure_sandbox(config: Config) -> None:
         print(f"sandbox: created {config.root} with factory version v{SANDBOX_FACTORY_VERSION}")
 
 
+def not_initialised(root: Path) -> str | None:
+    """Why ``serve`` cannot start on ``root``, when ``init`` never ran there: neither a
+    ``current`` nor a ``factory`` link (a root with either is the daemon's to repair)."""
+    versions = root / "versions"
+    if os.path.lexists(versions / "current") or os.path.lexists(versions / "factory"):
+        return None
+    return (
+        f"{root} is not initialised (no versions/current or versions/factory): run"
+        f" `tope-updater init --root {shlex.quote(str(root))} --version VERSION` first"
+        " (VERSION: the factory version it starts with; --from DIR copies its files)"
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    base = sandbox_config(args.sandbox) if args.sandbox else None
+    config = config_from(args, base)
+    if not args.sandbox and (reason := not_initialised(config.root)) is not None:
+        print(f"tope-updater: {reason}", file=sys.stderr)  # before anything heavy is loaded
+        return EXIT_USAGE
+
     from http_shell.daemon.assembly import AlreadyRunning, CannotListen, serve
     from updater_fsm.durable import StateFileRefused
     from updater_fsm.log_setup import configure_logging
 
-    base = sandbox_config(args.sandbox) if args.sandbox else None
-    config = config_from(args, base)
     try:
         configure_logging(config.logs_dir, level=config.log_level)  # first: seeding logs too
     except StateFileRefused as exc:
@@ -65,7 +87,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the updater and its HTTP API")
+    p = sub.add_parser(
+        "serve",
+        help="run the updater and its HTTP API",
+        description="Run the updater and its HTTP API on an install root. The root must have"
+        " been initialised (`tope-updater init --root ROOT --version VERSION`): on a root"
+        " without versions/current or versions/factory, serve prints that command and exits"
+        " with status 2 (systemd does not restart it then). --sandbox seeds its root on the"
+        " first run instead.",
+    )
     add_config_flags(p)
     add_sandbox_flag(p, "run on a local sandbox root (default ./var): no root or systemd needed")
     p.set_defaults(func=cmd_serve)

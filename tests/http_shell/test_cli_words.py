@@ -14,10 +14,12 @@ import importlib.metadata
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from http_shell.cli.main import build_parser
+from http_shell.cli.serve import not_initialised
 from tests.http_shell import test_cli
 from tests.http_shell.test_cli import _env, cli
 
@@ -182,3 +184,44 @@ def test_an_updater_that_does_not_answer_is_said_in_words() -> None:
             " is the updater running? start it with `tope-updater serve` (or `systemctl start"
             " tope-updater`), or point --url / TOPE_UPDATER_HOST/PORT at it"
         ), argv
+
+
+# ---- serve on a root `init` never ran on ---------------------------------------------------
+def test_serve_refuses_a_root_never_initialised_in_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "no such root"
+    port = _free_port()
+    started = time.monotonic()
+    result = cli("serve", "--root", str(root), "--port", str(port), env=_env())
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"tope-updater: {root} is not initialised (no versions/current or versions/factory):"
+        f" run `tope-updater init --root '{root}' --version VERSION` first (VERSION: the factory"
+        " version it starts with; --from DIR copies its files)"
+    ]
+    assert not root.exists()  # nothing created: no state dir, no log, no lock
+    with socket.socket() as sock:  # and nothing bound, not even for a moment
+        sock.bind(("127.0.0.1", port))
+    # The command it names is the one that makes the root one serve starts on.
+    init = cli("init", "--root", str(root), "--version", "1.0.0", env=_env())
+    assert init.returncode == 0, init.stderr
+    assert not_initialised(root) is None
+
+
+# ---- which root a package targets ----------------------------------------------------------
+def test_package_build_says_which_root_it_targets(tmp_path: Path) -> None:
+    (tmp_path / "src" / "bin").mkdir(parents=True)
+    (tmp_path / "src" / "bin" / "app").write_text("#!/bin/sh\n")
+    build = ("package", "build", str(tmp_path / "src"), "--version", "1.1.0", "-o")
+    default = cli(*build, str(tmp_path / "a.zip"), env=_env())
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.splitlines()[0] == (
+        f"wrote {tmp_path / 'a.zip'}: targets root /opt/tope (the default; --root to change)"
+    )
+    root = tmp_path / "device root"
+    given = cli(*build, str(tmp_path / "b.zip"), "--root", str(root), "--json", env=_env())
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout)["root"] == str(root)
+    text = cli(*build, str(tmp_path / "c.zip"), "--root", str(root), env=_env())
+    assert text.stdout.splitlines()[0] == f"wrote {tmp_path / 'c.zip'}: targets root {root}"

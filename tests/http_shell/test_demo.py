@@ -45,7 +45,7 @@ def test_demo_waits_for_the_print_then_installs_and_rolls_back(tmp_path: Path) -
     assert len(busy) >= 2 and busy[0] != busy[-1], out
     assert all("toInstall/waiting_idle  Waiting for the printer to be free: " in b for b in busy)
     assert went_on < index("installing/deploying  Staging v1.1.0")
-    assert went_on < index("success/success  Update to v1.1.0 complete")
+    assert went_on < index("Update to v1.1.0 complete")  # the outcome, on a line of its own
     # The rest of the story is unchanged.
     assert "bin/hello says: hello from v1.1.0" in out
     assert "ROLLBACK_LEVEL_1_SUCCESS: v1.1.0" in out
