@@ -436,7 +436,7 @@ class HawkbitServer(Management):
             f"--org.eclipse.hawkbit.repository.file.path={tmp / 'artifacts'}",
         ]
         t0 = time.monotonic()
-        self.say(f"starting hawkBit on {self.base_url} (java; ~10-15 s)…")
+        self.say(f"starting hawkBit on {self.base_url} (java: 10-45 s)…")
         with self._log_path.open("wb") as log:
             self._proc = subprocess.Popen(
                 cmd,
@@ -621,13 +621,20 @@ def _announce_target(mgmt: Management, controller_id: str, token: str) -> None:
     )
 
 
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # `kill PID` stops it as cleanly as Ctrl-C
+
+
 def _serve(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     server = HawkbitServer(port=args.port, say=_say)
     try:
         server.start()
     except HawkbitUnavailable as exc:
         print(f"BLOCKED: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while building or starting: start() stopped it
+        return 130
     try:
         server.set_polling(args.poll)
         _say(
@@ -644,7 +651,7 @@ def _serve(args: argparse.Namespace) -> int:
                 + "\ncreate a target and get its token:\n"
                 f"  {_me()} --url {server.base_url} --add-target NAME"
             )
-        _say("Ctrl-C stops hawkBit")
+        _say(f"Ctrl-C (or kill {os.getpid()}) stops hawkBit")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
