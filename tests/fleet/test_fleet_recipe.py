@@ -99,3 +99,16 @@ def test_the_recipe_installs_the_deployed_version(
         device.terminate()
         device.wait(30)
         log.close()
+
+
+def test_the_helper_says_in_one_line_what_is_wrong(tmp_path: Path, serve_port: int) -> None:
+    """No hawkBit needed: a missing --url, a missing package, nobody at the URL."""
+    usage = _helper("--deploy", "update.zip", "--target", "printer-0001")
+    assert usage.returncode == 2 and "need --url (what --serve printed)" in usage.stderr
+    url = f"http://127.0.0.1:{serve_port}"  # free: nobody listens there
+    missing = _helper("--url", url, "--deploy", str(tmp_path / "nope.zip"), "--target", "p")
+    assert missing.returncode == 2, missing
+    assert missing.stderr.startswith("error: FileNotFoundError"), missing.stderr
+    assert len(missing.stderr.splitlines()) == 1 and not missing.stdout
+    down = _helper("--url", url, "--add-target", "printer-0001")
+    assert down.returncode == 2 and "Connection refused" in down.stderr, down.stderr

@@ -16,6 +16,10 @@ Spring Boot main class (see docs/FLEET.md). This module
 
 ``python -m tests.support.hawkbit --check`` runs all of it once and prints what the DDI
 controller resource answered, with the build time, the start time and the java RSS.
+``--serve [--target NAME]`` runs one until Ctrl-C and prints what a device's config needs
+(and the target's token); ``--url URL --add-target NAME`` and ``--url URL --deploy PACKAGE
+--target NAME`` use the same Management API client (:class:`Management`) on a server that
+runs (docs/FLEET.md, "Try it").
 
 Anything that keeps hawkBit from being built or started raises :class:`HawkbitUnavailable`
 with the exact error; there is no stand-in server.
@@ -726,12 +730,20 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if not args.url:
         parser.error("--add-target and --deploy need --url (what --serve printed)")
-    if args.add_target:
-        _announce_target(Management(args.url), args.add_target, args.token or uuid.uuid4().hex)
-        return 0
-    if not args.target:
+    if args.deploy and not args.target:
         parser.error("--deploy needs --target")
-    return _deploy(args)
+    try:
+        if args.add_target:
+            token = args.token or uuid.uuid4().hex
+            _announce_target(Management(args.url), args.add_target, token)
+            return 0
+        return _deploy(args)
+    except (OSError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        # a missing package, a server that is not there, hawkBit refusing a call: one line
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C while following: the action goes on in hawkBit
+        return 130
 
 
 if __name__ == "__main__":
