@@ -63,6 +63,8 @@ class DdiClient:
         self.base_url = (
             f"{config.ddi_url.rstrip('/')}/{config.ddi_tenant}/controller/v1/{controller_id}"
         )
+        #: ``PUT`` the attributes here when the server did not give its ``configData`` link.
+        self.config_data_url = f"{self.base_url}/configData"
         self._config = config
         self._access = fleet_access(config)
         #: A whole exchange: a server trickling its answer never holds the poller longer.

@@ -8,6 +8,14 @@ again, asks the server whether the action is still open: if not, the first send 
 and nothing more is sent. The closed action ids (the last :data:`KEEP_CLOSED`) are kept so
 the engine's journaled job, which still names its action after a restart, never produces a
 second final feedback.
+
+The target's attributes (``current_version``…) must show the version the device runs once
+an action has ended, and hawkBit does not always ask for them (never after a failure, and
+after a success only at the next poll, minutes later). So holding a final feedback also
+marks the attributes due, in the same write; the poller sends them right after the final
+feedback and clears the mark once the server has them. A restart in between finds them
+still due and sends them at its first poll (``PUT configData`` merges: sending twice is
+harmless, never sending is not).
 """
 
 from __future__ import annotations
@@ -30,10 +38,12 @@ _SCHEMA = 1
 
 @attrs.frozen
 class FeedbackState:
-    """The journal's content: a final feedback not yet delivered, and the closed actions."""
+    """The journal's content: a final feedback not yet delivered, the closed actions, and
+    whether the target's attributes are to be sent again (an action ended since)."""
 
     pending: Feedback | None = None
     closed: tuple[str, ...] = ()
+    attributes_due: bool = False
 
     def is_closed(self, action_id: str) -> bool:
         return action_id in self.closed or (
@@ -79,6 +89,8 @@ class FeedbackJournal:
             return FeedbackState(
                 pending=_feedback_from(pending) if pending else None,
                 closed=tuple(str(a) for a in data.get("closed", [])),
+                # absent in a journal written before it existed: nothing was due then
+                attributes_due=data.get("attributes_due", False) is True,
             )
         except FileNotFoundError:
             return FeedbackState()
@@ -97,6 +109,7 @@ class FeedbackJournal:
             "schema": _SCHEMA,
             "pending": _feedback_json(state.pending) if state.pending else None,
             "closed": list(state.closed[-KEEP_CLOSED:]),
+            "attributes_due": state.attributes_due,
         }
         durable.atomic_write_bytes(
             self.path, json.dumps(data, indent=1).encode(), mode=0o600, point=point
@@ -104,8 +117,11 @@ class FeedbackJournal:
         self.state = state
 
     def hold(self, feedback: Feedback) -> None:
-        """Journal ``feedback`` as the pending final feedback (before sending it)."""
-        self._save(attrs.evolve(self.state, pending=feedback), "fleet:final_held")
+        """Journal ``feedback`` as the pending final feedback (before sending it); the
+        attributes are due from now on."""
+        self._save(
+            attrs.evolve(self.state, pending=feedback, attributes_due=True), "fleet:final_held"
+        )
 
     def close(self, action_id: str) -> None:
         """The server has the action's outcome (or closed it itself): never send again."""
@@ -113,4 +129,10 @@ class FeedbackJournal:
         if pending is not None and pending.action_id == action_id:
             pending = None
         closed = (*tuple(a for a in self.state.closed if a != action_id), action_id)
-        self._save(FeedbackState(pending, closed[-KEEP_CLOSED:]), "fleet:action_closed")
+        state = attrs.evolve(self.state, pending=pending, closed=closed[-KEEP_CLOSED:])
+        self._save(state, "fleet:action_closed")
+
+    def attributes_sent(self) -> None:
+        """The server has the attributes as they are since the last action ended."""
+        if self.state.attributes_due:
+            self._save(attrs.evolve(self.state, attributes_due=False), "fleet:attributes_sent")

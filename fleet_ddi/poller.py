@@ -9,8 +9,9 @@ without polling the engine. It drives the updater only through
 device-api's requests: one machine, one job at a time.
 
 Crash safety: the job's action id is in the engine's journal (the job carries it); the
-final feedback is in :class:`~fleet_ddi.feedback_journal.FeedbackJournal` before it is sent.
-A restarted poller rebuilds everything else from the two.
+final feedback is in :class:`~fleet_ddi.feedback_journal.FeedbackJournal` before it is sent,
+with the mark that the target's attributes are due again (sent right after it). A restarted
+poller rebuilds everything else from the two.
 """
 
 from __future__ import annotations
@@ -177,8 +178,6 @@ class FleetPoller:
         return self._interval(base.sleep_s)
 
     async def _act_on(self, base: ControllerBase) -> None:
-        if base.config_data_url is not None:
-            await self._client.put_attributes(base.config_data_url, self._attributes())
         pending = self._journal.state.pending
         if pending is not None:
             if self._pending_unsure and not base.offers(pending.action_id):
@@ -186,6 +185,10 @@ class FleetPoller:
                 self._journal.close(pending.action_id)
             else:
                 await self._deliver_final(pending)
+        # Asked for (first contact, after a success), or due since an action ended and not
+        # yet sent (a restart or an unreachable server came in between).
+        if base.config_data_url is not None or self._journal.state.attributes_due:
+            await self._send_attributes(base.config_data_url)
         if base.cancel_url is not None and base.cancel_action is not None:
             await self._on_cancel(base.cancel_url, base.cancel_action)
             return
@@ -208,6 +211,20 @@ class FleetPoller:
         """Close ``action`` with ``failure``: ``error`` and the version the device runs."""
         running = f"running {self._control.links.current or 'no version'}"
         await self._finish(Feedback(action, Execution.CLOSED, Finished.FAILURE, (error, running)))
+
+    async def _send_attributes(self, url: str | None = None) -> None:
+        """``PUT configData`` (to the link the server gave, else to the controller's own):
+        the attributes as they are now; no longer due once the server has them."""
+        attributes = self._attributes()
+        try:
+            await self._client.put_attributes(url or self._client.config_data_url, attributes)
+        except DdiUnavailable as exc:
+            # Still due: again at the next poll. Never in the way of a deployment or a
+            # final feedback (a server refusing them must not stop the device's updates).
+            self._note_error(exc)
+            return
+        self._journal.attributes_sent()
+        _log.info("fleet attributes sent", current_version=attributes["current_version"])
 
     def _attributes(self) -> dict[str, str]:
         links = self._control.links
@@ -366,3 +383,6 @@ class FleetPoller:
         self._pending_unsure = False
         if self._deployment is not None and self._deployment.action_id == feedback.action_id:
             self._deployment = None
+        # The version the device now runs, for hawkBit's view of the target (due since the
+        # feedback was held: a crash or a failed PUT here sends them at the next poll).
+        await self._send_attributes()

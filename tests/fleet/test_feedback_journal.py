@@ -39,10 +39,40 @@ def test_close_survives_a_reload(tmp_path: Path) -> None:
     journal = FeedbackJournal(tmp_path)
     journal.hold(OK)
     journal.close("4")
-    assert journal.state == FeedbackState(None, ("4",))
+    assert journal.state == FeedbackState(None, ("4",), attributes_due=True)
     again = FeedbackJournal(tmp_path)
-    assert again.state == FeedbackState(None, ("4",))
+    assert again.state == FeedbackState(None, ("4",), attributes_due=True)
     assert again.state.is_closed("4") and not again.state.is_closed("3")
+
+
+@pytest.mark.parametrize("feedback", [FAIL, OK])
+def test_attributes_are_due_from_the_final_feedback_until_sent(
+    tmp_path: Path, feedback: Feedback
+) -> None:
+    journal = FeedbackJournal(tmp_path)
+    assert not journal.state.attributes_due
+    journal.hold(feedback)  # one write: the feedback and the attributes to follow it
+    assert FeedbackJournal(tmp_path).state.attributes_due
+    journal.close(feedback.action_id)
+    # A crash between the final feedback and the attributes: still due after the restart.
+    assert FeedbackJournal(tmp_path).state.attributes_due
+    journal.attributes_sent()
+    assert FeedbackJournal(tmp_path).state == FeedbackState(None, (feedback.action_id,))
+
+
+def test_a_cancel_closed_without_a_final_feedback_makes_no_attributes_due(tmp_path: Path) -> None:
+    journal = FeedbackJournal(tmp_path)
+    journal.close("9")
+    assert not FeedbackJournal(tmp_path).state.attributes_due
+
+
+def test_a_journal_written_before_the_attributes_mark_reads_as_nothing_due(
+    tmp_path: Path,
+) -> None:
+    journal = FeedbackJournal(tmp_path)
+    journal.path.parent.mkdir()
+    journal.path.write_text(json.dumps({"schema": 1, "pending": None, "closed": ["4"]}))
+    assert FeedbackJournal(tmp_path).state == FeedbackState(None, ("4",))
 
 
 def test_close_of_another_action_keeps_the_pending_one(tmp_path: Path) -> None:

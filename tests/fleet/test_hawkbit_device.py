@@ -188,3 +188,41 @@ def test_a_device_with_the_gateway_token_registers_itself_and_installs(
         hawkbit.mgmt(
             "PUT", "/rest/v1/system/configs/authentication.gatewaytoken.enabled", {"value": False}
         )
+
+
+@pytest.mark.parametrize(("scenario", "running"), [("good", "1.1.0"), ("bad", "1.0.0")])
+def test_the_target_attributes_show_the_running_version_once_an_action_ends(
+    tmp_path: Path,
+    hawkbit: HawkbitServer,
+    server: ThreadedPackageServer,
+    scenario: str,
+    running: str,
+) -> None:
+    """Right after the final feedback, not when hawkBit next asks: the device polls once an
+    hour here, and hawkBit holds stale attributes it does not ask to refresh (never after a
+    failure), so only the attributes sent with the outcome can put the running version
+    there — after a success the new one, after a rollback the one rolled back to."""
+    device = fleet_device(
+        tmp_path, hawkbit, server, scenario, env={"TOPE_UPDATER_DDI_POLL_MIN_S": "3600"}
+    )
+    cid = device.controller_id
+    try:
+        # Stale attributes, as a device would have left them: hawkBit stops asking for more.
+        hawkbit.ddi_put_attributes(cid, device.token, {"current_version": "0.9.0"})
+        base = hawkbit.ddi_get(hawkbit.ddi_url(cid), device.token).json()
+        assert "configData" not in base.get("_links", {}), base
+        action = hawkbit.assign_action(release_for(hawkbit, device), cid)
+        device.start()  # its first poll finds the action; the next is an hour away
+        final = wait_action_end(hawkbit, cid, action)
+        assert final["type"] == ("finished" if scenario == "good" else "error"), final
+        assert final["messages"][-1] == f"running {running}", final
+        assert h.wait_until(
+            lambda: hawkbit.target_attributes(cid).get("current_version") == running, 10
+        ), hawkbit.target_attributes(cid)
+        attributes = hawkbit.target_attributes(cid)
+        assert attributes["factory_version"] == "1.0.0", attributes
+        assert device.rig.links().current == running
+        fleet = device.rig.call("GET", "/healthz")["data"]["fleet"]
+        assert fleet["polls"] == 1, fleet  # the attributes came with the outcome, not a poll
+    finally:
+        device.rig.close()

@@ -146,6 +146,8 @@ class HostileFleet:
             action = path.split("/")[-2]
             self.feedback.append((action, json.loads(body)))
             return web.json_response({})
+        if path == f"{BASE_PATH}/configData" and req.method == "PUT":
+            return web.json_response({})  # the device's attributes, as hawkBit takes them
         if "/deploymentBase/" in path:
             offer = self.offers.get(path.rpartition("/")[2])
             return web.json_response(offer) if offer else web.Response(status=404)
