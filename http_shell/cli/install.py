@@ -81,7 +81,7 @@ def _signature_of(path: Path, given: str | None) -> str | None:
 
 
 def _download_body(path: Path, version: str | None, signature: str | None) -> dict[str, Any]:
-    from http_shell.cli.jobs import _file_digests as file_digests
+    from http_shell.cli.jobs import file_digests
 
     path = _package_file(path)
     version = version or _version_of(path)
@@ -135,7 +135,7 @@ async def _install(args: argparse.Namespace, client: Any, body: dict[str, Any]) 
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from http_shell.cli.jobs import _client_call as client_call
+    from http_shell.cli.jobs import client_call
 
     try:
         body = _download_body(args.file, args.version, args.signature)
@@ -168,7 +168,7 @@ def _signed_packages(directory: Path) -> list[tuple[Path, str]]:
 
 
 def cmd_usb_install(args: argparse.Namespace) -> int:
-    from http_shell.cli.jobs import _client_call as client_call
+    from http_shell.cli.jobs import client_call
     from http_shell.cli.options import client_config
     from updater_fsm.control import Version
 

@@ -40,7 +40,9 @@ def _human(data: Any) -> str:
     return "\n".join(f"{k}: {v}" for k, v in data.items())
 
 
-def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
+def client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
+    """Run ``fn(client)`` against the updater the options name; an updater that does not
+    answer, or answers what cannot be read, is said in words (exit 1)."""
     import asyncio
 
     from http_shell.cli.client import (
@@ -67,7 +69,8 @@ def _client_call(args: argparse.Namespace, fn: Callable[[Any], Any]) -> int:
         return EXIT_FAILED
 
 
-def _file_digests(path: Path) -> tuple[int, str, str]:
+def file_digests(path: Path) -> tuple[int, str, str]:
+    """Size, MD5 and SHA-256 (hex) of a local file, read once."""
     md5, sha = hashlib.md5(), hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
@@ -85,7 +88,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         "package_name": args.name or args.package_url.rstrip("/").rsplit("/", 1)[-1],
     }
     if args.file:
-        size, md5, sha = _file_digests(args.file)
+        size, md5, sha = file_digests(args.file)
         body |= {"package_size": size, "package_md5": md5, "package_sha256": sha}
     else:
         if args.size is None or args.md5 is None:
@@ -103,7 +106,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             return await _watch(args, client, _verified)
         return code
 
-    return _client_call(args, go)
+    return client_call(args, go)
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -113,7 +116,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             return await _watch(args, client, _installed)
         return code
 
-    return _client_call(args, go)
+    return client_call(args, go)
 
 
 async def _watch(
@@ -165,7 +168,7 @@ def cmd_progress(args: argparse.Namespace) -> int:
                 say(f"error: {data['error']}")
         return EXIT_OK if env.get("code") == 200 else EXIT_FAILED
 
-    return _client_call(args, go)
+    return client_call(args, go)
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -176,7 +179,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
         say(versions_table(env.get("data") or {}))
         return EXIT_OK
 
-    return _client_call(args, go)
+    return client_call(args, go)
 
 
 def versions_table(data: dict[str, Any]) -> str:
@@ -209,7 +212,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         say(history_table((env.get("data") or {}).get("entries") or []))
         return EXIT_OK
 
-    return _client_call(args, go)
+    return client_call(args, go)
 
 
 def history_table(entries: list[dict[str, Any]]) -> str:
@@ -288,7 +291,7 @@ def _simple(
                 return await _watch(args, client, succeeded)
             return code
 
-        return _client_call(args, go)
+        return client_call(args, go)
 
     return command
 
