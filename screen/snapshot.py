@@ -88,4 +88,25 @@ def read_snapshot(data: object) -> dict[str, Any]:
         if not math.isfinite(value) or not 0 <= value <= MAX_NUMBER:
             raise Unreadable(f"{key} is out of range")
         snap[key] = value
+    retry = data.get("retry")
+    if retry is not None:
+        snap["retry"] = _read_retry(retry)
     return snap
+
+
+def _read_retry(value: object) -> dict[str, Any]:
+    """``retry``: why a download waits, in how many seconds, which attempt of how many."""
+    if not isinstance(value, Mapping):
+        raise Unreadable(f"retry is a {type(value).__name__}, not an object")
+    reason = value.get("reason")
+    if not isinstance(reason, str):
+        raise Unreadable("retry.reason is not a string")
+    out: dict[str, Any] = {"reason": drawable(reason)}
+    for key in ("in_s", "attempt", "attempts"):
+        number = value.get(key)
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise Unreadable(f"retry.{key} is not a number")
+        if not math.isfinite(number) or not 0 <= number <= MAX_NUMBER:
+            raise Unreadable(f"retry.{key} is out of range")
+        out[key] = number
+    return out

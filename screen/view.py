@@ -329,12 +329,24 @@ def _view(snap: Mapping[str, Any] | None, lang: str, *, seen_work: bool) -> View
             parts.append(text(lang, "speed", speed=_mb(lang, float(snap["speed_bps"]))))
         if snap.get("eta_s") is not None:
             parts.append(_eta(lang, float(snap["eta_s"])))
+        retry = snap.get("retry")
+        if retry is not None:  # waiting to try again: no speed or time left to show
+            parts[1:] = [
+                text(
+                    lang,
+                    "retrying",
+                    n=max(1, round(float(retry["in_s"]))),
+                    attempt=int(retry["attempt"]),
+                    attempts=int(retry["attempts"]),
+                )
+            ]
         fraction = min(1.0, done / total) if total else 0.0
         return attrs.evolve(
             working,
             fraction=fraction,
             percent=f"{int(fraction * 100)} %",
             detail="  ·  ".join(parts),
+            note=retry["reason"] if retry is not None else working.note,
         )
     if state == "waiting_idle":
         message = str(snap.get("message") or "")

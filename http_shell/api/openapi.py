@@ -134,6 +134,19 @@ _SCHEMAS: dict[str, Schema] = {
                 "description": "The version that ran when the job's install began (null"
                 " before its switch): after a rollback, which update failed.",
             },
+            "retry": {
+                "type": "object",
+                "nullable": True,
+                "description": "While a download waits to try again (null otherwise): why,"
+                " in how many seconds, and which attempt of how many.",
+                "required": ["reason", "in_s", "attempt", "attempts"],
+                "properties": {
+                    "reason": {"type": "string"},
+                    "in_s": {"type": "number", "minimum": 0},
+                    "attempt": {"type": "integer", "minimum": 2},
+                    "attempts": {"type": "integer", "minimum": 1},
+                },
+            },
         },
     },
     "Versions": {

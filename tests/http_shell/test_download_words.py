@@ -74,6 +74,14 @@ async def test_nothing_listening_at_the_package_url_is_said_in_words(
             )
             for message in retrying
         ), retrying
+    # the same, as values a screen can show in its own words
+    retries = [s["retry"] for s in snapshots if s["state"] == "downloading" and s["retry"]]
+    assert {(r["reason"], r["attempt"], r["attempts"]) for r in retries} == {
+        (refused, 2, 3),
+        (refused, 3, 3),
+    }, retries
+    assert all(r["in_s"] >= 0 for r in retries)
+    assert progress["data"]["retry"] is None  # failed: nothing is retried any more
     error = progress["data"]["error"]
     assert re.fullmatch(
         rf"DOWNLOAD_FAILED: {re.escape(refused)} {DASH} 3 attempts over [0-9.]+ s", error

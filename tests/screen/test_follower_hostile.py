@@ -285,11 +285,27 @@ def test_read_stops_at_the_bound() -> None:
         ({"state": "idle", "eta_s": float("nan")}, "out of range"),
         ({"state": "idle", "total_bytes": -1}, "out of range"),
         ({"state": "idle", "total_bytes": 2**64}, "out of range"),
+        ({"state": "downloading", "retry": "soon"}, "retry is a str"),
+        ({"state": "downloading", "retry": {"in_s": 1, "attempt": 2, "attempts": 3}}, "reason"),
+        (
+            {"state": "downloading", "retry": {"reason": "x", "in_s": 1, "attempt": True}},
+            "retry.attempt is not a number",
+        ),
+        (
+            {"state": "downloading", "retry": {"reason": "x", "in_s": -1, "attempt": 2}},
+            "retry.in_s is out of range",
+        ),
     ],
 )
 def test_read_snapshot_refuses_what_is_not_a_snapshot(data: object, reason: str) -> None:
     with pytest.raises(Unreadable, match=reason):
         read_snapshot(data)
+
+
+def test_read_snapshot_keeps_a_retry_with_drawable_words() -> None:
+    retry = {"reason": "refused\x1b[2J", "in_s": 4.0, "attempt": 3, "attempts": 8}
+    snap = read_snapshot({"state": "downloading", "retry": retry})
+    assert snap["retry"] == {**retry, "reason": "refused\\x1b[2J"}
 
 
 def test_read_snapshot_keeps_what_the_view_uses_and_makes_text_drawable() -> None:

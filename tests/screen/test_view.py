@@ -358,3 +358,27 @@ def test_no_state_name_is_ever_shown(lang: str, kw: dict[str, Any]) -> None:
 def test_only_an_install_or_a_rollback_counts_as_work() -> None:
     assert not is_install(snap(state="downloading")) and not is_install(snap(state="ready"))
     assert is_install(snap(state="waiting_idle")) and is_install(snap(state="rollback_factory"))
+
+
+def test_a_download_waiting_to_try_again_says_when_and_which_attempt() -> None:
+    retrying = snap(
+        state="downloading",
+        stage="downloading",
+        progress=12,
+        version="1.2.0",
+        bytes_downloaded=1_500_000,
+        total_bytes=12_000_000,
+        retry={
+            "reason": "cannot connect to 10.0.0.5:80: connection refused",
+            "in_s": 3.6,
+            "attempt": 3,
+            "attempts": 8,
+        },
+    )
+    v = view_of(retrying, EN)
+    assert v.detail == ("1.5 MB of 12.0 MB  ·  trying again in 4 s (attempt 3 of 8)")
+    assert v.note == "cannot connect to 10.0.0.5:80: connection refused"
+    zh = view_of(retrying, ZH_CN)
+    assert zh.detail is not None and "4 秒后重试" in zh.detail and "共 8 次" in zh.detail
+    flowing = view_of({**retrying, "retry": None, "speed_bps": 1e6}, EN)
+    assert flowing.detail == "1.5 MB of 12.0 MB  ·  1.0 MB/s" and flowing.note is None

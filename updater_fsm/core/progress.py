@@ -92,6 +92,8 @@ class Snapshot:
     #: the version that ran when the job's install (or manual rollback) began; None before
     #: the switch of an install and with no job
     from_version: str | None = None
+    #: while a download waits to try again: why, when, which attempt of how many
+    retry: Retry | None = None
 
     def data(self) -> dict[str, Any]:
         """The ``data`` object of ``GET /progress`` (contract fields first, then extras)."""
@@ -111,6 +113,14 @@ class Snapshot:
             "factory_version": self.factory_version,
             "rollback_level": self.rollback_level,
             "from_version": self.from_version,
+            "retry": None
+            if self.retry is None
+            else {
+                "reason": self.retry.reason,
+                "in_s": round(self.retry.delay_s, 1),
+                "attempt": self.retry.next_attempt,
+                "attempts": self.retry.max_attempts,
+            },
         }
 
     def report(self) -> dict[str, Any]:
@@ -232,4 +242,5 @@ def build_snapshot(
         job_id=job.job_id if job else 0,
         fleet_action=job.fleet_action if job else None,
         from_version=job.from_version if job else None,
+        retry=retry if state is State.DOWNLOADING else None,
     )
