@@ -217,9 +217,10 @@ _SCHEMAS: dict[str, Schema] = {
             },
             "source": {
                 "type": "string",
-                "enum": ["api", "fleet"],
+                "enum": ["api", "fleet", "file"],
                 "description": "api: device-api or the CLI (the HTTP API); fleet: a fleet"
-                " server's action (fleet_action).",
+                " server's action (fleet_action); file: a package file of the device"
+                " (a file:// URL: tope-updater install, a USB stick).",
             },
             "fleet_action": _STR_OR_NULL,
             "file": {**_STR_OR_NULL, "description": "The package's file name."},

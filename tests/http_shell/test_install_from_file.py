@@ -207,7 +207,11 @@ def test_install_takes_a_signed_file_to_a_running_version(
     root = tmp_path / "sb" / "root" / "versions" / "current"
     assert (root / "bin" / "app.txt").read_text() == "app 1.1.0\n"
     history = json.loads(cli("history", "--json", env=device).stdout)["data"]["entries"]
-    assert history[0]["to_version"] == "1.1.0" and history[0]["outcome"] == "success"
+    assert (history[0]["to_version"], history[0]["outcome"], history[0]["source"]) == (
+        "1.1.0",
+        "success",
+        "file",
+    )
 
 
 def test_an_unsigned_file_is_refused_when_a_key_is_trusted(

@@ -44,6 +44,18 @@ class Source(enum.StrEnum):
     API = "api"
     #: A fleet server's action (``fleet_action`` says which).
     FLEET = "fleet"
+    #: A package file of the device (a ``file://`` URL: ``tope-updater install``, a USB
+    #: stick), whoever asked for it.
+    FILE = "file"
+
+
+def source_of(job: Job) -> Source:
+    """Who asked for ``job``: the fleet, a package file of the device, else the API."""
+    if job.fleet_action is not None:
+        return Source.FLEET
+    if job.request is not None and job.request.package_url[:7].lower() == "file://":
+        return Source.FILE
+    return Source.API
 
 
 _ROLLED_BACK = frozenset({ErrorCode.ROLLBACK_LEVEL_1_SUCCESS, ErrorCode.ROLLBACK_LEVEL_2_SUCCESS})
@@ -106,7 +118,7 @@ def entry_for(job: Job, state: State, *, outcome: Outcome | None = None) -> Hist
         kind=job.kind,
         from_version=job.from_version,
         to_version=job.rollback_target if manual else job.version,
-        source=Source.FLEET if job.fleet_action is not None else Source.API,
+        source=source_of(job),
         fleet_action=job.fleet_action,
         file=job.request.package_name if job.request is not None else None,
         started_at=job.created_at,
