@@ -63,13 +63,14 @@ case "$cmd" in
     test)
         setup test
         checks
-        exec "$VENV/bin/pytest" "$@"
+        # On all cores (pytest-xdist); the tests sharing a session fixture (hawkBit, the
+        # release bundles) stay in one worker each (tests/conftest.py XDIST_GROUP_OF_FIXTURE).
+        exec "$VENV/bin/pytest" -n auto --dist loadgroup "$@"
         ;;
     fast)
         setup test
         checks
-        # pytest-xdist spreads the tier over the cores (-n auto); only here: the full run
-        # keeps one process, as its session fixtures (systemd, hawkBit, bundles) expect.
+        # pytest-xdist spreads the tier over the cores (-n auto).
         HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-dev} \
             exec "$VENV/bin/pytest" -n auto -m "$FAST_TIER" "$@"
         ;;

@@ -135,9 +135,24 @@ def tiers_of(item: pytest.Item, seen: dict[str, frozenset[str]]) -> set[str]:
     return tiers
 
 
+#: Tests sharing an expensive session fixture run in one pytest-xdist worker
+#: (``--dist loadgroup``), so it is built once per run, not once per worker.
+XDIST_GROUP_OF_FIXTURE: dict[str, str] = {
+    "hawkbit": "hawkbit",  # one JVM, ~30 s to start
+    "bundle": "bundles",  # release bundles from PyPI, built once
+    "updater_bundles": "bundles",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     seen: dict[str, frozenset[str]] = {}
     for item in items:
         have = {mark.name for mark in item.iter_markers()}
         for tier in sorted(tiers_of(item, seen) - have):
             item.add_marker(tier)
+        fixtures = getattr(item, "fixturenames", ())
+        group = next(
+            (XDIST_GROUP_OF_FIXTURE[f] for f in fixtures if f in XDIST_GROUP_OF_FIXTURE), None
+        )
+        if group is not None and "xdist_group" not in have:
+            item.add_marker(pytest.mark.xdist_group(group))
