@@ -3,7 +3,7 @@
 ``tope-updater install FILE`` and a USB stick hand the updater a ``file://`` URL; its copy
 into the download area checkpoints like a download. Each trial starts ``tope-updater
 serve`` with ``TOPE_UPDATER_CRASH_AT`` at one ``download:*`` point of a traced install
-from a file (the copy's first, a middle and its last checkpoint, the rename), kills it
+from a file (the copy's first and a middle checkpoint, the rename), kills it
 there, restarts it and drives the install to its end: the invariants of
 :mod:`tests.crash.harness` hold (the new version runs and equals the package, factory
 intact, nothing half-written left, the journal, the floor and the history agree).
@@ -51,12 +51,10 @@ def test_kill_at_every_step_of_an_install_from_a_file(
     # the copy's checkpoints: after the open, on the way, at the end
     assert points.get("download:checkpoint", 0) >= 3, points
     assert {"download:before_rename", "download:after_rename"} <= set(points)
-    # Every hit of every point, but of the copy's checkpoints only the first (offset 0), the
-    # second (mid-copy: resumed from it) and the last (the whole file durable).
-    last = points["download:checkpoint"]
-    kills = [
-        k for k in h.kill_list(points) if k.point != "download:checkpoint" or k.hit in (1, 2, last)
-    ]
+    # Every hit of every point, but of the copy's checkpoints only the first (offset 0) and
+    # the second (mid-copy: resumed from it). How many more come depends on the machine's
+    # speed (one a second as well as every 4 MiB), so a later hit may never come in a trial.
+    kills = [k for k in h.kill_list(points) if k.point != "download:checkpoint" or k.hit <= 2]
     failures = []
     for kill in kills:
         base = tmp_path / str(kill).replace(":", "-").replace("#", "-")

@@ -32,10 +32,11 @@ def test_serve_on_a_root_never_initialised_is_not_restarted(
         if not line.startswith("ExecStartPre=")
     ]
     systemd_sandbox.install_unit(UNIT, "\n".join(lines) + "\n")
-    # The test's Python lives under /root (ProtectHome) and there is no /opt/tope here.
+    # The test's Python lives under /root (ProtectHome) or /tmp (a CI checkout: PrivateTmp),
+    # as does tmp_path, and there is no /opt/tope here.
     dropin = systemd_sandbox.unit_dir / f"{UNIT}.d"
     dropin.mkdir()
-    (dropin / "test.conf").write_text("[Service]\nProtectHome=no\nReadWritePaths=\n")
+    (dropin / "test.conf").write_text("[Service]\nProtectHome=no\nPrivateTmp=no\nReadWritePaths=\n")
     systemd_sandbox.daemon_reload()
 
     start = systemd_sandbox.systemctl("start", UNIT)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -85,7 +86,16 @@ def _quiet(_text: str) -> None:
 
 def build(force: bool = False, timeout: float = 900.0, say: Say = _quiet) -> BuildResult:
     """Build the server jar with Maven unless an up-to-date one is already there (``say``
-    is told when a build starts: it takes a minute the first time)."""
+    is told when a build starts: it takes a minute the first time). One build at a time:
+    two Mavens writing one ``target/`` (two test workers, a test and ``--serve``) leave a
+    broken jar ("zip file is empty")."""
+    HAWKBIT_DIR.joinpath("target").mkdir(exist_ok=True)
+    with open(HAWKBIT_DIR / "target" / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        return _build(force, timeout, say)
+
+
+def _build(force: bool, timeout: float, say: Say) -> BuildResult:
     t0 = time.monotonic()
     if not force and JAR.exists() and JAR.stat().st_mtime >= _newest_source_mtime():
         return BuildResult(JAR, False, time.monotonic() - t0)
