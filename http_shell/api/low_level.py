@@ -31,7 +31,9 @@ it liked (16,400 of them exhausted the unit's ``LimitNOFILE``: the API stopped a
   flood at a 128-descriptor limit wrote 350 MB of log in seconds), and retries left over
   when the listener closes fail with ``Invalid file descriptor: -1``.
   :func:`guard_accept` gives the runner's loop an accept step that, out of descriptors,
-  stops reading the listener, logs once, and resumes it once a second later.
+  stops reading the listener, logs once, and resumes it once a second later; it also
+  accepts at most :data:`ACCEPT_BURST` connections per wake-up, so a burst does not
+  overshoot the cap by a whole backlog before the cap is applied.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ MIN_CONNECTIONS = 16
 
 #: Seconds the listener rests after ``accept()`` ran out of descriptors (asyncio's own).
 ACCEPT_RETRY_S = 1.0
+#: Connections accepted per wake-up of the listener, at most (asyncio: ``backlog``, 128 for
+#: aiohttp). A connection is judged against the cap a few loop turns after its
+#: ``accept()``, so a burst of 128 could overshoot the cap by as many descriptors (and
+#: evict a client's connection before its request is read); the listener wakes again at
+#: once while connections wait.
+ACCEPT_BURST = 16
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -91,7 +99,7 @@ def guard_accept(loop: asyncio.AbstractEventLoop) -> bool:
         backlog: int = 100,
         *timeouts: Any,
     ) -> None:
-        for _ in range(backlog):
+        for _ in range(min(backlog, ACCEPT_BURST)):
             try:
                 conn, addr = sock.accept()
                 conn.setblocking(False)
