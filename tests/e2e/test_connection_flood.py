@@ -30,6 +30,7 @@ import pytest
 
 from http_shell.api.low_level import ACCEPT_RETRY_S, connection_cap
 from tests.http_shell.conftest import body
+from tests.support.memory_cgroup import memory_cgroup
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "flood-test-token"
@@ -270,3 +271,49 @@ def test_the_listener_recovers_after_running_out_of_descriptors(
     assert "out of system resource" not in log  # asyncio's own handler never ran
     assert "Invalid file descriptor" not in log
     assert pinger.pings >= 4
+
+
+def test_16400_idle_connections_under_the_units_limits(
+    tmp_path: Path, serve_port: int, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """The issue's own figures: 16,400 idle connections held against a real ``serve`` at
+    the unit's ``LimitNOFILE=16384``, in a real memory cgroup of ``MemoryMax=128M`` (slow
+    tier: the flood takes a minute or two to connect). No OOM kill, ``/progress`` within
+    1 s while held, a download started with the token, the watchdog fed."""
+    nofile, count = 16384, 16_400
+    with memory_cgroup(128 * 1024 * 1024) as cgroup:
+        serve = _start(tmp_path, serve_port, nofile, notify_socket)
+        cgroup.add(serve.proc.pid)  # before the flood: its sockets are charged here
+        pinger = Pinger(serve, notify_socket[0])
+        flood = None
+        try:
+            pinger.start()
+            flood = _flood(serve, count)
+            holding = time.monotonic()
+            env = serve.call("POST", "/download", body())
+            assert env["code"] == 200, env
+            time.sleep(5.0)
+            peak_fds = serve.descriptors()
+            released = time.monotonic()
+            closed = _end_flood(flood)
+            pinger.halt.set()
+            pinger.join(10)
+            assert serve.call("GET", "/progress")["code"] == 200
+            peak, kills = cgroup.peak_bytes(), cgroup.oom_kills()
+        finally:
+            pinger.halt.set()
+            if flood is not None and flood.poll() is None:
+                flood.kill()
+            _stop(serve)
+    held = [took for at, took in pinger.took if holding <= at < released]
+    print(
+        f"{count} idle connections at RLIMIT_NOFILE {nofile} under MemoryMax=128M: "
+        f"{closed} closed by the server, {peak_fds} descriptors, cgroup peak "
+        f"{peak / 1e6:.1f} MB, {kills} OOM kills; /progress slowest "
+        f"{max(held) * 1000:.0f} ms while held, {max(t for _, t in pinger.took) * 1000:.0f} "
+        f"ms overall; {pinger.pings} watchdog pings"
+    )
+    assert serve.proc.returncode == 0
+    assert kills == 0
+    assert max(held) < ANSWER_S, sorted(held)[-5:]
+    assert pinger.pings >= 6
