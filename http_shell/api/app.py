@@ -22,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from fleet_ddi.poller import PollerStats
 from http_shell.api import routes
 from http_shell.api.bodies import MAX_BODY_BYTES, BodyError, envelope
 from http_shell.api.events import MAX_EVENT_STREAMS, SHUTDOWN, SLOTS, StreamSlots, close_streams
@@ -37,6 +37,9 @@ from http_shell.daemon.reporter import Reporter
 from updater_fsm.config import Config
 from updater_fsm.control import RequestError, UpdaterControl, redact_url
 from updater_fsm.ops.snapshot_sizes import SnapshotSizes
+
+if TYPE_CHECKING:  # the fleet client is imported only when ddi_url is set (issue 22)
+    from fleet_ddi.poller import PollerStats
 
 _log = structlog.get_logger(__name__)
 

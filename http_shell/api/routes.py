@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiohttp import web
 
-from fleet_ddi.poller import PollerStats
 from http_shell.api import bodies as b
 from http_shell.api.events import stream_events
 from http_shell.daemon.reporter import Reporter
@@ -27,6 +26,9 @@ from updater_fsm.ops import local_package
 from updater_fsm.ops.rollback_floor import read_floor
 from updater_fsm.ops.self_update import running_version
 from updater_fsm.ops.snapshot_sizes import SnapshotSizes
+
+if TYPE_CHECKING:  # the fleet client is imported only when ddi_url is set (issue 22)
+    from fleet_ddi.poller import PollerStats
 
 ENGINE: web.AppKey[UpdaterControl] = web.AppKey("engine", UpdaterControl)
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)

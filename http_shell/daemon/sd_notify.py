@@ -14,6 +14,12 @@ service sends newline-separated ``KEY=VALUE`` assignments to it:
 
 Outside systemd (no ``$NOTIFY_SOCKET``) every call is a cheap no-op, so the daemon can
 call these functions unconditionally.
+
+The socket is opened once per address and kept (issue 22): a ping needs no new file
+descriptor, so the watchdog is still fed when the process has run out of them (a flood of
+connections at ``LimitNOFILE`` used to make every ping fail with EMFILE, and systemd then
+killed a service that was only busy). A send that fails on a kept socket (systemd
+re-executed and bound its socket anew) drops it and tries once more on a new one.
 """
 
 from __future__ import annotations
@@ -21,11 +27,51 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 from collections.abc import Mapping
 
 import structlog
 
 _log = structlog.get_logger(__name__)
+
+#: The kept sockets, by address (the process only ever uses one; tests use several).
+_sockets: dict[str, socket.socket] = {}
+_sockets_lock = threading.Lock()
+
+
+def _send(address: str, data: bytes) -> None:
+    """Send ``data`` on the kept socket for ``address``, opening (or re-opening) it."""
+    with _sockets_lock:
+        for attempt in (1, 2):
+            sock = _sockets.get(address)
+            fresh = sock is None
+            if sock is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                try:
+                    sock.setblocking(False)
+                    sock.connect(address)
+                except OSError:
+                    sock.close()
+                    raise
+                _sockets[address] = sock
+            try:
+                sock.send(data)
+                return
+            except BlockingIOError:
+                raise  # the manager's queue is full: keep the socket, drop this message
+            except OSError:
+                del _sockets[address]
+                sock.close()
+                if fresh or attempt == 2:
+                    raise
+
+
+def close_sockets() -> None:
+    """Close the kept sockets (tests; a process that exits needs not)."""
+    with _sockets_lock:
+        for sock in _sockets.values():
+            sock.close()
+        _sockets.clear()
 
 
 def _address(env: Mapping[str, str]) -> str | None:
@@ -42,7 +88,8 @@ def notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:
     """Send ``state`` (e.g. ``"READY=1\\nSTATUS=listening"``) to the service manager.
 
     Never raises and never blocks: the socket is non-blocking, so a service manager that
-    does not drain its queue costs a dropped message, not a stuck event loop.
+    does not drain its queue costs a dropped message, not a stuck event loop. The socket
+    is opened on the first call and kept (see the module docstring).
 
     Args:
         state: newline-separated ``KEY=VALUE`` assignments.
@@ -56,10 +103,7 @@ def notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:
     if address is None:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.setblocking(False)
-            sock.connect(address)
-            sock.sendall(state.encode("utf-8"))
+        _send(address, state.encode("utf-8"))
     except OSError as exc:
         _log.warning("sd_notify failed", state=state.split("\n", 1)[0], error=str(exc))
         return False

@@ -230,3 +230,66 @@ def test_sigterm_with_undeliverable_reports_exits_promptly(tmp_path: Path, serve
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_notify_keeps_one_socket_open(path_listener: Listener) -> None:
+    """Pings cost no new descriptor: the socket opened by the first one is kept."""
+    sd_notify.close_sockets()
+    try:
+        assert sd_notify.notify("WATCHDOG=1", env=path_listener.env) is True
+        after_first = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            assert sd_notify.notify("WATCHDOG=1", env=path_listener.env) is True
+        assert len(os.listdir("/proc/self/fd")) == after_first
+        assert [path_listener.recv() for _ in range(21)] == ["WATCHDOG=1"] * 21
+    finally:
+        sd_notify.close_sockets()
+
+
+def test_notify_reaches_a_socket_bound_anew(tmp_path: Path) -> None:
+    """systemd re-executed binds its socket again: the kept socket is replaced."""
+    directory = tempfile.mkdtemp(prefix="sdn-", dir="/tmp")
+    path = os.path.join(directory, "notify")
+    env = {"NOTIFY_SOCKET": path}
+    try:
+        for _ in range(2):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.bind(path)
+                sock.settimeout(5)
+                assert sd_notify.notify("WATCHDOG=1", env=env) is True
+                assert sock.recv(100) == b"WATCHDOG=1"
+            os.unlink(path)
+    finally:
+        sd_notify.close_sockets()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+_OUT_OF_DESCRIPTORS = """
+import os, resource, sys
+from http_shell.daemon import sd_notify
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+env = {"NOTIFY_SOCKET": sys.argv[1]}
+assert sd_notify.notify("WATCHDOG=1", env=env)
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as exc:
+    assert exc.errno == 24, exc  # EMFILE: not one descriptor left
+print(sd_notify.notify("WATCHDOG=1", env=env), flush=True)
+"""
+
+
+def test_notify_works_when_descriptors_run_out(path_listener: Listener) -> None:
+    """A process at its descriptor limit still feeds the watchdog (before: EMFILE)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _OUT_OF_DESCRIPTORS, path_listener.env["NOTIFY_SOCKET"]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert out.stdout.strip() == "True", out.stderr
+    assert [path_listener.recv(), path_listener.recv()] == ["WATCHDOG=1"] * 2

@@ -29,16 +29,18 @@ import platform
 import shutil
 import subprocess
 import sys
-import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 import structlog
 
 from updater_fsm import durable, faults, journal
 from updater_fsm.core.errors import ErrorCode, UpdaterError
+
+if TYPE_CHECKING:
+    import tarfile  # imported by the self-update that unpacks a bundle (issue 22)
 
 _log = structlog.get_logger(__name__)
 
@@ -284,6 +286,8 @@ def build_slot(
 
 
 def _unpack(bundle_file: Path, work: Path, limits: BundleLimits) -> Path:
+    import tarfile
+
     dest = work / "unpacked"
     if dest.exists():
         shutil.rmtree(dest)

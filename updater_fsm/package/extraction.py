@@ -18,13 +18,17 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError, error_for_os_error
 from updater_fsm.core.manifest import DeltaKind, Module, UpdaterBundle
 from updater_fsm.package.archive import entry_mode, open_package
-from updater_fsm.package.delta import ZstdDict, apply_patch, prefix_dict, read_base, write_all
 from updater_fsm.package.limits import PackageLimits
+
+if TYPE_CHECKING:
+    # zstd (pyzstd, backports.zstd: ~3 MB resident) is imported by the first patched
+    # module, not by every updater that never sees a delta package (issue 22).
+    from updater_fsm.package.delta import ZstdDict
 
 
 def _invalid(detail: str) -> NoReturn:
@@ -175,6 +179,8 @@ def write_module(
     if module.src is None or module.kind is not DeltaKind.PATCHED or module.size is None:
         _invalid(f"{what}: not a patched file")
     assert base_file is not None and module.base_sha256 is not None
+    from updater_fsm.package.delta import prefix_dict, read_base
+
     found = read_base(base_file, limit=limits.max_patch_bytes)
     if found is None or found[1] != module.base_sha256.lower():
         raise UpdaterError(
@@ -195,6 +201,8 @@ def _patch_module(
     limits: PackageLimits,
 ) -> int:
     """Write a ``patched`` module's result to ``dest_file``: ``base`` + its zstd patch."""
+    from updater_fsm.package.delta import apply_patch, write_all
+
     assert module.src is not None and module.size is not None
     info = _entry_info(zf, module.src, what)
     size = module.size
