@@ -10,10 +10,11 @@ it). Each missing piece skips with the reason. The cache is ``$TOPE_WHEEL_CACHE`
     python3 systemd/build_wheels.py --cache build/wheel-cache cffi==2.1.1 backports-zstd==1.8.1
     .venv/bin/pytest -m slow tests/e2e/test_armv7l.py
 
-Inside the emulated Debian 12 armhf CPython 3.11: the device's own pip installs the bundle
-offline (``--no-index --find-links <bundle>/wheels``, so pip picks wheels by the emulated
-interpreter's tags), then tests/e2e/armv7l_probe.py verifies an Ed25519 signature and
-applies a zstd delta patch with the updater's code, and ``tope-updater --version`` runs.
+Inside the emulated Debian 12 armhf CPython 3.11: a venv as a slot is built, and pip,
+running on the emulated interpreter, installs the bundle into it offline (``--no-index
+--find-links <bundle>/wheels``, so pip picks wheels by the emulated interpreter's tags),
+then tests/e2e/armv7l_probe.py verifies an Ed25519 signature and applies a zstd delta
+patch with the updater's code, and ``tope-updater --version`` runs.
 """
 
 from __future__ import annotations
@@ -74,13 +75,16 @@ def armv7l_bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield top
 
 
-def emulated(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def emulated(
+    python: Path, *args: str, pythonpath: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     assert QEMU is not None
-    python = str(SYSROOT / "usr" / "bin" / "python3.11")
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
-        [QEMU, "-L", str(SYSROOT), python, *args],
-        capture_output=True, text=True, timeout=EMULATED_TIMEOUT_S, check=False,
-        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", **env},
+        [QEMU, "-L", str(SYSROOT), str(python), *args],
+        capture_output=True, text=True, timeout=EMULATED_TIMEOUT_S, check=False, env=env,
     )  # fmt: skip
 
 
@@ -98,26 +102,31 @@ def test_armv7l_bundle_is_complete(armv7l_bundle: Path) -> None:
 
 def test_armv7l_bundle_works_emulated(armv7l_bundle: Path, tmp_path: Path) -> None:
     version = json.loads((armv7l_bundle / "manifest.json").read_text())["version"]
-    # The device's pip, offline: pip itself (pure Python) from this venv, nothing else.
+    # As a slot is built (install.sh, self-update): a venv, then pip offline from the bundle.
+    # The sysroot has no ensurepip (and pip's own subprocesses would need binfmt_misc), so
+    # the venv is made --without-pip and pip (pure Python) comes from this test's venv.
+    venv = tmp_path / "venv"
+    made = emulated(
+        SYSROOT / "usr" / "bin" / "python3.11", "-m", "venv", "--without-pip", str(venv)
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
     pip_only = tmp_path / "pip-only"
     pip_only.mkdir()
     (pip_only / "pip").symlink_to(Path(pip.__file__).parent)
-    target = tmp_path / "site"
+    python = venv / "bin" / "python"
     install = emulated(
-        "-m", "pip", "install", "--no-index", "--find-links", str(armv7l_bundle / "wheels"),
-        "--no-compile", "--disable-pip-version-check", "--target", str(target),
-        f"tope-updater=={version}",
-        env={"PYTHONPATH": str(pip_only)},
+        python, "-m", "pip", "install", "--no-index", "--find-links",
+        str(armv7l_bundle / "wheels"), "--disable-pip-version-check",
+        "--root-user-action=ignore", f"tope-updater=={version}", pythonpath=pip_only,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
-    probe = emulated(str(PROBE), env={"PYTHONPATH": str(target)})
+    probe = emulated(python, str(PROBE))
     assert probe.returncode == 0, probe.stdout + probe.stderr
     result = json.loads(probe.stdout.splitlines()[-1])
     assert result["machine"] == "armv7l"
     assert result["signature"] == "verified"
     assert result["wrong_signature"] == "UpdaterError"
     assert "arm-linux-gnueabihf" in result["cffi_backend"]
-    cli = emulated(str(target / "bin" / "tope-updater"), "--version",
-                   env={"PYTHONPATH": str(target)})  # fmt: skip
+    cli = emulated(python, str(venv / "bin" / "tope-updater"), "--version")
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert cli.stdout.strip() == f"tope-updater {version}"
