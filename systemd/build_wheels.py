@@ -21,8 +21,9 @@ glibc (``DT_NEEDED``) and the newest glibc symbol version it uses; ``bundle.py``
 that into the bundle's ``manifest.json`` (``built``) and ``install.sh --bundle`` checks the
 libraries are on the device.
 
-Needs (apt): gcc-arm-linux-gnueabihf, debootstrap, binutils-arm-linux-gnueabihf (comes
-with the compiler); network to PyPI and a Debian mirror the first time. Running the result
+Needs: CPython 3.11 to run it (the wheels are cp311); root the first time (debootstrap);
+(apt) gcc-arm-linux-gnueabihf, debootstrap, binutils-arm-linux-gnueabihf (comes with the
+compiler); network to PyPI and a Debian mirror the first time. Running the result
 needs an armv7l machine or qemu-user: see docs/DEPLOYMENT.md (tests/e2e/test_armv7l.py).
 Standard library only.
 """
@@ -199,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sysroot", type=Path, help="default CACHE/sysroot-armhf")
     ap.add_argument("requirements", nargs="+", metavar="NAME==VERSION")
     args = ap.parse_args(argv)
+    if sys.version_info[:2] != (3, 11):
+        # The wheels' cp311 tag and the armhf sysroot's headers both mean CPython 3.11.
+        raise SystemExit(f"build_wheels.py: run it with CPython 3.11, not {sys.version.split()[0]}")
     for tool in (f"{TRIPLET}-gcc", f"{TRIPLET}-readelf", "debootstrap", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise SystemExit(f"build_wheels.py: {tool} not found (apt-get install "
