@@ -173,7 +173,7 @@ for w in m["wheels"]:
         sys.exit(f"install.sh: {w['file']}: SHA-256 does not match manifest.json")
 # Wheels built from source for this bundle (bundle.py --wheel-cache) name the shared
 # libraries and the glibc they need: the device must have them, or their import fails.
-import ctypes, os
+import ctypes, os, re
 have = tuple(int(n) for n in os.confstr("CS_GNU_LIBC_VERSION").split()[1].split(".")[:2])
 for b in m.get("built", []):
     what = f"install.sh: {b['name']} {b['version']} in this bundle was built from source ({b['how']})"
@@ -181,6 +181,8 @@ for b in m.get("built", []):
     if have < need:
         sys.exit(f"{what}; it needs glibc >= {b['glibc']}, this machine has {'.'.join(map(str, have))}")
     for lib in b.get("needs") or []:
+        if not re.fullmatch(r"lib[\w.+-]+\.so(\.[0-9]+)*", lib):
+            sys.exit(f"{what}; manifest.json: {lib!r} is not a library's soname")
         try:
             ctypes.CDLL(lib)
         except OSError:

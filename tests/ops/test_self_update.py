@@ -91,6 +91,8 @@ def entry(name: str, kind: bytes = tarfile.REGTYPE, size: int = 1) -> tarfile.Ta
         ({"built": [{"name": "cffi", "version": "2.1.1", "glibc": "99.0"}]},
          ErrorCode.UPDATER_INSTALL_FAILED, "cffi 2.1.1 (built from source) needs glibc >= 99.0"),
         ({"built": "cffi"}, ErrorCode.UPDATER_INSTALL_FAILED, "built must be a list"),
+        ({"built": [{"name": "x", "version": "1", "needs": ["/tmp/evil.so"]}]},
+         ErrorCode.UPDATER_INSTALL_FAILED, "'/tmp/evil.so' is not a library's soname"),
         ({"wheels": [{"file": "w.whl", "sha256": "0" * 64}]}, ErrorCode.UPDATER_INSTALL_FAILED,
          "w.whl: SHA-256 does not match"),
         ({"wheels": [{"file": "../w.whl", "sha256": "0" * 64}]},

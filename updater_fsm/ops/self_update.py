@@ -27,6 +27,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -422,8 +423,10 @@ def _check_built(built: object) -> None:
         if have < needed:
             _fail(f"{what} needs glibc >= {need}, this device has {release}")
         for lib in wheel.get("needs") or []:
+            if not isinstance(lib, str) or not re.fullmatch(r"lib[\w.+-]+\.so(\.[0-9]+)*", lib):
+                _fail(f"{what}: {lib!r} is not a library's soname (libNAME.so.N)")
             try:
-                ctypes.CDLL(str(lib))
+                ctypes.CDLL(lib)  # by soname: the dynamic linker's own search, as at import
             except OSError:
                 _fail(f"{what} needs {lib}, which this device lacks")
 
