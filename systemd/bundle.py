@@ -15,7 +15,10 @@ Versions are resolved once, for x86_64 (where every dependency publishes wheels)
 other architectures get the *same* versions (``name==version``, ``--no-deps``), so every
 bundle of a release runs the same code. A dependency with no wheel for an architecture is
 listed in the manifest's ``missing`` (and MISSING.txt); the bundle is still written, the
-summary says so and the exit status is 3. Such a bundle installs only where pip can find
+summary says so and the exit status is 3, unless the wheel cache (``--wheel-cache``,
+default build/wheel-cache/ when it exists) has them: wheels PyPI lacks for armv7l (cffi,
+backports-zstd), cross-compiled once from their sdists by ``systemd/build_wheels.py`` and
+listed in the manifest's ``built``. An incomplete bundle installs only where pip can find
 the missing distributions some other way (``install.sh --pip-args "--find-links DIR"`` with
 wheels from piwheels or built on the device, which needs a compiler and the library's
 headers). Needs Python >= 3.11 with pip, and network access to PyPI. Standard library only.
@@ -40,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON_VERSION = "3.11"
 PYTHON_TAG = "cp311"
 EXIT_MISSING = 3
+DEFAULT_WHEEL_CACHE = REPO / "build" / "wheel-cache"  # systemd/build_wheels.py --cache
 
 # Platform tags pip may pick wheels for, per `uname -m`. glibc only: the printers run
 # Debian-based systems (bookworm: glibc 2.36); musllinux wheels would not load there.
@@ -245,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900, help="per pip call, seconds")
     ap.add_argument(
         "--wheel-cache", type=Path, metavar="DIR",
-        help="wheels PyPI lacks, built by systemd/build_wheels.py --cache DIR (never rebuilt here)",
+        help="wheels PyPI lacks, built by systemd/build_wheels.py --cache DIR (only read here);\n"
+        f"default {DEFAULT_WHEEL_CACHE.relative_to(REPO)}/ when it exists",
     )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.wheel_cache is None and DEFAULT_WHEEL_CACHE.is_dir():
+        args.wheel_cache = DEFAULT_WHEEL_CACHE
     archs: list[str] = args.arch or ["x86_64", "aarch64", "armv7l"]
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     args.out.mkdir(parents=True, exist_ok=True)
