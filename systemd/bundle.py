@@ -15,7 +15,10 @@ Versions are resolved once, for x86_64 (where every dependency publishes wheels)
 other architectures get the *same* versions (``name==version``, ``--no-deps``), so every
 bundle of a release runs the same code. A dependency with no wheel for an architecture is
 listed in the manifest's ``missing`` (and MISSING.txt); the bundle is still written, the
-summary says so and the exit status is 3. Such a bundle installs only where pip can find
+summary says so and the exit status is 3, unless the wheel cache (``--wheel-cache``,
+default build/wheel-cache/ when it exists) has them: wheels PyPI lacks for armv7l (cffi,
+backports-zstd), cross-compiled once from their sdists by ``systemd/build_wheels.py`` and
+listed in the manifest's ``built``. An incomplete bundle installs only where pip can find
 the missing distributions some other way (``install.sh --pip-args "--find-links DIR"`` with
 wheels from piwheels or built on the device, which needs a compiler and the library's
 headers). Needs Python >= 3.11 with pip, and network access to PyPI. Standard library only.
@@ -40,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 PYTHON_VERSION = "3.11"
 PYTHON_TAG = "cp311"
 EXIT_MISSING = 3
+DEFAULT_WHEEL_CACHE = REPO / "build" / "wheel-cache"  # systemd/build_wheels.py --cache
 
 # Platform tags pip may pick wheels for, per `uname -m`. glibc only: the printers run
 # Debian-based systems (bookworm: glibc 2.36); musllinux wheels would not load there.
@@ -138,6 +142,31 @@ def resolve_arch(
     return missing
 
 
+def from_cache(
+    cache: Path, arch: str, missing: list[dict[str, str]], dest: Path
+) -> tuple[list[dict[str, str]], list[dict[str, object]]]:
+    """Take what ``missing`` names from the wheel cache (``systemd/build_wheels.py``): a wheel
+    ``<name>-<version>-cp311-*-linux_<arch>.whl`` with its ``.json`` beside it. Returns
+    (still missing, what was built: the ``.json``'s record, for the manifest's ``built``)."""
+    still, built = [], []
+    for item in missing:
+        stem = re.sub(r"[-_.]+", "_", item["name"]).lower()
+        pattern = f"{stem}-{item['version']}-{PYTHON_TAG}-*-linux_{arch}.whl"
+        found = sorted((cache / "wheels").glob(pattern))
+        found = [w for w in found if w.with_name(w.name + ".json").exists()]
+        if not found:
+            still.append(item)
+            continue
+        wheel = found[-1]
+        info = json.loads(wheel.with_name(wheel.name + ".json").read_text())
+        if info.get("sha256") != sha256(wheel):
+            raise SystemExit(f"bundle.py: {wheel}: SHA-256 does not match {wheel.name}.json")
+        shutil.copy2(wheel, dest / wheel.name)
+        keys = ("name", "version", "file", "sha256", "how", "sdist", "sdist_sha256", "needs")
+        built.append({key: info.get(key) for key in (*keys, "glibc")})
+    return still, built
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -150,6 +179,8 @@ MISSING_TEXT = """\
 These runtime dependencies have no wheel on PyPI for CPython {python} on {arch}
 (platform tags: {tags}).
 install.sh --bundle cannot install them offline from this bundle. Either:
+  * build them from their sdists once (systemd/build_wheels.py --cache DIR NAME==VERSION:
+    cross-compiled for armv7l) and rebuild the bundle with bundle.py --wheel-cache DIR; or
   * put wheels for them (piwheels.org builds armv7l wheels, or build them on the device
     with `pip wheel NAME==VERSION`: needs gcc and python3-dev, for cffi also libffi-dev)
     into a directory DIR and run
@@ -180,7 +211,7 @@ def stage_bundle(
     shutil.copy2(project_wheel, top / "wheels")
     for wheel in sorted(wheels.glob("*.whl")):
         shutil.copy2(wheel, top / "wheels")
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "bundle.py")
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "bundle.py", "build_wheels.py")
     shutil.copytree(REPO / "systemd", top / "systemd", ignore=skip)
     shutil.copytree(REPO / "docs", top / "docs")
     shutil.copy2(REPO / "README.md", top / "README.md")
@@ -216,7 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--with-screen", action="store_true", help="include the `screen` extra")
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs pip")
     ap.add_argument("--timeout", type=float, default=900, help="per pip call, seconds")
+    ap.add_argument(
+        "--wheel-cache", type=Path, metavar="DIR",
+        help="wheels PyPI lacks, built by systemd/build_wheels.py --cache DIR (only read here);\n"
+        f"default {DEFAULT_WHEEL_CACHE.relative_to(REPO)}/ when it exists",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.wheel_cache is None and DEFAULT_WHEEL_CACHE.is_dir():
+        args.wheel_cache = DEFAULT_WHEEL_CACHE
     archs: list[str] = args.arch or ["x86_64", "aarch64", "armv7l"]
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -236,13 +274,18 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             wheels = work / f"wheels-{arch}"
             missing: list[dict[str, str]] = []
+            built: list[dict[str, object]] = []
             if arch != REFERENCE_ARCH:
                 log(f"downloading {len(pins)} pinned wheels for {arch}")
                 missing = resolve_arch(args.python, arch, pins, wheels, args.timeout)
             wheels.mkdir(exist_ok=True)
+            if missing and args.wheel_cache is not None:
+                missing, built = from_cache(args.wheel_cache, arch, missing, wheels)
+                for item in built:
+                    log(f"{arch}: {item['file']} from the wheel cache ({item['how']})")
             top = stage_bundle(
                 arch, version, project_wheel, wheels, work / f"stage-{arch}",
-                screen=args.with_screen, requirements=reqs, missing=missing,
+                screen=args.with_screen, requirements=reqs, missing=missing, built=built,
             )  # fmt: skip
             target = args.out / f"{top.name}.tar.gz"
             with tarfile.open(target.with_suffix(".tmp"), "w:gz") as tar:

@@ -171,11 +171,27 @@ for w in m["wheels"]:
     data = (top / "wheels" / w["file"]).read_bytes()
     if hashlib.sha256(data).hexdigest() != w["sha256"]:
         sys.exit(f"install.sh: {w['file']}: SHA-256 does not match manifest.json")
+# Wheels built from source for this bundle (bundle.py --wheel-cache) name the shared
+# libraries and the glibc they need: the device must have them, or their import fails.
+import ctypes, os, re
+have = tuple(int(n) for n in os.confstr("CS_GNU_LIBC_VERSION").split()[1].split(".")[:2])
+for b in m.get("built", []):
+    what = f"install.sh: {b['name']} {b['version']} in this bundle was built from source ({b['how']})"
+    need = tuple(int(n) for n in (b.get("glibc") or "0.0").split(".")[:2])
+    if have < need:
+        sys.exit(f"{what}; it needs glibc >= {b['glibc']}, this machine has {'.'.join(map(str, have))}")
+    for lib in b.get("needs") or []:
+        if not re.fullmatch(r"lib[\w.+-]+\.so(\.[0-9]+)*", lib):
+            sys.exit(f"{what}; manifest.json: {lib!r} is not a library's soname")
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            sys.exit(f"{what}; it needs {lib}, which this machine lacks (install the package that ships it; Debian 12: libffi8 for libffi.so.8)")
 missing = " ".join(f"{x['name']}=={x['version']}" for x in m["missing"])
 print(m["arch"], m["python"], m["version"], m["project_wheel"], int(m["screen"]), sep="\n")
 print(missing)
 PY
-    ) || die "cannot read $BUNDLE_DIR/manifest.json"
+    ) || die "$BUNDLE_DIR: bundle refused or its manifest.json unreadable (the reason is above)"
     [[ ${#MANIFEST[@]} -eq 6 ]] || die "cannot read $BUNDLE_DIR/manifest.json"
     B_ARCH="${MANIFEST[0]}" B_PYTHON="${MANIFEST[1]}" B_VERSION="${MANIFEST[2]}"
     B_WHEEL="${MANIFEST[3]}" B_SCREEN="${MANIFEST[4]}" B_MISSING="${MANIFEST[5]}"

@@ -21,11 +21,13 @@ updater; the new one ends its probation (:func:`end_probation`). The guard
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -391,6 +393,7 @@ def _check_bundle(top: Path, version: str) -> Path:
         )
     if manifest.get("missing"):
         _fail(f"the bundle lacks wheels for {manifest['missing']!r}")
+    _check_built(manifest.get("built") or [])
     directory = top / "wheels"
     if not isinstance(wheels, list) or not all(
         isinstance(w, dict) and isinstance(w.get("file"), str) and isinstance(w.get("sha256"), str)
@@ -405,6 +408,31 @@ def _check_bundle(top: Path, version: str) -> Path:
         if hashlib.sha256(path.read_bytes()).hexdigest() != wheel["sha256"]:
             _fail(f"{name}: SHA-256 does not match the bundle's manifest.json")
     return directory
+
+
+def _check_built(built: object) -> None:
+    """Wheels built from source (``bundle.py --wheel-cache``) name the shared libraries and
+    the glibc they were linked against: refuse a bundle whose code would not load here."""
+    if not isinstance(built, list) or not all(isinstance(b, dict) for b in built):
+        _fail("the bundle's manifest.json is unusable: built must be a list of objects")
+    _, _, release = (os.confstr("CS_GNU_LIBC_VERSION") or "glibc 0.0").partition(" ")
+    have = tuple(int(n) for n in release.split(".")[:2])
+    for wheel in built:
+        what = f"{wheel.get('name')} {wheel.get('version')} (built from source)"
+        need = str(wheel.get("glibc") or "0.0")
+        try:
+            needed = tuple(int(n) for n in need.split(".")[:2])
+        except ValueError:
+            _fail(f"{what}: bad glibc {need!r} in the bundle's manifest.json")
+        if have < needed:
+            _fail(f"{what} needs glibc >= {need}, this device has {release}")
+        for lib in wheel.get("needs") or []:
+            if not isinstance(lib, str) or not re.fullmatch(r"lib[\w.+-]+\.so(\.[0-9]+)*", lib):
+                _fail(f"{what}: {lib!r} is not a library's soname (libNAME.so.N)")
+            try:
+                ctypes.CDLL(lib)  # by soname: the dynamic linker's own search, as at import
+            except OSError:
+                _fail(f"{what} needs {lib}, which this device lacks")
 
 
 def _run(argv: list[str], what: str) -> str:
