@@ -114,6 +114,26 @@ def test_serve_takes_the_passed_socket_and_exits_when_idle(tmp_path: Path, serve
         stop(proc, tmp_path)
 
 
+@pytest.mark.skipif(ACTIVATE is None, reason="needs systemd-socket-activate")
+def test_an_open_event_stream_keeps_it_running(tmp_path: Path, serve_port: int) -> None:
+    """An ``/events`` subscriber is something in progress: no idle exit while it reads,
+    the exit once it went away (noticed at the stream's next heartbeat, every 15 s)."""
+    port = serve_port
+    proc = activated_serve(tmp_path, port, idle_exit_s=0.5)
+    try:
+        assert progress(port)["stage"] == "idle"
+        url = f"http://127.0.0.1:{port}/api/v1.0/events"
+        with urllib.request.urlopen(url, timeout=10) as stream:
+            assert stream.readline().startswith(b"id: "), "no first event"
+            time.sleep(3.0)  # six times idle_exit_s, no request meanwhile
+            assert proc.poll() is None, "exited under an open event stream"
+        closed = time.monotonic()
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - closed <= 15.0 + 5.0
+    finally:
+        stop(proc, tmp_path)
+
+
 def test_serve_that_bound_the_port_itself_never_idles_out(tmp_path: Path, serve_port: int) -> None:
     """No socket passed (``./dev.sh run``, the demo): nobody would start it again, so
     ``idle_exit_s`` does not apply and it stays until stopped."""
