@@ -366,7 +366,7 @@ fi
 # --- 5. the unit files, with this install's paths --------------------------------------
 # The socket listens where the config says the API is (host, port; defaults as the
 # updater's), so that clients reading the config find it.
-mapfile -t LISTEN < <("$PYTHON" - "$CONFIG" <<'PY'
+mapfile -t LISTEN < <("$VENV/bin/python" - "$CONFIG" <<'PY'
 import sys, tomllib
 with open(sys.argv[1], "rb") as fh:
     config = tomllib.load(fh)

@@ -13,20 +13,15 @@ that one install:
 * a kill -9 mid-download with a poller of ``/progress`` every 200 ms: no connection is ever
   refused while systemd restarts the updater, the download resumes and completes, and a
   bind to the port attempted during the restart fails (``EADDRINUSE``);
+* a job outside a final state (a verified package waiting for ``/update``) keeps it running;
 * uninstall.sh removes the socket and frees the port.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
-import threading
 import time
-import urllib.error
-import urllib.request
 
-import attrs
 import pytest
 
 from tests.e2e.deploy_site import (
@@ -36,7 +31,9 @@ from tests.e2e.deploy_site import (
     UNIT,
     Api,
     DeviceApiStub,
+    Poller,
     Site,
+    bind_fails,
     free_port,
     run,
     show,
@@ -52,66 +49,6 @@ SOCKET = "tope-updater.socket"
 IDLE_EXIT_S = 2.0
 PAYLOAD_BYTES = 3 * 1024 * 1024
 THROTTLE_BPS = 1_000_000
-
-
-@attrs.define
-class Poller:
-    """device-api polling ``/progress`` every 200 ms, on a fresh connection each time."""
-
-    port: int
-    refused: list[str] = attrs.Factory(list)
-    other_errors: list[str] = attrs.Factory(list)
-    answers: int = 0
-    slowest_s: float = 0.0
-    _stop: threading.Event = attrs.Factory(threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        url = f"http://127.0.0.1:{self.port}/api/v1.0/progress"
-        while not self._stop.is_set():
-            began = time.monotonic()
-            try:
-                with urllib.request.urlopen(url, timeout=60) as resp:
-                    resp.read()
-                self.answers += 1
-                self.slowest_s = max(self.slowest_s, time.monotonic() - began)
-            except urllib.error.URLError as exc:
-                reason = exc.reason
-                if isinstance(reason, ConnectionRefusedError):
-                    self.refused.append(f"{time.monotonic():.2f} {reason}")
-                else:
-                    self.other_errors.append(f"{time.monotonic():.2f} {reason!r}")
-            except OSError as exc:
-                if isinstance(exc, ConnectionRefusedError):
-                    self.refused.append(f"{time.monotonic():.2f} {exc}")
-                else:
-                    self.other_errors.append(f"{time.monotonic():.2f} {exc!r}")
-            self._stop.wait(0.2)
-
-
-def bind_fails(port: int) -> bool:
-    """Whether another server could take the port now (it must not: EADDRINUSE).
-
-    With ``SO_REUSEADDR``, as servers bind: the poller's closed connections linger in
-    TIME_WAIT on the port, which alone would fail a plain bind; only a listener fails this.
-    """
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            assert exc.errno == errno.EADDRINUSE, exc
-            return True
-        return False
 
 
 def wait_inactive(sandbox: SystemdSandbox, timeout: float) -> dict[str, str]:
@@ -239,6 +176,13 @@ def test_socket_activation_idle_exit_and_a_kill_mid_download(
     # Resumed from its durable checkpoint, not from 0.
     assert len(requests) == 2 and requests[1].range is not None, requests
     print(f"poller: {poller.answers} answers, slowest {poller.slowest_s:.2f} s, {binds} binds")
+
+    # ---- a job outside a final state (toInstall: waiting for /update) keeps it running ------
+    holding = show(sandbox, UNIT)["MainPID"]
+    time.sleep(3 * IDLE_EXIT_S)  # no request meanwhile
+    props = show(sandbox, UNIT)
+    assert props["ActiveState"] == "active" and props["MainPID"] == holding, props
+    assert api.progress()["stage"] == "toInstall"
 
     # ---- uninstall: the socket goes, and the port is free -----------------------------------
     run([
