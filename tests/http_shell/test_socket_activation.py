@@ -54,15 +54,18 @@ def progress(port: int) -> dict[str, Any]:
         return data
 
 
-def activated_serve(tmp_path: Path, port: int, idle_exit_s: float) -> subprocess.Popen[bytes]:
+def activated_serve(
+    tmp_path: Path, port: int, idle_exit_s: float, *extra_env: str
+) -> subprocess.Popen[bytes]:
     """``serve --sandbox`` behind ``systemd-socket-activate`` on ``port`` (not started yet:
-    the tool waits for the first connection)."""
+    the tool waits for the first connection); ``extra_env``: more ``NAME=VALUE``."""
     assert ACTIVATE is not None
     argv = [
         ACTIVATE,
         *("-l", f"127.0.0.1:{port}"),
         *("-E", f"PYTHONPATH={REPO}", "-E", "TOPE_UPDATER_DEVICE_API_URL=http://127.0.0.1:9"),
         *("-E", f"TOPE_UPDATER_IDLE_EXIT_S={idle_exit_s}"),
+        *(arg for value in extra_env for arg in ("-E", value)),
         *(sys.executable, "-m", "http_shell.cli", "serve", "--sandbox", str(tmp_path / "sb")),
     ]
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the child keeps it
@@ -132,6 +135,30 @@ def test_an_open_event_stream_keeps_it_running(tmp_path: Path, serve_port: int) 
         assert time.monotonic() - closed <= 15.0 + 5.0
     finally:
         stop(proc, tmp_path)
+
+
+@pytest.mark.skipif(ACTIVATE is None, reason="needs systemd-socket-activate")
+def test_a_fleet_device_stays_resident(tmp_path: Path, serve_port: int) -> None:
+    """With ``ddi_url`` set the fleet poller runs inside the updater between polls: no idle
+    exit (docs/DEPLOYMENT.md, "Fleets")."""
+    port, dead = serve_port, _free_port()
+    ddi = f"TOPE_UPDATER_DDI_URL=http://127.0.0.1:{dead}"
+    proc = activated_serve(tmp_path, port, 0.5, ddi)
+    try:
+        assert progress(port)["stage"] == "idle"
+        time.sleep(3.0)  # six times idle_exit_s, no request meanwhile
+        assert proc.poll() is None, "a fleet device idled out"
+        log = (tmp_path / "serve.log").read_text(errors="replace")
+        assert '"socket_activated": true, "idle_exit_s": null' in log, log[-2000:]
+    finally:
+        stop(proc, tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def test_serve_that_bound_the_port_itself_never_idles_out(tmp_path: Path, serve_port: int) -> None:
