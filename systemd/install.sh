@@ -9,9 +9,10 @@
 # (and <prefix>/previous -> the slot current named before); the versions/ layout and
 # the factory snapshot under --root (`tope-updater init`); links
 # <bin-links>/<bin> -> <root>/versions/current/bin/<bin> for every file of the factory's
-# bin/; <config-dir>/config.toml (only if absent); the systemd unit with this install's
-# paths; daemon-reload, enable, (re)start (systemctl returns once the API listens:
-# Type=notify); finally `tope-updater verify-setup`. See docs/DEPLOYMENT.md.
+# bin/; <config-dir>/config.toml (only if absent); the systemd units with this install's
+# paths: tope-updater.socket (the API's port, ListenStream= from the config's host and
+# port) and tope-updater.service; daemon-reload, enable, (re)start (systemctl returns once
+# the API serves: Type=notify); finally `tope-updater verify-setup`. See docs/DEPLOYMENT.md.
 set -euo pipefail
 
 usage() {
@@ -28,7 +29,10 @@ usage: install.sh [options]
                       (default /usr/local/bin)
   --from DIR          factory content for a fresh root (default: a minimal tree)
   --version X.Y.Z     factory version; required when the root is not initialised yet
-  --port N            API port written into a new config.toml (default 12315)
+  --port N            API port written into a new config.toml and the socket unit
+                      (default 12315; a kept config.toml's port wins)
+  --host ADDR         API address (an IP address) written into a new config.toml and
+                      the socket unit (default 127.0.0.1; a kept config.toml's host wins)
   --device-api-url U  device-api base URL for a new config.toml
                       (default http://127.0.0.1:9080)
   --extra-root DIR    allow manifest dst under DIR (config + ReadWritePaths); repeatable
@@ -72,6 +76,7 @@ BIN_LINKS=/usr/local/bin
 FROM=""
 VERSION=""
 PORT=""
+HOST=""
 DEVICE_API_URL=http://127.0.0.1:9080
 EXTRA_ROOTS=()
 USB_MOUNTS=()
@@ -84,6 +89,7 @@ SYSTEMCTL=systemctl
 ENABLE=1
 START=1
 UNIT=tope-updater.service
+SOCKET_UNIT=tope-updater.socket
 SCREEN_UNIT=tope-updater-screen.service
 USB_UNIT=tope-updater-usb@.service
 
@@ -98,6 +104,7 @@ while [[ $# -gt 0 ]]; do
         --from) FROM="$2"; shift 2 ;;
         --version) VERSION="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
+        --host) HOST="$2"; shift 2 ;;
         --device-api-url) DEVICE_API_URL="$2"; shift 2 ;;
         --extra-root) EXTRA_ROOTS+=("$2"); shift 2 ;;
         --unit) UNITS+=("$2"); shift 2 ;;
@@ -140,6 +147,8 @@ done
 [[ -z "$FROM" || -d "$FROM" ]] || die "--from $FROM is not a directory"
 [[ -z "$VERSION" || "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--version must look like 1.2.3"
 [[ -z "$PORT" || "$PORT" =~ ^[0-9]+$ ]] || die "--port must be a number"
+# An address systemd's ListenStream= takes (no names: it does not resolve them).
+[[ -z "$HOST" || "$HOST" =~ ^[0-9A-Fa-f.:]+$ ]] || die "--host must be an IP address"
 [[ "$DEVICE_API_URL" =~ ^https?://[^[:space:]\"\\]+$ ]] || die "--device-api-url must be an http(s) URL"
 
 TMP_DIRS=()
@@ -340,7 +349,7 @@ if [[ ! -e "$CONFIG" ]]; then
         echo "# Environment variables TOPE_UPDATER_<KEY> override these values."
         echo "root = \"$ROOT\""
         echo "state_dir = \"$STATE_DIR\""
-        echo "host = \"127.0.0.1\""
+        echo "host = \"${HOST:-127.0.0.1}\""
         echo "port = ${PORT:-12315}"
         echo "device_api_url = \"$DEVICE_API_URL\""
         toml_list extra_roots "${EXTRA_ROOTS[@]}"
@@ -370,7 +379,35 @@ else
     fi
 fi
 
-# --- 5. the unit file, with this install's paths ---------------------------------------
+# --- 5. the unit files, with this install's paths --------------------------------------
+# The socket listens where the config says the API is (host, port; defaults as the
+# updater's), so that clients reading the config find it.
+mapfile -t LISTEN < <("$VENV/bin/python" - "$CONFIG" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as fh:
+    config = tomllib.load(fh)
+print(config.get("host", "127.0.0.1"))
+print(config.get("port", 12315))
+PY
+) || die "cannot read host and port from $CONFIG"
+[[ ${#LISTEN[@]} -eq 2 && "${LISTEN[0]}" =~ ^[0-9A-Fa-f.:]+$ && "${LISTEN[1]}" =~ ^[0-9]+$ ]] \
+    || die "$CONFIG: host must be an IP address and port a number for $SOCKET_UNIT"
+if [[ -n "$PORT$HOST" && "${HOST:-${LISTEN[0]}}:${PORT:-${LISTEN[1]}}" != "${LISTEN[0]}:${LISTEN[1]}" ]]; then
+    echo "    note: $CONFIG (kept) says ${LISTEN[0]}:${LISTEN[1]}; --host/--port ignored"
+fi
+case "${LISTEN[0]}" in
+    *:*) LISTEN_STREAM="[${LISTEN[0]}]:${LISTEN[1]}" ;;
+    *) LISTEN_STREAM="${LISTEN[0]}:${LISTEN[1]}" ;;
+esac
+step "socket $UNIT_DIR/$SOCKET_UNIT (ListenStream=$LISTEN_STREAM)"
+mkdir -p "$UNIT_DIR"
+sed -e "s|^ListenStream=.*|ListenStream=$LISTEN_STREAM|" \
+    -e "s|^Documentation=.*|Documentation=file://$PREFIX/docs/DEPLOYMENT.md|" \
+    "$SRC/systemd/$SOCKET_UNIT" >"$UNIT_DIR/.$SOCKET_UNIT.tmp"
+chmod 0644 "$UNIT_DIR/.$SOCKET_UNIT.tmp"
+SOCKET_CHANGED=1
+if cmp -s "$UNIT_DIR/.$SOCKET_UNIT.tmp" "$UNIT_DIR/$SOCKET_UNIT"; then SOCKET_CHANGED=0; fi
+mv -f "$UNIT_DIR/.$SOCKET_UNIT.tmp" "$UNIT_DIR/$SOCKET_UNIT"
 step "unit $UNIT_DIR/$UNIT"
 # <prefix> too: a self-update writes a new slot there and moves `current`.
 RW_PATHS="$ROOT $PREFIX"
@@ -401,8 +438,10 @@ mv -f "$UNIT_DIR/.$USB_UNIT.tmp" "$UNIT_DIR/$USB_UNIT"
 # --- 6. systemd --------------------------------------------------------------------------
 "${SYSTEMCTL_ARGV[@]}" daemon-reload
 if [[ $ENABLE -eq 1 ]]; then
-    step "enable $UNIT"
-    "${SYSTEMCTL_ARGV[@]}" enable "$UNIT"
+    # Both: the socket holds the port from boot on; the service still starts at boot (a
+    # journaled job resumes, reports are delivered), then exits when idle (idle_exit_s).
+    step "enable $SOCKET_UNIT $UNIT"
+    "${SYSTEMCTL_ARGV[@]}" enable "$SOCKET_UNIT" "$UNIT"
     for mount in "${USB_MOUNTS[@]}"; do
         instance="tope-updater-usb@$(systemd-escape --path "$mount").service"
         step "enable $instance (a stick mounted at $mount installs its signed package)"
@@ -412,6 +451,20 @@ fi
 if [[ $START -eq 1 ]]; then
     # restart, not start: a re-install must run the new code. The updater resumes any job
     # from its journal. Type=notify: this returns once the API listens (or fails).
+    # The socket first. A new or changed one (or one not listening: an install from before
+    # the socket, whose updater bound the port itself) needs the port free: the service
+    # stops before. An unchanged, listening socket stays: connections wait in its queue
+    # while the service restarts.
+    socket_state="$("${SYSTEMCTL_ARGV[@]}" is-active "$SOCKET_UNIT" 2>/dev/null || true)"
+    if [[ $SOCKET_CHANGED -eq 1 || "$socket_state" != active ]]; then
+        step "(re)start $SOCKET_UNIT"
+        "${SYSTEMCTL_ARGV[@]}" stop "$UNIT" 2>/dev/null || true
+        "${SYSTEMCTL_ARGV[@]}" reset-failed "$SOCKET_UNIT" 2>/dev/null || true
+        if ! "${SYSTEMCTL_ARGV[@]}" restart "$SOCKET_UNIT"; then
+            "${SYSTEMCTL_ARGV[@]}" --no-pager status "$SOCKET_UNIT" >&2 || true
+            die "$SOCKET_UNIT did not start (is $LISTEN_STREAM in use by another process?)"
+        fi
+    fi
     step "(re)start $UNIT"
     "${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" 2>/dev/null || true
     if ! "${SYSTEMCTL_ARGV[@]}" restart "$UNIT"; then
@@ -428,4 +481,4 @@ if [[ -d "$PREFIX/venv" && $START -eq 1 ]]; then
     rm -rf "$PREFIX/venv"
     echo "    removed the single venv of an older install, $PREFIX/venv"
 fi
-echo "tope-updater installed: $CURRENT_UPDATER -> $UPDATER (config $CONFIG, unit $UNIT_DIR/$UNIT)"
+echo "tope-updater installed: $CURRENT_UPDATER -> $UPDATER (config $CONFIG, units $UNIT_DIR/$SOCKET_UNIT $UNIT_DIR/$UNIT)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remove tope-updater: stop and remove the unit, the bin links install.sh made, the updater's
+# Remove tope-updater: stop and remove its units (service, socket), the bin links install.sh made, the updater's
 # slots (<prefix>/versions, current, previous) and its guard.
 #
 #   sudo /opt/tope-updater/uninstall.sh            # keeps <root>/versions, state, config
@@ -40,6 +40,7 @@ DISABLE=1
 KEEP_LINKS=0
 PURGE=0
 UNIT=tope-updater.service
+SOCKET_UNIT=tope-updater.socket
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -70,13 +71,16 @@ done
 read -r -a SYSTEMCTL_ARGV <<<"$SYSTEMCTL"
 
 # --- 1. the service ----------------------------------------------------------------------
-step "stop $UNIT"
-"${SYSTEMCTL_ARGV[@]}" stop "$UNIT" 2>/dev/null || true
-# Only touch enablement links when the unit is enabled (nothing to undo otherwise).
-if [[ $DISABLE -eq 1 ]] && [[ "$("${SYSTEMCTL_ARGV[@]}" is-enabled "$UNIT" 2>/dev/null || true)" == enabled ]]; then
-    "${SYSTEMCTL_ARGV[@]}" disable "$UNIT"
-fi
-rm -f "$UNIT_DIR/$UNIT"
+step "stop $SOCKET_UNIT $UNIT"
+# The socket first: stopped, it cannot start the service again (and frees the port).
+"${SYSTEMCTL_ARGV[@]}" stop "$SOCKET_UNIT" "$UNIT" 2>/dev/null || true
+# Only touch enablement links when a unit is enabled (nothing to undo otherwise).
+for unit in "$SOCKET_UNIT" "$UNIT"; do
+    if [[ $DISABLE -eq 1 ]] && [[ "$("${SYSTEMCTL_ARGV[@]}" is-enabled "$unit" 2>/dev/null || true)" == enabled ]]; then
+        "${SYSTEMCTL_ARGV[@]}" disable "$unit"
+    fi
+done
+rm -f "$UNIT_DIR/$UNIT" "$UNIT_DIR/$SOCKET_UNIT"
 "${SYSTEMCTL_ARGV[@]}" stop tope-updater-screen.service 2>/dev/null || true
 # A self-update's deadline timer still pending (transient: gone once stopped).
 "${SYSTEMCTL_ARGV[@]}" stop 'tope-updater-probation-*.timer' 2>/dev/null || true
@@ -93,7 +97,7 @@ for link in "$UNIT_DIR"/*.mount.wants/tope-updater-usb@*.service; do
 done
 rm -f "$UNIT_DIR/tope-updater-usb@.service"
 "${SYSTEMCTL_ARGV[@]}" daemon-reload
-"${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" 2>/dev/null || true
+"${SYSTEMCTL_ARGV[@]}" reset-failed "$UNIT" "$SOCKET_UNIT" 2>/dev/null || true
 if [[ -d "$UNIT_DIR/$UNIT.d" ]]; then
     echo "    kept drop-ins in $UNIT_DIR/$UNIT.d (local changes; delete them by hand)"
 fi

@@ -13,7 +13,7 @@
 #   The new updater deletes it once it has proved itself (read the journal, answered
 #   /healthz with its version, reached a settled state).
 # * While <prefix>/probation exists, each start is counted in <prefix>/probation.starts.
-#   The start after `max_starts` starts (so `max_starts` failed ones: Restart=always), or
+#   The start after `max_starts` starts (so `max_starts` failed ones: Restart=on-failure), or
 #   any start after `deadline`, switches `current` back to `previous` (symlink + rename),
 #   writes <prefix>/updater-rollback ("version=", "previous=", "reason=") and removes the
 #   probation; this very start then runs the old updater, which reports

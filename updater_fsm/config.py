@@ -141,6 +141,12 @@ class Config:
             after this deadline, while still on probation, makes the guard put the old one
             back (as do ``updater_max_starts`` starts).
         updater_max_starts: how many starts a self-updated updater on probation gets.
+        idle_exit_s: ``serve`` exits (status 0) once nothing has been in progress for this
+            many seconds — no job outside a final state, no report waiting for delivery, no
+            event stream, no wait for the printer, no probation, no API request — so that
+            nothing stays resident; the socket unit starts it again on the next connection
+            (docs/DEPLOYMENT.md). 0: stay resident. Never with ``ddi_url`` set (the fleet
+            poller keeps the updater resident).
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -192,6 +198,7 @@ class Config:
     updater_prefix: Path | None = None
     updater_probation_s: float = 300.0
     updater_max_starts: int = 3
+    idle_exit_s: float = 300.0
     log_level: str = "info"
 
     @property
@@ -329,6 +336,11 @@ def _validate(config: Config) -> Config:
     ):
         if getattr(config, key) <= 0:
             raise ConfigError(f"config key {key!r}: must be > 0")
+    if not 0 <= config.idle_exit_s <= 86_400:
+        raise ConfigError(
+            f"config key 'idle_exit_s': must be 0 (stay resident) or up to 86400"
+            f" (got {config.idle_exit_s})"
+        )
     _validate_ddi(config)
     for name in config.allowed_hosts:
         _check_host_name(name)

@@ -63,9 +63,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     from http_shell.daemon.assembly import AlreadyRunning, CannotListen, serve
+    from http_shell.daemon.listen_fds import BadListenSocket, activation_socket
     from updater_fsm.durable import StateFileRefused
     from updater_fsm.log_setup import configure_logging
 
+    try:
+        # Before anything could spawn a child: $LISTEN_* are removed from the environment,
+        # the socket systemd passed (tope-updater.socket), if any, is taken here.
+        listen_socket = activation_socket()
+    except BadListenSocket as exc:
+        print(f"tope-updater: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         configure_logging(config.logs_dir, level=config.log_level)  # first: seeding logs too
     except StateFileRefused as exc:
@@ -76,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     try:
-        status = asyncio.run(serve(config))
+        status = asyncio.run(serve(config, listen_socket=listen_socket))
     except AlreadyRunning as exc:
         print(f"tope-updater: {exc}", file=sys.stderr)
         return EXIT_LOCKED
@@ -94,7 +102,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         " been initialised (`tope-updater init --root ROOT --version VERSION`): on a root"
         " without versions/current or versions/factory, serve prints that command and exits"
         " with status 2 (systemd does not restart it then). --sandbox seeds its root on the"
-        " first run instead.",
+        " first run instead. Started by tope-updater.socket (socket activation: $LISTEN_FDS),"
+        " it serves on the socket systemd passes and exits 0 after idle_exit_s seconds with"
+        " nothing in progress; otherwise it binds host:port itself and stays.",
     )
     add_config_flags(p)
     add_sandbox_flag(p, "run on a local sandbox root (default ./var): no root or systemd needed")

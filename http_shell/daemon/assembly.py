@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ from updater_fsm.runner import OpsRunner
 
 if TYPE_CHECKING:
     from fleet_ddi.poller import FleetPoller
+    from http_shell.daemon.idle import IdleWatch
     from http_shell.daemon.reporter import Reporter
 
 _log = structlog.get_logger(__name__)
@@ -163,12 +165,23 @@ async def running_updater(
             await reporter.stop()
 
 
-async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> int:
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[], None] | None = None,
+    listen_socket: socket.socket | None = None,
+) -> int:
     """Run the updater and its HTTP API until SIGTERM or SIGINT; returns the exit status.
 
-    0 after a signal; :data:`~updater_fsm.ops.self_update.EXIT_SWITCHED` when a self-update
-    moved the updater's ``current`` link and hands over (``Restart=always`` starts the unit
-    again, from the new slot).
+    0 after a signal or an idle exit; :data:`~updater_fsm.ops.self_update.EXIT_SWITCHED`
+    when a self-update moved the updater's ``current`` link and hands over (systemd starts
+    the unit again, from the new slot: ``Restart=on-failure``).
+
+    ``listen_socket`` is the listening socket systemd passed (socket activation, see
+    :mod:`http_shell.daemon.listen_fds`): the API serves on it, and the updater exits after
+    ``idle_exit_s`` seconds with nothing in progress (:mod:`http_shell.daemon.idle`), the
+    socket unit starting it again on the next connection. Without one it binds
+    ``host``:``port`` itself and stays until stopped.
 
     Under systemd (``Type=notify``) it sends ``READY=1`` once the API listens,
     ``STOPPING=1`` when it begins to stop, and pings the watchdog from the event loop at
@@ -181,14 +194,16 @@ async def serve(config: Config, *, ready: Callable[[], None] | None = None) -> i
         # Pinging starts before recovery: systemd runs the watchdog from the unit's start.
         watchdog = asyncio.create_task(sd_notify.watchdog_loop(), name="sd-watchdog")
         try:
-            return await _serve_locked(config, ready)
+            return await _serve_locked(config, ready, listen_socket)
         finally:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
 
 
-async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int:
+async def _serve_locked(
+    config: Config, ready: Callable[[], None] | None, listen_socket: socket.socket | None
+) -> int:
     from http_shell.daemon import sd_notify
 
     stop = asyncio.Event()
@@ -221,29 +236,79 @@ async def _serve_locked(config: Config, ready: Callable[[], None] | None) -> int
             lingering_time=1.0,
             shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
         )
+        idle = _idle_watch(config, updater, app) if listen_socket is not None else None
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.port)
+        site: web.BaseSite
+        if listen_socket is not None:
+            site = web.SockSite(runner, listen_socket)
+            where = _address(listen_socket)
+        else:
+            site = web.TCPSite(runner, config.host, config.port)
+            where = f"{config.host}:{config.port}"
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise CannotListen(
-                f"cannot listen on {config.host}:{config.port}: {_reason(exc)}"
-            ) from None
-        _log.info("listening", url=f"http://{config.host}:{config.port}/api/v1.0")
+            raise CannotListen(f"cannot listen on {where}: {_reason(exc)}") from None
+        _log.info(
+            "listening",
+            url=f"http://{where}/api/v1.0",
+            socket_activated=listen_socket is not None,
+            idle_exit_s=idle.idle_s if idle is not None else None,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        sd_notify.notify(f"READY=1\nSTATUS=listening on {config.host}:{config.port}")
+        sd_notify.notify(f"READY=1\nSTATUS=listening on {where}")
         if ready is not None:
             ready()
+        idle_task = asyncio.create_task(idle.run(), name="idle-exit") if idle else None
+        if idle_task is not None:
+            idle_task.add_done_callback(lambda _: stop.set())
         try:
             await stop.wait()
-            _log.info("stopping")
+            _log.info("stopping", idle_exit=idle_task is not None and idle_task.done())
         finally:
+            if idle_task is not None:
+                idle_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await idle_task
             sd_notify.notify("STOPPING=1")
             await runner.cleanup()
     return exit_status
+
+
+def _idle_watch(config: Config, updater: Updater, app: web.Application) -> IdleWatch | None:
+    """The idle exit of a socket-activated updater; None when it stays resident: with
+    ``idle_exit_s = 0``, or with ``ddi_url`` set (the fleet poller runs between polls)."""
+    if config.idle_exit_s <= 0 or updater.poller is not None:
+        return None
+    from http_shell.api.events import SLOTS
+    from http_shell.daemon.idle import IdleWatch
+    from updater_fsm.ops.self_update import find_slots
+
+    reporter = updater.reporter
+    slots = find_slots(config.updater_prefix)
+    watch = IdleWatch(
+        config.idle_exit_s,
+        engine=updater.engine,
+        runner_busy=lambda: updater.runner.busy,
+        pending_reports=(lambda: reporter.pending) if reporter is not None else None,
+        streams=app[SLOTS],
+        probation=slots.probation if slots is not None else None,
+    )
+
+    async def touch(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        watch.touch()
+
+    app.on_response_prepare.append(touch)
+    return watch
+
+
+def _address(sock: socket.socket) -> str:
+    """``127.0.0.1:12315`` or ``[::1]:12315``: where a passed socket listens."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reason(exc: OSError) -> str:

@@ -3,6 +3,7 @@ of one test installation, a device-api stub, a small API client and command help
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -192,3 +194,63 @@ def device_api() -> Iterator[DeviceApiStub]:
         yield stub
     finally:
         stub.close()
+
+
+@attrs.define
+class Poller:
+    """device-api polling ``/progress`` every 200 ms, on a fresh connection each time."""
+
+    port: int
+    refused: list[str] = attrs.Factory(list)
+    other_errors: list[str] = attrs.Factory(list)
+    answers: int = 0
+    slowest_s: float = 0.0
+    _stop: threading.Event = attrs.Factory(threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        url = f"http://127.0.0.1:{self.port}/api/v1.0/progress"
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                with urllib.request.urlopen(url, timeout=60) as resp:
+                    resp.read()
+                self.answers += 1
+                self.slowest_s = max(self.slowest_s, time.monotonic() - began)
+            except urllib.error.URLError as exc:
+                reason = exc.reason
+                if isinstance(reason, ConnectionRefusedError):
+                    self.refused.append(f"{time.monotonic():.2f} {reason}")
+                else:
+                    self.other_errors.append(f"{time.monotonic():.2f} {reason!r}")
+            except OSError as exc:
+                if isinstance(exc, ConnectionRefusedError):
+                    self.refused.append(f"{time.monotonic():.2f} {exc}")
+                else:
+                    self.other_errors.append(f"{time.monotonic():.2f} {exc!r}")
+            self._stop.wait(0.2)
+
+
+def bind_fails(port: int) -> bool:
+    """Whether another server could take the port now (it must not: EADDRINUSE).
+
+    With ``SO_REUSEADDR``, as servers bind: the poller's closed connections linger in
+    TIME_WAIT on the port, which alone would fail a plain bind; only a listener fails this.
+    """
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            assert exc.errno == errno.EADDRINUSE, exc
+            return True
+        return False

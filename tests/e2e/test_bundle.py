@@ -80,8 +80,8 @@ def test_bundle_contents(bundle: Path, tmp_path: Path) -> None:
     assert {"tope_updater", "aiohttp", "cryptography", "cffi", "pyzstd", "backports_zstd"} <= names
     assert "pygame_ce" not in names  # the screen extra only with --with-screen
     for path in ("systemd/install.sh", "systemd/uninstall.sh", "systemd/tope-updater.service",
-                 "systemd/tope-updater-screen.service", "systemd/busy-probe-moonraker.sh",
-                 "docs/DEPLOYMENT.md"):  # fmt: skip
+                 "systemd/tope-updater.socket", "systemd/tope-updater-screen.service",
+                 "systemd/busy-probe-moonraker.sh", "docs/DEPLOYMENT.md"):  # fmt: skip
         assert (top / path).is_file(), path
 
 
@@ -165,3 +165,12 @@ def test_offline_install_from_bundle(
     assert verify.returncode == 0 and "setup OK" in verify.stdout, verify.stdout + verify.stderr
     assert (site.prefix / "docs" / "DEPLOYMENT.md").is_file()
     assert (site.prefix / "uninstall.sh").is_file()
+    # The bundle's socket unit, listening where the new config says the API is.
+    port = next(
+        line.split("=")[1].strip()
+        for line in (site.config_dir / "config.toml").read_text().splitlines()
+        if line.startswith("port =")
+    )
+    socket_unit = (sandbox.unit_dir / "tope-updater.socket").read_text()
+    assert f"\nListenStream=127.0.0.1:{port}\n" in socket_unit, socket_unit
+    assert show(sandbox, "tope-updater.socket")["ActiveState"] == "active"

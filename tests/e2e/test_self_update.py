@@ -1,9 +1,10 @@
 """The updater updates itself, under a real systemd, with real release bundles (issue 15).
 
 The device runs what ``install.sh --bundle`` installs from a bundle built by
-``systemd/bundle.py`` from this tree (updater 0.1.0): the shipped unit (``Type=notify``,
-``Restart=always``, the hardening), the guard ``updater-guard.sh`` as ``ExecStartPre``, the
-updater in the slot ``<prefix>/versions/0.1.0``. The new updaters are bundles built the same
+``systemd/bundle.py`` from this tree (updater 0.1.0): the shipped units (``Type=notify``,
+``Restart=on-failure``, the hardening; ``tope-updater.socket`` holding the port), the guard
+``updater-guard.sh`` as ``ExecStartPre``, the updater in the slot
+``<prefix>/versions/0.1.0``. The new updaters are bundles built the same
 way from a copy of this tree with another version in ``pyproject.toml`` (0.2.0), one of them
 broken on purpose (0.3.0: ``http_shell/daemon/assembly.py`` raises at import, so ``serve``
 dies at every start). Packages are built by the installed ``tope-updater package build
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.deploy_site import UNIT, DeviceApiStub, Site, show
+from tests.e2e.deploy_site import UNIT, DeviceApiStub, Poller, Site, show
 from tests.e2e.deploy_site import device_api as device_api  # the fixture
 from tests.e2e.deploy_site import site as site  # the fixture
 from tests.support.package_server import ThreadedPackageServer
@@ -53,9 +54,22 @@ def test_a_good_self_update_then_the_next_update_runs_on_the_new_updater(
     device: Device, updater_bundles: Bundles
 ) -> None:
     pkg = device.package("1.1.0", bundle=updater_bundles.new)
+    # device-api polls /progress every 200 ms through the hand-over (exit 75, RestartSec=2,
+    # the guard, the new updater's start): tope-updater.socket holds the port meanwhile, so
+    # no connection is refused, answers only come slower.
+    poller = Poller(device.port)
     with ThreadedPackageServer() as server:
         device.install(pkg, "1.1.0", server)
-        data = device.wait(lambda d: d["stage"] == "success", "self-updated", timeout=120)
+        poller.start()
+        try:
+            data = device.wait(lambda d: d["stage"] == "success", "self-updated", timeout=120)
+        finally:
+            poller.stop()
+        assert poller.refused == [], poller.refused
+        assert len(poller.other_errors) <= 1, poller.other_errors  # one in flight at exit
+        assert poller.slowest_s >= 1.0, poller  # one waited in the queue through RestartSec
+        print(f"poller through the hand-over: {poller.answers} answers,"
+              f" slowest {poller.slowest_s:.2f} s")  # fmt: skip
         health = device.healthz()
         assert health is not None and health["updater_version"] == NEW, health
         took = device.seconds_between("updater.switching", "updater.confirmed")

@@ -14,15 +14,23 @@ from tests.support.systemd_sandbox import SystemdSandbox
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "tope-updater.service"
 SHIPPED = REPO / "systemd" / UNIT
+SOCKET = "tope-updater.socket"
 
 
 def test_serve_on_a_root_never_initialised_is_not_restarted(
     systemd_sandbox: SystemdSandbox, tmp_path: Path
 ) -> None:
     root = tmp_path / "root"
+    port = free_port()
     serve = (
         f"ExecStart=/usr/bin/env PYTHONPATH={REPO} {sys.executable} -m http_shell.cli serve"
-        f" --root {root} --port {free_port()}"
+        f" --root {root} --port {port}"
+    )
+    # The shipped socket (the service Requires= it), on the test's port as install.sh does.
+    socket_unit = (REPO / "systemd" / SOCKET).read_text()
+    systemd_sandbox.install_unit(
+        SOCKET,
+        socket_unit.replace("ListenStream=127.0.0.1:12315", f"ListenStream=127.0.0.1:{port}"),
     )
     # The shipped unit as install.sh writes it, but this checkout's serve and no guard (an
     # install's paths); its restart policy and everything else as shipped.

@@ -130,6 +130,15 @@ def test_resume_limit_from_env_and_bounds(tmp_path: Path) -> None:
         load_config(env={"TOPE_UPDATER_RESUME_LIMIT": "0"})
 
 
+def test_idle_exit_s_from_file_and_environment_and_bounds(tmp_path: Path) -> None:
+    assert load_config(env={}).idle_exit_s == 300.0
+    assert load_config(env={"TOPE_UPDATER_IDLE_EXIT_S": "0"}).idle_exit_s == 0.0
+    assert load_config(file=write(tmp_path, "idle_exit_s = 30\n"), env={}).idle_exit_s == 30.0
+    for bad in ("-1", "86401", "nan"):
+        with pytest.raises(ConfigError, match=r"'idle_exit_s': must be 0 \(stay resident\) or up"):
+            load_config(env={"TOPE_UPDATER_IDLE_EXIT_S": bad})
+
+
 def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
     file = write(tmp_path, 'allowed_hosts = ["printer.local", "192.168.1.20", "[fd00::5]"]\n')
     config = load_config(file=file, env={})

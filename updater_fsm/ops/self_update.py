@@ -50,7 +50,7 @@ _log = structlog.get_logger(__name__)
 DISTRIBUTION = "tope-updater"
 #: A slot is complete once this file exists (install.sh writes it too).
 SLOT_MARK = ".tope-slot-complete"
-#: The exit status with which the old updater hands over to the new one: ``Restart=always``
+#: The exit status with which the old updater hands over to the new one: ``Restart=on-failure``
 #: starts the unit again, now from the slot ``current`` names (EX_TEMPFAIL).
 EXIT_SWITCHED = 75
 #: How long building a slot (venv + offline pip install) may take.

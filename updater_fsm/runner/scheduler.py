@@ -98,6 +98,11 @@ class OpsRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    @property
+    def busy(self) -> bool:
+        """Whether an effect is running (``serve``'s idle exit waits for none)."""
+        return bool(self._tasks)
+
     async def idle(self) -> None:
         """Wait until no effect is running (tests and the demo use it)."""
         while self._tasks:
