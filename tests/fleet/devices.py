@@ -62,6 +62,9 @@ def fleet_device(
             "TOPE_UPDATER_DDI_CONTROLLER_ID": cid,
             "TOPE_UPDATER_DDI_TOKEN": token,
             "TOPE_UPDATER_DDI_POLL_MIN_S": "0.5",
+            # A poll that failed (hawkBit slow under a loaded CI) backs off, doubling from the
+            # floor: capped here, so a test's device finds its action within seconds.
+            "TOPE_UPDATER_DDI_POLL_MAX_S": "4",
             "TOPE_UPDATER_DEVICE_MODEL": "TOPE X1",
             **(env or {}),
         },
@@ -82,10 +85,16 @@ def final_statuses(hb: HawkbitServer, cid: str, action_id: str) -> list[dict[str
 
 
 def wait_action_end(
-    hb: HawkbitServer, cid: str, action_id: str, timeout: float = 60.0
+    hb: HawkbitServer,
+    cid: str,
+    action_id: str,
+    timeout: float = 90.0,
+    *,
+    device: Device | None = None,
 ) -> dict[str, Any]:
     """The action's last status once hawkBit shows it closed (``finished``, ``error``,
-    ``canceled``, or ``downloaded`` for a download-only action)."""
+    ``canceled``, or ``downloaded`` for a download-only action). When it stays open, the
+    failure names what ``device`` (if given) saw: its fleet poller's figures, its job."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         action = hb.action(cid, action_id)
@@ -94,9 +103,18 @@ def wait_action_end(
             last: dict[str, Any] = history[-1]
             return last
         time.sleep(0.2)
+    seen = ""
+    if device is not None:
+        try:
+            health = device.rig.call("GET", "/healthz")["data"]
+            seen = f"; device: fleet {health.get('fleet')}, progress {device.rig.progress()}"
+        except Exception as exc:  # the device may be the reason: say so, keep the failure
+            seen = f"; device not answering: {exc!r}"
+        if device.rig.procs:
+            seen += f"; log: {device.rig.procs[-1].log_tail(20)}"
     raise AssertionError(
         f"action {action_id} of {cid} still open after {timeout} s: "
-        f"{hb.action_statuses(cid, action_id)[-5:]}"
+        f"{hb.action_statuses(cid, action_id)[-5:]}{seen}"
     )
 
 

@@ -38,7 +38,7 @@ def test_a_good_release_installs_and_ends_finished(
     try:
         device.start()
         action = hawkbit.assign_action(release_for(hawkbit, device), device.controller_id)
-        final = wait_action_end(hawkbit, device.controller_id, action)
+        final = wait_action_end(hawkbit, device.controller_id, action, device=device)
         assert final["type"] == "finished", final
         assert final["messages"] == ["Update to v1.1.0 complete", "running 1.1.0"]
         h.check_invariants(device.rig, device.rig.progress())
@@ -68,7 +68,7 @@ def test_a_broken_release_rolls_back_and_ends_in_error_with_our_text(
     try:
         device.start()
         action = hawkbit.assign_action(release_for(hawkbit, device), device.controller_id)
-        final = wait_action_end(hawkbit, device.controller_id, action)
+        final = wait_action_end(hawkbit, device.controller_id, action, device=device)
         assert final["type"] == "error", final
         error, running = final["messages"]
         assert error.startswith("ROLLBACK_LEVEL_1_SUCCESS"), error
@@ -113,7 +113,7 @@ def test_signed_releases_install_and_unsigned_ones_are_refused_with_a_trusted_ke
         finals = {}
         for name, (device, ds) in outcomes.items():
             action = hawkbit.assign_action(ds, device.controller_id)
-            finals[name] = wait_action_end(hawkbit, device.controller_id, action)
+            finals[name] = wait_action_end(hawkbit, device.controller_id, action, device=device)
         assert finals["signed"]["type"] == "finished", finals
         assert signed.rig.links().current == "1.1.0"
         assert finals["unsigned"]["type"] == "error"
@@ -203,7 +203,11 @@ def test_the_target_attributes_show_the_running_version_once_an_action_ends(
     failure), so only the attributes sent with the outcome can put the running version
     there — after a success the new one, after a rollback the one rolled back to."""
     device = fleet_device(
-        tmp_path, hawkbit, server, scenario, env={"TOPE_UPDATER_DDI_POLL_MIN_S": "3600"}
+        tmp_path,
+        hawkbit,
+        server,
+        scenario,
+        env={"TOPE_UPDATER_DDI_POLL_MIN_S": "3600", "TOPE_UPDATER_DDI_POLL_MAX_S": "3600"},
     )
     cid = device.controller_id
     try:
