@@ -10,9 +10,10 @@ a wheel already there (same name, version, ``cp311``, ``linux_armv7l``) is never
 
 How: **cross-compiled**, not emulated. ``gcc-arm-linux-gnueabihf`` (Debian's cross compiler,
 gcc 12) compiles against a Debian 12 (bookworm) armhf sysroot, ``CACHE/sysroot-armhf``:
-``debootstrap --foreign --arch=armhf --variant=minbase`` (its first stage only: no
-emulation) with python3.11, libpython3.11-dev, libffi-dev and libc6-dev, every downloaded
-.deb then unpacked with ``dpkg -x`` (no maintainer scripts: a sysroot, not a system). The
+made by ``systemd/debian_root.py`` (``mmdebstrap --variant=extract``: python3.11,
+libpython3.11-dev, libffi-dev, libc6-dev and their dependencies unpacked, no maintainer
+script run, nothing emulated: a sysroot, not a system). A sysroot an older version made
+with ``debootstrap --foreign`` is kept. The
 host's CPython 3.11 runs setuptools with the sysroot's ``_sysconfigdata`` (so the extension
 gets the armhf suffix and Debian's flags) and ``_PYTHON_HOST_PLATFORM=linux-armv7l`` (so
 the wheel is tagged ``linux_armv7l``). Each wheel gets a ``<wheel>.json`` beside it: the
@@ -21,8 +22,8 @@ glibc (``DT_NEEDED``) and the newest glibc symbol version it uses; ``bundle.py``
 that into the bundle's ``manifest.json`` (``built``) and ``install.sh --bundle`` checks the
 libraries are on the device.
 
-Needs: CPython 3.11 to run it (the wheels are cp311); root the first time (debootstrap);
-(apt) gcc-arm-linux-gnueabihf, debootstrap, binutils-arm-linux-gnueabihf (comes with the
+Needs: CPython 3.11 to run it (the wheels are cp311); root the first time (mmdebstrap);
+(apt) gcc-arm-linux-gnueabihf, mmdebstrap, binutils-arm-linux-gnueabihf (comes with the
 compiler); network to PyPI and a Debian mirror the first time. Running the result
 needs an armv7l machine or qemu-user: see docs/DEPLOYMENT.md (tests/e2e/test_armv7l.py).
 Standard library only.
@@ -44,14 +45,13 @@ import time
 import zipfile
 from pathlib import Path
 
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
+from debian_root import ensure_root
+
 TRIPLET = "arm-linux-gnueabihf"
 PLATFORM_TAG = "linux_armv7l"
 PYTHON_TAG = "cp311"
 SYSROOT_PACKAGES = ["python3.11", "libpython3.11-dev", "libffi-dev", "libc6-dev"]
 BUILD_REQUIREMENTS = ["setuptools>=80", "wheel"]
-SYSROOT_MARKER = ".tope-sysroot.json"
 GLIBC_VERSION = re.compile(r"GLIBC_(\d+)\.(\d+)")
 
 
@@ -75,26 +75,9 @@ def sha256(path: Path) -> str:
 
 
 def ensure_sysroot(root: Path) -> dict[str, object]:
-    """The Debian armhf sysroot, made once (``SYSROOT_MARKER`` records what is in it)."""
-    marker = root / SYSROOT_MARKER
-    if marker.exists():
-        return dict(json.loads(marker.read_text()))
-    if root.exists():
-        shutil.rmtree(root)
-    log(f"debootstrap --foreign {SUITE} armhf into {root} (first stage only, no emulation)")
-    run(["debootstrap", "--foreign", "--arch=armhf", "--variant=minbase",
-         f"--include={','.join(SYSROOT_PACKAGES)}", SUITE, str(root), MIRROR])  # fmt: skip
-    debs = sorted((root / "var" / "cache" / "apt" / "archives").glob("*.deb"))
-    for deb in debs:
-        run(["dpkg-deb", "-x", str(deb), str(root)])
-    info: dict[str, object] = {
-        "debian": SUITE,
-        "arch": "armhf",
-        "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "packages": [deb.name for deb in debs],
-    }
-    marker.write_text(json.dumps(info, indent=2) + "\n")
-    return info
+    """The Debian armhf sysroot, made once (systemd/debian_root.py: mmdebstrap, nothing run
+    in it; its marker records what is in it)."""
+    return ensure_root(root, "armhf", SYSROOT_PACKAGES)
 
 
 def ensure_build_venv(venv: Path) -> Path:
@@ -203,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if sys.version_info[:2] != (3, 11):
         # The wheels' cp311 tag and the armhf sysroot's headers both mean CPython 3.11.
         raise SystemExit(f"build_wheels.py: run it with CPython 3.11, not {sys.version.split()[0]}")
-    for tool in (f"{TRIPLET}-gcc", f"{TRIPLET}-readelf", "debootstrap", "dpkg-deb"):
+    for tool in (f"{TRIPLET}-gcc", f"{TRIPLET}-readelf"):
         if shutil.which(tool) is None:
             raise SystemExit(f"build_wheels.py: {tool} not found (apt-get install "
-                             "gcc-arm-linux-gnueabihf debootstrap)")  # fmt: skip
+                             "gcc-arm-linux-gnueabihf mmdebstrap)")  # fmt: skip
     cache = args.cache.resolve()
     root = (args.sysroot or cache / "sysroot-armhf").resolve()
     info = ensure_sysroot(root)

@@ -130,10 +130,19 @@ def resolve_arch(
 ) -> list[dict[str, str]]:
     """Download the pinned set for ``arch``; returns the missing list (name, version, why)."""
     wanted = [f"{name}=={version}" for name, version in sorted(pins.items())]
-    if download(python, arch, ["--no-deps", *wanted], dest, timeout) is None:
-        return []
-    missing = []  # one at a time, to name every distribution without a wheel
-    for req in wanted:
+    missing: list[dict[str, str]] = []
+    # pip stops at the first pin without a wheel and names it: drop it, try the rest again.
+    for _ in range(len(wanted)):
+        error = download(python, arch, ["--no-deps", *wanted], dest, timeout)
+        if error is None:
+            return missing
+        named = re.findall(r"No matching distribution found for (\S+)", error)
+        if len(named) != 1 or named[0] not in wanted:
+            break
+        name, version = named[0].split("==")
+        missing.append({"name": name, "version": version, "error": error.splitlines()[-1]})
+        wanted.remove(named[0])
+    for req in wanted:  # pip said something else: one at a time, to name every one
         error = download(python, arch, ["--no-deps", req], dest, timeout)
         if error is not None:
             name, version = req.split("==")
@@ -211,7 +220,9 @@ def stage_bundle(
     shutil.copy2(project_wheel, top / "wheels")
     for wheel in sorted(wheels.glob("*.whl")):
         shutil.copy2(wheel, top / "wheels")
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "bundle.py", "build_wheels.py")
+    skip = shutil.ignore_patterns(
+        "__pycache__", "*.pyc", "bundle.py", "build_wheels.py", "debian_root.py"
+    )
     shutil.copytree(REPO / "systemd", top / "systemd", ignore=skip)
     shutil.copytree(REPO / "docs", top / "docs")
     shutil.copy2(REPO / "README.md", top / "README.md")
