@@ -5,7 +5,12 @@
 #                   (./var: factory v1.0.0 seeded on first run; API on 127.0.0.1:12315;
 #                   no root privileges, no systemd)
 #   ./dev.sh test   set up .venv with the test tools, then lint, type-check, check the
-#                   import contracts and run the whole test suite (what .ci/run, CI, ends with)
+#                   import contracts and run the whole test suite but the `arm` tier
+#                   (.ci/run, CI, runs this, then `./dev.sh arm`)
+#   ./dev.sh arm    the `arm` tier only (tests/e2e/test_arm.py): the offline bundle and a
+#                   whole update cycle on emulated aarch64 and armv7l and natively on
+#                   x86_64, one architecture per core; root, qemu-user-static, mmdebstrap,
+#                   gcc-arm-linux-gnueabihf, PyPI and Debian's mirror (~10 minutes)
 #   ./dev.sh fast   the same checks, then only the fast tier: no systemd, hawkBit, crash
 #                   harness, `serve` subprocess or slow test (tests/conftest.py marks them),
 #                   on all cores, with fewer hypothesis examples (profile dev); a few minutes
@@ -40,7 +45,7 @@ setup() {
 }
 
 # The tiers the fast run leaves out (markers registered in pyproject.toml).
-FAST_TIER="not (systemd or fleet_server or crash or e2e or slow)"
+FAST_TIER="not (systemd or fleet_server or crash or e2e or slow or arm)"
 
 checks() {
     "$VENV/bin/ruff" check .
@@ -65,7 +70,13 @@ case "$cmd" in
         checks
         # On all cores (pytest-xdist); the tests sharing a session fixture (hawkBit, the
         # release bundles) stay in one worker each (tests/conftest.py XDIST_GROUP_OF_FIXTURE).
-        exec "$VENV/bin/pytest" -n auto --dist loadgroup "$@"
+        exec "$VENV/bin/pytest" -n auto --dist loadgroup -m "not arm" "$@"
+        ;;
+    arm)
+        setup test
+        # One architecture per worker (aarch64 and x86_64 share one, armv7l, which also
+        # cross-compiles two wheels, has the other); -rP prints each one's figures.
+        exec "$VENV/bin/pytest" -n 2 --dist load -m arm -rP tests/e2e/test_arm.py "$@"
         ;;
     fast)
         setup test
@@ -75,7 +86,7 @@ case "$cmd" in
             exec "$VENV/bin/pytest" -n auto -m "$FAST_TIER" "$@"
         ;;
     *)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

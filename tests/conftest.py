@@ -5,7 +5,8 @@ registered here so every test can ask for them by name.
 
 **Tiers.** Every test that boots something real gets a marker, derived here from what it
 uses, so a new test lands in the right tier without anyone remembering to mark it
-(``./dev.sh fast`` runs ``-m "not (systemd or fleet_server or crash or e2e or slow)"``):
+(``./dev.sh fast`` runs ``-m "not (systemd or fleet_server or crash or e2e or slow or arm)"``;
+``arm``, marked by tests/e2e/test_arm.py itself, is run by ``./dev.sh arm`` only):
 
 * a fixture it uses, directly or through other fixtures (:data:`TIER_OF_FIXTURE`);
 * a helper module its module imports, directly or through other test helpers
@@ -44,7 +45,7 @@ settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: The tiers (also registered in pyproject.toml, which runs pytest with --strict-markers).
-TIERS = ("systemd", "fleet_server", "crash", "e2e", "slow")
+TIERS = ("systemd", "fleet_server", "crash", "e2e", "slow", "arm")
 
 #: A test using one of these fixtures (itself or through another fixture) is in that tier.
 TIER_OF_FIXTURE: dict[str, str] = {

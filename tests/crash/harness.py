@@ -365,19 +365,31 @@ class Rig:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
             p.chmod(mode)
-        snapshot_store.init_layout(self.root, FACTORY_VERSION, factory_src)
+        self.init_root(factory_src)
         shutil.rmtree(factory_src)
         self.factory_digest = tree_digest(self.root / "versions" / "factory")
-        pkg = make_package(
-            base / f"{base.name}-{sc.name}.zip",
+        self.process_name = process_name
+        self.health = health or {"command": f"{self.root}/versions/current/bin/hello"}
+        self.post_cmds = post_cmds
+        self.serve(self.package_for(sc), sc, behaviour)
+
+    def init_root(self, factory_src: Path) -> None:
+        """Lay out :attr:`root` with ``factory_src`` as the factory version (a subclass may
+        have the updater under test do it: tests/support/emulation.py)."""
+        snapshot_store.init_layout(self.root, FACTORY_VERSION, factory_src)
+
+    def package_for(self, sc: Scenario) -> Path:
+        """The package of ``sc`` for this rig (its modules: the rig's process name, health
+        probe and post_cmds, or the scenario's)."""
+        return make_package(
+            self.base / f"{self.base.name}-{sc.name}.zip",
             sc.version,
             sc.files,
             root=self.root,
-            process_name=process_name,
-            health=health or {"command": f"{self.root}/versions/current/bin/hello"},
-            post_cmds=post_cmds if post_cmds is not None else list(sc.post_cmds),
+            process_name=self.process_name,
+            health=self.health,
+            post_cmds=self.post_cmds if self.post_cmds is not None else list(sc.post_cmds),
         )
-        self.serve(pkg, sc, behaviour)
 
     def serve(self, pkg: Path, sc: Scenario, behaviour: Behaviour | None = None) -> None:
         """Serve ``pkg`` as the rig's package and make ``sc`` the update to drive and check
@@ -527,12 +539,12 @@ class UpdaterProcess:
             argv += ["--systemctl", rig.systemctl]
         self._spawn(rig, argv, updater_env(rig, crash_at=crash_at, trace=trace))
 
-    def _spawn(self, rig: Rig, argv: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, rig: Rig, argv: list[str], env: dict[str, str], cwd: Path = REPO) -> None:
         self.rig = rig
         self.log_path = rig.base / f"updater-{len(rig.procs)}.log"
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         self.started = time.monotonic()
 
@@ -666,8 +678,13 @@ def disk_problems(rig: Rig) -> list[str]:
     return problems
 
 
-def check_invariants(rig: Rig, final: dict[str, Any], *, settle_s: float = 5.0) -> None:
-    """Assert the end state of a trial (see the module docstring). Raises TrialFailure."""
+def check_invariants(
+    rig: Rig, final: dict[str, Any], *, settle_s: float = 5.0, floor: str | None = None
+) -> None:
+    """Assert the end state of a trial (see the module docstring). Raises TrialFailure.
+
+    ``floor``: the rollback floor expected after a failed update (default: the factory
+    version, right for a rig whose first update this is)."""
     sc = rig.sc
     if final["stage"] != sc.outcome:
         raise TrialFailure(f"stage {final['stage']!r}, expected {sc.outcome!r}: {final}")
@@ -691,7 +708,7 @@ def check_invariants(rig: Rig, final: dict[str, Any], *, settle_s: float = 5.0) 
     if str(record.state) != sc.outcome:
         raise TrialFailure(f"journal state {record.state}, expected {sc.outcome}")
     # The rollback floor: the highest version that succeeded, never a failed one.
-    want_floor = sc.version if sc.outcome == "success" else FACTORY_VERSION
+    want_floor = sc.version if sc.outcome == "success" else (floor or FACTORY_VERSION)
     if not wait_until(lambda: read_floor(rig.state) == want_floor, settle_s):
         raise TrialFailure(f"rollback floor {read_floor(rig.state)!r}, expected {want_floor}")
     # The history: the job's outcome kept exactly once, even when the kill came between the

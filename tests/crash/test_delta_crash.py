@@ -99,35 +99,44 @@ def _delta_rig(base: Path, server: ThreadedPackageServer) -> h.Rig:
         assert final is not None, proc.log_tail()
         h.check_invariants(rig, final)
         assert proc.terminate() == 0
-        src = base / "src-1.2.0"
-        for rel, (data, mode) in NEW.items():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            (src / rel).write_bytes(data)
-            (src / rel).chmod(mode)
-        # The metadata make_package gave every module of the full package.
-        health = json.dumps(f"{rig.root}/versions/current/bin/hello")
-        (base / "modules.toml").write_text(
-            '[modules."*"]\nprocess_name = "hello"\npost_cmds = ["true"]\n'
-            f"health = {{ command = {health} }}\n"
-        )
-        delta = build_package(
-            src,
-            version=DELTA_VERSION,
-            output=base / f"{base.name}-delta-{DELTA_VERSION}.zip",
-            root=rig.root,
-            modules_config=base / "modules.toml",
-            delta_from=base / rig.package_name,
-        )
-        kinds = sorted(m.kind.value for m in delta.manifest.modules)
-        assert kinds == ["added", "kept", "patched", "patched", "patched"]
-        assert delta.manifest.removed == tuple(f"{rig.root}/{rel}" for rel in REMOVED)
-        with zipfile.ZipFile(delta.path) as zf:
-            assert not any(n.startswith("files/lib/blob") for n in zf.namelist())
-        rig.serve(delta.path, _delta_scenario())
+        serve_delta(rig)
     except BaseException:
         rig.close()
         raise
     return rig
+
+
+def serve_delta(rig: h.Rig) -> Path:
+    """Build the delta 1.1.0 → 1.2.0 against the full 1.1.0 ``rig`` served last (the real
+    builder) and serve it instead; returns it. Also run on emulated ARM devices
+    (tests/e2e/test_arm.py)."""
+    base = rig.base
+    src = base / "src-1.2.0"
+    for rel, (data, mode) in NEW.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+        (src / rel).chmod(mode)
+    # The metadata make_package gave every module of the full package.
+    health = json.dumps(f"{rig.root}/versions/current/bin/hello")
+    (base / "modules.toml").write_text(
+        '[modules."*"]\nprocess_name = "hello"\npost_cmds = ["true"]\n'
+        f"health = {{ command = {health} }}\n"
+    )
+    delta = build_package(
+        src,
+        version=DELTA_VERSION,
+        output=base / f"{base.name}-delta-{DELTA_VERSION}.zip",
+        root=rig.root,
+        modules_config=base / "modules.toml",
+        delta_from=rig.package_file,
+    )
+    kinds = sorted(m.kind.value for m in delta.manifest.modules)
+    assert kinds == ["added", "kept", "patched", "patched", "patched"]
+    assert delta.manifest.removed == tuple(f"{rig.root}/{rel}" for rel in REMOVED)
+    with zipfile.ZipFile(delta.path) as zf:
+        assert not any(n.startswith("files/lib/blob") for n in zf.namelist())
+    rig.serve(delta.path, _delta_scenario())
+    return delta.path
 
 
 def test_delta_kill_list_matches_a_fresh_trace(

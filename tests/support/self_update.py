@@ -65,9 +65,19 @@ HANG = (
 )
 
 
-def build_bundle(tmp: Path, version: str, *, broken: bool = False, hangs: bool = False) -> Path:
+def build_bundle(
+    tmp: Path,
+    version: str,
+    *,
+    broken: bool = False,
+    hangs: bool = False,
+    arch: str = ARCH,
+    wheel_cache: Path | None = None,
+) -> Path:
     """``tope-updater-<version>-<arch>.tar.gz`` by systemd/bundle.py, from a copy of this
-    tree whose pyproject.toml says ``version`` (and whose ``serve`` dies when ``broken``)."""
+    tree whose pyproject.toml says ``version`` (and whose ``serve`` dies when ``broken``);
+    for this machine's architecture unless ``arch`` says another (with ``wheel_cache``:
+    the wheels PyPI lacks there, systemd/build_wheels.py's)."""
     src = tmp / f"src-{version}"
     ignore = shutil.ignore_patterns(
         ".*", "build", "dist", "var", "tests", "bench", "*.egg-info", "__pycache__"
@@ -85,10 +95,12 @@ def build_bundle(tmp: Path, version: str, *, broken: bool = False, hangs: bool =
         assert runner.read_text().count(HANG[0]) == 1
         runner.write_text(runner.read_text().replace(*HANG))
     out = tmp / "out"
+    argv = [sys.executable, str(src / "systemd" / "bundle.py"), "--arch", arch, "-o", str(out)]
+    if wheel_cache is not None:
+        argv += ["--wheel-cache", str(wheel_cache)]
     proc = subprocess.run(
-        [sys.executable, str(src / "systemd" / "bundle.py"), "--arch", ARCH, "-o", str(out)],
-        capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False,
-    )  # fmt: skip
+        argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False
+    )
     assert proc.returncode == 0, f"bundle.py exited {proc.returncode}\n{proc.stderr}"
     (summary,) = json.loads(proc.stdout)
     return Path(summary["bundle"])
