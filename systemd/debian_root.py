@@ -68,6 +68,7 @@ def ensure_root(
     for path in (partial, root):
         if path.exists():
             shutil.rmtree(path)
+    root.parent.mkdir(parents=True, exist_ok=True)
     argv = ["mmdebstrap", "--variant=extract", f"--architectures={arch}", "--quiet"]
     if MERGED_USR_HOOK.is_dir():
         argv.append(f"--hook-dir={MERGED_USR_HOOK}")

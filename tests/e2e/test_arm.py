@@ -224,7 +224,7 @@ def native_figures(
         server,
         target=NATIVE,
         bundle=bundle,
-        config=[f'trusted_key = "{keys / "release.pem"}"'],
+        trusted_key=keys / "release.pem",
     )
     try:
         proc = device.start()
@@ -292,7 +292,7 @@ def test_bundle_installs_offline_and_runs_a_whole_cycle(
         server,
         target=target,
         bundle=bundles[BASE],
-        config=[f'trusted_key = "{keys / "release.pem"}"'],
+        trusted_key=keys / "release.pem",
     )
     figures: dict[str, Any] = {"install_sh_s": device.install_s}
     try:

@@ -252,6 +252,7 @@ class Device(h.Rig):
     Args:
         target: where it runs.
         bundle: the release bundle install.sh installs (the updater under test).
+        trusted_key: a public key copied beside the config and named its ``trusted_key``.
         config: lines appended to the config.toml install.sh wrote.
         (the rest: as :class:`~tests.crash.harness.Rig`.)
     """
@@ -264,6 +265,7 @@ class Device(h.Rig):
         *,
         target: Target,
         bundle: Path,
+        trusted_key: Path | None = None,
         config: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -272,6 +274,7 @@ class Device(h.Rig):
         self.prefix = base / "prefix"
         self.config_file = base / "etc" / "config.toml"
         self.config_lines = ['service_control = "none"', *config]
+        self.trusted_key = trusted_key
         self.install_s = 0.0
         self.ready_s: list[float] = []
         super().__init__(base, sc, server, env=env)
@@ -304,8 +307,13 @@ class Device(h.Rig):
             f"install.sh exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         )
         assert "setup OK" in proc.stdout, proc.stdout
+        lines = list(self.config_lines)
+        if self.trusted_key is not None:
+            key = self.config_file.parent / "package-signing.pem"
+            shutil.copyfile(self.trusted_key, key)
+            lines.append(f'trusted_key = "{key}"')
         with self.config_file.open("a") as fh:
-            fh.write("".join(f"{line}\n" for line in self.config_lines))
+            fh.write("".join(f"{line}\n" for line in lines))
 
     def serve_argv(self) -> list[str]:
         """What the unit's ``ExecStart=`` runs."""
