@@ -3,8 +3,8 @@ emulated aarch64 and armv7l, and natively on x86_64 (the control and the figures
 
 ``./dev.sh arm`` runs it (``.ci/run`` does, after ``./dev.sh test``); it needs root,
 ``qemu-user-static``, ``mmdebstrap``, ``gcc-arm-linux-gnueabihf``, Linux ≥ 6.7, PyPI and
-Debian's mirror. On CI (``CI=true``) a missing piece fails it, naming the piece; elsewhere
-the test skips with the reason.
+Debian's mirror. Under ``.ci/run`` (``TOPE_ARM_TIER=required``) a missing piece fails it,
+naming the piece; elsewhere the test skips with the reason.
 
 **Set-up, per architecture, once per run** (under the test's temporary area; nothing is
 cached between runs): a Debian 12 root (systemd/debian_root.py: ``mmdebstrap
