@@ -9,7 +9,9 @@ that one install:
 * between polls the updater is not running (the service ``inactive``, result ``success``,
   never restarted) and ``tope-updater.timer`` waits to start it; it is started by that
   timer, and hawkBit sees the cadence it asked for (every gap within the poller's ±10 %
-  jitter, plus the timer's accuracy and a start);
+  jitter, plus the timer's accuracy and a start); a device-api request between two polls
+  starts it early: it answers, waits for the journaled poll time instead of polling at
+  once, and leaves again before it, its timer replacing the one still pending;
 * an action assigned while the device sleeps is picked up at the next poll, installed, and
   closed with exactly one final feedback; the device goes back to exiting between polls;
 * a kill -9 (``TOPE_UPDATER_CRASH_AT``) after the final feedback reached hawkBit but
@@ -140,7 +142,7 @@ def test_a_fleet_device_exits_between_polls_and_is_woken_for_each(
                     f'ddi_controller_id = "{cid}"\nddi_token = "{token}"\n'
                 )
             run(install)
-            _exits_between_polls(sandbox, site, proxy, cid)
+            _exits_between_polls(sandbox, site, proxy, cid, Api(port, site))
             _installs_an_action(sandbox, site, hb, proxy, cid, "1.1.0", crash_at=None)
             for version, point in (("1.2.0", "fleet:final_sent"), ("1.3.0", "fleet:final_sending")):
                 _installs_an_action(sandbox, site, hb, proxy, cid, version, crash_at=point)
@@ -158,14 +160,17 @@ def test_a_fleet_device_exits_between_polls_and_is_woken_for_each(
 
 
 def _exits_between_polls(
-    sandbox: SystemdSandbox, site: Site, proxy: RecordingProxy, cid: str
+    sandbox: SystemdSandbox, site: Site, proxy: RecordingProxy, cid: str, api: Api
 ) -> None:
-    """Four polls; between each two the updater is not running and the timer waits.
+    """Four polls; between each two the updater is not running and the timer waits. After
+    the second, a device-api request starts it early: it answers, does not poll before the
+    time hawkBit asked for, and leaves again with the timer re-armed.
 
     (install.sh's own start polls, and its `verify-setup` polls once more as the device:
     the polls counted are those after it.)"""
     since = time.monotonic()
     asleep: list[float] = []  # when the service was seen inactive with the timer waiting
+    early: float | None = None
     deadline = time.monotonic() + 6 * POLL_S + 30
     while len(base_polls(proxy, cid, since)) < 4:
         assert time.monotonic() < deadline, (base_polls(proxy, cid, since), log_tail(site))
@@ -174,13 +179,26 @@ def _exits_between_polls(
             assert props["Result"] == "success" and props["NRestarts"] == "0", props
             if timer["ActiveState"] == "active":
                 asleep.append(time.monotonic())
+                polled = base_polls(proxy, cid, since)
+                # Asleep soon after the second poll: the next is at least ~6 s away.
+                if early is None and len(polled) == 2 and time.monotonic() - polled[1].at < 3:
+                    early = time.monotonic()
+                    assert api.progress()["stage"] == "idle"
         time.sleep(0.25)
+    assert early is not None, "never seen asleep within 3 s of the second poll"
+    # The updater that request started waited for the journaled time (a timer's start
+    # waits its lead, ~3 s, less its own start): the gaps below show it did not poll early.
+    waits = [float(str(e["first_poll_in_s"])) for e in log_events(site, "fleet poller started")]
+    assert max(waits) > 4.5, (waits, log_tail(site))
+    # It left before that poll: its timer replaced the one still pending.
+    assert not log_events(site, "fleet wake-up: timer not armed, staying"), log_tail(site)
     polls = [p.at for p in base_polls(proxy, cid, since)]
     gaps = [b - a for a, b in itertools.pairwise(polls)]
     print(f"gaps between polls hawkBit saw: {[round(g, 2) for g in gaps]} (asked {POLL_S} s)")
     for a, b in itertools.pairwise(polls):
         assert POLL_S * (1 - JITTER) - 0.5 <= b - a <= POLL_S * (1 + JITTER) + LATE_S, gaps
         assert any(a < t < b for t in asleep), f"running all along between {a} and {b}"
+    assert any(early + 1 < t < polls[2] for t in asleep), "the early start never left"
     # Each poll by a fresh updater, started by the timer; each left after its poll.
     starts = log_events(site, "updater started")
     armed = log_events(site, "fleet wake-up armed")
