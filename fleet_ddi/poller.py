@@ -12,6 +12,12 @@ Crash safety: the job's action id is in the engine's journal (the job carries it
 final feedback is in :class:`~fleet_ddi.feedback_journal.FeedbackJournal` before it is sent,
 with the mark that the target's attributes are due again (sent right after it). A restarted
 poller rebuilds everything else from the two.
+
+Between polls the updater may exit (the fleet wake-up, ``http_shell/daemon/wake.py``): it
+asks :meth:`FleetPoller.hold_reason` whether anything of the fleet's is in flight and
+:meth:`FleetPoller.seconds_to_next_poll` how long until the next poll, and before leaving
+has :meth:`FleetPoller.save_schedule` journal when that poll is due
+(:mod:`.poll_schedule`); the next poller starts from it.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from fleet_ddi.ddi_protocol import (
     parse_deployment,
 )
 from fleet_ddi.feedback_journal import FeedbackJournal
+from fleet_ddi.poll_schedule import PollSchedule
 from updater_fsm.config import Config
 from updater_fsm.control import (
     CANCELLABLE_STATES,
@@ -103,7 +110,14 @@ class FleetPoller:
         # the server whether its action is still open before sending it again.
         self._pending_unsure = self._journal.state.pending is not None
         self._deployment: Deployment | None = None
-        self._failed_polls = 0
+        # When the poll is due that an earlier updater, exiting between polls, left for us
+        # (none: at once, as at every start before), and how many polls had failed.
+        self._schedule = PollSchedule(config.state_path)
+        scheduled = self._schedule.load()
+        self._next_poll = clock() + scheduled.due_in_s
+        self._wait_s = scheduled.due_in_s
+        self._failed_polls = scheduled.failed_polls
+        self._in_turn = False
         self._progress_sent: tuple[str, State, float] | None = None
         self._install_asked_for: int | None = None
         self._said_once: set[tuple[str, str]] = set()
@@ -121,13 +135,15 @@ class FleetPoller:
             "fleet poller started",
             url=self._client.base_url,
             controller_id=self.controller_id,
+            first_poll_in_s=round(self.seconds_to_next_poll(), 1),
         )
         try:
-            next_poll = self._clock()
             while True:
+                self._in_turn = True
                 try:
-                    if self._clock() >= next_poll:
-                        next_poll = self._clock() + await self._poll()
+                    if self._clock() >= self._next_poll:
+                        self._wait_s = await self._poll()
+                        self._next_poll = self._clock() + self._wait_s
                     await self._follow()
                 except DdiUnavailable as exc:
                     self._note_error(exc)
@@ -136,14 +152,52 @@ class FleetPoller:
                     self.stats.last_error = visible(f"{type(exc).__name__}: {exc}", 500)
                     # A poll that raised set no next one: wait at least the floor, never
                     # poll again at once (a bug must not become a loop hammering the server).
-                    floor = self._clock() + self._interval(self._config.ddi_poll_min_s)
-                    next_poll = max(next_poll, floor)
-                wait = max(0.0, next_poll - self._clock())
+                    floor = self._interval(self._config.ddi_poll_min_s)
+                    if self._clock() + floor > self._next_poll:
+                        self._wait_s = floor
+                        self._next_poll = self._clock() + floor
+                finally:
+                    self._in_turn = False
+                wait = max(0.0, self._next_poll - self._clock())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(subscription.get(), wait)
         finally:
             subscription.close()
             await self._client.aclose()
+
+    # ---- between polls (the fleet wake-up) ------------------------------------------------
+    def seconds_to_next_poll(self) -> float:
+        """How long until the next poll is due (0: due now)."""
+        return max(0.0, self._next_poll - self._clock())
+
+    def hold_reason(self) -> str | None:
+        """What of the fleet's is in flight, so that the updater must not exit now; None
+        when nothing is (an exit until the next poll loses nothing)."""
+        if self._in_turn:
+            return "fleet poll in progress"
+        journal = self._journal.state
+        if journal.pending is not None:
+            return "fleet feedback pending"
+        if journal.attributes_due:
+            return "fleet attributes due"
+        deployment = self._deployment
+        if (
+            deployment is not None
+            and deployment.download is not Handling.SKIP
+            and not journal.is_closed(deployment.action_id)
+        ):
+            return "fleet deployment in flight"
+        owner = self._control.snapshot.fleet_action
+        if owner is not None and not journal.is_closed(owner):
+            return "fleet action open"
+        return None
+
+    def save_schedule(self) -> float:
+        """Journal when the next poll is due (before an exit between polls); returns the
+        seconds until then."""
+        due_in = self.seconds_to_next_poll()
+        self._schedule.save(due_in, max(self._wait_s, due_in), self._failed_polls)
+        return due_in
 
     def _note_error(self, exc: Exception) -> None:
         self.stats.last_error = visible(str(exc), 500)  # the server's words: outside text

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Remove tope-updater: stop and remove its units (service, socket), the bin links install.sh made, the updater's
-# slots (<prefix>/versions, current, previous) and its guard.
+# Remove tope-updater: stop and remove its units (service, socket, the fleet wake-up's
+# timer), the bin links install.sh made, the updater's slots (<prefix>/versions, current,
+# previous) and its guard.
 #
 #   sudo /opt/tope-updater/uninstall.sh            # keeps <root>/versions, state, config
 #   sudo /opt/tope-updater/uninstall.sh --purge    # also deletes them (the device's
@@ -41,6 +42,7 @@ KEEP_LINKS=0
 PURGE=0
 UNIT=tope-updater.service
 SOCKET_UNIT=tope-updater.socket
+WAKE_TIMER=tope-updater.timer
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -71,8 +73,11 @@ done
 read -r -a SYSTEMCTL_ARGV <<<"$SYSTEMCTL"
 
 # --- 1. the service ----------------------------------------------------------------------
-step "stop $SOCKET_UNIT $UNIT"
-# The socket first: stopped, it cannot start the service again (and frees the port).
+step "stop $WAKE_TIMER $SOCKET_UNIT $UNIT"
+# The fleet wake-up's timer (transient, armed before an exit between polls: gone once
+# stopped) and the socket first: stopped, neither can start the service again (the socket
+# also frees the port).
+"${SYSTEMCTL_ARGV[@]}" stop "$WAKE_TIMER" 2>/dev/null || true
 "${SYSTEMCTL_ARGV[@]}" stop "$SOCKET_UNIT" "$UNIT" 2>/dev/null || true
 # Only touch enablement links when a unit is enabled (nothing to undo otherwise).
 for unit in "$SOCKET_UNIT" "$UNIT"; do

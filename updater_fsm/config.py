@@ -122,6 +122,10 @@ class Config:
             the system's).
         ddi_poll_min_s, ddi_poll_max_s: the bounds of the polling interval the server asks
             for (``config.polling.sleep``); each wait gets ±10 % jitter.
+        ddi_wake_min_s: a socket-activated updater with ``ddi_url`` set exits between polls
+            (once idle as ``idle_exit_s`` says) only when the next poll is at least this many
+            seconds away, a timer starting it again in time for it (docs/DEPLOYMENT.md,
+            "Fleets"); a shorter interval keeps it resident. 0: always resident.
         compatible: this device's model (``tope-x1``): a package whose manifest names
             another model is refused ``INCOMPATIBLE_DEVICE`` at verify, and so is one naming
             none unless ``allow_incompatible``; unset: every package is accepted. Also the
@@ -145,8 +149,8 @@ class Config:
             many seconds — no job outside a final state, no report waiting for delivery, no
             event stream, no wait for the printer, no probation, no API request — so that
             nothing stays resident; the socket unit starts it again on the next connection
-            (docs/DEPLOYMENT.md). 0: stay resident. Never with ``ddi_url`` set (the fleet
-            poller keeps the updater resident).
+            (docs/DEPLOYMENT.md). 0: stay resident. With ``ddi_url`` set, between polls only
+            (``ddi_wake_min_s``).
         log_level: ``debug``, ``info``, ``warning`` or ``error``.
     """
 
@@ -192,6 +196,7 @@ class Config:
     ddi_ca_file: Path | None = None
     ddi_poll_min_s: float = 5.0
     ddi_poll_max_s: float = 3600.0
+    ddi_wake_min_s: float = 120.0
     compatible: str | None = None
     allow_incompatible: bool = False
     device_model: str | None = None
@@ -377,6 +382,11 @@ def _validate_ddi(config: Config) -> None:
             raise ConfigError(f"config key {key!r}: 1-64 letters, digits and ._:- (got {value!r})")
     if config.ddi_poll_max_s < config.ddi_poll_min_s:
         raise ConfigError("config key 'ddi_poll_max_s': must be >= ddi_poll_min_s")
+    if not 0 <= config.ddi_wake_min_s <= 86_400:
+        raise ConfigError(
+            f"config key 'ddi_wake_min_s': must be 0 (stay resident) or up to 86400"
+            f" (got {config.ddi_wake_min_s})"
+        )
     if config.ddi_ca_file is not None and not config.ddi_ca_file.is_file():
         raise ConfigError(f"config key 'ddi_ca_file': {config.ddi_ca_file} is not a file")
 

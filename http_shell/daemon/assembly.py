@@ -255,6 +255,7 @@ async def _serve_locked(
             url=f"http://{where}/api/v1.0",
             socket_activated=listen_socket is not None,
             idle_exit_s=idle.idle_s if idle is not None else None,
+            fleet_wake=idle is not None and idle.fleet is not None,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -280,12 +281,25 @@ async def _serve_locked(
 
 def _idle_watch(config: Config, updater: Updater, app: web.Application) -> IdleWatch | None:
     """The idle exit of a socket-activated updater; None when it stays resident: with
-    ``idle_exit_s = 0``, or with ``ddi_url`` set (the fleet poller runs between polls)."""
-    if config.idle_exit_s <= 0 or updater.poller is not None:
+    ``idle_exit_s = 0``, or with ``ddi_url`` set when it cannot exit between polls
+    (``ddi_wake_min_s = 0``, or no systemd service to wake: :mod:`http_shell.daemon.wake`)."""
+    if config.idle_exit_s <= 0:
         return None
     from http_shell.api.events import SLOTS
     from http_shell.daemon.idle import IdleWatch
     from updater_fsm.ops.self_update import find_slots
+
+    fleet = None
+    if updater.poller is not None:
+        from http_shell.daemon.wake import FleetWake, wake_unit
+
+        unit = wake_unit() if config.ddi_wake_min_s > 0 else None
+        if unit is None:
+            _log.info("fleet device stays resident", ddi_wake_min_s=config.ddi_wake_min_s)
+            return None
+        fleet = FleetWake(
+            updater.poller, unit=unit, systemctl=config.systemctl, min_s=config.ddi_wake_min_s
+        )
 
     reporter = updater.reporter
     slots = find_slots(config.updater_prefix)
@@ -296,6 +310,7 @@ def _idle_watch(config: Config, updater: Updater, app: web.Application) -> IdleW
         pending_reports=(lambda: reporter.pending) if reporter is not None else None,
         streams=app[SLOTS],
         probation=slots.probation if slots is not None else None,
+        fleet=fleet,
     )
 
     async def touch(request: web.BaseRequest, response: web.StreamResponse) -> None:

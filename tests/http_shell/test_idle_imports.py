@@ -29,6 +29,7 @@ DEFERRED = (
     "pygame",
     "screen",
     "updater_fsm.package.builder",
+    "ctypes",  # a self-update bundle's library check
 )
 
 #: Runs ``tope-updater serve`` as the console script does; a thread waits for ``/healthz``,

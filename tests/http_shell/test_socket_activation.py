@@ -138,9 +138,13 @@ def test_an_open_event_stream_keeps_it_running(tmp_path: Path, serve_port: int) 
 
 
 @pytest.mark.skipif(ACTIVATE is None, reason="needs systemd-socket-activate")
-def test_a_fleet_device_stays_resident(tmp_path: Path, serve_port: int) -> None:
-    """With ``ddi_url`` set the fleet poller runs inside the updater between polls: no idle
-    exit (docs/DEPLOYMENT.md, "Fleets")."""
+def test_a_fleet_device_with_nobody_to_wake_it_stays_resident(
+    tmp_path: Path, serve_port: int
+) -> None:
+    """With ``ddi_url`` set the updater exits between polls only when a timer can start it
+    again: as the main process of a systemd service (tests/fleet/test_fleet_wake.py).
+    Under ``systemd-socket-activate`` nothing would start it for the next poll, so it stays
+    (docs/DEPLOYMENT.md, "Fleets")."""
     port, dead = serve_port, _free_port()
     ddi = f"TOPE_UPDATER_DDI_URL=http://127.0.0.1:{dead}"
     proc = activated_serve(tmp_path, port, 0.5, ddi)
@@ -150,6 +154,7 @@ def test_a_fleet_device_stays_resident(tmp_path: Path, serve_port: int) -> None:
         assert proc.poll() is None, "a fleet device idled out"
         log = (tmp_path / "serve.log").read_text(errors="replace")
         assert '"socket_activated": true, "idle_exit_s": null' in log, log[-2000:]
+        assert '"event": "fleet device stays resident"' in log, log[-2000:]
     finally:
         stop(proc, tmp_path)
 

@@ -12,8 +12,10 @@ a systemd that started the distribution's early-boot units could wreck the host;
 ``systemd-tmpfiles-setup.service`` would empty the host's ``/tmp``. Several independent
 guards keep that from happening:
 
-* ``SYSTEMD_UNIT_PATH=/run/systemd/system`` (no trailing ``:``): the sandbox systemd reads
-  unit files from the private ``/run/systemd/system`` only, never from ``/lib``, ``/etc``;
+* ``SYSTEMD_UNIT_PATH=/run/systemd/transient:/run/systemd/system`` (no trailing ``:``):
+  the sandbox systemd reads unit files from its private ``/run`` only, never from
+  ``/lib``, ``/etc``; ``/run/systemd/transient`` holds only the units created in the
+  sandbox (``systemd-run``), which a real systemd keeps across ``daemon-reload`` too;
 * every unit file of the host's unit directories (and the explicitly dangerous ones in
   :data:`DANGEROUS_UNITS`) is masked there as well (symlink to ``/dev/null``), so even a
   reference by name cannot start one;
@@ -201,7 +203,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mkdir -p /run/systemd/system /run/systemd/system-generators /run/tope-sandbox-empty
 cp -a "$stage/units/." /run/systemd/system/
 cp -a "$stage/generators/." /run/systemd/system-generators/
-export SYSTEMD_UNIT_PATH=/run/systemd/system
+export SYSTEMD_UNIT_PATH=/run/systemd/transient:/run/systemd/system
 export SYSTEMD_GENERATOR_PATH=/run/tope-sandbox-empty
 export SYSTEMD_ENVIRONMENT_GENERATOR_PATH=/run/tope-sandbox-empty
 export container=tope-sandbox

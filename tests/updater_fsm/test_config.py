@@ -139,6 +139,16 @@ def test_idle_exit_s_from_file_and_environment_and_bounds(tmp_path: Path) -> Non
             load_config(env={"TOPE_UPDATER_IDLE_EXIT_S": bad})
 
 
+def test_ddi_wake_min_s_from_file_and_environment_and_bounds(tmp_path: Path) -> None:
+    assert load_config(env={}).ddi_wake_min_s == 120.0
+    assert load_config(env={"TOPE_UPDATER_DDI_WAKE_MIN_S": "0"}).ddi_wake_min_s == 0.0
+    file = write(tmp_path, "ddi_wake_min_s = 600\n")
+    assert load_config(file=file, env={}).ddi_wake_min_s == 600.0
+    for bad in ("-1", "86401", "nan"):
+        with pytest.raises(ConfigError, match=r"'ddi_wake_min_s': must be 0 \(stay resident\)"):
+            load_config(env={"TOPE_UPDATER_DDI_WAKE_MIN_S": bad})
+
+
 def test_allowed_hosts_from_file_and_environment(tmp_path: Path) -> None:
     file = write(tmp_path, 'allowed_hosts = ["printer.local", "192.168.1.20", "[fd00::5]"]\n')
     config = load_config(file=file, env={})

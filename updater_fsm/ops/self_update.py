@@ -21,9 +21,7 @@ updater; the new one ends its probation (:func:`end_probation`). The guard
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -59,6 +57,10 @@ BUILD_TIMEOUT_S = 600.0
 
 def running_version() -> str:
     """The version of the updater this process runs (its installed distribution's)."""
+    # Imported here, not at start: importlib.metadata (zipfile, csv, importlib.resources…)
+    # is ~0.6 MB an idle updater that nobody asks for its version never needs.
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -430,6 +432,8 @@ def _check_built(built: object) -> None:
             if not isinstance(lib, str) or not re.fullmatch(r"lib[\w.+-]+\.so(\.[0-9]+)*", lib):
                 _fail(f"{what}: {lib!r} is not a library's soname (libNAME.so.N)")
             try:
+                import ctypes  # only a bundle's check needs it (~0.3 MB at start otherwise)
+
                 ctypes.CDLL(lib)  # by soname: the dynamic linker's own search, as at import
             except OSError:
                 _fail(f"{what} needs {lib}, which this device lacks")
