@@ -7,9 +7,10 @@
 #   ./dev.sh test   set up .venv with the test tools, then lint, type-check, check the
 #                   import contracts and run the whole test suite but the `arm` tier
 #                   (.ci/run, CI, runs this, then `./dev.sh arm`)
-#   ./dev.sh arm    the `arm` tier only (tests/e2e/test_arm.py): the offline bundle and a
+#   ./dev.sh arm    the `arm` tier only (tests/e2e/test_arm*.py): the offline bundle and a
 #                   whole update cycle on emulated aarch64 and armv7l and natively on
-#                   x86_64, one architecture per core; root, qemu-user-static, mmdebstrap,
+#                   x86_64, the screen on emulated armv7l (Debian's python3-pygame), on
+#                   two cores; root, qemu-user-static, mmdebstrap,
 #                   gcc-arm-linux-gnueabihf, PyPI and Debian's mirror (~10 minutes)
 #   ./dev.sh fast   the same checks, then only the fast tier: no systemd, hawkBit, crash
 #                   harness, `serve` subprocess or slow test (tests/conftest.py marks them),
@@ -74,9 +75,11 @@ case "$cmd" in
         ;;
     arm)
         setup test
-        # One architecture per worker (aarch64 and x86_64 share one, armv7l, which also
-        # cross-compiles two wheels, has the other); -rP prints each one's figures.
-        exec "$VENV/bin/pytest" -n 2 --dist load -m arm -rP tests/e2e/test_arm.py "$@"
+        # Two workers, by xdist_group: armv7l's cycle (which also cross-compiles two
+        # wheels) alone on one; aarch64, x86_64 and the armv7l screen (Debian's pygame)
+        # on the other; -rP prints each one's figures.
+        exec "$VENV/bin/pytest" -n 2 --dist loadgroup -m arm -rP \
+            tests/e2e/test_arm.py tests/e2e/test_arm_screen.py "$@"
         ;;
     fast)
         setup test
@@ -86,7 +89,7 @@ case "$cmd" in
             exec "$VENV/bin/pytest" -n auto -m "$FAST_TIER" "$@"
         ;;
     *)
-        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
         exit 2
         ;;
 esac

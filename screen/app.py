@@ -162,7 +162,7 @@ def run(options: Options) -> int:
                     print(
                         f"tope-updater screen: first frame after {now - started:.2f} s"
                         f" ({lay.width}x{lay.height}, {pygame.display.get_driver()},"
-                        f" {fonts.lang})",
+                        f" {fonts.lang}, pygame {pygame.version.ver})",
                         file=sys.stderr,
                     )
                 frames += 1

@@ -249,7 +249,17 @@ def native_figures(
     }
 
 
-@pytest.mark.parametrize("machine", ["aarch64", "armv7l", "x86_64"])
+#: ``./dev.sh arm`` runs two workers (``--dist loadgroup``): armv7l (the longest: it also
+#: cross-compiles two wheels) alone on one; aarch64, x86_64 and the armv7l screen
+#: (tests/e2e/test_arm_screen.py, same group) on the other.
+@pytest.mark.parametrize(
+    "machine",
+    [
+        pytest.param("aarch64", marks=pytest.mark.xdist_group("arm-a")),
+        pytest.param("armv7l", marks=pytest.mark.xdist_group("arm-b")),
+        pytest.param("x86_64", marks=pytest.mark.xdist_group("arm-a")),
+    ],
+)
 def test_bundle_installs_offline_and_runs_a_whole_cycle(
     machine: str, tmp_path: Path, server: ThreadedPackageServer
 ) -> None:

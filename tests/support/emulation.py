@@ -70,6 +70,9 @@ RUNTIME_PACKAGES = (
 )  # fmt: skip
 #: The armhf root doubles as systemd/build_wheels.py's sysroot (its SYSROOT_PACKAGES).
 SYSROOT_PACKAGES = ("libpython3.11-dev", "libffi-dev", "libc6-dev")
+#: The screen's tested armv7l route (tests/e2e/test_arm_screen.py, docs/SCREEN.md): Debian's
+#: pygame 2.1.2 (its SDL2, SDL_ttf, FreeType, numpy come along) and a real font.
+SCREEN_PACKAGES = ("python3-pygame", "fonts-dejavu-core")
 
 #: Runs inside ``unshare --user --map-root-user --mount``: ``ENTER ROOT CONF DIR… -- CMD…``.
 ENTER = r"""set -eu
@@ -176,13 +179,16 @@ def systemd_script(name: str) -> ModuleType:
     return module
 
 
-def make_root(where: Path, arch: Arch) -> tuple[Path, float]:
-    """The emulated root of ``arch`` under ``where`` (made once); (root, seconds taken)."""
+def make_root(where: Path, arch: Arch, *, screen: bool = False) -> tuple[Path, float]:
+    """The emulated root of ``arch`` under ``where`` (made once); (root, seconds taken).
+    ``screen``: the runtime and :data:`SCREEN_PACKAGES` only (no sysroot)."""
     started = time.monotonic()
     packages = [*RUNTIME_PACKAGES]
-    if arch.machine == "armv7l":
+    if screen:
+        packages += SCREEN_PACKAGES
+    elif arch.machine == "armv7l":
         packages += SYSROOT_PACKAGES
-    root = where / f"root-{arch.debian}"
+    root = where / f"root-{arch.debian}{'-screen' if screen else ''}"
     systemd_script("debian_root").ensure_root(root, arch.debian, packages)
     return root, time.monotonic() - started
 
