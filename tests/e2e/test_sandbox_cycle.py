@@ -97,6 +97,7 @@ async def test_update_then_broken_update_rolls_back(
         d = await engine.submit(ev.UpdateRequested("1.1.0"))
         assert d.accepted
         await wait_for(engine, State.SUCCESS, State.FAILED)
+        await u.runner.idle()  # SUCCESS is journaled before its effects (DiscardPackage) run
         snap = engine.snapshot.data()
         assert snap["stage"] == "success", snap
         assert os.readlink(root / "versions/current") == "v1.1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from pathlib import Path
@@ -143,3 +144,31 @@ async def test_timed_out_command_output_is_bounded_too() -> None:
     with pytest.raises(CommandTimeout) as info:
         await run_command(cmd, timeout_s=1, max_output_bytes=1024)
     assert 0 < len(info.value.stdout) <= 1024
+
+
+async def test_cancelled_command_is_killed_and_leaves_nothing_unretrieved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A caller cancelled mid-command (a health probe cut short) kills the command's group,
+    and the reader it abandons is not reported by asyncio as an exception never retrieved."""
+    pid_file = tmp_path / "pid"
+    task = asyncio.ensure_future(run_command(f"echo $$ > {pid_file}; exec sleep 30", timeout_s=60))
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        await asyncio.sleep(0.01)
+    pid = int(pid_file.read_text())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail(f"command {pid} still running after its caller was cancelled")
+    await asyncio.sleep(0.05)
+    gc.collect()
+    await asyncio.sleep(0)
+    lost = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert not lost, lost

@@ -12,7 +12,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -160,12 +160,19 @@ async def run_command(
         # Cancelled (or anything else): never leave the command running behind us.
         _kill_group(proc.pid)
         collect.cancel()
+        # Nobody awaits it any more: retrieve its outcome so asyncio does not log it as lost.
+        collect.add_done_callback(_retrieve)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         raise
     assert proc.returncode is not None
     _note_dropped(shown, out, err)
     return CommandResult(proc.returncode, out.text(), err.text(), out.total, err.total)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _note_dropped(command: str, out: _OutputTail, err: _OutputTail) -> None:
