@@ -12,11 +12,12 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import structlog
 
 from updater_fsm.core.errors import ErrorCode, UpdaterError
+from updater_fsm.ops.futures import mark_retrieved
 
 log = structlog.get_logger(__name__)
 
@@ -161,18 +162,13 @@ async def run_command(
         _kill_group(proc.pid)
         collect.cancel()
         # Nobody awaits it any more: retrieve its outcome so asyncio does not log it as lost.
-        collect.add_done_callback(_retrieve)
+        collect.add_done_callback(mark_retrieved)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         raise
     assert proc.returncode is not None
     _note_dropped(shown, out, err)
     return CommandResult(proc.returncode, out.text(), err.text(), out.total, err.total)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _note_dropped(command: str, out: _OutputTail, err: _OutputTail) -> None:

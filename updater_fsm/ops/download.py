@@ -51,6 +51,7 @@ from updater_fsm.core.events import DownloadRequest, ResumePoint
 from updater_fsm.core.progress import Retry, said_seconds
 from updater_fsm.core.urls import redact_url
 from updater_fsm.ops import local_package
+from updater_fsm.ops.futures import mark_retrieved
 from updater_fsm.ops.verify import hash_file
 from updater_fsm.state_layout import package_path, part_path
 
@@ -175,12 +176,6 @@ class _DiskWriteError(Exception):
     def __init__(self, cause: OSError) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a future's outcome as seen (no "exception was never retrieved" noise)."""
-    if not future.cancelled():
-        future.exception()
 
 
 class _Sink:
@@ -350,7 +345,7 @@ class _Sink:
         """Close the file after any queued writes, without waiting (safe while cancelled)."""
         # Jobs queued after a failed write fail too; nobody awaits them any more.
         for job in self._pending:
-            job.add_done_callback(_retrieve)
+            job.add_done_callback(mark_retrieved)
         self._pending.clear()
         self._pool.submit(self._sync_close)
         for pool in (self._pool, self._md5_pool, self._fsync_pool):

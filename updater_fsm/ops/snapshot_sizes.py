@@ -35,6 +35,7 @@ from pathlib import Path
 
 import attrs
 
+from updater_fsm.ops.futures import mark_retrieved
 from updater_fsm.ops.snapshot_store import Layout, snapshot_size, snapshot_version, version_key
 
 
@@ -104,7 +105,7 @@ class SnapshotSizes:
         if known is None or known.identity != identity:
             path = self._layout.snapshot_dir(version)
             walk = asyncio.get_running_loop().run_in_executor(self._pool, snapshot_size, path)
-            walk.add_done_callback(_retrieved)
+            walk.add_done_callback(mark_retrieved)  # its readers may all go away
             known = self._known[version] = _Known(identity, walk)
         try:
             # Shielded: a reader that goes away does not cancel the others' walk.
@@ -115,9 +116,3 @@ class SnapshotSizes:
             if self._known.get(version) is known:
                 del self._known[version]
             return 0
-
-
-def _retrieved(walk: asyncio.Future[int]) -> None:
-    """Mark a walk's failure as seen: its readers may all have gone away."""
-    if not walk.cancelled():
-        walk.exception()
