@@ -146,14 +146,7 @@ def over_the_link(
             url = server.call(
                 server.server.add, pkg.name, pkg.read_bytes(), Behaviour(rate_bps=rate)
             )
-            body = {
-                "version": new,
-                "package_url": str(url),
-                "package_name": pkg.name,
-                "package_size": built.size,
-                "package_md5": built.md5,
-                "package_sha256": built.sha256,
-            }
+            body = built.download_request(str(url))
             with SandboxUpdater(sandbox, device_api_url=device_api) as updater:
                 started = time.perf_counter()
                 answer = post_json(f"{updater.base}/download", body)

@@ -347,18 +347,7 @@ def under_systemd(wakes: int) -> dict[str, float]:
                 url = srv.call(srv.server.add_file, pkg.name, pkg)
                 time.sleep(0.5)
                 cpu0, t0 = _cpu_s(slice_dir), time.monotonic()
-                post_json(
-                    api + "/download",
-                    {
-                        "version": "1.1.0",
-                        "package_url": url,
-                        "package_name": pkg.name,
-                        "package_size": built.size,
-                        "package_md5": built.md5,
-                        "package_sha256": built.sha256,
-                    },
-                    timeout=30,
-                )
+                post_json(api + "/download", built.download_request(url), timeout=30)
                 _wait("downloaded", lambda: _stage(api) == "toInstall", 60, 0.1)
                 post_json(api + "/update", {"version": "1.1.0"}, timeout=30)
                 _wait("installed", lambda: _stage(api) == "success", 60, 0.1)

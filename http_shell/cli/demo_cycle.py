@@ -179,15 +179,7 @@ async def _install(
     """
     version = result.manifest.version
     _say(f"POST /download v{version} ({result.size / 1e6:.1f} MB)")
-    body = {
-        "version": version,
-        "package_url": f"{url}/{result.path.name}",
-        "package_name": result.path.name,
-        "package_size": result.size,
-        "package_md5": result.md5,
-        "package_sha256": result.sha256,
-    }
-    env = await client.post("/download", body)
+    env = await client.post("/download", result.download_request(f"{url}/{result.path.name}"))
     say(f"    answer: {env}")
     await watch_progress(client, show_outcome=True)
     task = None

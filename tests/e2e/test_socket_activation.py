@@ -131,15 +131,7 @@ def test_socket_activation_idle_exit_and_a_kill_mid_download(
     poller = Poller(port)
     with ThreadedPackageServer() as srv:
         url = srv.call(srv.server.add_file, pkg.name, pkg, Behaviour(rate_bps=THROTTLE_BPS))
-        body = {
-            "version": "1.1.0",
-            "package_url": url,
-            "package_name": pkg.name,
-            "package_size": built.size,
-            "package_md5": built.md5,
-            "package_sha256": built.sha256,
-        }
-        reply = api.call("POST", "/download", body)
+        reply = api.call("POST", "/download", built.download_request(url))
         assert reply["code"] == 200, reply
         poller.start()
         try:

@@ -94,6 +94,27 @@ def test_build_is_deterministic(src: Path, tmp_path: Path) -> None:
     assert first.sha256 == second.sha256
 
 
+def test_download_request_names_the_package_and_its_signature_when_signed(
+    src: Path, tmp_path: Path
+) -> None:
+    plain = build_package(src, version="1.4.0", output=tmp_path / "a.zip")
+    assert plain.download_request("http://h/a.zip") == {
+        "version": "1.4.0",
+        "package_url": "http://h/a.zip",
+        "package_name": "a.zip",
+        "package_size": (tmp_path / "a.zip").stat().st_size,
+        "package_md5": hashlib.md5((tmp_path / "a.zip").read_bytes()).hexdigest(),
+        "package_sha256": hashlib.sha256((tmp_path / "a.zip").read_bytes()).hexdigest(),
+    }
+    priv = tmp_path / "k.pem"
+    generate_keypair(priv, tmp_path / "k.pub")
+    signed = build_package(src, version="1.4.0", output=tmp_path / "b.zip", sign_key=priv)
+    body = signed.download_request("http://h/b.zip")
+    assert signed.signature is not None
+    assert body["package_signature"] == signed.signature
+    assert body["package_name"] == "b.zip"
+
+
 def test_signature_verifies_with_public_key(src: Path, tmp_path: Path) -> None:
     priv, pub = tmp_path / "k.pem", tmp_path / "k.pub"
     generate_keypair(priv, pub)

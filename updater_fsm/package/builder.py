@@ -101,6 +101,21 @@ class BuildResult:
     signature: str | None
     manifest: Manifest
 
+    def download_request(self, package_url: str) -> dict[str, Any]:
+        """The body of ``POST /api/v1.0/download`` for this package served at ``package_url``
+        (``package_signature`` only when it is signed)."""
+        body: dict[str, Any] = {
+            "version": self.manifest.version,
+            "package_url": package_url,
+            "package_name": self.path.name,
+            "package_size": self.size,
+            "package_md5": self.md5,
+            "package_sha256": self.sha256,
+        }
+        if self.signature is not None:
+            body["package_signature"] = self.signature
+        return body
+
 
 @attrs.frozen
 class _File:
